@@ -1,0 +1,21 @@
+// The umbrella header: everything a C++ trainer needs.
+#pragma once
+
+#include "gradcomm/agreement.h"
+#include "gradcomm/communicator.h"
+#include "gradcomm/compressor.h"
+#include "gradcomm/dense.h"
+#include "gradcomm/error.h"
+#include "gradcomm/exchanger.h"
+#include "gradcomm/layer.h"
+#include "gradcomm/tensor.h"
+#if defined(GRADCOMM_HAVE_MPI)
+#include "gradcomm/mpi_communicator.h"
+#endif
+#if defined(GRADCOMM_HAVE_NCCL)
+#include "gradcomm/nccl_communicator.h"
+#endif
+
+namespace gradcomm {
+const char* version() noexcept;  // "0.1.0"
+}  // namespace gradcomm

@@ -1,0 +1,22 @@
+// LayerSpec: what the exchange needs to know about one gradient tensor.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace gradcomm {
+
+struct LayerSpec {
+  std::string name;        // used in error messages and the agreement fingerprint
+  std::size_t numel = 0;   // elements of the flattened gradient
+  int ndim = 1;            // the tensor's rank: 1-D tensors (biases, norms) stay dense
+  bool force_dense = false;  // never compress this layer, whatever its shape
+};
+
+// A layer the compressor leaves dense: marked so, or 1-D (as in the DGC reference).
+inline bool is_dense_by_default(const LayerSpec& layer) {
+  return layer.force_dense || layer.ndim <= 1;
+}
+
+}  // namespace gradcomm

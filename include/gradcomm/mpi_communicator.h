@@ -1,0 +1,68 @@
+// MpiCommunicator: collectives over MPI on host buffers.
+#pragma once
+
+#include <mpi.h>
+
+#include <memory>
+
+#include "gradcomm/communicator.h"
+
+namespace gradcomm {
+
+struct MpiCommunicatorOptions {
+  // Before every collective, agree on its size with one small allreduce, so that ranks
+  // passing different sizes get a gradcomm::Error on every rank instead of undefined
+  // behaviour. Costs one latency per call: for debugging and tests; the Exchanger checks
+  // sizes once at setup instead.
+  bool verify_sizes = false;
+};
+
+// Duplicates `comm` (so gradcomm's traffic never matches the user's messages) and frees
+// the duplicate on destruction. Errors from MPI are returned, not fatal: the duplicate
+// gets MPI_ERRORS_RETURN and each failure becomes a gradcomm::Error naming the
+// collective, the rank and the sizes.
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm comm, MpiCommunicatorOptions options = {});
+  // Initializes MPI (MPI_THREAD_SERIALIZED or better) if nobody has, and finalizes it at
+  // destruction if it did so; communicates over MPI_COMM_WORLD's duplicate.
+  explicit MpiCommunicator(MpiCommunicatorOptions options = {});
+  ~MpiCommunicator() override;
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  Device device() const override { return Device::kCpu; }
+  std::string describe() const override;
+  MPI_Comm comm() const noexcept { return comm_; }
+
+  WorkHandle allreduce(TensorView send, TensorView recv, ReduceOp op) override;
+  WorkHandle allgather(TensorView send, TensorView recv) override;
+  WorkHandle allgatherv(TensorView send, TensorView recv,
+                        std::span<const std::size_t> counts) override;
+  WorkHandle alltoall(TensorView send, TensorView recv) override;
+  WorkHandle broadcast(TensorView buffer, int root) override;
+  WorkHandle barrier() override;
+  void abort(const std::string& reason) override;
+
+ private:
+  void init_from(MPI_Comm comm);
+  void verify_same_size(const char* collective, std::size_t numel, int extra = 0);
+  void release() noexcept;
+
+  MpiCommunicatorOptions options_;
+  MPI_Op half_sum_ = MPI_OP_NULL;
+  MPI_Op bfloat_sum_ = MPI_OP_NULL;
+  MPI_Op half_max_ = MPI_OP_NULL;
+  MPI_Op half_min_ = MPI_OP_NULL;
+  MPI_Op bfloat_max_ = MPI_OP_NULL;
+  MPI_Op bfloat_min_ = MPI_OP_NULL;
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  int size_ = 1;
+  bool finalize_on_destroy_ = false;
+};
+
+}  // namespace gradcomm

@@ -1,0 +1,139 @@
+#include "gradcomm/agreement.h"
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gradcomm {
+namespace {
+
+std::uint64_t fnv1a(const void* data, std::size_t size, std::uint64_t hash = 1469598103934665603ull) {
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < size; ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
+  return hash;
+}
+
+// What every rank must agree on for one layer: its name, size, shape rank and flags.
+struct LayerRecord {
+  std::uint32_t name_hash;
+  std::uint32_t numel_lo;
+  std::uint32_t numel_hi;
+  std::uint32_t shape_flags;
+};
+
+LayerRecord record_of(const LayerSpec& layer) {
+  const std::uint64_t name_hash = fnv1a(layer.name.data(), layer.name.size());
+  const std::uint64_t numel = layer.numel;
+  return {static_cast<std::uint32_t>(name_hash ^ (name_hash >> 32)),
+          static_cast<std::uint32_t>(numel), static_cast<std::uint32_t>(numel >> 32),
+          static_cast<std::uint32_t>(layer.ndim) * 2u + (layer.force_dense ? 1u : 0u)};
+}
+
+std::uint64_t numel_of(const LayerRecord& r) { return (std::uint64_t{r.numel_hi} << 32) | r.numel_lo; }
+bool same(const LayerRecord& a, const LayerRecord& b) {
+  return a.name_hash == b.name_hash && a.numel_lo == b.numel_lo && a.numel_hi == b.numel_hi &&
+         a.shape_flags == b.shape_flags;
+}
+
+TensorView u32(std::vector<std::uint32_t>& v) { return TensorView::of(std::span<std::uint32_t>(v)); }
+
+// Only on a mismatch: gathers every rank's layers and settings and names the first
+// difference, identically on every rank (all ranks see the same gathered data).
+[[noreturn]] void explain_mismatch(Communicator& comm, std::span<const LayerSpec> layers,
+                                   const std::string& settings, const std::string& what) {
+  const int p = comm.size();
+  std::vector<std::uint32_t> local_counts = {static_cast<std::uint32_t>(layers.size()),
+                                             static_cast<std::uint32_t>(settings.size())};
+  std::vector<std::uint32_t> counts(2 * static_cast<std::size_t>(p));
+  comm.allgather(u32(local_counts), u32(counts))->wait();
+
+  std::vector<std::uint32_t> records(layers.size() * 4);
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const LayerRecord r = record_of(layers[i]);
+    records[4 * i] = r.name_hash; records[4 * i + 1] = r.numel_lo;
+    records[4 * i + 2] = r.numel_hi; records[4 * i + 3] = r.shape_flags;
+  }
+  std::vector<std::size_t> record_counts(static_cast<std::size_t>(p)), text_counts(static_cast<std::size_t>(p));
+  std::size_t total_records = 0, total_text = 0;
+  for (int r = 0; r < p; ++r) {
+    record_counts[r] = 4 * std::size_t{counts[2 * r]};
+    text_counts[r] = counts[2 * r + 1];
+    total_records += record_counts[r];
+    total_text += text_counts[r];
+  }
+  std::vector<std::uint32_t> all_records(total_records);
+  comm.allgatherv(u32(records), u32(all_records), record_counts)->wait();
+  std::vector<std::uint8_t> text(settings.begin(), settings.end()), all_text(total_text);
+  comm.allgatherv(TensorView::of(std::span<std::uint8_t>(text)),
+                  TensorView::of(std::span<std::uint8_t>(all_text)), text_counts)->wait();
+
+  auto layer_of = [&](int r, std::size_t i) {
+    std::size_t base = 0;
+    for (int q = 0; q < r; ++q) base += record_counts[q];
+    const std::uint32_t* x = &all_records[base + 4 * i];
+    return LayerRecord{x[0], x[1], x[2], x[3]};
+  };
+  auto settings_of = [&](int r) {
+    std::size_t base = 0;
+    for (int q = 0; q < r; ++q) base += text_counts[q];
+    return std::string(all_text.begin() + static_cast<std::ptrdiff_t>(base),
+                       all_text.begin() + static_cast<std::ptrdiff_t>(base + text_counts[r]));
+  };
+  auto local_name = [&](std::size_t i) {
+    return i < layers.size() ? "'" + layers[i].name + "'" : std::string("(none here)");
+  };
+
+  std::size_t min_layers = counts[0];
+  for (int r = 1; r < p; ++r) min_layers = std::min<std::size_t>(min_layers, counts[2 * r]);
+  for (std::size_t i = 0; i < min_layers; ++i) {
+    for (int r = 1; r < p; ++r) {
+      const LayerRecord a = layer_of(0, i), b = layer_of(r, i);
+      if (same(a, b)) continue;
+      GRADCOMM_THROW(ErrorCode::kSizeMismatch, what, ": ranks disagree on layer ", i,
+                     " (on rank ", comm.rank(), " it is ", local_name(i), "): rank 0 has ",
+                     numel_of(a), " elements, ndim ", a.shape_flags / 2,
+                     (a.shape_flags & 1 ? ", forced dense" : ""), "; rank ", r, " has ",
+                     numel_of(b), " elements, ndim ", b.shape_flags / 2,
+                     (b.shape_flags & 1 ? ", forced dense" : ""),
+                     (a.name_hash != b.name_hash ? "; the names differ too" : ""));
+    }
+  }
+  for (int r = 1; r < p; ++r) {
+    if (counts[2 * r] != counts[0]) {
+      GRADCOMM_THROW(ErrorCode::kSizeMismatch, what, ": rank 0 registered ", counts[0],
+                     " layers, rank ", r, " registered ", counts[2 * r],
+                     "; the first layer one side lacks is layer ", min_layers,
+                     " (on rank ", comm.rank(), ": ", local_name(min_layers), ")");
+    }
+  }
+  for (int r = 1; r < p; ++r) {
+    if (settings_of(r) != settings_of(0)) {
+      GRADCOMM_THROW(ErrorCode::kSizeMismatch, what, ": the settings differ between ranks: rank 0 has '",
+                     settings_of(0), "', rank ", r, " has '", settings_of(r), "'");
+    }
+  }
+  GRADCOMM_THROW(ErrorCode::kInternal, what, ": fingerprints differ but no difference was found");
+}
+
+}  // namespace
+
+void check_agreement(Communicator& comm, std::span<const LayerSpec> layers,
+                     const std::string& settings, const std::string& what) {
+  std::uint64_t hash = fnv1a(settings.data(), settings.size());
+  for (const LayerSpec& layer : layers) {
+    const LayerRecord r = record_of(layer);
+    hash = fnv1a(&r, sizeof r, hash);
+  }
+  const std::uint64_t count = layers.size();
+  hash = fnv1a(&count, sizeof count, hash);
+  // Equal everywhere iff the max equals the min, word by word.
+  std::vector<std::uint32_t> words = {static_cast<std::uint32_t>(hash), static_cast<std::uint32_t>(hash >> 32)};
+  std::vector<std::uint32_t> high = words, low = words;
+  comm.allreduce(u32(words), u32(high), ReduceOp::kMax)->wait();
+  comm.allreduce(u32(words), u32(low), ReduceOp::kMin)->wait();
+  if (high == low) return;
+  explain_mismatch(comm, layers, settings, what);
+}
+
+}  // namespace gradcomm

@@ -1,0 +1,331 @@
+#include <algorithm>
+#include <bit>
+#include <climits>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gradcomm/mpi_communicator.h"
+#include "kernels/cpu/fp16.h"
+
+namespace gradcomm {
+namespace {
+
+std::string mpi_error_text(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return "MPI error " + std::to_string(code);
+  return std::string(text, static_cast<std::size_t>(length));
+}
+
+#define GRADCOMM_MPI_CALL(call, ...)                                                          \
+  do {                                                                                        \
+    const int _rc = (call);                                                                   \
+    GRADCOMM_CHECK(_rc == MPI_SUCCESS, ::gradcomm::ErrorCode::kCommunication, __VA_ARGS__, \
+                   ": ", mpi_error_text(_rc));                                                \
+  } while (0)
+
+MPI_Datatype mpi_type(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return MPI_FLOAT;
+    case DType::kFloat16: case DType::kBFloat16: return MPI_UINT16_T;
+    case DType::kInt32: return MPI_INT32_T;
+    case DType::kUInt32: return MPI_UINT32_T;
+    case DType::kUInt8: return MPI_UINT8_T;
+  }
+  return MPI_DATATYPE_NULL;
+}
+
+int checked_count(std::size_t count, const char* what, int rank) {
+  GRADCOMM_CHECK(count <= static_cast<std::size_t>(INT_MAX), ErrorCode::kUnsupported, what,
+                 " on rank ", rank, ": ", count, " elements exceed MPI's int count");
+  return static_cast<int>(count);
+}
+
+// bfloat16 is the top half of a float32; round to nearest even.
+inline float bf16_to_float(std::uint16_t v) { return std::bit_cast<float>(std::uint32_t{v} << 16); }
+inline std::uint16_t float_to_bf16(float f) {
+  std::uint32_t bits = std::bit_cast<std::uint32_t>(f);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+
+template <float (*ToFloat)(std::uint16_t), std::uint16_t (*FromFloat)(float), typename Combine>
+void reduce_16bit(void* in, void* inout, int* len, Combine combine) {
+  auto* a = static_cast<const std::uint16_t*>(in);
+  auto* b = static_cast<std::uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = FromFloat(combine(ToFloat(a[i]), ToFloat(b[i])));
+}
+
+void half_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  reduce_16bit<kernels::half_to_float, kernels::float_to_half>(in, inout, len, std::plus<float>());
+}
+void half_max(void* in, void* inout, int* len, MPI_Datatype*) {
+  reduce_16bit<kernels::half_to_float, kernels::float_to_half>(
+      in, inout, len, [](float x, float y) { return std::max(x, y); });
+}
+void half_min(void* in, void* inout, int* len, MPI_Datatype*) {
+  reduce_16bit<kernels::half_to_float, kernels::float_to_half>(
+      in, inout, len, [](float x, float y) { return std::min(x, y); });
+}
+void bfloat_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  reduce_16bit<bf16_to_float, float_to_bf16>(in, inout, len, std::plus<float>());
+}
+void bfloat_max(void* in, void* inout, int* len, MPI_Datatype*) {
+  reduce_16bit<bf16_to_float, float_to_bf16>(in, inout, len,
+                                             [](float x, float y) { return std::max(x, y); });
+}
+void bfloat_min(void* in, void* inout, int* len, MPI_Datatype*) {
+  reduce_16bit<bf16_to_float, float_to_bf16>(in, inout, len,
+                                             [](float x, float y) { return std::min(x, y); });
+}
+
+// One or more MPI requests completed in sequence: a stage may start the next collective
+// once the one before it has completed (reduce-scatter, then allgather).
+class MpiWork final : public Work {
+ public:
+  using Stage = std::function<MPI_Request()>;
+  MpiWork(std::string what, int rank, MPI_Request first, std::vector<Stage> next = {},
+          std::shared_ptr<const void> keepalive = {})
+      : what_(std::move(what)),
+        rank_(rank),
+        request_(first),
+        next_(std::move(next)),
+        keepalive_(std::move(keepalive)) {}
+  ~MpiWork() override {
+    // A handle dropped without wait(): complete it, so buffers are not written later.
+    if (request_ != MPI_REQUEST_NULL || stage_ < next_.size()) {
+      try { wait(); } catch (...) {}
+    }
+  }
+
+  void wait() override {
+    for (;;) {
+      GRADCOMM_MPI_CALL(MPI_Wait(&request_, MPI_STATUS_IGNORE), what_, " failed on rank ", rank_);
+      if (stage_ == next_.size()) return;
+      request_ = next_[stage_++]();
+    }
+  }
+
+  bool test() override {
+    for (;;) {
+      int done = 0;
+      GRADCOMM_MPI_CALL(MPI_Test(&request_, &done, MPI_STATUS_IGNORE), what_, " failed on rank ",
+                        rank_);
+      if (!done) return false;
+      if (stage_ == next_.size()) return true;
+      request_ = next_[stage_++]();
+    }
+  }
+
+ private:
+  std::string what_;
+  int rank_;
+  MPI_Request request_;
+  std::vector<Stage> next_;
+  std::shared_ptr<const void> keepalive_;  // arrays MPI reads until the request completes
+  std::size_t stage_ = 0;
+};
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, MpiCommunicatorOptions options) : options_(options) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  GRADCOMM_CHECK(initialized, ErrorCode::kInvalidArgument,
+                 "MpiCommunicator(MPI_Comm): MPI is not initialized; call MPI_Init first or use "
+                 "MpiCommunicator() which initializes it");
+  init_from(comm);
+}
+
+MpiCommunicator::MpiCommunicator(MpiCommunicatorOptions options) : options_(options) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    int provided = 0;
+    const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+    GRADCOMM_CHECK(rc == MPI_SUCCESS, ErrorCode::kCommunication, "MPI_Init_thread failed: ",
+                   mpi_error_text(rc));
+    finalize_on_destroy_ = true;
+  }
+  init_from(MPI_COMM_WORLD);
+}
+
+void MpiCommunicator::init_from(MPI_Comm comm) {
+  GRADCOMM_MPI_CALL(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup of the user's communicator");
+  // Failures come back as codes (turned into gradcomm::Error) instead of aborting the job.
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+  MPI_Op_create(&half_sum, 1, &half_sum_);
+  MPI_Op_create(&half_max, 1, &half_max_);
+  MPI_Op_create(&half_min, 1, &half_min_);
+  MPI_Op_create(&bfloat_sum, 1, &bfloat_sum_);
+  MPI_Op_create(&bfloat_max, 1, &bfloat_max_);
+  MPI_Op_create(&bfloat_min, 1, &bfloat_min_);
+}
+
+void MpiCommunicator::release() noexcept {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  for (MPI_Op* op : {&half_sum_, &half_max_, &half_min_, &bfloat_sum_, &bfloat_max_, &bfloat_min_}) {
+    if (*op != MPI_OP_NULL) MPI_Op_free(op);
+  }
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (finalize_on_destroy_) MPI_Finalize();
+}
+
+MpiCommunicator::~MpiCommunicator() { release(); }
+
+std::string MpiCommunicator::describe() const {
+  return "MpiCommunicator(rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ")";
+}
+
+void MpiCommunicator::verify_same_size(const char* collective, std::size_t numel, int extra) {
+  if (!options_.verify_sizes || size_ == 1) return;
+  // max of (x) and max of (-x) give max and min in one call.
+  long long local[4] = {static_cast<long long>(numel), -static_cast<long long>(numel), extra, -extra};
+  long long global[4];
+  GRADCOMM_MPI_CALL(MPI_Allreduce(local, global, 4, MPI_LONG_LONG, MPI_MAX, comm_),
+                    collective, " size agreement on rank ", rank_);
+  GRADCOMM_CHECK(global[0] == -global[1] && global[2] == -global[3], ErrorCode::kSizeMismatch,
+                 collective, " on rank ", rank_, " of ", size_, ": this rank passes ", numel,
+                 " elements, others pass between ", -global[1], " and ", global[0],
+                 (global[2] != -global[3] ? " (and the roots or dtypes differ)" : ""));
+}
+
+WorkHandle MpiCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp op) {
+  check_allreduce(send, recv);
+  verify_same_size("allreduce", send.numel(), static_cast<int>(send.dtype()) * 4 + static_cast<int>(op));
+  const int count = checked_count(send.numel(), "allreduce", rank_);
+  const MPI_Datatype type = mpi_type(send.dtype());
+  MPI_Op mpi_op = op == ReduceOp::kSum ? MPI_SUM : op == ReduceOp::kMax ? MPI_MAX : MPI_MIN;
+  if (send.dtype() == DType::kFloat16) {
+    mpi_op = op == ReduceOp::kSum ? half_sum_ : op == ReduceOp::kMax ? half_max_ : half_min_;
+  } else if (send.dtype() == DType::kBFloat16) {
+    mpi_op = op == ReduceOp::kSum ? bfloat_sum_ : op == ReduceOp::kMax ? bfloat_max_ : bfloat_min_;
+  }
+  count_traffic(allreduce_wire_bytes(send.nbytes(), size_));
+  const bool floating = send.dtype() == DType::kFloat32 || send.dtype() == DType::kFloat16 ||
+                        send.dtype() == DType::kBFloat16;
+  if (!floating || op != ReduceOp::kSum || size_ == 1 || count < size_) {
+    // Exact operations (integers, max, min) give the same bits on every rank whatever the
+    // order; so does a sum too small to split.
+    void* sendbuf = send.data() == recv.data() ? MPI_IN_PLACE : send.data();
+    MPI_Request request;
+    GRADCOMM_MPI_CALL(MPI_Iallreduce(sendbuf, recv.data(), count, type, mpi_op, comm_, &request),
+                      "allreduce of ", recv.describe(), " on rank ", rank_);
+    return std::make_unique<MpiWork>("allreduce", rank_, request);
+  }
+  // A floating-point sum is not associative, and MPI does not promise every rank the same
+  // bits. Reduce-scatter (each chunk summed once, by its owner) then allgather gives
+  // bitwise-identical results on every rank, with a ring's traffic.
+  auto counts = std::make_shared<std::vector<int>>(static_cast<std::size_t>(size_));
+  auto displs = std::make_shared<std::vector<int>>(static_cast<std::size_t>(size_));
+  for (int r = 0, offset = 0; r < size_; ++r) {
+    (*counts)[r] = count / size_ + (r < count % size_ ? 1 : 0);
+    (*displs)[r] = offset;
+    offset += (*counts)[r];
+  }
+  const std::size_t esize = dtype_size(send.dtype());
+  char* recv_base = static_cast<char*>(recv.data());
+  char* own_chunk = recv_base + static_cast<std::size_t>((*displs)[rank_]) * esize;
+  void* sendbuf = send.data() == recv.data() ? MPI_IN_PLACE : send.data();
+  MPI_Request request;
+  GRADCOMM_MPI_CALL(MPI_Ireduce_scatter(sendbuf, sendbuf == MPI_IN_PLACE ? recv_base : own_chunk,
+                                        counts->data(), type, mpi_op, comm_, &request),
+                    "allreduce (reduce-scatter stage) of ", recv.describe(), " on rank ", rank_);
+  const int rank = rank_;
+  MPI_Comm comm = comm_;
+  const bool in_place = sendbuf == MPI_IN_PLACE;
+  MpiWork::Stage gather = [=]() {
+    // In place, MPI_Ireduce_scatter leaves this rank's chunk at the start of the buffer.
+    if (in_place && (*displs)[rank] != 0) {
+      std::memmove(own_chunk, recv_base, static_cast<std::size_t>((*counts)[rank]) * esize);
+    }
+    MPI_Request next;
+    GRADCOMM_MPI_CALL(MPI_Iallgatherv(MPI_IN_PLACE, 0, type, recv_base, counts->data(),
+                                      displs->data(), type, comm, &next),
+                      "allreduce (allgather stage) on rank ", rank);
+    return next;
+  };
+  return std::make_unique<MpiWork>("allreduce", rank_, request, std::vector<MpiWork::Stage>{gather});
+}
+
+WorkHandle MpiCommunicator::allgather(TensorView send, TensorView recv) {
+  check_allgather(send, recv);
+  verify_same_size("allgather", send.numel(), static_cast<int>(send.dtype()));
+  const int count = checked_count(send.numel(), "allgather", rank_);
+  checked_count(recv.numel(), "allgather", rank_);
+  count_traffic(allgather_wire_bytes(send.nbytes(), size_));
+  MPI_Request request;
+  GRADCOMM_MPI_CALL(MPI_Iallgather(send.data(), count, mpi_type(send.dtype()), recv.data(), count,
+                                   mpi_type(recv.dtype()), comm_, &request),
+                    "allgather of ", send.describe(), " per rank on rank ", rank_);
+  return std::make_unique<MpiWork>("allgather", rank_, request);
+}
+
+WorkHandle MpiCommunicator::allgatherv(TensorView send, TensorView recv,
+                                       std::span<const std::size_t> counts) {
+  check_allgatherv(send, recv, counts);
+  verify_same_size("allgatherv", recv.numel(), static_cast<int>(send.dtype()));
+  auto int_counts = std::make_shared<std::vector<int>>(counts.size());
+  auto displs = std::make_shared<std::vector<int>>(counts.size());
+  std::size_t offset = 0;
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    (*int_counts)[r] = checked_count(counts[r], "allgatherv", rank_);
+    (*displs)[r] = checked_count(offset, "allgatherv", rank_);
+    offset += counts[r];
+  }
+  count_traffic(send.nbytes() * static_cast<std::uint64_t>(size_ - 1));
+  MPI_Request request;
+  GRADCOMM_MPI_CALL(MPI_Iallgatherv(send.data(), static_cast<int>(send.numel()), mpi_type(send.dtype()),
+                                    recv.data(), int_counts->data(), displs->data(),
+                                    mpi_type(recv.dtype()), comm_, &request),
+                    "allgatherv of ", send.describe(), " on rank ", rank_);
+  auto arrays = std::make_shared<std::pair<std::shared_ptr<std::vector<int>>, std::shared_ptr<std::vector<int>>>>(
+      int_counts, displs);
+  return std::make_unique<MpiWork>("allgatherv", rank_, request, std::vector<MpiWork::Stage>{},
+                                   arrays);
+}
+
+WorkHandle MpiCommunicator::alltoall(TensorView send, TensorView recv) {
+  check_alltoall(send, recv);
+  verify_same_size("alltoall", send.numel(), static_cast<int>(send.dtype()));
+  const int count = checked_count(send.numel() / static_cast<std::size_t>(size_), "alltoall", rank_);
+  count_traffic(alltoall_wire_bytes(send.nbytes(), size_));
+  MPI_Request request;
+  GRADCOMM_MPI_CALL(MPI_Ialltoall(send.data(), count, mpi_type(send.dtype()), recv.data(), count,
+                                  mpi_type(recv.dtype()), comm_, &request),
+                    "alltoall of ", send.describe(), " on rank ", rank_);
+  return std::make_unique<MpiWork>("alltoall", rank_, request);
+}
+
+WorkHandle MpiCommunicator::broadcast(TensorView buffer, int root) {
+  check_broadcast(buffer, root);
+  verify_same_size("broadcast", buffer.numel(), root * 8 + static_cast<int>(buffer.dtype()));
+  const int count = checked_count(buffer.numel(), "broadcast", rank_);
+  if (rank_ == root) count_traffic(buffer.nbytes());
+  MPI_Request request;
+  GRADCOMM_MPI_CALL(MPI_Ibcast(buffer.data(), count, mpi_type(buffer.dtype()), root, comm_, &request),
+                    "broadcast of ", buffer.describe(), " from root ", root, " on rank ", rank_);
+  return std::make_unique<MpiWork>("broadcast", rank_, request);
+}
+
+WorkHandle MpiCommunicator::barrier() {
+  MPI_Request request;
+  GRADCOMM_MPI_CALL(MPI_Ibarrier(comm_, &request), "barrier on rank ", rank_);
+  return std::make_unique<MpiWork>("barrier", rank_, request);
+}
+
+void MpiCommunicator::abort(const std::string& reason) {
+  std::fprintf(stderr, "gradcomm: rank %d aborts the MPI job: %s\n", rank_, reason.c_str());
+  std::fflush(stderr);
+  MPI_Abort(comm_, 1);
+}
+
+}  // namespace gradcomm
