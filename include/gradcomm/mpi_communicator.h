@@ -46,6 +46,8 @@ class MpiCommunicator final : public Communicator {
   WorkHandle barrier() override;
   void abort(const std::string& reason) override;
 
+  struct ChainQueue;  // second stages of two-stage collectives, in issue order
+
  private:
   void init_from(MPI_Comm comm);
   void verify_same_size(const char* collective, std::size_t numel, int extra = 0);
@@ -60,6 +62,8 @@ class MpiCommunicator final : public Communicator {
   MPI_Op bfloat_min_ = MPI_OP_NULL;
 
   MPI_Comm comm_ = MPI_COMM_NULL;
+  MPI_Comm stage2_comm_ = MPI_COMM_NULL;
+  std::shared_ptr<ChainQueue> chains_;
   int rank_ = 0;
   int size_ = 1;
   bool finalize_on_destroy_ = false;

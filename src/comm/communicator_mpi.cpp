@@ -2,6 +2,7 @@
 #include <bit>
 #include <climits>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -83,51 +84,102 @@ void bfloat_min(void* in, void* inout, int* len, MPI_Datatype*) {
                                              [](float x, float y) { return std::min(x, y); });
 }
 
-// One or more MPI requests completed in sequence: a stage may start the next collective
-// once the one before it has completed (reduce-scatter, then allgather).
+// One MPI request.
 class MpiWork final : public Work {
  public:
-  using Stage = std::function<MPI_Request()>;
-  MpiWork(std::string what, int rank, MPI_Request first, std::vector<Stage> next = {},
-          std::shared_ptr<const void> keepalive = {})
-      : what_(std::move(what)),
-        rank_(rank),
-        request_(first),
-        next_(std::move(next)),
-        keepalive_(std::move(keepalive)) {}
+  MpiWork(std::string what, int rank, MPI_Request request, std::shared_ptr<const void> keepalive = {})
+      : what_(std::move(what)), rank_(rank), request_(request), keepalive_(std::move(keepalive)) {}
   ~MpiWork() override {
     // A handle dropped without wait(): complete it, so buffers are not written later.
-    if (request_ != MPI_REQUEST_NULL || stage_ < next_.size()) {
-      try { wait(); } catch (...) {}
-    }
+    if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
   }
-
   void wait() override {
-    for (;;) {
-      GRADCOMM_MPI_CALL(MPI_Wait(&request_, MPI_STATUS_IGNORE), what_, " failed on rank ", rank_);
-      if (stage_ == next_.size()) return;
-      request_ = next_[stage_++]();
-    }
+    GRADCOMM_MPI_CALL(MPI_Wait(&request_, MPI_STATUS_IGNORE), what_, " failed on rank ", rank_);
   }
-
   bool test() override {
-    for (;;) {
-      int done = 0;
-      GRADCOMM_MPI_CALL(MPI_Test(&request_, &done, MPI_STATUS_IGNORE), what_, " failed on rank ",
-                        rank_);
-      if (!done) return false;
-      if (stage_ == next_.size()) return true;
-      request_ = next_[stage_++]();
-    }
+    int done = 0;
+    GRADCOMM_MPI_CALL(MPI_Test(&request_, &done, MPI_STATUS_IGNORE), what_, " failed on rank ", rank_);
+    return done != 0;
   }
 
  private:
   std::string what_;
   int rank_;
   MPI_Request request_;
-  std::vector<Stage> next_;
   std::shared_ptr<const void> keepalive_;  // arrays MPI reads until the request completes
-  std::size_t stage_ = 0;
+};
+
+}  // namespace
+
+// Two-stage collectives (reduce-scatter, then allgather) need their second stage started
+// after the first completes, and MPI needs collectives started in the same order on every
+// rank. Second stages therefore run on a communicator of their own and start strictly in
+// the order their first stages were issued: whichever handle is tested or waited, the
+// queue is advanced from its front.
+struct MpiCommunicator::ChainQueue {
+  struct Chain {
+    std::string what;
+    MPI_Request first = MPI_REQUEST_NULL;
+    std::function<MPI_Request()> start_second;
+    MPI_Request second = MPI_REQUEST_NULL;
+    bool second_started = false;
+  };
+  int rank = 0;
+  std::deque<std::shared_ptr<Chain>> pending;  // first stage issued, second not started
+
+  // Starts second stages in order; blocks on first stages up to and including `until`
+  // (nullptr: never blocks).
+  void advance(const Chain* until) {
+    bool block = until != nullptr && !until->second_started;
+    while (!pending.empty()) {
+      Chain& front = *pending.front();
+      if (block) {
+        GRADCOMM_MPI_CALL(MPI_Wait(&front.first, MPI_STATUS_IGNORE), front.what, " failed on rank ", rank);
+      } else {
+        int done = 0;
+        GRADCOMM_MPI_CALL(MPI_Test(&front.first, &done, MPI_STATUS_IGNORE), front.what,
+                          " failed on rank ", rank);
+        if (!done) return;
+      }
+      front.second = front.start_second();
+      front.second_started = true;
+      const bool reached = &front == until;
+      pending.pop_front();
+      if (reached) block = false;
+    }
+  }
+};
+
+namespace {
+
+class ChainedWork final : public Work {
+ public:
+  ChainedWork(std::shared_ptr<MpiCommunicator::ChainQueue> queue,
+              std::shared_ptr<MpiCommunicator::ChainQueue::Chain> chain)
+      : queue_(std::move(queue)), chain_(std::move(chain)) {}
+  ~ChainedWork() override {
+    try {
+      wait();
+    } catch (...) {
+    }
+  }
+  void wait() override {
+    queue_->advance(chain_.get());
+    GRADCOMM_MPI_CALL(MPI_Wait(&chain_->second, MPI_STATUS_IGNORE), chain_->what, " failed on rank ",
+                      queue_->rank);
+  }
+  bool test() override {
+    queue_->advance(nullptr);
+    if (!chain_->second_started) return false;
+    int done = 0;
+    GRADCOMM_MPI_CALL(MPI_Test(&chain_->second, &done, MPI_STATUS_IGNORE), chain_->what,
+                      " failed on rank ", queue_->rank);
+    return done != 0;
+  }
+
+ private:
+  std::shared_ptr<MpiCommunicator::ChainQueue> queue_;
+  std::shared_ptr<MpiCommunicator::ChainQueue::Chain> chain_;
 };
 
 }  // namespace
@@ -160,6 +212,10 @@ void MpiCommunicator::init_from(MPI_Comm comm) {
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
+  GRADCOMM_MPI_CALL(MPI_Comm_dup(comm_, &stage2_comm_), "MPI_Comm_dup for two-stage collectives");
+  MPI_Comm_set_errhandler(stage2_comm_, MPI_ERRORS_RETURN);
+  chains_ = std::make_shared<ChainQueue>();
+  chains_->rank = rank_;
   MPI_Op_create(&half_sum, 1, &half_sum_);
   MPI_Op_create(&half_max, 1, &half_max_);
   MPI_Op_create(&half_min, 1, &half_min_);
@@ -175,6 +231,8 @@ void MpiCommunicator::release() noexcept {
   for (MPI_Op* op : {&half_sum_, &half_max_, &half_min_, &bfloat_sum_, &bfloat_max_, &bfloat_min_}) {
     if (*op != MPI_OP_NULL) MPI_Op_free(op);
   }
+  if (chains_) chains_->advance(nullptr);
+  if (stage2_comm_ != MPI_COMM_NULL) MPI_Comm_free(&stage2_comm_);
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   if (finalize_on_destroy_) MPI_Finalize();
 }
@@ -234,26 +292,28 @@ WorkHandle MpiCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp
   const std::size_t esize = dtype_size(send.dtype());
   char* recv_base = static_cast<char*>(recv.data());
   char* own_chunk = recv_base + static_cast<std::size_t>((*displs)[rank_]) * esize;
-  void* sendbuf = send.data() == recv.data() ? MPI_IN_PLACE : send.data();
-  MPI_Request request;
-  GRADCOMM_MPI_CALL(MPI_Ireduce_scatter(sendbuf, sendbuf == MPI_IN_PLACE ? recv_base : own_chunk,
-                                        counts->data(), type, mpi_op, comm_, &request),
+  const bool in_place = send.data() == recv.data();
+  auto chain = std::make_shared<ChainQueue::Chain>();
+  chain->what = "allreduce of " + recv.describe();
+  GRADCOMM_MPI_CALL(MPI_Ireduce_scatter(in_place ? MPI_IN_PLACE : send.data(),
+                                        in_place ? recv_base : own_chunk, counts->data(), type,
+                                        mpi_op, comm_, &chain->first),
                     "allreduce (reduce-scatter stage) of ", recv.describe(), " on rank ", rank_);
   const int rank = rank_;
-  MPI_Comm comm = comm_;
-  const bool in_place = sendbuf == MPI_IN_PLACE;
-  MpiWork::Stage gather = [=]() {
+  MPI_Comm stage2 = stage2_comm_;
+  chain->start_second = [=]() {
     // In place, MPI_Ireduce_scatter leaves this rank's chunk at the start of the buffer.
     if (in_place && (*displs)[rank] != 0) {
       std::memmove(own_chunk, recv_base, static_cast<std::size_t>((*counts)[rank]) * esize);
     }
     MPI_Request next;
     GRADCOMM_MPI_CALL(MPI_Iallgatherv(MPI_IN_PLACE, 0, type, recv_base, counts->data(),
-                                      displs->data(), type, comm, &next),
+                                      displs->data(), type, stage2, &next),
                       "allreduce (allgather stage) on rank ", rank);
     return next;
   };
-  return std::make_unique<MpiWork>("allreduce", rank_, request, std::vector<MpiWork::Stage>{gather});
+  chains_->pending.push_back(chain);
+  return std::make_unique<ChainedWork>(chains_, chain);
 }
 
 WorkHandle MpiCommunicator::allgather(TensorView send, TensorView recv) {
@@ -289,8 +349,7 @@ WorkHandle MpiCommunicator::allgatherv(TensorView send, TensorView recv,
                     "allgatherv of ", send.describe(), " on rank ", rank_);
   auto arrays = std::make_shared<std::pair<std::shared_ptr<std::vector<int>>, std::shared_ptr<std::vector<int>>>>(
       int_counts, displs);
-  return std::make_unique<MpiWork>("allgatherv", rank_, request, std::vector<MpiWork::Stage>{},
-                                   arrays);
+  return std::make_unique<MpiWork>("allgatherv", rank_, request, arrays);
 }
 
 WorkHandle MpiCommunicator::alltoall(TensorView send, TensorView recv) {

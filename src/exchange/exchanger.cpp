@@ -48,8 +48,8 @@ struct Arena {
 //   consecutive allreduce layers of one dtype up to bucket_bytes, and consecutive
 //   allgather layers up to bucket_bytes;
 // - an allreduce group is the layers' payloads (each padded to 8 bytes), then one status
-//   element of the group's dtype: each rank adds 1 if any of its layers in the group met
-//   a non-finite value, so after the sum every rank sees how many ranks did;
+//   element per layer, of the group's dtype: each rank adds 1 where its layer met a
+//   non-finite value, so after the sum every rank sees how many ranks did, per layer;
 // - an allgather group sends, per rank, a header of uint32 words
 //   [layer count, non-finite count of each layer], padded to 8 bytes, then each layer's
 //   payload padded to 8 bytes; every rank receives all ranks' blocks in rank order.
@@ -60,7 +60,7 @@ struct Exchanger::Impl {
     std::size_t first, last;    // positions [first, last) in backward order
     std::size_t send_offset;    // into send arena
     std::size_t block_bytes;    // per rank
-    std::size_t header_bytes;   // allgather: header size; allreduce: offset of status element
+    std::size_t header_bytes;   // allgather: header size; allreduce: offset of the status elements
     std::size_t recv_offset;    // allgather: into recv arena
     std::size_t pending;        // layers not yet encoded
     WorkHandle work;
@@ -115,7 +115,7 @@ Exchanger::Exchanger(Communicator& comm, std::unique_ptr<Compressor> compressor,
   std::size_t send_bound = 64, scratch_bound = 0;
   for (std::size_t layer = 0; layer < n; ++layer) {
     const std::size_t max_bytes = compressor_->max_payload_bytes(layer);
-    send_bound += align_up(max_bytes) + 2 * kAlign + 4;
+    send_bound += align_up(max_bytes) + 2 * kAlign + 8;
     scratch_bound = std::max(scratch_bound, max_bytes * static_cast<std::size_t>(comm_.size()));
   }
   s.send.reserve(send_bound);
@@ -123,6 +123,13 @@ Exchanger::Exchanger(Communicator& comm, std::unique_ptr<Compressor> compressor,
 }
 
 Exchanger::~Exchanger() = default;
+
+void Exchanger::restore_step(std::int64_t step) {
+  GRADCOMM_CHECK(!impl_->in_step, ErrorCode::kInvalidArgument, "Exchanger::restore_step(", step,
+                 ") on rank ", comm_.rank(), " inside step ", step_, ": finish the step first");
+  GRADCOMM_CHECK_ARG(step >= 0, "Exchanger::restore_step: step ", step, " < 0");
+  step_ = step;
+}
 
 void Exchanger::begin_step() {
   Impl& s = *impl_;
@@ -178,8 +185,8 @@ void Exchanger::begin_step() {
       send_offset += g.block_bytes;
       recv_offset += p * g.block_bytes;
     } else {
-      g.header_bytes = g.block_bytes;  // the status element sits right after the payloads
-      send_offset += g.block_bytes + kAlign;
+      g.header_bytes = g.block_bytes;  // the status elements sit right after the payloads
+      send_offset += g.block_bytes + align_up(4 * (g.last - g.first));
     }
   }
   s.send.reserve(send_offset);
@@ -223,16 +230,18 @@ void Exchanger::submit(std::size_t layer, TensorView grad, TensorView out) {
     Impl::Group& ready = s.groups[s.next_to_issue++];
     std::byte* block = s.send.at(ready.send_offset);
     if (ready.collective == Collective::kAllreduce) {
-      float flag = 0;
-      for (std::size_t pos = ready.first; pos < ready.last; ++pos) flag += s.local_nonfinite[s.order[pos]] ? 1.0f : 0.0f;
       const std::size_t esize = dtype_size(ready.dtype);
-      if (ready.dtype == DType::kFloat16) {
-        const std::uint16_t h = kernels::float_to_half(flag);
-        std::memcpy(block + ready.header_bytes, &h, sizeof h);
-      } else {
-        std::memcpy(block + ready.header_bytes, &flag, sizeof flag);
+      for (std::size_t pos = ready.first; pos < ready.last; ++pos) {
+        const float flag = s.local_nonfinite[s.order[pos]] ? 1.0f : 0.0f;
+        std::byte* status = block + ready.header_bytes + (pos - ready.first) * esize;
+        if (ready.dtype == DType::kFloat16) {
+          const std::uint16_t h = kernels::float_to_half(flag);
+          std::memcpy(status, &h, sizeof h);
+        } else {
+          std::memcpy(status, &flag, sizeof flag);
+        }
       }
-      TensorView view(block, ready.header_bytes / esize + 1, ready.dtype);
+      TensorView view(block, ready.header_bytes / esize + (ready.last - ready.first), ready.dtype);
       ready.work = comm_.allreduce(view, view, ReduceOp::kSum);
     } else {
       auto* header = reinterpret_cast<std::uint32_t*>(block);
@@ -269,20 +278,22 @@ const StepStats& Exchanger::finish_step() {
     g.work.reset();
     std::byte* block = s.send.at(g.send_offset);
     if (g.collective == Collective::kAllreduce) {
-      float ranks_bad = 0;
-      if (g.dtype == DType::kFloat16) {
-        std::uint16_t h;
-        std::memcpy(&h, block + g.header_bytes, sizeof h);
-        ranks_bad = kernels::half_to_float(h);
-      } else {
-        std::memcpy(&ranks_bad, block + g.header_bytes, sizeof ranks_bad);
-      }
-      if (ranks_bad != 0.0f) {
+      const std::size_t esize = dtype_size(g.dtype);
+      for (std::size_t pos = g.first; pos < g.last; ++pos) {
+        const std::byte* status = block + g.header_bytes + (pos - g.first) * esize;
+        float ranks_bad = 0;
+        if (g.dtype == DType::kFloat16) {
+          std::uint16_t h;
+          std::memcpy(&h, status, sizeof h);
+          ranks_bad = kernels::half_to_float(h);
+        } else {
+          std::memcpy(&ranks_bad, status, sizeof ranks_bad);
+        }
+        if (ranks_bad == 0.0f) continue;
         bad_layers += 1;
         if (first_bad.empty()) {
-          first_bad = "one of the layers in backward positions [" + std::to_string(g.first) + ", " +
-                      std::to_string(g.last) + ") (first: '" + layers_[s.order[g.first]].name +
-                      "') on " + std::to_string(static_cast<int>(ranks_bad)) + " rank(s)";
+          first_bad = "layer '" + layers_[s.order[pos]].name + "' on " +
+                      std::to_string(static_cast<int>(ranks_bad)) + " rank(s)";
         }
       }
       for (std::size_t pos = g.first; pos < g.last; ++pos) {
@@ -329,7 +340,7 @@ const StepStats& Exchanger::finish_step() {
     switch (options_.nonfinite) {
       case NonFinitePolicy::kError:
         GRADCOMM_THROW(ErrorCode::kNonFinite, "step ", this_step, " on rank ", comm_.rank(),
-                       ": non-finite gradient values in ", bad_layers, " layer(s) or bucket(s), first ",
+                       ": non-finite gradient values in ", bad_layers, " layer(s), first ",
                        first_bad, " (policy: error; set NonFinitePolicy::kSkipStep or kZero to go on)");
       case NonFinitePolicy::kSkipStep:
         for (const TensorView& out : s.outs) std::memset(out.data(), 0, out.nbytes());
