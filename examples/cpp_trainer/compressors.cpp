@@ -1,0 +1,26 @@
+// --compressor: one branch per compressor.
+#include <stdexcept>
+
+#include "training.h"
+
+namespace trainer {
+
+CompressorSetup make_compressor(const Options& options, int world_size, std::size_t steps_per_epoch) {
+  (void)world_size;
+  (void)steps_per_epoch;
+  CompressorSetup setup;
+  if (options.compressor == "none") {
+    setup.compressor = std::make_unique<gradcomm::DenseCompressor>(
+        gradcomm::DenseOptions{options.fp16_wire ? gradcomm::DType::kFloat16 : gradcomm::DType::kFloat32});
+    return setup;
+  }
+  if (options.compressor == "dgc" || options.compressor == "quant" ||
+      options.compressor == "lgreco-dgc" || options.compressor == "lgreco-quant") {
+    throw std::invalid_argument("--compressor " + options.compressor +
+                                " is not built in this version of gradcomm-train yet");
+  }
+  throw std::invalid_argument("unknown --compressor '" + options.compressor +
+                              "' (expected none, dgc, quant, lgreco-dgc or lgreco-quant)");
+}
+
+}  // namespace trainer

@@ -1,0 +1,190 @@
+// gradcomm-train: data-parallel training of an MLP on the digits data set. Every MPI rank
+// trains on its shard of each batch and exchanges gradients through gradcomm.
+#include <gradcomm/gradcomm.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+
+#include "digits.h"
+#include "mlp.h"
+#include "options.h"
+#include "training.h"
+
+namespace trainer {
+namespace {
+
+std::uint64_t fnv1a(const void* data, std::size_t bytes, std::uint64_t h = 1469598103934665603ull) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+// True iff every rank holds bitwise the same parameters.
+bool replicas_identical(gradcomm::Communicator& comm, const Mlp& model) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (const Dense& d : model.layers()) {
+    h = fnv1a(d.weight.data(), d.weight.size() * sizeof(float), h);
+    h = fnv1a(d.bias.data(), d.bias.size() * sizeof(float), h);
+  }
+  std::vector<std::uint32_t> words = {static_cast<std::uint32_t>(h), static_cast<std::uint32_t>(h >> 32)};
+  std::vector<std::uint32_t> high = words, low = words;
+  comm.allreduce(gradcomm::TensorView::of(std::span<std::uint32_t>(words)),
+                 gradcomm::TensorView::of(std::span<std::uint32_t>(high)), gradcomm::ReduceOp::kMax)->wait();
+  comm.allreduce(gradcomm::TensorView::of(std::span<std::uint32_t>(words)),
+                 gradcomm::TensorView::of(std::span<std::uint32_t>(low)), gradcomm::ReduceOp::kMin)->wait();
+  return high == low;
+}
+
+float global_mean(gradcomm::Communicator& comm, float local) {
+  float value = local;
+  gradcomm::TensorView v(&value, 1, gradcomm::DType::kFloat32);
+  comm.allreduce(v, v, gradcomm::ReduceOp::kSum)->wait();
+  return value / static_cast<float>(comm.size());
+}
+
+int run(const Options& options, gradcomm::Communicator& comm) {
+  const int rank = comm.rank(), p = comm.size();
+  Dataset all = load_digits(options.digits.empty() ? default_digits_path() : options.digits);
+  Dataset train, test;
+  split(all, 0.2, /*seed=*/12345, train, test);  // fixed split: runs compare on the same test set
+
+  std::vector<std::size_t> widths = {Dataset::kFeatures};
+  widths.insert(widths.end(), options.hidden.begin(), options.hidden.end());
+  widths.push_back(Dataset::kClasses);
+  Mlp model(widths, options.seed);
+
+  // One global batch is p * batch samples; rank r takes its slice of it.
+  const std::size_t global_batch = options.batch * static_cast<std::size_t>(p);
+  const std::size_t steps_per_epoch = train.size() / global_batch;
+  if (steps_per_epoch == 0) throw std::invalid_argument("batch too large for the training set");
+  const std::size_t total_steps = steps_per_epoch * static_cast<std::size_t>(options.epochs);
+
+  CompressorSetup setup = make_compressor(options, p, steps_per_epoch);
+  std::unique_ptr<Optimizer> optimizer = make_optimizer(options, setup.compressor_has_momentum, comm, total_steps);
+
+  std::vector<Parameter> params;
+  std::vector<gradcomm::LayerSpec> specs;
+  for (std::size_t l = 0; l < model.layers().size(); ++l) {
+    Dense& d = model.layers()[l];
+    params.push_back({"fc" + std::to_string(l) + ".weight", &d.weight, &d.weight_grad, 2});
+    params.push_back({"fc" + std::to_string(l) + ".bias", &d.bias, &d.bias_grad, 1});
+  }
+  for (const Parameter& prm : params) specs.push_back({prm.name, prm.value->size(), prm.ndim, false});
+
+  std::unique_ptr<gradcomm::Exchanger> exchanger;
+  if (!optimizer->communicates()) {
+    exchanger = std::make_unique<gradcomm::Exchanger>(
+        comm, std::move(setup.compressor), specs,
+        gradcomm::ExchangerOptions{.nonfinite = gradcomm::parse_nonfinite_policy(options.nonfinite)});
+  }
+  if (rank == 0 && !options.quiet) {
+    std::size_t n = 0;
+    for (const auto& s : specs) n += s.numel;
+    std::printf("gradcomm-train: %d ranks, %zu parameters in %zu tensors, %zu train / %zu test samples, "
+                "%zu steps per epoch, compressor %s, optimizer %s\n",
+                p, n, specs.size(), train.size(), test.size(), steps_per_epoch,
+                options.compressor.c_str(), options.optimizer.c_str());
+  }
+
+  std::vector<std::size_t> order(train.size());
+  std::vector<float> batch_x(options.batch * Dataset::kFeatures);
+  std::vector<int> batch_y(options.batch);
+  std::uint64_t total_bytes = 0;
+  double total_seconds = 0, exchange_seconds = 0;
+  double accuracy = 0;
+  std::int64_t step = 0;
+  for (int epoch = 0; epoch < options.epochs; ++epoch) {
+    if (exchanger) exchanger->compressor().set_epoch(epoch);
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(options.seed * 1000003 + static_cast<std::uint64_t>(epoch));
+    std::shuffle(order.begin(), order.end(), rng);  // same order on every rank
+    float loss_sum = 0;
+    for (std::size_t s = 0; s < steps_per_epoch; ++s, ++step) {
+      for (std::size_t b = 0; b < options.batch; ++b) {
+        const std::size_t i = order[s * global_batch + static_cast<std::size_t>(rank) * options.batch + b];
+        std::copy_n(&train.features[i * Dataset::kFeatures], Dataset::kFeatures, &batch_x[b * Dataset::kFeatures]);
+        batch_y[b] = train.labels[i];
+      }
+      const auto start = std::chrono::steady_clock::now();
+      if (exchanger) exchanger->begin_step();
+      loss_sum += model.train_batch(batch_x.data(), batch_y.data(), options.batch, [&](std::size_t l) {
+        if (!exchanger) return;
+        // Submit as backward produces them: the weight and bias of layer l.
+        for (std::size_t k : {2 * l + 1, 2 * l}) {
+          auto view = gradcomm::TensorView::of(std::span<float>(*params[k].grad));
+          exchanger->submit(k, view, view);
+        }
+      });
+      std::uint64_t bytes = 0;
+      if (exchanger) {
+        const auto exchange_start = std::chrono::steady_clock::now();
+        bytes = exchanger->finish_step().wire_bytes;
+        exchange_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - exchange_start).count();
+        if (setup.after_step) setup.after_step(comm, *exchanger, step);
+      }
+      optimizer->step(params, step);
+      if (!exchanger) bytes = optimizer->last_step_wire_bytes();
+      total_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      total_bytes += bytes;
+    }
+    const float loss = global_mean(comm, loss_sum / static_cast<float>(steps_per_epoch));
+    accuracy = model.accuracy(test.features.data(), test.labels.data(), test.size());
+    if (rank == 0 && !options.quiet) {
+      std::printf("epoch %3d  loss %.4f  test accuracy %.2f%%  bytes/step %.0f  time/step %.3f ms\n", epoch + 1,
+                  static_cast<double>(loss), 100.0 * accuracy,
+                  static_cast<double>(total_bytes) / static_cast<double>(step),
+                  1e3 * total_seconds / static_cast<double>(step));
+      std::fflush(stdout);
+    }
+  }
+  const bool identical = replicas_identical(comm, model);
+  const double bytes_per_step = static_cast<double>(total_bytes) / static_cast<double>(step);
+  const double ms_per_step = 1e3 * total_seconds / static_cast<double>(step);
+  if (rank == 0) {
+    std::printf("final: test accuracy %.2f%%  bytes/step %.0f  time/step %.3f ms  (exchange wait %.3f ms)  steps %lld  replicas identical: %s\n",
+                100.0 * accuracy, bytes_per_step, ms_per_step, 1e3 * exchange_seconds / static_cast<double>(step),
+                static_cast<long long>(step), identical ? "yes" : "NO");
+    if (!options.json.empty()) {
+      std::ofstream out(options.json);
+      out << "{\"test_accuracy\": " << accuracy << ", \"bytes_per_step\": " << bytes_per_step
+          << ", \"time_per_step_ms\": " << ms_per_step << ", \"steps\": " << step
+          << ", \"ranks\": " << p << ", \"compressor\": \"" << options.compressor << "\", \"optimizer\": \""
+          << options.optimizer << "\", \"replicas_identical\": " << (identical ? "true" : "false") << "}\n";
+      if (!out) throw std::runtime_error("cannot write " + options.json);
+    }
+  }
+  return identical ? 0 : 3;
+}
+
+}  // namespace
+}  // namespace trainer
+
+int main(int argc, char** argv) {
+  trainer::Options options;
+  try {
+    if (!trainer::parse_options(argc, argv, options)) return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gradcomm-train: %s\n", e.what());
+    return 2;
+  }
+  try {
+    gradcomm::MpiCommunicator comm;  // initializes (and finalizes) MPI
+    int status = 0;
+    try {
+      status = trainer::run(options, comm);
+    } catch (const std::invalid_argument& e) {
+      // Settings errors are raised identically on every rank, before any exchange.
+      if (comm.rank() == 0) std::fprintf(stderr, "gradcomm-train: %s\n", e.what());
+      return 2;
+    }
+    return status;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gradcomm-train: %s\n", e.what());
+    return 1;
+  }
+}

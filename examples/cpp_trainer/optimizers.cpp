@@ -1,0 +1,88 @@
+// --optimizer: SGD (with momentum unless the compressor carries it) and Adam, applied to
+// the exchanged gradients; weight decay is local and never compressed.
+#include <cmath>
+#include <stdexcept>
+
+#include "training.h"
+
+namespace trainer {
+namespace {
+
+class Sgd final : public Optimizer {
+ public:
+  Sgd(double lr, double momentum, double weight_decay)
+      : lr_(static_cast<float>(lr)), momentum_(static_cast<float>(momentum)), wd_(static_cast<float>(weight_decay)) {}
+  void step(std::vector<Parameter>& params, std::int64_t) override {
+    if (buffers_.empty()) buffers_.resize(params.size());
+    for (std::size_t k = 0; k < params.size(); ++k) {
+      std::vector<float>& p = *params[k].value;
+      const std::vector<float>& g = *params[k].grad;
+      std::vector<float>& buf = buffers_[k];
+      if (buf.empty()) buf.assign(p.size(), 0.0f);
+      for (std::size_t i = 0; i < p.size(); ++i) {
+        const float d = g[i] + wd_ * p[i];
+        buf[i] = momentum_ * buf[i] + d;
+        p[i] -= lr_ * buf[i];
+      }
+    }
+  }
+
+ private:
+  float lr_, momentum_, wd_;
+  std::vector<std::vector<float>> buffers_;
+};
+
+class Adam final : public Optimizer {
+ public:
+  Adam(double lr, double weight_decay) : lr_(static_cast<float>(lr)), wd_(static_cast<float>(weight_decay)) {}
+  void step(std::vector<Parameter>& params, std::int64_t step) override {
+    if (m_.empty()) {
+      m_.resize(params.size());
+      v_.resize(params.size());
+    }
+    const float t = static_cast<float>(step + 1);
+    const float c1 = 1.0f - std::pow(b1_, t), c2 = 1.0f - std::pow(b2_, t);
+    for (std::size_t k = 0; k < params.size(); ++k) {
+      std::vector<float>& p = *params[k].value;
+      const std::vector<float>& g = *params[k].grad;
+      if (m_[k].empty()) {
+        m_[k].assign(p.size(), 0.0f);
+        v_[k].assign(p.size(), 0.0f);
+      }
+      for (std::size_t i = 0; i < p.size(); ++i) {
+        m_[k][i] = b1_ * m_[k][i] + (1 - b1_) * g[i];
+        v_[k][i] = b2_ * v_[k][i] + (1 - b2_) * g[i] * g[i];
+        const float update = (m_[k][i] / c1) / (std::sqrt(v_[k][i] / c2) + eps_);
+        p[i] -= lr_ * (update + wd_ * p[i]);
+      }
+    }
+  }
+
+ private:
+  float lr_, wd_, b1_ = 0.9f, b2_ = 0.999f, eps_ = 1e-8f;
+  std::vector<std::vector<float>> m_, v_;
+};
+
+}  // namespace
+
+std::unique_ptr<Optimizer> make_optimizer(const Options& options, bool compressor_has_momentum,
+                                          gradcomm::Communicator& comm, std::size_t total_steps) {
+  (void)comm;
+  (void)total_steps;
+  if (options.optimizer == "sgd") {
+    return std::make_unique<Sgd>(options.lr > 0 ? options.lr : 0.05,
+                                 compressor_has_momentum ? 0.0 : options.momentum, options.weight_decay);
+  }
+  if (options.optimizer == "adam") {
+    if (compressor_has_momentum)
+      throw std::invalid_argument("--optimizer adam cannot follow --compressor " + options.compressor +
+                                  ", whose update already carries momentum; use sgd");
+    return std::make_unique<Adam>(options.lr > 0 ? options.lr : 2e-3, options.weight_decay);
+  }
+  if (options.optimizer == "onebit-adam") {
+    throw std::invalid_argument("--optimizer onebit-adam is not built in this version of gradcomm-train yet");
+  }
+  throw std::invalid_argument("unknown --optimizer '" + options.optimizer + "' (expected sgd, adam or onebit-adam)");
+}
+
+}  // namespace trainer

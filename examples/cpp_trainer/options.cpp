@@ -1,0 +1,84 @@
+#include "options.h"
+
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+
+namespace trainer {
+
+std::string usage() {
+  return R"(gradcomm-train: data-parallel MLP on the digits data set, gradients exchanged by gradcomm.
+Run under mpirun, e.g.  mpirun -np 4 gradcomm-train --compressor dgc --density 0.001
+
+  --compressor NAME    none | dgc | quant | lgreco-dgc | lgreco-quant   (default none)
+  --optimizer NAME     sgd | adam | onebit-adam                          (default sgd)
+  --density D          DGC density after warm-up                         (default 0.001)
+  --bits B             quantization bits                                 (default 4)
+  --epochs N           (default 40)        --seed S        (default 1)
+  --lr X               (default: sgd 0.05, adam 0.002)
+  --batch N            per-rank batch      (default 16)
+  --momentum M         (default 0.9)       --weight-decay W (default 1e-4)
+  --hidden A,B,...     hidden widths       (default 256,128,64)
+  --fp16-wire          fp16 values on the wire
+  --nonfinite P        error | skip_step | zero (default error)
+  --freeze-fraction F  onebit-adam warm-up share of the steps (default 0.2)
+  --json FILE          write {"test_accuracy", "bytes_per_step", "time_per_step_ms", "steps", ...}
+  --digits PATH        digits.csv.gz (default: the file python3-sklearn ships)
+  --quiet              no per-epoch lines
+)";
+}
+
+namespace {
+template <typename T>
+T parse_number(const std::string& flag, const std::string& text) {
+  std::istringstream in(text);
+  T value{};
+  if (!(in >> value) || !in.eof()) throw std::invalid_argument(flag + ": '" + text + "' is not a number");
+  return value;
+}
+}  // namespace
+
+bool parse_options(int argc, char** argv, Options& o) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value");
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") {
+      std::cout << usage();
+      return false;
+    } else if (flag == "--compressor") o.compressor = value();
+    else if (flag == "--optimizer") o.optimizer = value();
+    else if (flag == "--density") o.density = parse_number<double>(flag, value());
+    else if (flag == "--bits") o.bits = parse_number<int>(flag, value());
+    else if (flag == "--epochs") o.epochs = parse_number<int>(flag, value());
+    else if (flag == "--seed") o.seed = parse_number<std::uint64_t>(flag, value());
+    else if (flag == "--json") o.json = value();
+    else if (flag == "--lr") o.lr = parse_number<double>(flag, value());
+    else if (flag == "--batch") o.batch = parse_number<std::size_t>(flag, value());
+    else if (flag == "--momentum") o.momentum = parse_number<double>(flag, value());
+    else if (flag == "--weight-decay") o.weight_decay = parse_number<double>(flag, value());
+    else if (flag == "--fp16-wire") o.fp16_wire = true;
+    else if (flag == "--nonfinite") o.nonfinite = value();
+    else if (flag == "--freeze-fraction") o.freeze_fraction = parse_number<double>(flag, value());
+    else if (flag == "--digits") o.digits = value();
+    else if (flag == "--quiet") o.quiet = true;
+    else if (flag == "--hidden") {
+      o.hidden.clear();
+      std::stringstream list(value());
+      std::string item;
+      while (std::getline(list, item, ',')) o.hidden.push_back(parse_number<std::size_t>(flag, item));
+    } else {
+      throw std::invalid_argument("unknown flag '" + flag + "' (see --help)");
+    }
+  }
+  if (o.epochs < 1) throw std::invalid_argument("--epochs must be at least 1");
+  if (o.batch < 1) throw std::invalid_argument("--batch must be at least 1");
+  if (o.hidden.empty()) throw std::invalid_argument("--hidden needs at least one width");
+  for (std::size_t w : o.hidden)
+    if (w == 0) throw std::invalid_argument("--hidden widths must be positive");
+  return true;
+}
+
+}  // namespace trainer
