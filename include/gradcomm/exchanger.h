@@ -64,6 +64,9 @@ class Exchanger {
   Communicator& communicator() noexcept { return comm_; }
   std::span<const LayerSpec> layers() const noexcept { return layers_; }
   std::int64_t step() const noexcept { return step_; }
+  // Sets the step counter (load_checkpoint does), so schedules resume where they stopped.
+  // Only between steps; step >= 0.
+  void restore_step(std::int64_t step);
 
  private:
   struct Impl;
