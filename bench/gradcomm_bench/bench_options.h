@@ -1,0 +1,50 @@
+// gradcomm-bench's command line: nccl-tests' flags plus the compressor's.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gradcomm_bench/runner.h"
+
+namespace gradcomm::bench {
+
+// How the per-rank times become the reported one (nccl-tests' -a).
+enum class TimeAcrossRanks : int { kRank0 = 0, kAverage = 1, kMin = 2, kMax = 3 };
+const char* time_across_ranks_name(TimeAcrossRanks how) noexcept;
+
+struct BenchOptions {
+  // nccl-tests' flags and defaults, except -a (nccl-tests reports the average over ranks;
+  // we report the slowest rank, which is what a synchronous training step waits for).
+  std::size_t min_bytes = 32u << 20;  // -b
+  std::size_t max_bytes = 32u << 20;  // -e
+  std::size_t step_bytes = 1u << 20;  // -i: additive step, used when -f is not given
+  double step_factor = 0;             // -f: multiplicative step (0: use -i)
+  int iters = 20;                     // -n
+  int warmup = 1;                     // -w
+  bool check = true;                  // -c
+  TimeAcrossRanks time_across_ranks = TimeAcrossRanks::kMax;  // -a
+
+  std::string compressor = "none";  // --compressor
+  std::string model;                // --model: exchange a real model's layers instead of a sweep
+  std::string models_dir;           // --models-dir: where <model>.txt tables are
+  std::string json_path;            // --json FILE
+  std::string link;                 // --link: a label for the JSON rows (default: set by bench/netem/run)
+  std::uint64_t seed = 1;           // --seed: of the generated gradients
+  RunnerConfig runner;
+  bool help = false;                // -h
+};
+
+// Parses argv (all ranks get the same); throws gradcomm::Error (kInvalidArgument) naming
+// the flag for anything malformed or out of range. `default_link` fills `link` when
+// --link is absent.
+BenchOptions parse_bench_options(int argc, char** argv, const std::string& default_models_dir,
+                                 const std::string& default_link);
+
+std::string bench_usage();
+
+// The message sizes of a sweep (bytes, multiples of 4), from -b, -e, -f / -i.
+std::vector<std::size_t> sweep_sizes(const BenchOptions& options);
+
+}  // namespace gradcomm::bench

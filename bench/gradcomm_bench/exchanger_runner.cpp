@@ -1,0 +1,64 @@
+// The Runner every Exchanger-based compressor shares, and the elementwise -c check.
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "gradcomm_bench/runner.h"
+
+namespace gradcomm::bench {
+
+std::size_t Runner::count_wrong(std::span<const TensorView> outs, const DenseReference& dense) const {
+  const CheckBound b = bound();
+  std::size_t wrong = 0;
+  std::uint64_t index = 0;
+  for (const TensorView& out : outs) {
+    for (const float v : out.span<const float>("bench output")) {
+      const double ref = dense(index++);
+      // Written so that a NaN output counts as wrong.
+      if (!(std::fabs(static_cast<double>(v) - ref) <= b.abs + b.rel * std::fabs(ref))) ++wrong;
+    }
+  }
+  return wrong;
+}
+
+namespace {
+
+class ExchangerRunner final : public Runner {
+ public:
+  ExchangerRunner(Communicator& comm, std::unique_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
+                  const RunnerConfig& config, CheckBound bound)
+      : exchanger_(comm, std::move(compressor), std::move(layers), ExchangerOptions{config.bucket_bytes, NonFinitePolicy::kError}),
+        bound_(std::move(bound)) {
+    std::map<Collective, std::size_t> bytes;
+    for (std::size_t layer = 0; layer < exchanger_.layers().size(); ++layer) {
+      const LayerWire w = exchanger_.compressor().wire(layer);
+      bytes[w.collective] += w.bytes();
+    }
+    collective_ = std::max_element(bytes.begin(), bytes.end(), [](const auto& a, const auto& b) {
+                    return a.second < b.second;
+                  })->first;
+  }
+
+  Collective collective() const override { return collective_; }
+  CheckBound bound() const override { return bound_; }
+  void step(std::span<const TensorView> grads, std::span<const TensorView> outs) override {
+    exchanger_.exchange(grads, outs);
+  }
+
+ private:
+  Exchanger exchanger_;
+  CheckBound bound_;
+  Collective collective_ = Collective::kAllreduce;
+};
+
+}  // namespace
+
+std::unique_ptr<Runner> make_exchanger_runner(Communicator& comm, std::unique_ptr<Compressor> compressor,
+                                              std::vector<LayerSpec> layers, const RunnerConfig& config,
+                                              CheckBound bound) {
+  GRADCOMM_CHECK_ARG(!layers.empty(), "gradcomm-bench: no layers to exchange");
+  return std::make_unique<ExchangerRunner>(comm, std::move(compressor), std::move(layers), config,
+                                           std::move(bound));
+}
+
+}  // namespace gradcomm::bench

@@ -1,0 +1,299 @@
+// gradcomm-bench: nccl-tests-style benchmark of gradient exchange through gradcomm.
+//
+//   mpirun -np 4 gradcomm-bench -b 8 -e 128M -f 2 -n 20 -w 5 -c 1 --compressor none
+//   mpirun -np 4 gradcomm-bench --model resnet50 --compressor none
+//
+// Each row exchanges one buffer (a sweep) or one model's layers (--model) per iteration.
+// Columns follow nccl-tests (GB = 1e9; busbw = algbw * 2(p-1)/p for allreduce, (p-1)/p
+// for allgather) plus wire_bytes, the bytes each rank handed to the transport per step
+// (Communicator::traffic(), max over ranks). algbw is always the dense fp32 size over the
+// time, so a compressor's gain shows as a higher algbw than "none" at the same size.
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gradcomm/gradcomm.h"
+#include "gradcomm_bench/bench_data.h"
+#include "gradcomm_bench/bench_options.h"
+#include "gradcomm_bench/models.h"
+#include "gradcomm_bench/runner.h"
+
+#ifndef GRADCOMM_BENCH_MODELS_DIR
+#define GRADCOMM_BENCH_MODELS_DIR ""
+#endif
+
+namespace gradcomm::bench {
+namespace {
+
+struct Row {
+  std::size_t bytes = 0;  // dense fp32 size of the exchanged gradients
+  std::size_t count = 0;
+  Collective collective = Collective::kAllreduce;
+  double time_us = 0;
+  double algbw_gbps = 0;
+  double busbw_gbps = 0;
+  std::uint64_t wire_bytes = 0;
+  long long wrong = -1;  // -1: not checked
+};
+
+void check_mpi(int rc, const char* what, int rank) {
+  GRADCOMM_CHECK(rc == MPI_SUCCESS, ErrorCode::kCommunication, "gradcomm-bench: ", what, " failed on rank ", rank,
+                 " (MPI error ", rc, ")");
+}
+
+double bus_factor(Collective collective, int p) {
+  if (p <= 1) return 0;
+  return collective == Collective::kAllgather ? static_cast<double>(p - 1) / p : 2.0 * (p - 1) / p;
+}
+
+const char* collective_name(Collective c) { return c == Collective::kAllgather ? "allgather" : "allreduce"; }
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) >= 0x20) out += c;
+  }
+  return out + "\"";
+}
+
+class Bench {
+ public:
+  Bench(MpiCommunicator& comm, BenchOptions options, std::optional<ModelTable> model)
+      : comm_(comm), o_(std::move(options)), model_(std::move(model)) {}
+
+  // Runs every row and prints them on rank 0; returns the number of wrong elements.
+  long long run() {
+    const RunnerEntry& entry = find_runner(o_.compressor);
+    std::vector<Row> rows;
+    header(entry);
+    if (model_) {
+      const ModelTable& model = *model_;
+      print0("# model %s (%s): %zu tensors, %zu parameters, %zu in 1-D tensors\n", model.name.c_str(),
+             model.source.c_str(), model.layers.size(), model.params, model.params_1d);
+      column_titles();
+      rows.push_back(measure(entry, model.layers, model.params));
+      print_row(rows.back());
+      const std::uint64_t dense_wire = allreduce_wire_bytes(4ull * model.params, comm_.size());
+      print0("#\n# %s with %s: %llu bytes per rank per step; a dense fp32 ring allreduce sends %llu (%.1fx)\n",
+             model.name.c_str(), o_.compressor.c_str(), static_cast<unsigned long long>(rows.back().wire_bytes),
+             static_cast<unsigned long long>(dense_wire),
+             rows.back().wire_bytes ? static_cast<double>(dense_wire) / static_cast<double>(rows.back().wire_bytes) : 0.0);
+    } else {
+      column_titles();
+      for (const std::size_t bytes : sweep_sizes(o_)) {
+        const std::vector<LayerSpec> layers{LayerSpec{"sweep", bytes / 4, 2, false}};
+        rows.push_back(measure(entry, layers, bytes / 4));
+        print_row(rows.back());
+      }
+    }
+    return footer(rows);
+  }
+
+ private:
+  template <typename... Args>
+  void print0(const char* format, Args... args) const {
+    if (comm_.rank() != 0) return;
+    std::printf(format, args...);
+    std::fflush(stdout);
+  }
+
+  void header(const RunnerEntry& entry) {
+    print0("# gradcomm-bench %s: compressor %s (%s)\n", version(), entry.name, entry.summary);
+    print0("# %d ranks, %s; link: %s\n", comm_.size(), comm_.describe().c_str(), o_.link.c_str());
+    if (o_.model.empty()) {
+      print0("# minBytes %zu maxBytes %zu step: %s\n", o_.min_bytes, o_.max_bytes,
+             (o_.step_factor > 0 ? std::to_string(o_.step_factor) + "(factor)" : std::to_string(o_.step_bytes) + "(bytes)").c_str());
+    }
+    print0("# warmup iters: %d iters: %d validation: %d; time: %s of the mean over iters\n", o_.warmup, o_.iters,
+           o_.check ? 1 : 0, time_across_ranks_name(o_.time_across_ranks));
+  }
+
+  void column_titles() {
+    print0("#\n# %10s %13s %7s %10s %12s %8s %8s %8s %14s\n", "size", "count", "type", "collective", "time", "algbw",
+           "busbw", "#wrong", "wire_bytes");
+    print0("# %10s %13s %7s %10s %12s %8s %8s %8s %14s\n", "(B)", "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "",
+           "(B/rank)");
+  }
+
+  void print_row(const Row& r) {
+    const std::string wrong = r.wrong < 0 ? "N/A" : std::to_string(r.wrong);
+    print0("  %10zu %13zu %7s %10s %12.1f %8.3f %8.3f %8s %14llu\n", r.bytes, r.count, "float",
+           collective_name(r.collective), r.time_us, r.algbw_gbps, r.busbw_gbps, wrong.c_str(),
+           static_cast<unsigned long long>(r.wire_bytes));
+  }
+
+  long long footer(const std::vector<Row>& rows) {
+    long long wrong = 0;
+    double busbw = 0;
+    for (const Row& r : rows) {
+      wrong += std::max(r.wrong, 0LL);
+      busbw += r.busbw_gbps;
+    }
+    if (o_.check) print0("# Out of bounds values : %lld %s\n", wrong, wrong ? "FAILED" : "OK");
+    print0("# Avg bus bandwidth    : %g GB/s\n#\n", rows.empty() ? 0.0 : busbw / static_cast<double>(rows.size()));
+    if (!o_.json_path.empty() && comm_.rank() == 0) write_json(rows);
+    return wrong;
+  }
+
+  void write_json(const std::vector<Row>& rows) const {
+    std::ofstream out(o_.json_path);
+    GRADCOMM_CHECK_ARG(out.good(), "gradcomm-bench: cannot write --json ", o_.json_path);
+    out << "[\n";
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const Row& r = rows[i];
+      char numbers[512];
+      std::snprintf(numbers, sizeof numbers,
+                    "\"size_bytes\": %zu, \"count\": %zu, \"time_us\": %.3f, \"algbw_gbps\": %.6f, "
+                    "\"busbw_gbps\": %.6f, \"wire_bytes_per_rank\": %llu, ",
+                    r.bytes, r.count, r.time_us, r.algbw_gbps, r.busbw_gbps,
+                    static_cast<unsigned long long>(r.wire_bytes));
+      out << "  {\"compressor\": " << json_string(o_.compressor) << ", " << numbers
+          << "\"wrong\": " << (r.wrong < 0 ? std::string("null") : std::to_string(r.wrong))
+          << ", \"collective\": \"" << collective_name(r.collective) << "\", \"ranks\": " << comm_.size()
+          << ", \"model\": " << (o_.model.empty() ? std::string("null") : json_string(o_.model))
+          << ", \"link\": " << json_string(o_.link) << ", \"iters\": " << o_.iters
+          << ", \"time_across_ranks\": " << json_string(time_across_ranks_name(o_.time_across_ranks)) << "}"
+          << (i + 1 < rows.size() ? "," : "") << "\n";
+    }
+    out << "]\n";
+    GRADCOMM_CHECK(out.good(), ErrorCode::kInvalidArgument, "gradcomm-bench: writing ", o_.json_path, " failed");
+  }
+
+  // Grows the flat buffers (never shrinks: a sweep's rows reuse them) and fills the
+  // gradient; the generator is index-based, so a longer fill keeps the shorter prefix.
+  void prepare(std::size_t count) {
+    if (grad_.size() >= count) return;
+    grad_.resize(count);
+    out_.resize(count);
+    fill_gradient(o_.seed, comm_.rank(), grad_);
+  }
+
+  Row measure(const RunnerEntry& entry, const std::vector<LayerSpec>& layers, std::size_t count) {
+    prepare(count);
+    std::vector<TensorView> grads, outs;
+    std::size_t offset = 0;
+    for (const LayerSpec& layer : layers) {
+      grads.emplace_back(grad_.data() + offset, layer.numel, DType::kFloat32);
+      outs.emplace_back(out_.data() + offset, layer.numel, DType::kFloat32);
+      offset += layer.numel;
+    }
+    std::unique_ptr<Runner> runner = entry.make(comm_, layers, o_.runner);
+    Row row;
+    row.bytes = 4 * count;
+    row.count = count;
+    row.collective = runner->collective();
+    if (o_.check) {
+      // The first step of a fresh runner: error-feedback state is still zero, so the
+      // compressor's bound applies to this one step exactly.
+      runner->step(grads, outs);
+      const std::uint64_t local = runner->count_wrong(outs, DenseReference(o_.seed, comm_.size())) +
+                                  differs_from_rank0(count);
+      row.wrong = static_cast<long long>(reduce_u64(local, MPI_SUM));
+    }
+    for (int i = 0; i < o_.warmup; ++i) runner->step(grads, outs);
+    comm_.barrier()->wait();
+    const std::uint64_t sent_before = comm_.traffic().bytes_sent;
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < o_.iters; ++i) runner->step(grads, outs);
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    const double seconds = across_ranks(elapsed.count() / o_.iters);
+    row.time_us = seconds * 1e6;
+    row.algbw_gbps = seconds > 0 ? static_cast<double>(row.bytes) / seconds / 1e9 : 0;
+    row.busbw_gbps = row.algbw_gbps * bus_factor(row.collective, comm_.size());
+    row.wire_bytes = reduce_u64((comm_.traffic().bytes_sent - sent_before) / static_cast<std::uint64_t>(o_.iters), MPI_MAX);
+    return row;
+  }
+
+  // Every rank must end a step with bitwise the same result: count the elements of this
+  // rank's output that differ from rank 0's, fetched in fixed-size chunks.
+  std::uint64_t differs_from_rank0(std::size_t count) {
+    constexpr std::size_t kChunk = 1u << 20;
+    chunk_.resize(std::min(count, kChunk));
+    std::uint64_t differ = 0;
+    for (std::size_t first = 0; first < count; first += kChunk) {
+      const std::size_t n = std::min(kChunk, count - first);
+      float* mine = out_.data() + first;
+      if (comm_.rank() == 0) std::memcpy(chunk_.data(), mine, n * sizeof(float));
+      comm_.broadcast(TensorView(chunk_.data(), n, DType::kFloat32), 0)->wait();
+      for (std::size_t i = 0; i < n; ++i) differ += std::memcmp(&chunk_[i], &mine[i], sizeof(float)) != 0;
+    }
+    return differ;
+  }
+
+  std::uint64_t reduce_u64(std::uint64_t value, MPI_Op op) {
+    unsigned long long in = value, out = 0;
+    check_mpi(MPI_Allreduce(&in, &out, 1, MPI_UNSIGNED_LONG_LONG, op, comm_.comm()), "MPI_Allreduce of a count",
+              comm_.rank());
+    return out;
+  }
+
+  double across_ranks(double seconds) {
+    double out = seconds;
+    const MPI_Comm c = comm_.comm();
+    switch (o_.time_across_ranks) {
+      case TimeAcrossRanks::kRank0:
+        check_mpi(MPI_Bcast(&out, 1, MPI_DOUBLE, 0, c), "MPI_Bcast of the time", comm_.rank());
+        break;
+      case TimeAcrossRanks::kAverage:
+        check_mpi(MPI_Allreduce(&seconds, &out, 1, MPI_DOUBLE, MPI_SUM, c), "MPI_Allreduce of the time", comm_.rank());
+        out /= comm_.size();
+        break;
+      case TimeAcrossRanks::kMin:
+        check_mpi(MPI_Allreduce(&seconds, &out, 1, MPI_DOUBLE, MPI_MIN, c), "MPI_Allreduce of the time", comm_.rank());
+        break;
+      case TimeAcrossRanks::kMax:
+        check_mpi(MPI_Allreduce(&seconds, &out, 1, MPI_DOUBLE, MPI_MAX, c), "MPI_Allreduce of the time", comm_.rank());
+        break;
+    }
+    return out;
+  }
+
+  MpiCommunicator& comm_;
+  BenchOptions o_;
+  std::optional<ModelTable> model_;
+  std::vector<float> grad_, out_, chunk_;
+};
+
+}  // namespace
+}  // namespace gradcomm::bench
+
+int main(int argc, char** argv) {
+  using namespace gradcomm;
+  using namespace gradcomm::bench;
+  // Read once: bench/netem/run describes the emulated link it runs us under.
+  const char* netem_link = std::getenv("GRADCOMM_NETEM_LINK");
+  MpiCommunicator comm;
+  BenchOptions options;
+  std::optional<ModelTable> model;
+  try {
+    options = parse_bench_options(argc, argv, GRADCOMM_BENCH_MODELS_DIR, netem_link ? netem_link : "unshaped");
+    if (!options.help && !options.model.empty()) model = load_model(options.model, options.models_dir);
+  } catch (const Error& e) {
+    // Every rank read the same arguments and files and failed the same way, before any
+    // collective: each can return.
+    if (comm.rank() == 0) std::fprintf(stderr, "%s\n", e.message().c_str());
+    return 2;
+  }
+  if (options.help) {
+    if (comm.rank() == 0) std::fputs(bench_usage().c_str(), stdout);
+    return 0;
+  }
+  try {
+    return Bench(comm, std::move(options), std::move(model)).run() == 0 ? 0 : 1;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "gradcomm-bench rank %d: %s [%s] (at %s)\n", comm.rank(), e.message().c_str(),
+                 error_code_name(e.code()), e.where().c_str());
+    // This may have happened on this rank alone; the others would wait for it forever.
+    if (comm.size() > 1) comm.abort(e.message());
+    return 1;
+  }
+}

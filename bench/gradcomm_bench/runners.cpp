@@ -1,0 +1,41 @@
+// The compressor table of gradcomm-bench. To add a compressor: write run_<name>.cpp with a
+// factory, declare it below and put it in its row (replacing the nullptr).
+#include <string>
+
+#include "gradcomm_bench/runner.h"
+
+namespace gradcomm::bench {
+
+std::unique_ptr<Runner> make_none_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
+std::unique_ptr<Runner> make_fp16_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
+
+namespace {
+constexpr RunnerEntry kRunners[] = {
+    {"none", "dense fp32 allreduce through the Exchanger (the baseline)", make_none_runner},
+    {"fp16", "dense allreduce with fp16 on the wire (like torch's fp16_compress_hook)", make_fp16_runner},
+    {"dgc", "Deep Gradient Compression, top-k allgather with error feedback (--density)", nullptr},
+    {"onebit", "1-bit compressed allreduce with error feedback (two-phase)", nullptr},
+    {"quant", "k-bit max-min quantization (--bits)", nullptr},
+    {"lgreco-dgc", "L-GreCo per-layer densities over DGC", nullptr},
+    {"lgreco-quant", "L-GreCo per-layer bit widths over quantization", nullptr},
+};
+}  // namespace
+
+std::span<const RunnerEntry> runner_table() { return kRunners; }
+
+const RunnerEntry& find_runner(const std::string& name) {
+  std::string built, pending;
+  const RunnerEntry* found = nullptr;
+  for (const RunnerEntry& entry : kRunners) {
+    std::string& list = entry.make ? built : pending;
+    list += (list.empty() ? "" : ", ") + std::string(entry.name);
+    if (name == entry.name) found = &entry;
+  }
+  GRADCOMM_CHECK(found != nullptr, ErrorCode::kInvalidArgument, "gradcomm-bench: unknown compressor '",
+                 name, "' (available: ", built, "; not built yet: ", pending, ")");
+  GRADCOMM_CHECK(found->make != nullptr, ErrorCode::kUnsupported, "gradcomm-bench: compressor '", name,
+                 "' is not built into this gradcomm yet (available: ", built, ")");
+  return *found;
+}
+
+}  // namespace gradcomm::bench
