@@ -1,0 +1,30 @@
+"""gradcomm: compressed gradient exchange for data-parallel training.
+
+The C++ kernels and compressors live in the extension module ``gradcomm._gradcomm``;
+``gradcomm.torch`` holds the PyTorch DDP communication hooks (DGC, 1-bit Adam, L-GreCo)
+built on them. Importing ``gradcomm`` does not import torch.
+"""
+
+from gradcomm._gradcomm import (  # noqa: F401  (re-exported)
+    Compressor,
+    DenseCompressor,
+    Error,
+    InvalidArgumentError,
+    LayerSpec,
+    LayerWire,
+    describe_buffer,
+    version,
+)
+
+__version__ = version()
+
+__all__ = [
+    "Compressor",
+    "DenseCompressor",
+    "Error",
+    "InvalidArgumentError",
+    "LayerSpec",
+    "LayerWire",
+    "describe_buffer",
+    "version",
+]

@@ -1,0 +1,22 @@
+"""PyTorch DDP communication hooks over gradcomm's compressors.
+
+    state = gradcomm.torch.DGCState(density=0.001)
+    ddp_model.register_comm_hook(state, gradcomm.torch.dgc_hook)
+    optimizer = torch.optim.SGD(ddp_model.parameters(), lr=0.1)   # NO momentum: DGC has it
+
+Hooks follow torch.distributed.algorithms.ddp_comm_hooks: ``hook(state, bucket)`` returns
+a Future of a tensor shaped like ``bucket.buffer()`` holding the averaged update. State is
+kept per parameter, so it survives DDP's bucket rebuild, and every state has
+``state_dict()`` / ``load_state_dict()`` of this rank's shard. No libtorch is linked:
+buffers cross into gradcomm's kernels through DLPack.
+"""
+
+from gradcomm.torch._exchange import CompressedHookState, register_comm_hook
+from gradcomm.torch.dense import AllreduceState, allreduce_hook
+
+__all__ = [
+    "AllreduceState",
+    "CompressedHookState",
+    "allreduce_hook",
+    "register_comm_hook",
+]

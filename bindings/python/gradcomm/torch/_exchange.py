@@ -1,0 +1,334 @@
+"""The machinery every gradcomm DDP hook shares.
+
+A hook state keeps one gradcomm ``Compressor`` per parameter, keyed by the parameter
+itself (never by ``bucket.index()``, which changes when DDP rebuilds its buckets after the
+first iteration). For each bucket and step it asks every parameter's compressor for its
+wire (a summable allreduce payload, or opaque bytes to allgather), encodes all of them into
+two flat buffers, runs at most one allreduce per wire dtype and one allgather through the
+process group DDP uses, and decodes into the bucket buffer, which the hook's future
+returns. Buffers are kept per bucket and only grow, so steady-state steps allocate no
+tensor storage.
+
+Non-finite gradients: compressors count them and treat them as 0. Every rank adds a
+status (one element at the end of each allreduce buffer, a header word per rank in the
+allgather), so after the collectives every rank knows how many ranks met one and applies
+the same policy: ``"error"`` raises on every rank, ``"skip_step"`` returns a zero update,
+``"zero"`` carries on.
+"""
+
+import dataclasses
+from typing import Dict, Iterable, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+import gradcomm
+
+_NONFINITE_POLICIES = ("error", "skip_step", "zero")
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
+_ALIGN = 8  # every payload starts 8-byte aligned: packed indices and values are read in place
+# The allgather block of each rank starts with [int32 non-finite count, int32 padding].
+_HEADER_BYTES = 8
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+class _Arena:
+    """A grow-only flat buffer of one dtype; views are cut from its front."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device):
+        self.dtype = dtype
+        self.device = device
+        self.storage = torch.empty(0, dtype=dtype, device=device)
+
+    def take(self, numel: int) -> torch.Tensor:
+        if self.storage.numel() < numel:
+            # Grow with headroom so a schedule that raises payloads step by step (sparsity
+            # warm-up) reallocates a few times, not every step.
+            self.storage = torch.empty(max(numel, self.storage.numel() * 3 // 2),
+                                       dtype=self.dtype, device=self.device)
+        return self.storage[:numel]
+
+
+@dataclasses.dataclass
+class _Entry:
+    """One parameter: its key, its compressor (set up for a single layer), its size."""
+
+    key: str
+    compressor: gradcomm.Compressor
+    numel: int
+    ndim: int
+
+
+class _BucketBuffers:
+    """Per-bucket scratch: the allreduce payloads per dtype, the allgather send and receive
+    blocks, and the per-layer rank-ordered copy the allgather decoder reads."""
+
+    def __init__(self, device: torch.device):
+        self.allreduce = {name: _Arena(dtype, device) for name, dtype in _TORCH_DTYPES.items()
+                          if name != "uint8"}
+        self.send = _Arena(torch.uint8, device)
+        self.recv = _Arena(torch.uint8, device)
+        self.gathered = _Arena(torch.uint8, device)
+
+
+def _nonfinite_policy(policy: str) -> str:
+    if policy not in _NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite must be one of {_NONFINITE_POLICIES}, got {policy!r}")
+    return policy
+
+
+class CompressedHookState:
+    """Base of the gradcomm hook states: the process group, the per-parameter compressors,
+    the step counter, and ``state_dict()`` / ``load_state_dict()`` of this rank's shard.
+
+    Subclasses define ``_make_compressor()`` and ``_settings()``.
+    """
+
+    _kind = "base"
+
+    def __init__(self, process_group: Optional[dist.ProcessGroup] = None,
+                 named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
+                 nonfinite: str = "error"):
+        self.process_group = process_group
+        self.nonfinite = _nonfinite_policy(nonfinite)
+        # Keys: parameter names when given (checkpoints then survive any change of bucket
+        # layout); otherwise the order in which DDP's first iteration hands parameters to
+        # the hook, which is deterministic for a given model and bucket_cap_mb.
+        self._names: Optional[Dict[torch.Tensor, str]] = None
+        if named_parameters is not None:
+            self._names = {p: name for name, p in named_parameters}
+        self._entries: Dict[torch.Tensor, _Entry] = {}
+        self._pending: Dict[str, bytes] = {}
+        self._buffers: Dict[Tuple[str, ...], _BucketBuffers] = {}
+        self._expected_world_size: Optional[int] = None
+        self._checked = False
+        self.iteration = 0
+        self.epoch = 0
+        self.bytes_sent = 0  # payload bytes this rank handed to collectives, all steps
+
+    # ---- what subclasses provide ------------------------------------------------------
+    def _make_compressor(self, numel: int, ndim: int) -> gradcomm.Compressor:
+        raise NotImplementedError
+
+    def _settings(self) -> dict:
+        raise NotImplementedError
+
+    # ---- group ------------------------------------------------------------------------
+    def _group(self):
+        return self.process_group if self.process_group is not None else dist.group.WORLD
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size(self._group())
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self._group())
+
+    def _check_group(self) -> None:
+        """Before the first collective: the hook's group must be DDP's group. A subgroup
+        would make some ranks wait in collectives the others never join; every rank
+        detects the mismatch locally, so all of them raise and none hangs."""
+        if self._checked:
+            return
+        if not dist.is_initialized():
+            raise RuntimeError(f"{type(self).__name__}: torch.distributed is not initialized")
+        rank = dist.get_rank(self._group())
+        expected = self._expected_world_size or dist.get_world_size()
+        if rank < 0:
+            raise ValueError(
+                f"{type(self).__name__}: global rank {dist.get_rank()} is not a member of the "
+                f"hook's process group, but DDP runs it (DDP world size {expected})")
+        size = dist.get_world_size(self._group())
+        if size != expected:
+            raise ValueError(
+                f"{type(self).__name__}: the hook's process group has {size} ranks but DDP's "
+                f"has {expected} (global rank {dist.get_rank()}); pass DDP's process group to "
+                "the state, or register with gradcomm.torch.register_comm_hook(model, state, "
+                "hook) when DDP itself runs on a subgroup")
+        self._checked = True
+
+    # ---- per-parameter compressors ----------------------------------------------------
+    def _entry(self, param: torch.Tensor) -> _Entry:
+        entry = self._entries.get(param)
+        if entry is not None:
+            return entry
+        if self._names is not None:
+            if param not in self._names:
+                raise ValueError(f"{type(self).__name__}: a parameter of shape "
+                                 f"{tuple(param.shape)} is not among named_parameters")
+            key = self._names[param]
+        else:
+            key = f"param{len(self._entries)}"
+        numel, ndim = param.numel(), param.dim()
+        compressor = self._make_compressor(numel, ndim)
+        compressor.setup([gradcomm.LayerSpec(key, numel, max(ndim, 1))], self.world_size,
+                         self.rank)
+        compressor.set_epoch(self.epoch)
+        blob = self._pending.pop(key, None)
+        if blob is not None:
+            compressor.load_state(blob)
+        entry = _Entry(key, compressor, numel, ndim)
+        self._entries[param] = entry
+        return entry
+
+    def set_epoch(self, epoch: int) -> None:
+        """Advances epoch-based schedules (DGC's sparsity warm-up) on every parameter.
+        Call it at the start of each epoch on every rank, like DistributedSampler.set_epoch."""
+        self.epoch = int(epoch)
+        for entry in self._entries.values():
+            entry.compressor.set_epoch(self.epoch)
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """This rank's shard: the step and epoch, the settings, and every parameter's
+        compressor state (residuals, momenta, ...) as bytes. Save one file per rank."""
+        compressors = {e.key: e.compressor.save_state() for e in self._entries.values()}
+        compressors.update(self._pending)  # loaded but not yet seen: keep, don't drop
+        return {"kind": self._kind, "settings": self._settings(), "iteration": self.iteration,
+                "epoch": self.epoch, "rank": self.rank, "world_size": self.world_size,
+                "compressors": compressors}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores a shard saved by ``state_dict()`` on the same rank of a job of the same
+        size with the same settings. Parameters not seen yet pick up their state when the
+        hook first meets them."""
+        name = type(self).__name__
+        if state.get("kind") != self._kind:
+            raise ValueError(f"{name}.load_state_dict: a {state.get('kind')!r} state, "
+                             f"expected {self._kind!r}")
+        for field, mine in (("world_size", self.world_size), ("rank", self.rank)):
+            if state.get(field) != mine:
+                raise ValueError(f"{name}.load_state_dict: the shard was saved with "
+                                 f"{field}={state.get(field)}, this process has {mine}")
+        if state.get("settings") != self._settings():
+            raise ValueError(f"{name}.load_state_dict: settings differ: saved "
+                             f"{state.get('settings')}, here {self._settings()}")
+        self.iteration = int(state["iteration"])
+        self.epoch = int(state["epoch"])
+        blobs = dict(state["compressors"])
+        for entry in self._entries.values():
+            entry.compressor.set_epoch(self.epoch)
+            if entry.key in blobs:
+                entry.compressor.load_state(blobs.pop(entry.key))
+        self._pending = blobs
+
+    # ---- one bucket -----------------------------------------------------------------------
+    def _exchange(self, bucket) -> torch.futures.Future[torch.Tensor]:
+        self._check_group()
+        buffer = bucket.buffer()
+        if buffer.dtype != torch.float32:
+            raise TypeError(f"{type(self).__name__}: gradcomm hooks take float32 gradients, "
+                            f"the bucket holds {buffer.dtype} ({buffer.numel()} elements)")
+        params = bucket.parameters()
+        entries = [self._entry(p) for p in params]
+        if sum(e.numel for e in entries) != buffer.numel():
+            raise RuntimeError(f"{type(self).__name__}: bucket of {buffer.numel()} elements "
+                               f"but its parameters have {sum(e.numel for e in entries)}")
+        group, world = self._group(), self.world_size
+        keys = tuple(e.key for e in entries)
+        buffers = self._buffers.get(keys)
+        if buffers is None:
+            buffers = self._buffers[keys] = _BucketBuffers(buffer.device)
+
+        # Layout of this step's payloads (the same on every rank: wires depend only on
+        # settings, step and layer).
+        wires = []
+        reduce_count = {"float32": 0, "float16": 0}
+        gather_bytes = _HEADER_BYTES
+        for e in entries:
+            e.compressor.set_step(self.iteration)
+            w = e.compressor.wire(0)
+            if w.collective == "allreduce":
+                wires.append((w, reduce_count[w.dtype]))
+                reduce_count[w.dtype] += w.count
+            else:
+                wires.append((w, gather_bytes))
+                gather_bytes += _align(w.nbytes)
+        reduce_bufs = {dt: buffers.allreduce[dt].take(n + 1)
+                       for dt, n in reduce_count.items() if n > 0}
+        gathering = gather_bytes > _HEADER_BYTES
+        send = buffers.send.take(gather_bytes) if gathering else None
+
+        nonfinite = 0
+        offset = 0
+        for e, (w, at) in zip(entries, wires):
+            grad = buffer[offset:offset + e.numel]
+            offset += e.numel
+            if w.collective == "allreduce":
+                payload = reduce_bufs[w.dtype][at:at + w.count]
+            else:
+                payload = send[at:at + w.nbytes]
+            nonfinite += e.compressor.encode(0, grad, payload)
+
+        futures = []
+        for dt, buf in reduce_bufs.items():
+            buf[-1] = 1.0 if nonfinite else 0.0
+            futures.append(dist.all_reduce(buf, group=group, async_op=True).get_future())
+            self.bytes_sent += buf.numel() * buf.element_size()
+        recv = None
+        if gathering:
+            send[:_HEADER_BYTES].view(torch.int32)[0] = min(nonfinite, 2**31 - 1)
+            recv = buffers.recv.take(world * gather_bytes).view(world, gather_bytes)
+            futures.append(dist.all_gather(list(recv.unbind(0)), send, group=group,
+                                           async_op=True).get_future())
+            self.bytes_sent += gather_bytes
+        step = self.iteration
+        if bucket.is_last():
+            self.iteration += 1
+
+        def finish(_):
+            bad_ranks = 0
+            for buf in reduce_bufs.values():
+                bad_ranks = max(bad_ranks, int(round(float(buf[-1]))))
+            if recv is not None:
+                counts = recv[:, :4].contiguous().view(torch.int32).flatten()
+                bad_ranks = max(bad_ranks, int((counts > 0).sum()))
+            if bad_ranks and self.nonfinite != "zero":
+                if self.nonfinite == "error":
+                    raise gradcomm.Error(
+                        f"gradcomm: non-finite value: {bad_ranks} of {world} ranks met NaN or "
+                        f"Inf in the gradients of {list(keys)} at step {step} (rank "
+                        f"{self.rank}); nonfinite='skip_step' or 'zero' tolerates it")
+                buffer.zero_()
+                return buffer
+            offset = 0
+            gathered = None
+            for e, (w, at) in zip(entries, wires):
+                out = buffer[offset:offset + e.numel]
+                offset += e.numel
+                if w.collective == "allreduce":
+                    e.compressor.decode(0, reduce_bufs[w.dtype][at:at + w.count], out)
+                else:
+                    if gathered is None:
+                        gathered = buffers.gathered.take(world * max(
+                            ww.nbytes for ww, _ in wires if ww.collective == "allgather"))
+                    rows = gathered[:world * w.nbytes].view(world, w.nbytes)
+                    rows.copy_(recv[:, at:at + w.nbytes])
+                    e.compressor.decode(0, rows.view(-1), out)
+            return buffer
+
+        if len(futures) == 1:
+            return futures[0].then(finish)
+        return torch.futures.collect_all(futures).then(finish)
+
+
+def register_comm_hook(model: torch.nn.parallel.DistributedDataParallel,
+                       state: CompressedHookState, hook) -> None:
+    """``model.register_comm_hook(state, hook)``, after checking that the state's process
+    group is the one DDP runs on (same size, this rank a member). Needed, instead of the
+    plain call, only when DDP runs on a subgroup; it checks the same things either way."""
+    ddp_group = model.process_group
+    ddp_size = ddp_group.size()
+    mine = state._group()
+    if dist.get_rank(mine) < 0 or dist.get_world_size(mine) != ddp_size:
+        raise ValueError(
+            f"{type(state).__name__}: the hook's process group has "
+            f"{dist.get_world_size(mine) if dist.get_rank(mine) >= 0 else 'no place for this rank'}"
+            f" (size) but DDP's has {ddp_size} ranks (global rank {dist.get_rank()})")
+    state._expected_world_size = ddp_size
+    model.register_comm_hook(state, hook)
+

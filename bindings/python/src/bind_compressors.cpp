@@ -1,0 +1,90 @@
+// The Compressor interface as Python sees it. The DDP hooks in gradcomm.torch drive one
+// compressor per parameter: wire() says which collective and how many elements, encode()
+// fills this rank's payload, the hook moves the bytes through torch's process group, and
+// decode() turns what every rank sent into the averaged update.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <vector>
+
+#include "bindings.h"
+#include "buffers.h"
+#include "gradcomm/compressor.h"
+#include "gradcomm/dense.h"
+
+namespace py = pybind11;
+
+namespace gradcomm::python {
+
+void bind_compressors(py::module_& m) {
+  py::class_<LayerWire>(m, "LayerWire", "What one layer puts on the wire this step.")
+      .def_property_readonly("collective",
+                             [](const LayerWire& w) {
+                               return w.collective == Collective::kAllreduce ? "allreduce"
+                                                                             : "allgather";
+                             })
+      .def_property_readonly("dtype", [](const LayerWire& w) { return dtype_name(w.dtype); })
+      .def_readonly("count", &LayerWire::count, "elements per rank")
+      .def_property_readonly("nbytes", &LayerWire::bytes, "bytes per rank")
+      .def("__repr__", [](const LayerWire& w) {
+        return std::string("LayerWire(") +
+               (w.collective == Collective::kAllreduce ? "allreduce" : "allgather") + ", " +
+               dtype_name(w.dtype) + "[" + std::to_string(w.count) + "])";
+      });
+
+  py::class_<Compressor>(m, "Compressor",
+                         "A gradient compressor with per-layer state (see compressor.h).")
+      .def_property_readonly("name", &Compressor::name)
+      .def("setup",
+           [](Compressor& c, std::vector<LayerSpec> layers, int world_size, int rank) {
+             c.setup(layers, world_size, rank);
+           },
+           py::arg("layers"), py::arg("world_size"), py::arg("rank"))
+      .def("settings_fingerprint", &Compressor::settings_fingerprint)
+      .def("max_payload_bytes", &Compressor::max_payload_bytes, py::arg("layer"))
+      .def("wire", &Compressor::wire, py::arg("layer"))
+      .def(
+          "encode",
+          [](Compressor& c, std::size_t layer, py::handle grad, py::handle payload) {
+            const Borrowed g = borrow(grad, "encode: grad", DType::kFloat32);
+            const Borrowed p = borrow(payload, "encode: payload");
+            py::gil_scoped_release release;  // pure kernels on raw buffers
+            return c.encode(layer, g.view, p.view).nonfinite;
+          },
+          py::arg("layer"), py::arg("grad"), py::arg("payload"),
+          "Compresses `grad` (float32, the layer's numel) into `payload` (wire(layer) bytes); "
+          "returns how many non-finite elements it met (treated as 0).")
+      .def(
+          "decode",
+          [](Compressor& c, std::size_t layer, py::handle received, py::handle out) {
+            const Borrowed r = borrow(received, "decode: received");
+            const Borrowed o = borrow(out, "decode: out", DType::kFloat32);
+            py::gil_scoped_release release;
+            c.decode(layer, r.view, o.view);
+          },
+          py::arg("layer"), py::arg("received"), py::arg("out"),
+          "Writes the averaged update into `out` from the allreduced payload or from all "
+          "ranks' payloads concatenated in rank order.")
+      .def("set_step", &Compressor::set_step, py::arg("step"))
+      .def("set_epoch", &Compressor::set_epoch, py::arg("epoch"))
+      .def("save_state",
+           [](const Compressor& c) {
+             const std::vector<std::byte> blob = c.save_state();
+             return py::bytes(reinterpret_cast<const char*>(blob.data()), blob.size());
+           })
+      .def("load_state", [](Compressor& c, py::bytes blob) {
+        const std::string_view bytes = blob;
+        c.load_state(std::span(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()));
+      });
+
+  m.def(
+      "DenseCompressor",
+      [](const std::string& wire_dtype) -> std::unique_ptr<Compressor> {
+        return std::make_unique<DenseCompressor>(DenseOptions{parse_dtype(wire_dtype)});
+      },
+      py::arg("wire_dtype") = "float32",
+      "No compression: an allreduce of the gradient (float32 or float16 on the wire), averaged.");
+}
+
+}  // namespace gradcomm::python

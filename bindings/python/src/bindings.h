@@ -1,0 +1,18 @@
+// Shared pieces of the extension module: each bind_*.cpp adds one concept to it.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "gradcomm/tensor.h"
+
+namespace gradcomm::python {
+
+void bind_core(pybind11::module_& m);         // errors, dtypes, LayerSpec, version
+void bind_compressors(pybind11::module_& m);  // Compressor interface, DenseCompressor
+
+// DType <-> the names numpy and torch use ("float32", ...).
+DType parse_dtype(const std::string& name);
+
+}  // namespace gradcomm::python

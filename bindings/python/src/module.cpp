@@ -1,0 +1,10 @@
+// gradcomm._gradcomm: the C++ library as a Python extension module.
+#include <pybind11/pybind11.h>
+
+#include "bindings.h"
+
+PYBIND11_MODULE(_gradcomm, m) {
+  m.doc() = "gradcomm's C++ kernels and compressors (use the `gradcomm` package, not this module)";
+  gradcomm::python::bind_core(m);
+  gradcomm::python::bind_compressors(m);
+}

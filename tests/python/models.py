@@ -1,0 +1,45 @@
+"""Small models and data for the step-by-step tests (the accuracy tests use the CNN of
+examples/torch_ddp_digits.py)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def tiny_net(seed: int = 0) -> nn.Module:
+    """Layers of several shapes, 2-D and 1-D, about 3k parameters: enough for DGC to pick
+    sparse and dense layers, small enough that a step is milliseconds."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32), nn.LayerNorm(32),
+                         nn.ReLU(), nn.Linear(32, 4))
+
+
+def batches(rank: int, steps: int, batch: int = 8, seed: int = 1):
+    """Different data on every rank (so averaging matters), the same on every run."""
+    g = torch.Generator().manual_seed(seed * 1000 + rank)
+    for _ in range(steps):
+        x = torch.randn(batch, 16, generator=g)
+        y = torch.randint(0, 4, (batch,), generator=g)
+        yield x, y
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+
+def train_steps(model, optimizer, rank, steps, after_step=None, seed=1, start=0):
+    """Runs `steps` steps of cross-entropy training on `batches(rank)`, skipping the first
+    `start` batches (for resumed runs); returns the flat parameters after every step."""
+    history = []
+    loss_fn = nn.CrossEntropyLoss()
+    for i, (x, y) in enumerate(batches(rank, start + steps, seed=seed)):
+        if i < start:
+            continue
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        history.append(flat_params(model))
+        if after_step is not None:
+            after_step(i)
+    return history
