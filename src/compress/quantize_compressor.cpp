@@ -1,0 +1,260 @@
+#include <cstring>
+
+#include "gradcomm/quantize.h"
+#include "kernels/cpu/dense_kernels.h"
+#include "kernels/cpu/quantize_kernels.h"
+
+namespace gradcomm {
+
+namespace quant = kernels::quant;
+
+const char* rounding_name(Rounding rounding) noexcept {
+  return rounding == Rounding::kStochastic ? "stochastic" : "nearest";
+}
+
+Rounding parse_rounding(const std::string& name) {
+  if (name == "nearest") return Rounding::kNearest;
+  if (name == "stochastic") return Rounding::kStochastic;
+  GRADCOMM_THROW(ErrorCode::kInvalidArgument, "unknown rounding '", name,
+                 "' (expected nearest or stochastic)");
+}
+
+std::size_t quantize_payload_bytes(std::size_t numel, int bits, std::size_t bucket_size) {
+  GRADCOMM_CHECK_ARG(bits >= quant::kMinBits && bits <= quant::kMaxBits && bucket_size > 0,
+                     "quantize_payload_bytes: bits ", bits, " (1..8), bucket_size ", bucket_size);
+  return quant::payload_bytes(numel, bits, bucket_size);
+}
+
+namespace {
+constexpr std::size_t kMaxBucket = std::size_t{1} << 20;
+}  // namespace
+
+QuantizeCompressor::QuantizeCompressor(QuantizeOptions options) : options_(options) {
+  if (options_.max_bits == 0) options_.max_bits = options_.bits;
+  GRADCOMM_CHECK_ARG(options_.bits >= quant::kMinBits && options_.bits <= quant::kMaxBits,
+                     "QuantizeCompressor: bits ", options_.bits, " outside 1..8");
+  GRADCOMM_CHECK_ARG(options_.max_bits >= options_.bits && options_.max_bits <= quant::kMaxBits,
+                     "QuantizeCompressor: max_bits ", options_.max_bits, " outside [bits=",
+                     options_.bits, ", 8]");
+  GRADCOMM_CHECK_ARG(options_.bucket_size >= 8 && options_.bucket_size % 8 == 0 &&
+                         options_.bucket_size <= kMaxBucket,
+                     "QuantizeCompressor: bucket_size ", options_.bucket_size,
+                     " must be a multiple of 8 in [8, ", kMaxBucket,
+                     "] (buckets start on a byte of the packed codes)");
+  GRADCOMM_CHECK_ARG(options_.rounding == Rounding::kNearest ||
+                         options_.rounding == Rounding::kStochastic,
+                     "QuantizeCompressor: unknown rounding ", static_cast<int>(options_.rounding));
+  const std::size_t ws = kernels::quantize_workspace_bytes(options_.bucket_size);
+  workspace_.resize((ws + sizeof(float) - 1) / sizeof(float));
+}
+
+void QuantizeCompressor::setup(std::span<const LayerSpec> layers, int world_size, int rank) {
+  GRADCOMM_CHECK_ARG(world_size >= 1 && rank >= 0 && rank < world_size,
+                     "QuantizeCompressor: rank ", rank, " of world size ", world_size);
+  world_size_ = world_size;
+  rank_ = rank;
+  layers_.clear();
+  layers_.reserve(layers.size());
+  for (const LayerSpec& spec : layers) {
+    Layer l;
+    l.name = spec.name;
+    l.numel = spec.numel;
+    l.quantized = !spec.force_dense && (options_.quantize_1d || !is_dense_by_default(spec));
+    l.bits = options_.bits;
+    if (l.quantized && options_.error_feedback) l.residual.assign(spec.numel, 0.0f);
+    layers_.push_back(std::move(l));
+  }
+}
+
+std::string QuantizeCompressor::settings_fingerprint() const {
+  std::string text = detail::concat("quantize bits=", options_.bits, " max_bits=", options_.max_bits,
+                                    " bucket=", options_.bucket_size, " rounding=",
+                                    rounding_name(options_.rounding), " ef=", options_.error_feedback,
+                                    " seed=", options_.seed, " quantize_1d=", options_.quantize_1d);
+  return text;
+}
+
+const QuantizeCompressor::Layer& QuantizeCompressor::layer_at(std::size_t layer,
+                                                              const char* where) const {
+  GRADCOMM_CHECK(layer < layers_.size(), ErrorCode::kInvalidArgument, "QuantizeCompressor::", where,
+                 ": layer ", layer, " out of range (", layers_.size(), " layers set up)");
+  return layers_[layer];
+}
+
+bool QuantizeCompressor::is_quantized(std::size_t layer) const {
+  return layer_at(layer, "is_quantized").quantized;
+}
+
+int QuantizeCompressor::layer_bits(std::size_t layer) const {
+  return layer_at(layer, "layer_bits").bits;
+}
+
+std::span<const float> QuantizeCompressor::residual(std::size_t layer) const {
+  return layer_at(layer, "residual").residual;
+}
+
+void QuantizeCompressor::set_layer_bits(std::size_t layer, int bits) {
+  const Layer& l = layer_at(layer, "set_layer_bits");
+  GRADCOMM_CHECK_ARG(bits >= quant::kMinBits && bits <= options_.max_bits,
+                     "QuantizeCompressor::set_layer_bits: layer ", layer, " ('", l.name, "') bits ",
+                     bits, " outside [1, max_bits=", options_.max_bits, "]");
+  GRADCOMM_CHECK_ARG(l.quantized, "QuantizeCompressor::set_layer_bits: layer ", layer, " ('", l.name,
+                     "') is allreduced densely, it has no bit width");
+  layers_[layer].bits = bits;
+}
+
+std::size_t QuantizeCompressor::max_payload_bytes(std::size_t layer) const {
+  const Layer& l = layer_at(layer, "max_payload_bytes");
+  return l.quantized ? quant::payload_bytes(l.numel, options_.max_bits, options_.bucket_size)
+                     : l.numel * sizeof(float);
+}
+
+LayerWire QuantizeCompressor::wire(std::size_t layer) const {
+  const Layer& l = layer_at(layer, "wire");
+  if (!l.quantized) return {Collective::kAllreduce, DType::kFloat32, l.numel};
+  return {Collective::kAllgather, DType::kUInt8,
+          quant::payload_bytes(l.numel, l.bits, options_.bucket_size)};
+}
+
+EncodeResult QuantizeCompressor::encode(std::size_t layer, TensorView grad, TensorView payload) {
+  const Layer& l = layer_at(layer, "encode");
+  const LayerWire w = wire(layer);
+  GRADCOMM_CHECK(grad.numel() == l.numel && payload.numel() == w.count && payload.dtype() == w.dtype,
+                 ErrorCode::kSizeMismatch, "QuantizeCompressor::encode on rank ", rank_, ": layer ",
+                 layer, " ('", l.name, "', ", l.numel, " elements, ", l.bits, " bits) got grad ",
+                 grad.describe(), " and payload ", payload.describe(), ", expected ",
+                 dtype_name(w.dtype), "[", w.count, "]");
+  const float* g = grad.span<const float>("gradient").data();
+  if (!l.quantized) {
+    return {kernels::copy_zeroing_nonfinite(g, payload.span<float>("payload").data(), l.numel)};
+  }
+  kernels::QuantizeParams params;
+  params.bits = l.bits;
+  params.bucket = options_.bucket_size;
+  params.stochastic = options_.rounding == Rounding::kStochastic;
+  params.rng_key = quant::rng_key(options_.seed, rank_, layer, step_);
+  float* residual = options_.error_feedback ? layers_[layer].residual.data() : nullptr;
+  return {kernels::quantize_error_feedback(g, residual, l.numel, params,
+                                           payload.span<std::uint8_t>("payload").data(),
+                                           workspace_.data())};
+}
+
+void QuantizeCompressor::decode(std::size_t layer, TensorView received, TensorView out) {
+  const Layer& l = layer_at(layer, "decode");
+  const LayerWire w = wire(layer);
+  const std::size_t p = static_cast<std::size_t>(world_size_);
+  const std::size_t expected = l.quantized ? p * w.count : w.count;
+  GRADCOMM_CHECK(received.numel() == expected && received.dtype() == w.dtype && out.numel() == l.numel,
+                 ErrorCode::kSizeMismatch, "QuantizeCompressor::decode on rank ", rank_, ": layer ",
+                 layer, " ('", l.name, "', ", l.numel, " elements, ", l.bits, " bits, ", p,
+                 " ranks) got ", received.describe(), " expected ", dtype_name(w.dtype), "[",
+                 expected, "], out ", out.describe());
+  float* dst = out.span<float>("output").data();
+  const float inv = 1.0f / static_cast<float>(world_size_);
+  if (!l.quantized) {
+    kernels::scale(received.span<const float>("received").data(), inv, dst, l.numel);
+    return;
+  }
+  const std::uint8_t* bytes = received.span<const std::uint8_t>("received").data();
+  const char* why = "";
+  const int bad = kernels::find_corrupt_payload(bytes, w.count, world_size_, l.numel, l.bits,
+                                                options_.bucket_size, &why);
+  GRADCOMM_CHECK(bad < 0, ErrorCode::kCorruptPayload, "QuantizeCompressor::decode on rank ", rank_,
+                 ": layer ", layer, " ('", l.name, "', ", l.numel, " elements, ", l.bits,
+                 " bits, bucket ", options_.bucket_size, "): payload of rank ", bad, " (",
+                 w.count, " bytes): ", why);
+  kernels::dequantize_sum(bytes, w.count, world_size_, l.numel, l.bits, options_.bucket_size, inv,
+                          dst, workspace_.data());
+}
+
+// State blob: "GCQZ", version, layer count, step, then per layer numel, bits and the
+// residual (numel floats, or none without error feedback / for a dense layer).
+namespace {
+constexpr std::uint32_t kStateMagic = 0x5a514347;  // "GCQZ"
+constexpr std::uint32_t kStateVersion = 1;
+
+template <typename T>
+void put(std::vector<std::byte>& out, const T& value) {
+  const auto* p = reinterpret_cast<const std::byte*>(&value);
+  out.insert(out.end(), p, p + sizeof(T));
+}
+
+struct Reader {
+  std::span<const std::byte> blob;
+  std::size_t at = 0;
+  template <typename T>
+  T get(const char* what) {
+    T value;
+    take(&value, sizeof(T), what);
+    return value;
+  }
+  void take(void* dst, std::size_t bytes, const char* what) {
+    GRADCOMM_CHECK(bytes <= blob.size() - at, ErrorCode::kCorruptPayload,
+                   "QuantizeCompressor::load_state: blob of ", blob.size(), " bytes ends at ", at,
+                   " while reading ", what, " (", bytes, " bytes)");
+    if (bytes) std::memcpy(dst, blob.data() + at, bytes);
+    at += bytes;
+  }
+};
+}  // namespace
+
+std::vector<std::byte> QuantizeCompressor::save_state() const {
+  std::vector<std::byte> out;
+  put(out, kStateMagic);
+  put(out, kStateVersion);
+  put(out, static_cast<std::uint64_t>(layers_.size()));
+  put(out, static_cast<std::int64_t>(step_));
+  for (const Layer& l : layers_) {
+    put(out, static_cast<std::uint64_t>(l.numel));
+    put(out, static_cast<std::int32_t>(l.bits));
+    put(out, static_cast<std::uint64_t>(l.residual.size()));
+    const auto* p = reinterpret_cast<const std::byte*>(l.residual.data());
+    out.insert(out.end(), p, p + l.residual.size() * sizeof(float));
+  }
+  return out;
+}
+
+void QuantizeCompressor::load_state(std::span<const std::byte> blob) {
+  Reader in{blob};
+  const auto magic = in.get<std::uint32_t>("magic");
+  const auto version = in.get<std::uint32_t>("version");
+  GRADCOMM_CHECK(magic == kStateMagic && version == kStateVersion, ErrorCode::kCorruptPayload,
+                 "QuantizeCompressor::load_state: not a quantizer state (magic ", magic,
+                 ", version ", version, ")");
+  const auto count = in.get<std::uint64_t>("layer count");
+  GRADCOMM_CHECK(count == layers_.size(), ErrorCode::kCorruptPayload,
+                 "QuantizeCompressor::load_state on rank ", rank_, ": blob has ", count,
+                 " layers, this compressor ", layers_.size());
+  const auto step = in.get<std::int64_t>("step");
+  // Validate everything before changing anything: a bad blob leaves the state as it was.
+  std::vector<int> bits(layers_.size());
+  std::vector<std::size_t> offsets(layers_.size());
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& l = layers_[i];
+    const auto numel = in.get<std::uint64_t>("numel");
+    bits[i] = in.get<std::int32_t>("bits");
+    const auto residual = in.get<std::uint64_t>("residual size");
+    GRADCOMM_CHECK(numel == l.numel && residual == l.residual.size() &&
+                       bits[i] >= quant::kMinBits && bits[i] <= options_.max_bits &&
+                       (l.quantized || bits[i] == options_.bits),
+                   ErrorCode::kCorruptPayload, "QuantizeCompressor::load_state on rank ", rank_,
+                   ": layer ", i, " ('", l.name, "') has ", l.numel, " elements and a residual of ",
+                   l.residual.size(), "; the blob says ", numel, " elements, residual ", residual,
+                   ", bits ", bits[i], " (max ", options_.max_bits, ")");
+    offsets[i] = in.at;
+    in.at += residual * sizeof(float);
+    GRADCOMM_CHECK(in.at <= blob.size(), ErrorCode::kCorruptPayload,
+                   "QuantizeCompressor::load_state: blob of ", blob.size(),
+                   " bytes too short for layer ", i, "'s residual");
+  }
+  GRADCOMM_CHECK(in.at == blob.size(), ErrorCode::kCorruptPayload,
+                 "QuantizeCompressor::load_state: ", blob.size() - in.at, " trailing bytes");
+  step_ = step;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    layers_[i].bits = bits[i];
+    std::memcpy(layers_[i].residual.data(), blob.data() + offsets[i],
+                layers_[i].residual.size() * sizeof(float));
+  }
+}
+
+}  // namespace gradcomm
