@@ -1,0 +1,154 @@
+// DgcCompressor: Deep Gradient Compression (Lin et al., ICLR 2018) as a gradcomm::Compressor,
+// and DgcSgd, the plain SGD step that goes after it.
+//
+// Per layer and rank the compressor keeps u (momentum) and v (accumulated velocity). Each
+// step it applies momentum correction (paper Eq. 7), selects about k = ceil(density * n)
+// of the largest |v|, sends them as exactly k (index, value) slots through one fixed-size
+// allgather, keeps everything not sent in v (error feedback, nothing lost), and masks the
+// momentum at the sent indices (Eq. 9). Tensors marked dense (1-D by default) and layers
+// where the sparse gather would move more bytes than a dense allreduce are allreduced;
+// their momentum is applied after the average, as in the reference code.
+//
+// Wire format of a sparse layer (one rank's payload, docs/algorithms/dgc.md):
+//   uint32 count | uint32 index[k] | value[k] (fp32 or fp16) | zero padding to 8 bytes
+// Slots [0, count) hold strictly increasing indices < n; slots [count, k) hold the
+// sentinel index 0xffffffff with value 0. decode() checks all of this before writing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "gradcomm/compressor.h"
+
+namespace gradcomm {
+
+enum class DgcSelection : std::uint8_t {
+  kSampled,  // threshold from a strided sample of |v|, refined (the default)
+  kExact,    // the true top-k of |v|, ties broken by the lower index
+};
+const char* dgc_selection_name(DgcSelection selection) noexcept;
+
+struct DgcOptions {
+  // Density in force once warm-up is over: k = ceil(density * n) slots per rank.
+  double density = 0.001;
+  // Densities of the first warm-up epochs (epoch e uses warmup_densities[e]); the paper's
+  // 4^-(e+1) schedule by default. Empty: the target density from the first step.
+  std::vector<double> warmup_densities = {0.25, 0.0625, 0.015625, 0.004};
+  // When > 0, the Exchanger's step drives the schedule: epoch = step / steps_per_epoch
+  // (set_epoch() is then refused). When 0, the trainer calls set_epoch().
+  std::int64_t steps_per_epoch = 0;
+
+  float momentum = 0.9f;  // m in u = m*u + g
+  bool nesterov = false;  // u = m*(u + g); v = v + u + g
+  // Momentum factor masking (paper Eq. 9): u = 0 at the sent indices.
+  bool momentum_masking = true;
+  // Local gradient clipping (paper Eq. 8): when > 0, each layer's local gradient is scaled
+  // so its L2 norm is at most clip_norm / sqrt(world size). Costs one extra read pass.
+  float clip_norm = 0.0f;
+
+  DgcSelection selection = DgcSelection::kSampled;
+  // Fraction of |v| sampled (strided, random start) to estimate the threshold.
+  double sample_fraction = 0.01;
+  std::uint64_t seed = 0x5eed;  // sample start offsets: counter-based, per layer and rank
+
+  DType value_dtype = DType::kFloat32;  // sparse values on the wire: kFloat32 or kFloat16
+  DType dense_dtype = DType::kFloat32;  // dense tensors on the wire: kFloat32 or kFloat16
+  // Switch a layer to a dense allreduce when the sparse gather would move more bytes
+  // (k/n > 1/p with fp32 values). Off: every layer not marked dense stays sparse.
+  bool dense_fallback = true;
+};
+
+// What the last encode() of a sparse layer did (for logs, tests and benchmarks).
+struct DgcLayerStats {
+  std::size_t k = 0;           // slots
+  std::size_t sent = 0;        // slots filled
+  std::size_t candidates = 0;  // elements at or above the final threshold
+  float threshold = 0.0f;      // the final threshold (the threshold cache)
+  int rounds = 0;              // collection passes over v
+};
+
+class DgcCompressor final : public Compressor {
+ public:
+  // Validates the options (throws kInvalidArgument naming the bad setting).
+  explicit DgcCompressor(DgcOptions options = {});
+
+  std::string name() const override { return "dgc"; }
+  void setup(std::span<const LayerSpec> layers, int world_size, int rank) override;
+  std::string settings_fingerprint() const override;
+  std::size_t max_payload_bytes(std::size_t layer) const override;
+  LayerWire wire(std::size_t layer) const override;
+  EncodeResult encode(std::size_t layer, TensorView grad, TensorView payload) override;
+  void decode(std::size_t layer, TensorView received, TensorView out) override;
+  void set_step(std::int64_t step) override;
+  void set_epoch(std::int64_t epoch) override;
+  std::vector<std::byte> save_state() const override;
+  void load_state(std::span<const std::byte> blob) override;
+
+  const DgcOptions& options() const noexcept { return options_; }
+  // The density in force for the current epoch.
+  double density() const;
+  std::int64_t epoch() const noexcept { return epoch_; }
+  // Slots per rank for `layer` now, and whether it goes sparse this step.
+  std::size_t k(std::size_t layer) const;
+  bool is_sparse(std::size_t layer) const;
+  std::size_t num_layers() const noexcept { return layers_.size(); }
+
+  // Read-only views of this rank's state (tests check error feedback with them).
+  std::span<const float> momentum(std::size_t layer) const;
+  std::span<const float> residual(std::size_t layer) const;
+  const DgcLayerStats& last_stats(std::size_t layer) const;
+
+ private:
+  struct Layer {
+    std::size_t numel = 0;
+    bool dense_always = false;
+    std::vector<float> u, v;
+    std::uint64_t rng_counter = 0;  // one draw per sparse encode
+    DgcLayerStats stats;
+  };
+
+  // The layer, after checking the index and that `tensor` has its size.
+  Layer& checked_layer(const char* call, std::size_t layer, TensorView tensor, const char* role);
+  std::size_t k_for(const Layer& layer, double density) const;
+  bool sparse_for(const Layer& layer, std::size_t k) const;
+  std::size_t sparse_payload_bytes(std::size_t k) const;
+  EncodeResult encode_dense(Layer& layer, const float* grad, TensorView payload);
+  EncodeResult encode_sparse(std::size_t index, Layer& layer, const float* grad,
+                             std::size_t k, TensorView payload);
+  void decode_dense(Layer& layer, TensorView received, float* out);
+  void decode_sparse(std::size_t index, const Layer& layer, TensorView received, float* out);
+  float clip_scale(const float* grad, std::size_t n) const;
+
+  DgcOptions options_;
+  std::vector<Layer> layers_;
+  int world_size_ = 1;
+  int rank_ = 0;
+  std::int64_t epoch_ = 0;
+  std::int64_t step_ = 0;
+  // Workspace shared by all layers (encode runs one layer at a time), sized at setup.
+  std::vector<std::uint64_t> keys_;     // candidates: (|v| bits << 32) | ~index
+  std::vector<std::uint32_t> samples_;  // sampled |v| bits
+};
+
+struct DgcSgdOptions {
+  float lr = 0.1f;
+  float weight_decay = 0.0f;  // applied locally to the parameter, never compressed
+};
+
+// Plain SGD on the exchanged DGC update (momentum already lives in the compressor):
+// param -= lr * (update + weight_decay * param).
+class DgcSgd {
+ public:
+  explicit DgcSgd(DgcSgdOptions options = {});
+  void step(std::span<float> param, std::span<const float> update) const;
+  void set_lr(float lr);
+  const DgcSgdOptions& options() const noexcept { return options_; }
+
+ private:
+  DgcSgdOptions options_;
+};
+
+}  // namespace gradcomm

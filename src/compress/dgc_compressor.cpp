@@ -1,0 +1,475 @@
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "gradcomm/dgc.h"
+#include "kernels/cpu/dense_kernels.h"
+#include "kernels/cpu/dgc_kernels.h"
+#include "kernels/cpu/fp16.h"
+
+namespace gradcomm {
+
+const char* dgc_selection_name(DgcSelection selection) noexcept {
+  switch (selection) {
+    case DgcSelection::kSampled: return "sampled";
+    case DgcSelection::kExact: return "exact";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// The reference aims the sample threshold at k and trims above 1.3k. With a fixed k slots
+// every count above k is trimmed anyway, so we aim at 1.3k: the trim then sees every
+// element above the threshold, and the result is the exact top-k whenever count >= k.
+constexpr double kOversample = 1.3;
+// Below 0.8k candidates the threshold is lowered by 0.8 and v recounted, at most this many
+// passes in all (the reference's 10 rounds).
+constexpr double kLowFraction = 0.8;
+constexpr double kLowerFactor = 0.8;
+constexpr int kMaxRounds = 10;
+constexpr std::size_t kHeaderBytes = 4;  // uint32 count
+
+constexpr std::size_t align8(std::size_t n) { return (n + 7) / 8 * 8; }
+
+bool wire_dtype_ok(DType d) { return d == DType::kFloat32 || d == DType::kFloat16; }
+
+std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+std::uint32_t load_u32(const std::byte* p) {
+  std::uint32_t x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+
+// Checkpoint blob: a fixed magic, then little fixed-size fields, then the arrays.
+constexpr char kMagic[8] = {'g', 'c', 'D', 'G', 'C', 's', 't', '1'};
+
+class BlobWriter {
+ public:
+  explicit BlobWriter(std::vector<std::byte>& out) : out_(out) {}
+  void bytes(const void* p, std::size_t n) {
+    if (n == 0) return;
+    const std::size_t at = out_.size();
+    out_.resize(at + n);
+    std::memcpy(out_.data() + at, p, n);
+  }
+  void u64(std::uint64_t x) { bytes(&x, sizeof x); }
+
+ private:
+  std::vector<std::byte>& out_;
+};
+
+class BlobReader {
+ public:
+  explicit BlobReader(std::span<const std::byte> in) : in_(in) {}
+  void bytes(void* p, std::size_t n, const char* what) {
+    GRADCOMM_CHECK(n <= in_.size() - pos_, ErrorCode::kCorruptPayload,
+                   "DgcCompressor::load_state: blob of ", in_.size(), " bytes ends at ", pos_,
+                   " while reading ", what, " (", n, " bytes)");
+    if (n) std::memcpy(p, in_.data() + pos_, n);
+    pos_ += n;
+  }
+  std::uint64_t u64(const char* what) {
+    std::uint64_t x;
+    bytes(&x, sizeof x, what);
+    return x;
+  }
+  std::size_t left() const { return in_.size() - pos_; }
+
+ private:
+  std::span<const std::byte> in_;
+  std::size_t pos_ = 0;
+};
+
+}  // namespace
+
+DgcCompressor::DgcCompressor(DgcOptions options) : options_(std::move(options)) {
+  const DgcOptions& o = options_;
+  auto density_ok = [](double d) { return d > 0.0 && d <= 1.0; };
+  GRADCOMM_CHECK_ARG(density_ok(o.density), "DgcCompressor: density must be in (0, 1], got ",
+                     o.density);
+  for (std::size_t e = 0; e < o.warmup_densities.size(); ++e) {
+    GRADCOMM_CHECK_ARG(density_ok(o.warmup_densities[e]), "DgcCompressor: warmup_densities[",
+                       e, "] must be in (0, 1], got ", o.warmup_densities[e]);
+  }
+  GRADCOMM_CHECK_ARG(o.steps_per_epoch >= 0, "DgcCompressor: steps_per_epoch must be >= 0, got ",
+                     o.steps_per_epoch);
+  GRADCOMM_CHECK_ARG(std::isfinite(o.momentum) && o.momentum >= 0.0f && o.momentum < 1.0f,
+                     "DgcCompressor: momentum must be in [0, 1), got ", o.momentum);
+  GRADCOMM_CHECK_ARG(std::isfinite(o.clip_norm) && o.clip_norm >= 0.0f,
+                     "DgcCompressor: clip_norm must be >= 0 (0: off), got ", o.clip_norm);
+  GRADCOMM_CHECK_ARG(o.selection == DgcSelection::kSampled || o.selection == DgcSelection::kExact,
+                     "DgcCompressor: unknown selection ", static_cast<int>(o.selection));
+  GRADCOMM_CHECK_ARG(o.sample_fraction > 0.0 && o.sample_fraction <= 1.0,
+                     "DgcCompressor: sample_fraction must be in (0, 1], got ", o.sample_fraction);
+  GRADCOMM_CHECK_ARG(wire_dtype_ok(o.value_dtype),
+                     "DgcCompressor: value_dtype must be float32 or float16, got ",
+                     dtype_name(o.value_dtype));
+  GRADCOMM_CHECK_ARG(wire_dtype_ok(o.dense_dtype),
+                     "DgcCompressor: dense_dtype must be float32 or float16, got ",
+                     dtype_name(o.dense_dtype));
+}
+
+void DgcCompressor::setup(std::span<const LayerSpec> layers, int world_size, int rank) {
+  GRADCOMM_CHECK_ARG(world_size >= 1 && rank >= 0 && rank < world_size,
+                     "DgcCompressor::setup: rank ", rank, " of world size ", world_size);
+  world_size_ = world_size;
+  rank_ = rank;
+  layers_.clear();
+  layers_.resize(layers.size());
+  const std::size_t stride = std::max<std::size_t>(
+      1, static_cast<std::size_t>(std::llround(1.0 / options_.sample_fraction)));
+  std::size_t max_keys = 0, max_samples = 0;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const LayerSpec& spec = layers[i];
+    // Indices travel as uint32 with 0xffffffff reserved for the sentinel.
+    GRADCOMM_CHECK_ARG(spec.numel < kernels::kDgcSentinel, "DgcCompressor::setup: layer ", i,
+                       " ('", spec.name, "') has ", spec.numel,
+                       " elements; sparse indices are uint32, so at most 2^32 - 2");
+    Layer& layer = layers_[i];
+    layer.numel = spec.numel;
+    layer.dense_always = is_dense_by_default(spec) || spec.numel == 0;
+    layer.u.assign(spec.numel, 0.0f);
+    if (!layer.dense_always) {
+      layer.v.assign(spec.numel, 0.0f);
+      max_keys = std::max(max_keys, spec.numel);
+      max_samples = std::max(max_samples, kernels::dgc_sample_count(spec.numel, 0, stride));
+    }
+  }
+  keys_.assign(max_keys, 0);
+  samples_.assign(max_samples, 0);
+}
+
+std::string DgcCompressor::settings_fingerprint() const {
+  const DgcOptions& o = options_;
+  std::ostringstream s;
+  s.precision(17);
+  s << "dgc density=" << o.density << " warmup=[";
+  for (double d : o.warmup_densities) s << d << ',';
+  s << "] steps_per_epoch=" << o.steps_per_epoch << " momentum=" << o.momentum
+    << " nesterov=" << o.nesterov << " masking=" << o.momentum_masking
+    << " clip=" << o.clip_norm << " selection=" << dgc_selection_name(o.selection)
+    << " sample=" << o.sample_fraction << " seed=" << o.seed
+    << " values=" << dtype_name(o.value_dtype) << " dense=" << dtype_name(o.dense_dtype)
+    << " fallback=" << o.dense_fallback;
+  return s.str();
+}
+
+double DgcCompressor::density() const {
+  const auto& w = options_.warmup_densities;
+  return static_cast<std::size_t>(epoch_) < w.size() ? w[static_cast<std::size_t>(epoch_)]
+                                                      : options_.density;
+}
+
+std::size_t DgcCompressor::k_for(const Layer& layer, double d) const {
+  if (layer.numel == 0) return 0;
+  const auto k = static_cast<std::size_t>(std::ceil(d * static_cast<double>(layer.numel)));
+  return std::clamp<std::size_t>(k, 1, layer.numel);
+}
+
+bool DgcCompressor::sparse_for(const Layer& layer, std::size_t k) const {
+  if (layer.dense_always) return false;
+  if (!options_.dense_fallback) return true;
+  // Bytes each rank receives: an allgather of k (index, value) slots from p ranks, against
+  // a ring allreduce's 2n elements. With fp32 on both sides this is k/n <= 1/p.
+  const std::size_t slot = 4 + dtype_size(options_.value_dtype);
+  return slot * k * static_cast<std::size_t>(world_size_) <=
+         2 * dtype_size(options_.dense_dtype) * layer.numel;
+}
+
+std::size_t DgcCompressor::sparse_payload_bytes(std::size_t k) const {
+  return align8(kHeaderBytes + k * (4 + dtype_size(options_.value_dtype)));
+}
+
+std::size_t DgcCompressor::k(std::size_t layer) const { return k_for(layers_.at(layer), density()); }
+
+bool DgcCompressor::is_sparse(std::size_t layer) const {
+  const Layer& l = layers_.at(layer);
+  return sparse_for(l, k_for(l, density()));
+}
+
+LayerWire DgcCompressor::wire(std::size_t layer) const {
+  const Layer& l = layers_.at(layer);
+  const std::size_t kk = k_for(l, density());
+  if (sparse_for(l, kk)) return {Collective::kAllgather, DType::kUInt8, sparse_payload_bytes(kk)};
+  return {Collective::kAllreduce, options_.dense_dtype, l.numel};
+}
+
+std::size_t DgcCompressor::max_payload_bytes(std::size_t layer) const {
+  const Layer& l = layers_.at(layer);
+  std::size_t most = l.numel * dtype_size(options_.dense_dtype);
+  auto consider = [&](double d) {
+    const std::size_t kk = k_for(l, d);
+    if (sparse_for(l, kk)) most = std::max(most, sparse_payload_bytes(kk));
+  };
+  consider(options_.density);
+  for (double d : options_.warmup_densities) consider(d);
+  return most;
+}
+
+void DgcCompressor::set_step(std::int64_t step) {
+  step_ = step;
+  if (options_.steps_per_epoch > 0) epoch_ = step / options_.steps_per_epoch;
+}
+
+void DgcCompressor::set_epoch(std::int64_t epoch) {
+  GRADCOMM_CHECK_ARG(options_.steps_per_epoch == 0, "DgcCompressor::set_epoch(", epoch,
+                     "): the warm-up follows the step (steps_per_epoch=",
+                     options_.steps_per_epoch, "); set steps_per_epoch=0 to drive it by epoch");
+  GRADCOMM_CHECK_ARG(epoch >= 0, "DgcCompressor::set_epoch: epoch ", epoch, " < 0");
+  epoch_ = epoch;
+}
+
+float DgcCompressor::clip_scale(const float* grad, std::size_t n) const {
+  if (options_.clip_norm <= 0.0f) return 1.0f;
+  const double limit = options_.clip_norm / std::sqrt(static_cast<double>(world_size_));
+  const double norm = std::sqrt(kernels::dgc_sum_squares_finite(grad, n));
+  return norm > limit ? static_cast<float>(limit / norm) : 1.0f;
+}
+
+DgcCompressor::Layer& DgcCompressor::checked_layer(const char* call, std::size_t layer,
+                                                   TensorView tensor, const char* role) {
+  GRADCOMM_CHECK(layer < layers_.size(), ErrorCode::kInvalidArgument, "DgcCompressor::", call,
+                 ": layer ", layer, " out of range (", layers_.size(), " layers)");
+  Layer& l = layers_[layer];
+  GRADCOMM_CHECK(tensor.numel() == l.numel, ErrorCode::kSizeMismatch, "DgcCompressor::", call,
+                 " rank ", rank_, " layer ", layer, ": ", role, " ", tensor.describe(),
+                 ", layer has ", l.numel, " elements");
+  return l;
+}
+
+EncodeResult DgcCompressor::encode(std::size_t layer, TensorView grad, TensorView payload) {
+  Layer& l = checked_layer("encode", layer, grad, "gradient");
+  const float* g = grad.span<const float>("DgcCompressor gradient").data();
+  const LayerWire w = wire(layer);
+  GRADCOMM_CHECK(payload.nbytes() == w.bytes() && payload.dtype() == w.dtype,
+                 ErrorCode::kSizeMismatch, "DgcCompressor::encode rank ", rank_, " layer ", layer,
+                 ": payload ", payload.describe(), ", expected ", w.count, " ", dtype_name(w.dtype),
+                 " (epoch ", epoch_, ", density ", density(), ")");
+  if (w.collective == Collective::kAllreduce) return encode_dense(l, g, payload);
+  return encode_sparse(layer, l, g, k_for(l, density()), payload);
+}
+
+EncodeResult DgcCompressor::encode_dense(Layer& l, const float* g, TensorView payload) {
+  const float s = clip_scale(g, l.numel);
+  if (options_.dense_dtype == DType::kFloat16) {
+    return {kernels::dgc_scaled_copy_f16(g, s, static_cast<std::uint16_t*>(payload.data()), l.numel)};
+  }
+  return {kernels::dgc_scaled_copy_f32(g, s, static_cast<float*>(payload.data()), l.numel)};
+}
+
+EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const float* g,
+                                          std::size_t kk, TensorView payload) {
+  const std::size_t n = l.numel;
+  auto* base = static_cast<std::byte*>(payload.data());
+  GRADCOMM_CHECK(reinterpret_cast<std::uintptr_t>(base) % 4 == 0, ErrorCode::kInvalidArgument,
+                 "DgcCompressor::encode layer ", index, ": payload must be 4-byte aligned");
+  auto* indices = reinterpret_cast<std::uint32_t*>(base + kHeaderBytes);
+  std::byte* values = base + kHeaderBytes + 4 * kk;
+
+  const double d = density();
+  const bool exact = options_.selection == DgcSelection::kExact || static_cast<double>(n) * d < 2.0;
+  const std::size_t stride = std::max<std::size_t>(
+      1, static_cast<std::size_t>(std::llround(1.0 / options_.sample_fraction)));
+  kernels::DgcAccumulateArgs args;
+  args.momentum = options_.momentum;
+  args.nesterov = options_.nesterov;
+  args.grad_scale = clip_scale(g, n);
+  if (!exact) {
+    const std::uint64_t draw = splitmix64(options_.seed ^ splitmix64(index * 0x100000001b3ull +
+                                          static_cast<std::uint64_t>(rank_)) ^ l.rng_counter);
+    args.sample_start = static_cast<std::size_t>(draw % std::min(stride, n));
+    args.sample_stride = stride;
+    l.rng_counter += 1;
+  }
+  std::size_t num_samples = 0;
+  const std::size_t bad =
+      kernels::dgc_accumulate(g, l.u.data(), l.v.data(), n, args, samples_.data(), &num_samples);
+
+  DgcLayerStats& st = l.stats;
+  st = {};
+  st.k = kk;
+  std::uint32_t t = 1;  // exact: every nonzero is a candidate
+  if (!exact) {
+    const auto c = static_cast<std::size_t>(
+        std::ceil(static_cast<double>(num_samples) * d * kOversample));
+    t = kernels::dgc_sample_threshold(samples_.data(), num_samples, c);
+  }
+  std::size_t count = 0;
+  for (;;) {
+    count = kernels::dgc_collect(l.v.data(), n, t, keys_.data());
+    st.rounds += 1;
+    const bool enough = count >= kk || static_cast<double>(count) >= kLowFraction * static_cast<double>(kk);
+    if (enough || t <= 1 || st.rounds >= kMaxRounds) break;
+    const float lowered = std::bit_cast<float>(t) * static_cast<float>(kLowerFactor);
+    t = std::max<std::uint32_t>(std::bit_cast<std::uint32_t>(lowered), 1);
+  }
+  st.candidates = count;
+  st.threshold = std::bit_cast<float>(t);
+  const std::size_t sent = kernels::dgc_select_top(keys_.data(), count, kk, indices);
+  st.sent = sent;
+
+  const auto count32 = static_cast<std::uint32_t>(sent);
+  std::memcpy(base, &count32, sizeof count32);
+  std::fill(indices + sent, indices + kk, kernels::kDgcSentinel);
+  const std::size_t vsize = dtype_size(options_.value_dtype);
+  if (options_.value_dtype == DType::kFloat16) {
+    auto* vals = reinterpret_cast<std::uint16_t*>(values);
+    kernels::dgc_pack_f16(indices, sent, l.v.data(), l.u.data(), options_.momentum_masking, vals);
+  } else {
+    auto* vals = reinterpret_cast<float*>(values);
+    kernels::dgc_pack_f32(indices, sent, l.v.data(), l.u.data(), options_.momentum_masking, vals);
+  }
+  // Padding slots and the tail to 8 bytes are zero, so payloads are fully defined bytes.
+  std::byte* pad = values + sent * vsize;
+  std::memset(pad, 0, static_cast<std::size_t>(base + payload.nbytes() - pad));
+  return {bad};
+}
+
+void DgcCompressor::decode(std::size_t layer, TensorView received, TensorView out) {
+  Layer& l = checked_layer("decode", layer, out, "output");
+  float* dst = out.span<float>("DgcCompressor output").data();
+  if (is_sparse(layer)) {
+    decode_sparse(layer, l, received, dst);
+  } else {
+    decode_dense(l, received, dst);
+  }
+}
+
+void DgcCompressor::decode_dense(Layer& l, TensorView received, float* out) {
+  GRADCOMM_CHECK(received.numel() == l.numel && received.dtype() == options_.dense_dtype,
+                 ErrorCode::kCorruptPayload, "DgcCompressor::decode rank ", rank_,
+                 ": dense layer of ", l.numel, " elements received ", received.describe(),
+                 ", expected ", dtype_name(options_.dense_dtype));
+  const float inv = 1.0f / static_cast<float>(world_size_);
+  if (received.dtype() == DType::kFloat16) {
+    kernels::half_to_float_scaled(static_cast<const std::uint16_t*>(received.data()), inv, out, l.numel);
+  } else {
+    kernels::scale(static_cast<const float*>(received.data()), inv, out, l.numel);
+  }
+  kernels::dgc_dense_momentum(out, l.u.data(), l.numel, options_.momentum, options_.nesterov);
+}
+
+void DgcCompressor::decode_sparse(std::size_t index, const Layer& l, TensorView received, float* out) {
+  const std::size_t kk = k_for(l, density());
+  const std::size_t block = sparse_payload_bytes(kk);
+  const std::size_t p = static_cast<std::size_t>(world_size_);
+  GRADCOMM_CHECK(received.dtype() == DType::kUInt8 && received.numel() == p * block,
+                 ErrorCode::kCorruptPayload, "DgcCompressor::decode rank ", rank_, " layer ", index,
+                 ": received ", received.describe(), ", expected ", p, " x ", block,
+                 " bytes (k=", kk, " slots per rank)");
+  const auto* all = static_cast<const std::byte*>(received.data());
+  const bool half = options_.value_dtype == DType::kFloat16;
+  const std::size_t vsize = dtype_size(options_.value_dtype);
+  // Validate every rank's block before the first write, so a bad payload leaves `out`
+  // untouched and never writes out of bounds.
+  for (std::size_t r = 0; r < p; ++r) {
+    const std::byte* b = all + r * block;
+    const std::uint32_t count = load_u32(b);
+    GRADCOMM_CHECK(count <= kk, ErrorCode::kCorruptPayload, "DgcCompressor::decode rank ", rank_,
+                   " layer ", index, ": rank ", r, " claims ", count, " entries in ", kk, " slots");
+    const std::byte* idx = b + kHeaderBytes;
+    std::uint64_t prev = 0;
+    for (std::size_t j = 0; j < kk; ++j) {
+      const std::uint32_t i = load_u32(idx + 4 * j);
+      if (j < count) {
+        GRADCOMM_CHECK(i < l.numel && (j == 0 || i > prev), ErrorCode::kCorruptPayload,
+                       "DgcCompressor::decode rank ", rank_, " layer ", index, ": rank ", r,
+                       " slot ", j, " has index ", i, " (layer has ", l.numel,
+                       " elements; indices must increase)");
+        prev = i;
+      } else {
+        GRADCOMM_CHECK(i == kernels::kDgcSentinel, ErrorCode::kCorruptPayload,
+                       "DgcCompressor::decode rank ", rank_, " layer ", index, ": rank ", r,
+                       " padding slot ", j, " holds index ", i, " instead of the sentinel");
+      }
+    }
+  }
+  std::memset(out, 0, l.numel * sizeof(float));
+  const float inv = 1.0f / static_cast<float>(world_size_);
+  for (std::size_t r = 0; r < p; ++r) {
+    const std::byte* b = all + r * block;
+    const std::uint32_t count = load_u32(b);
+    const std::byte* idx = b + kHeaderBytes;
+    const std::byte* val = idx + 4 * kk;
+    for (std::size_t j = 0; j < count; ++j) {
+      float x;
+      if (half) {
+        std::uint16_t h;
+        std::memcpy(&h, val + vsize * j, sizeof h);
+        x = kernels::half_to_float(h);
+      } else {
+        std::memcpy(&x, val + vsize * j, sizeof x);
+      }
+      out[load_u32(idx + 4 * j)] += x * inv;
+    }
+  }
+}
+
+std::span<const float> DgcCompressor::momentum(std::size_t layer) const { return layers_.at(layer).u; }
+std::span<const float> DgcCompressor::residual(std::size_t layer) const { return layers_.at(layer).v; }
+const DgcLayerStats& DgcCompressor::last_stats(std::size_t layer) const { return layers_.at(layer).stats; }
+
+std::vector<std::byte> DgcCompressor::save_state() const {
+  std::vector<std::byte> blob;
+  BlobWriter w(blob);
+  w.bytes(kMagic, sizeof kMagic);
+  w.u64(static_cast<std::uint64_t>(epoch_));
+  w.u64(static_cast<std::uint64_t>(step_));
+  w.u64(layers_.size());
+  for (const Layer& l : layers_) {
+    w.u64(l.numel);
+    w.u64(l.v.size());
+    w.u64(l.rng_counter);
+    w.bytes(&l.stats.threshold, sizeof l.stats.threshold);
+    w.bytes(l.u.data(), l.u.size() * sizeof(float));
+    w.bytes(l.v.data(), l.v.size() * sizeof(float));
+  }
+  return blob;
+}
+
+void DgcCompressor::load_state(std::span<const std::byte> blob) {
+  BlobReader r(blob);
+  char magic[sizeof kMagic];
+  r.bytes(magic, sizeof magic, "the magic");
+  GRADCOMM_CHECK(std::memcmp(magic, kMagic, sizeof kMagic) == 0, ErrorCode::kCorruptPayload,
+                 "DgcCompressor::load_state on rank ", rank_, ": not a DGC state blob");
+  const auto epoch = static_cast<std::int64_t>(r.u64("the epoch"));
+  const auto step = static_cast<std::int64_t>(r.u64("the step"));
+  const std::uint64_t nlayers = r.u64("the layer count");
+  GRADCOMM_CHECK(nlayers == layers_.size() && epoch >= 0 && step >= 0, ErrorCode::kCorruptPayload,
+                 "DgcCompressor::load_state on rank ", rank_, ": blob has ", nlayers,
+                 " layers (epoch ", epoch, ", step ", step, "), this compressor has ",
+                 layers_.size());
+  // Read into copies first so a truncated blob leaves the current state intact.
+  std::vector<Layer> loaded = layers_;
+  for (std::size_t i = 0; i < loaded.size(); ++i) {
+    Layer& l = loaded[i];
+    const std::uint64_t numel = r.u64("a layer size");
+    const std::uint64_t vsize = r.u64("a residual size");
+    GRADCOMM_CHECK(numel == l.numel && vsize == l.v.size(), ErrorCode::kCorruptPayload,
+                   "DgcCompressor::load_state on rank ", rank_, ": layer ", i, " has ", numel,
+                   " elements and a residual of ", vsize, " in the blob, ", l.numel, " and ",
+                   l.v.size(), " here");
+    l.rng_counter = r.u64("an RNG counter");
+    l.stats = {};
+    r.bytes(&l.stats.threshold, sizeof l.stats.threshold, "a threshold");
+    r.bytes(l.u.data(), l.u.size() * sizeof(float), "a momentum");
+    r.bytes(l.v.data(), l.v.size() * sizeof(float), "a residual");
+  }
+  GRADCOMM_CHECK(r.left() == 0, ErrorCode::kCorruptPayload, "DgcCompressor::load_state on rank ",
+                 rank_, ": ", r.left(), " bytes left over after the last layer");
+  layers_ = std::move(loaded);
+  epoch_ = epoch;
+  step_ = step;
+}
+
+}  // namespace gradcomm
