@@ -23,8 +23,14 @@ class Work {
   virtual ~Work() = default;
   virtual void wait() = 0;
   virtual bool test() = 0;
+  // Called when the handle goes away, instead of delete: implementations may complete
+  // the collective and recycle the object (no allocation per collective in the hot loop).
+  virtual void release() noexcept { delete this; }
 };
-using WorkHandle = std::unique_ptr<Work>;
+struct WorkRelease {
+  void operator()(Work* work) const noexcept { work->release(); }
+};
+using WorkHandle = std::unique_ptr<Work, WorkRelease>;
 
 // Bytes this rank has handed to the transport, counted per collective by the algorithm
 // the transport is assumed to run (ring allreduce: 2(p-1)/p * bytes; allgather: (p-1) *

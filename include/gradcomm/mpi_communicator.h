@@ -46,12 +46,14 @@ class MpiCommunicator final : public Communicator {
   WorkHandle barrier() override;
   void abort(const std::string& reason) override;
 
-  struct ChainQueue;  // second stages of two-stage collectives, in issue order
+  class PooledWork;  // the Work handed out, recycled through WorkPool
+  struct WorkPool;   // free works, and two-stage collectives waiting for their second stage
 
  private:
   void init_from(MPI_Comm comm);
   void verify_same_size(const char* collective, std::size_t numel, int extra = 0);
   void release() noexcept;
+  WorkHandle single_request(const char* what, std::size_t numel, MPI_Request request);
 
   MpiCommunicatorOptions options_;
   MPI_Op half_sum_ = MPI_OP_NULL;
@@ -63,7 +65,7 @@ class MpiCommunicator final : public Communicator {
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   MPI_Comm stage2_comm_ = MPI_COMM_NULL;
-  std::shared_ptr<ChainQueue> chains_;
+  std::shared_ptr<WorkPool> pool_;
   int rank_ = 0;
   int size_ = 1;
   bool finalize_on_destroy_ = false;

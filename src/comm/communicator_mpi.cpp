@@ -2,8 +2,6 @@
 #include <bit>
 #include <climits>
 #include <cstring>
-#include <deque>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -84,105 +82,135 @@ void bfloat_min(void* in, void* inout, int* len, MPI_Datatype*) {
                                              [](float x, float y) { return std::min(x, y); });
 }
 
-// One MPI request.
-class MpiWork final : public Work {
- public:
-  MpiWork(std::string what, int rank, MPI_Request request, std::shared_ptr<const void> keepalive = {})
-      : what_(std::move(what)), rank_(rank), request_(request), keepalive_(std::move(keepalive)) {}
-  ~MpiWork() override {
-    // A handle dropped without wait(): complete it, so buffers are not written later.
-    if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
-  }
-  void wait() override {
-    GRADCOMM_MPI_CALL(MPI_Wait(&request_, MPI_STATUS_IGNORE), what_, " failed on rank ", rank_);
-  }
-  bool test() override {
-    int done = 0;
-    GRADCOMM_MPI_CALL(MPI_Test(&request_, &done, MPI_STATUS_IGNORE), what_, " failed on rank ", rank_);
-    return done != 0;
-  }
-
- private:
-  std::string what_;
-  int rank_;
-  MPI_Request request_;
-  std::shared_ptr<const void> keepalive_;  // arrays MPI reads until the request completes
-};
-
 }  // namespace
 
+// Work objects are pooled per communicator, so a step of many collectives allocates
+// nothing once the pool has grown to the number in flight at a time.
+//
 // Two-stage collectives (reduce-scatter, then allgather) need their second stage started
 // after the first completes, and MPI needs collectives started in the same order on every
 // rank. Second stages therefore run on a communicator of their own and start strictly in
 // the order their first stages were issued: whichever handle is tested or waited, the
-// queue is advanced from its front.
-struct MpiCommunicator::ChainQueue {
-  struct Chain {
-    std::string what;
-    MPI_Request first = MPI_REQUEST_NULL;
-    std::function<MPI_Request()> start_second;
-    MPI_Request second = MPI_REQUEST_NULL;
-    bool second_started = false;
-  };
-  int rank = 0;
-  std::deque<std::shared_ptr<Chain>> pending;  // first stage issued, second not started
+// queue of pending chains is advanced from its front.
+class MpiCommunicator::PooledWork final : public Work {
+ public:
+  const char* what = "";
+  std::size_t numel = 0;  // for messages
+  MPI_Request request = MPI_REQUEST_NULL;  // the only stage, or the first
+  // Two-stage allreduce.
+  bool chained = false;
+  bool second_started = false;
+  MPI_Request second = MPI_REQUEST_NULL;
+  std::vector<int> counts, displs;  // MPI reads these until the request completes
+  MPI_Datatype type = MPI_DATATYPE_NULL;
+  char* recv_base = nullptr;
+  char* own_chunk = nullptr;
+  std::size_t esize = 0;
+  bool in_place = false;
+  std::shared_ptr<WorkPool> pool;  // set while handed out, reset in the free list
 
-  // Starts second stages in order; blocks on first stages up to and including `until`
-  // (nullptr: never blocks).
-  void advance(const Chain* until) {
+  void wait() override;
+  bool test() override;
+  void release() noexcept override;
+};
+
+struct MpiCommunicator::WorkPool {
+  int rank = 0;
+  MPI_Comm stage2 = MPI_COMM_NULL;
+  std::vector<PooledWork*> free;
+  std::vector<PooledWork*> pending_chains;  // first stage issued, second not started
+
+  ~WorkPool() {
+    for (PooledWork* w : free) delete w;
+  }
+
+  static PooledWork* acquire(const std::shared_ptr<WorkPool>& self, const char* what, std::size_t numel) {
+    PooledWork* w;
+    if (self->free.empty()) {
+      w = new PooledWork();
+    } else {
+      w = self->free.back();
+      self->free.pop_back();
+    }
+    w->what = what;
+    w->numel = numel;
+    w->request = MPI_REQUEST_NULL;
+    w->second = MPI_REQUEST_NULL;
+    w->chained = false;
+    w->second_started = false;
+    w->pool = self;
+    return w;
+  }
+
+  void start_second(PooledWork& w) {
+    // In place, MPI_Ireduce_scatter leaves this rank's chunk at the start of the buffer.
+    if (w.in_place && w.displs[rank] != 0) {
+      std::memmove(w.own_chunk, w.recv_base, static_cast<std::size_t>(w.counts[rank]) * w.esize);
+    }
+    GRADCOMM_MPI_CALL(MPI_Iallgatherv(MPI_IN_PLACE, 0, w.type, w.recv_base, w.counts.data(),
+                                      w.displs.data(), w.type, stage2, &w.second),
+                      w.what, " (allgather stage) of ", w.numel, " elements on rank ", rank);
+    w.second_started = true;
+  }
+
+  // Starts second stages in issue order; blocks on first stages up to and including
+  // `until` (nullptr: never blocks).
+  void advance(const PooledWork* until) {
     bool block = until != nullptr && !until->second_started;
-    while (!pending.empty()) {
-      Chain& front = *pending.front();
+    std::size_t started = 0;
+    for (; started < pending_chains.size(); ++started) {
+      PooledWork& front = *pending_chains[started];
       if (block) {
-        GRADCOMM_MPI_CALL(MPI_Wait(&front.first, MPI_STATUS_IGNORE), front.what, " failed on rank ", rank);
+        GRADCOMM_MPI_CALL(MPI_Wait(&front.request, MPI_STATUS_IGNORE), front.what, " of ",
+                          front.numel, " elements failed on rank ", rank);
       } else {
         int done = 0;
-        GRADCOMM_MPI_CALL(MPI_Test(&front.first, &done, MPI_STATUS_IGNORE), front.what,
-                          " failed on rank ", rank);
-        if (!done) return;
+        GRADCOMM_MPI_CALL(MPI_Test(&front.request, &done, MPI_STATUS_IGNORE), front.what, " of ",
+                          front.numel, " elements failed on rank ", rank);
+        if (!done) break;
       }
-      front.second = front.start_second();
-      front.second_started = true;
-      const bool reached = &front == until;
-      pending.pop_front();
-      if (reached) block = false;
+      start_second(front);
+      if (&front == until) block = false;
     }
+    pending_chains.erase(pending_chains.begin(), pending_chains.begin() + static_cast<std::ptrdiff_t>(started));
   }
 };
 
-namespace {
+void MpiCommunicator::PooledWork::wait() {
+  if (chained) {
+    pool->advance(this);
+    GRADCOMM_MPI_CALL(MPI_Wait(&second, MPI_STATUS_IGNORE), what, " of ", numel, " elements failed on rank ",
+                      pool->rank);
+    return;
+  }
+  GRADCOMM_MPI_CALL(MPI_Wait(&request, MPI_STATUS_IGNORE), what, " of ", numel, " elements failed on rank ",
+                    pool->rank);
+}
 
-class ChainedWork final : public Work {
- public:
-  ChainedWork(std::shared_ptr<MpiCommunicator::ChainQueue> queue,
-              std::shared_ptr<MpiCommunicator::ChainQueue::Chain> chain)
-      : queue_(std::move(queue)), chain_(std::move(chain)) {}
-  ~ChainedWork() override {
-    try {
-      wait();
-    } catch (...) {
-    }
-  }
-  void wait() override {
-    queue_->advance(chain_.get());
-    GRADCOMM_MPI_CALL(MPI_Wait(&chain_->second, MPI_STATUS_IGNORE), chain_->what, " failed on rank ",
-                      queue_->rank);
-  }
-  bool test() override {
-    queue_->advance(nullptr);
-    if (!chain_->second_started) return false;
-    int done = 0;
-    GRADCOMM_MPI_CALL(MPI_Test(&chain_->second, &done, MPI_STATUS_IGNORE), chain_->what,
-                      " failed on rank ", queue_->rank);
+bool MpiCommunicator::PooledWork::test() {
+  int done = 0;
+  if (chained) {
+    pool->advance(nullptr);
+    if (!second_started) return false;
+    GRADCOMM_MPI_CALL(MPI_Test(&second, &done, MPI_STATUS_IGNORE), what, " of ", numel,
+                      " elements failed on rank ", pool->rank);
     return done != 0;
   }
+  GRADCOMM_MPI_CALL(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what, " of ", numel,
+                    " elements failed on rank ", pool->rank);
+  return done != 0;
+}
 
- private:
-  std::shared_ptr<MpiCommunicator::ChainQueue> queue_;
-  std::shared_ptr<MpiCommunicator::ChainQueue::Chain> chain_;
-};
+void MpiCommunicator::PooledWork::release() noexcept {
+  // A handle dropped without wait(): complete it, so buffers are not written later.
+  try {
+    wait();
+  } catch (...) {
+  }
+  std::shared_ptr<WorkPool> owner = std::move(pool);
+  owner->free.push_back(this);
+}
 
-}  // namespace
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, MpiCommunicatorOptions options) : options_(options) {
   int initialized = 0;
@@ -214,8 +242,9 @@ void MpiCommunicator::init_from(MPI_Comm comm) {
   MPI_Comm_size(comm_, &size_);
   GRADCOMM_MPI_CALL(MPI_Comm_dup(comm_, &stage2_comm_), "MPI_Comm_dup for two-stage collectives");
   MPI_Comm_set_errhandler(stage2_comm_, MPI_ERRORS_RETURN);
-  chains_ = std::make_shared<ChainQueue>();
-  chains_->rank = rank_;
+  pool_ = std::make_shared<WorkPool>();
+  pool_->rank = rank_;
+  pool_->stage2 = stage2_comm_;
   MPI_Op_create(&half_sum, 1, &half_sum_);
   MPI_Op_create(&half_max, 1, &half_max_);
   MPI_Op_create(&half_min, 1, &half_min_);
@@ -231,13 +260,19 @@ void MpiCommunicator::release() noexcept {
   for (MPI_Op* op : {&half_sum_, &half_max_, &half_min_, &bfloat_sum_, &bfloat_max_, &bfloat_min_}) {
     if (*op != MPI_OP_NULL) MPI_Op_free(op);
   }
-  if (chains_) chains_->advance(nullptr);
+  if (pool_) pool_->advance(nullptr);
   if (stage2_comm_ != MPI_COMM_NULL) MPI_Comm_free(&stage2_comm_);
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   if (finalize_on_destroy_) MPI_Finalize();
 }
 
 MpiCommunicator::~MpiCommunicator() { release(); }
+
+WorkHandle MpiCommunicator::single_request(const char* what, std::size_t numel, MPI_Request request) {
+  PooledWork* w = WorkPool::acquire(pool_, what, numel);
+  w->request = request;
+  return WorkHandle(w);
+}
 
 std::string MpiCommunicator::describe() const {
   return "MpiCommunicator(rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ")";
@@ -277,43 +312,32 @@ WorkHandle MpiCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp
     MPI_Request request;
     GRADCOMM_MPI_CALL(MPI_Iallreduce(sendbuf, recv.data(), count, type, mpi_op, comm_, &request),
                       "allreduce of ", recv.describe(), " on rank ", rank_);
-    return std::make_unique<MpiWork>("allreduce", rank_, request);
+    return single_request("allreduce", send.numel(), request);
   }
   // A floating-point sum is not associative, and MPI does not promise every rank the same
   // bits. Reduce-scatter (each chunk summed once, by its owner) then allgather gives
   // bitwise-identical results on every rank, with a ring's traffic.
-  auto counts = std::make_shared<std::vector<int>>(static_cast<std::size_t>(size_));
-  auto displs = std::make_shared<std::vector<int>>(static_cast<std::size_t>(size_));
+  PooledWork* w = WorkPool::acquire(pool_, "allreduce", send.numel());
+  WorkHandle handle_of_w(w);
+  w->counts.resize(static_cast<std::size_t>(size_));
+  w->displs.resize(static_cast<std::size_t>(size_));
   for (int r = 0, offset = 0; r < size_; ++r) {
-    (*counts)[r] = count / size_ + (r < count % size_ ? 1 : 0);
-    (*displs)[r] = offset;
-    offset += (*counts)[r];
+    w->counts[r] = count / size_ + (r < count % size_ ? 1 : 0);
+    w->displs[r] = offset;
+    offset += w->counts[r];
   }
-  const std::size_t esize = dtype_size(send.dtype());
-  char* recv_base = static_cast<char*>(recv.data());
-  char* own_chunk = recv_base + static_cast<std::size_t>((*displs)[rank_]) * esize;
-  const bool in_place = send.data() == recv.data();
-  auto chain = std::make_shared<ChainQueue::Chain>();
-  chain->what = "allreduce of " + recv.describe();
-  GRADCOMM_MPI_CALL(MPI_Ireduce_scatter(in_place ? MPI_IN_PLACE : send.data(),
-                                        in_place ? recv_base : own_chunk, counts->data(), type,
-                                        mpi_op, comm_, &chain->first),
+  w->type = type;
+  w->esize = dtype_size(send.dtype());
+  w->recv_base = static_cast<char*>(recv.data());
+  w->own_chunk = w->recv_base + static_cast<std::size_t>(w->displs[rank_]) * w->esize;
+  w->in_place = send.data() == recv.data();
+  GRADCOMM_MPI_CALL(MPI_Ireduce_scatter(w->in_place ? MPI_IN_PLACE : send.data(),
+                                        w->in_place ? w->recv_base : w->own_chunk, w->counts.data(),
+                                        type, mpi_op, comm_, &w->request),
                     "allreduce (reduce-scatter stage) of ", recv.describe(), " on rank ", rank_);
-  const int rank = rank_;
-  MPI_Comm stage2 = stage2_comm_;
-  chain->start_second = [=]() {
-    // In place, MPI_Ireduce_scatter leaves this rank's chunk at the start of the buffer.
-    if (in_place && (*displs)[rank] != 0) {
-      std::memmove(own_chunk, recv_base, static_cast<std::size_t>((*counts)[rank]) * esize);
-    }
-    MPI_Request next;
-    GRADCOMM_MPI_CALL(MPI_Iallgatherv(MPI_IN_PLACE, 0, type, recv_base, counts->data(),
-                                      displs->data(), type, stage2, &next),
-                      "allreduce (allgather stage) on rank ", rank);
-    return next;
-  };
-  chains_->pending.push_back(chain);
-  return std::make_unique<ChainedWork>(chains_, chain);
+  w->chained = true;
+  pool_->pending_chains.push_back(w);
+  return handle_of_w;
 }
 
 WorkHandle MpiCommunicator::allgather(TensorView send, TensorView recv) {
@@ -326,30 +350,29 @@ WorkHandle MpiCommunicator::allgather(TensorView send, TensorView recv) {
   GRADCOMM_MPI_CALL(MPI_Iallgather(send.data(), count, mpi_type(send.dtype()), recv.data(), count,
                                    mpi_type(recv.dtype()), comm_, &request),
                     "allgather of ", send.describe(), " per rank on rank ", rank_);
-  return std::make_unique<MpiWork>("allgather", rank_, request);
+  return single_request("allgather", send.numel(), request);
 }
 
 WorkHandle MpiCommunicator::allgatherv(TensorView send, TensorView recv,
                                        std::span<const std::size_t> counts) {
   check_allgatherv(send, recv, counts);
   verify_same_size("allgatherv", recv.numel(), static_cast<int>(send.dtype()));
-  auto int_counts = std::make_shared<std::vector<int>>(counts.size());
-  auto displs = std::make_shared<std::vector<int>>(counts.size());
+  PooledWork* w = WorkPool::acquire(pool_, "allgatherv", recv.numel());
+  WorkHandle handle_of_w(w);
+  w->counts.resize(counts.size());
+  w->displs.resize(counts.size());
   std::size_t offset = 0;
   for (std::size_t r = 0; r < counts.size(); ++r) {
-    (*int_counts)[r] = checked_count(counts[r], "allgatherv", rank_);
-    (*displs)[r] = checked_count(offset, "allgatherv", rank_);
+    w->counts[r] = checked_count(counts[r], "allgatherv", rank_);
+    w->displs[r] = checked_count(offset, "allgatherv", rank_);
     offset += counts[r];
   }
   count_traffic(send.nbytes() * static_cast<std::uint64_t>(size_ - 1));
-  MPI_Request request;
   GRADCOMM_MPI_CALL(MPI_Iallgatherv(send.data(), static_cast<int>(send.numel()), mpi_type(send.dtype()),
-                                    recv.data(), int_counts->data(), displs->data(),
-                                    mpi_type(recv.dtype()), comm_, &request),
+                                    recv.data(), w->counts.data(), w->displs.data(),
+                                    mpi_type(recv.dtype()), comm_, &w->request),
                     "allgatherv of ", send.describe(), " on rank ", rank_);
-  auto arrays = std::make_shared<std::pair<std::shared_ptr<std::vector<int>>, std::shared_ptr<std::vector<int>>>>(
-      int_counts, displs);
-  return std::make_unique<MpiWork>("allgatherv", rank_, request, arrays);
+  return handle_of_w;
 }
 
 WorkHandle MpiCommunicator::alltoall(TensorView send, TensorView recv) {
@@ -361,7 +384,7 @@ WorkHandle MpiCommunicator::alltoall(TensorView send, TensorView recv) {
   GRADCOMM_MPI_CALL(MPI_Ialltoall(send.data(), count, mpi_type(send.dtype()), recv.data(), count,
                                   mpi_type(recv.dtype()), comm_, &request),
                     "alltoall of ", send.describe(), " on rank ", rank_);
-  return std::make_unique<MpiWork>("alltoall", rank_, request);
+  return single_request("alltoall", send.numel(), request);
 }
 
 WorkHandle MpiCommunicator::broadcast(TensorView buffer, int root) {
@@ -372,13 +395,13 @@ WorkHandle MpiCommunicator::broadcast(TensorView buffer, int root) {
   MPI_Request request;
   GRADCOMM_MPI_CALL(MPI_Ibcast(buffer.data(), count, mpi_type(buffer.dtype()), root, comm_, &request),
                     "broadcast of ", buffer.describe(), " from root ", root, " on rank ", rank_);
-  return std::make_unique<MpiWork>("broadcast", rank_, request);
+  return single_request("broadcast", buffer.numel(), request);
 }
 
 WorkHandle MpiCommunicator::barrier() {
   MPI_Request request;
   GRADCOMM_MPI_CALL(MPI_Ibarrier(comm_, &request), "barrier on rank ", rank_);
-  return std::make_unique<MpiWork>("barrier", rank_, request);
+  return single_request("barrier", 0, request);
 }
 
 void MpiCommunicator::abort(const std::string& reason) {

@@ -156,7 +156,7 @@ std::string NcclCommunicator::describe() const {
 WorkHandle NcclCommunicator::record(const char* what) {
   GRADCOMM_CHECK(!state_->aborted, ErrorCode::kCommunication, what, " on rank ", rank_,
                  ": the NCCL communicator was aborted");
-  return std::make_unique<NcclWork>(state_, what);
+  return WorkHandle(new NcclWork(state_, what));
 }
 
 WorkHandle NcclCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp op) {
