@@ -201,7 +201,8 @@ class Bench {
     }
     for (int i = 0; i < o_.warmup; ++i) runner->step(grads, outs);
     comm_.barrier()->wait();
-    const std::uint64_t sent_before = comm_.traffic().bytes_sent;
+    const auto bytes_sent = [&] { return comm_.traffic().bytes_sent + runner->bytes_sent_outside_communicator(); };
+    const std::uint64_t sent_before = bytes_sent();
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < o_.iters; ++i) runner->step(grads, outs);
     const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
@@ -209,7 +210,7 @@ class Bench {
     row.time_us = seconds * 1e6;
     row.algbw_gbps = seconds > 0 ? static_cast<double>(row.bytes) / seconds / 1e9 : 0;
     row.busbw_gbps = row.algbw_gbps * bus_factor(row.collective, comm_.size());
-    row.wire_bytes = reduce_u64((comm_.traffic().bytes_sent - sent_before) / static_cast<std::uint64_t>(o_.iters), MPI_MAX);
+    row.wire_bytes = reduce_u64((bytes_sent() - sent_before) / static_cast<std::uint64_t>(o_.iters), MPI_MAX);
     return row;
   }
 

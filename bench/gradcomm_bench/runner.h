@@ -49,6 +49,10 @@ class Runner {
   // `outs`. Must not allocate after the first call.
   virtual void step(std::span<const TensorView> grads, std::span<const TensorView> outs) = 0;
 
+  // Bytes this runner sent by means the communicator's traffic() does not count (its own
+  // MPI calls), by the same algorithm model; cumulative. wire_bytes = traffic + this.
+  virtual std::uint64_t bytes_sent_outside_communicator() const { return 0; }
+
   // -c: how many elements of this rank's `outs` (after the first step of a fresh runner)
   // are wrong against the exact average; dense(i) is element i of all layers concatenated
   // in layer order. The default applies bound() element by element; a runner whose stated
