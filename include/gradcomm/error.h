@@ -16,6 +16,7 @@ enum class ErrorCode : int {
   kUnsupported = 6,      // not built in, or not available on this device
   kInternal = 7,         // a broken invariant: a bug in gradcomm
   kCuda = 8,             // a CUDA runtime call failed
+  kIo = 9,               // a file (a checkpoint shard) could not be read or written
 };
 
 const char* error_code_name(ErrorCode code) noexcept;

@@ -16,6 +16,7 @@ const char* error_code_name(ErrorCode code) noexcept {
     case ErrorCode::kUnsupported: return "unsupported";
     case ErrorCode::kInternal: return "internal error";
     case ErrorCode::kCuda: return "CUDA error";
+    case ErrorCode::kIo: return "I/O error";
   }
   return "unknown error";
 }
