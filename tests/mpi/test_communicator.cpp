@@ -200,6 +200,7 @@ TEST(MpiCommunicator, LocalSizeErrorsAreCaughtBeforeMpi) {
 
 TEST(MpiCommunicator, MismatchedSizesAcrossRanksFailOnEveryRank) {
   MpiCommunicator comm(MPI_COMM_WORLD, {.verify_sizes = true});
+  if (comm.size() < 2) GTEST_SKIP() << "a disagreement needs two ranks";
   const std::size_t n = comm.rank() == comm.size() - 1 ? 11 : 10;  // the last rank disagrees
   std::vector<float> send(n, 1.0f), recv(n);
   bool threw = false;
