@@ -43,3 +43,22 @@ def train_steps(model, optimizer, rank, steps, after_step=None, seed=1, start=0)
         if after_step is not None:
             after_step(i)
     return history
+
+
+def attach_hook(kind: str, net: nn.Module, model, **options):
+    """Registers gradcomm's hook `kind` on the DDP `model` wrapping `net`; returns
+    (hook state, optimizer). The optimizer is what the hook expects after it."""
+    import gradcomm.torch as gct
+
+    named = list(net.named_parameters())
+    if kind == "allreduce":
+        state = gct.AllreduceState(named_parameters=named, **options)
+        model.register_comm_hook(state, gct.allreduce_hook)
+        return state, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    if kind == "dgc":
+        state = gct.DGCState(named_parameters=named, **options)
+        model.register_comm_hook(state, gct.dgc_hook)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        state.check_optimizer(opt)
+        return state, opt
+    raise ValueError(kind)

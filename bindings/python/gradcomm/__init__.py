@@ -6,8 +6,10 @@ built on them. Importing ``gradcomm`` does not import torch.
 """
 
 from gradcomm._gradcomm import (  # noqa: F401  (re-exported)
+    DGC_PAPER_WARMUP,
     Compressor,
     DenseCompressor,
+    DgcCompressor,
     Error,
     InvalidArgumentError,
     LayerSpec,
@@ -19,8 +21,10 @@ from gradcomm._gradcomm import (  # noqa: F401  (re-exported)
 __version__ = version()
 
 __all__ = [
+    "DGC_PAPER_WARMUP",
     "Compressor",
     "DenseCompressor",
+    "DgcCompressor",
     "Error",
     "InvalidArgumentError",
     "LayerSpec",

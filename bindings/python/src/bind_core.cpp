@@ -61,6 +61,11 @@ void bind_core(py::module_& m) {
                ", ndim=" + std::to_string(l.ndim) + (l.force_dense ? ", force_dense=True)" : ")");
       });
 
+  m.def("allreduce_wire_bytes", &allreduce_wire_bytes, py::arg("nbytes"), py::arg("world_size"),
+        "Bytes one rank sends in a ring allreduce of nbytes: 2(p-1)/p * nbytes.");
+  m.def("allgather_wire_bytes", &allgather_wire_bytes, py::arg("nbytes_per_rank"),
+        py::arg("world_size"), "Bytes one rank sends in an allgather: (p-1) * nbytes.");
+
   m.def(
       "describe_buffer",
       [](py::handle tensor) { return borrow(tensor, "tensor").view.describe(); },

@@ -2,9 +2,12 @@
 #include <pybind11/pybind11.h>
 
 #include "bindings.h"
+#include "python_communicator.h"
 
 PYBIND11_MODULE(_gradcomm, m) {
   m.doc() = "gradcomm's C++ kernels and compressors (use the `gradcomm` package, not this module)";
   gradcomm::python::bind_core(m);
   gradcomm::python::bind_compressors(m);
+  gradcomm::python::bind_dgc(m);
+  gradcomm::python::bind_python_communicator(m);
 }

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 import gradcomm
+import gradcomm._gradcomm as _native
 
 _NONFINITE_POLICIES = ("error", "skip_step", "zero")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
@@ -107,11 +108,18 @@ class CompressedHookState:
         self._checked = False
         self.iteration = 0
         self.epoch = 0
-        self.bytes_sent = 0  # payload bytes this rank handed to collectives, all steps
+        # Bytes this rank sent, all steps, by the algorithm model of gradcomm's
+        # Communicator traffic counters (ring allreduce 2(p-1)/p * n, allgather (p-1) * n).
+        self.bytes_sent = 0
 
     # ---- what subclasses provide ------------------------------------------------------
-    def _make_compressor(self, numel: int, ndim: int) -> gradcomm.Compressor:
+    def _make_compressor(self, numel: int, ndim: int, key: str) -> gradcomm.Compressor:
         raise NotImplementedError
+
+    def _epoch_driven(self) -> bool:
+        """Whether set_epoch() is forwarded to the compressors (False when they follow the
+        step count instead)."""
+        return True
 
     def _settings(self) -> dict:
         raise NotImplementedError
@@ -164,10 +172,11 @@ class CompressedHookState:
         else:
             key = f"param{len(self._entries)}"
         numel, ndim = param.numel(), param.dim()
-        compressor = self._make_compressor(numel, ndim)
+        compressor = self._make_compressor(numel, ndim, key)
         compressor.setup([gradcomm.LayerSpec(key, numel, max(ndim, 1))], self.world_size,
                          self.rank)
-        compressor.set_epoch(self.epoch)
+        if self._epoch_driven():
+            compressor.set_epoch(self.epoch)
         blob = self._pending.pop(key, None)
         if blob is not None:
             compressor.load_state(blob)
@@ -179,8 +188,9 @@ class CompressedHookState:
         """Advances epoch-based schedules (DGC's sparsity warm-up) on every parameter.
         Call it at the start of each epoch on every rank, like DistributedSampler.set_epoch."""
         self.epoch = int(epoch)
-        for entry in self._entries.values():
-            entry.compressor.set_epoch(self.epoch)
+        if self._epoch_driven():
+            for entry in self._entries.values():
+                entry.compressor.set_epoch(self.epoch)
 
     # ---- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -211,7 +221,8 @@ class CompressedHookState:
         self.epoch = int(state["epoch"])
         blobs = dict(state["compressors"])
         for entry in self._entries.values():
-            entry.compressor.set_epoch(self.epoch)
+            if self._epoch_driven():
+                entry.compressor.set_epoch(self.epoch)
             if entry.key in blobs:
                 entry.compressor.load_state(blobs.pop(entry.key))
         self._pending = blobs
@@ -268,14 +279,15 @@ class CompressedHookState:
         for dt, buf in reduce_bufs.items():
             buf[-1] = 1.0 if nonfinite else 0.0
             futures.append(dist.all_reduce(buf, group=group, async_op=True).get_future())
-            self.bytes_sent += buf.numel() * buf.element_size()
+            self.bytes_sent += _native.allreduce_wire_bytes(buf.numel() * buf.element_size(),
+                                                            world)
         recv = None
         if gathering:
             send[:_HEADER_BYTES].view(torch.int32)[0] = min(nonfinite, 2**31 - 1)
             recv = buffers.recv.take(world * gather_bytes).view(world, gather_bytes)
             futures.append(dist.all_gather(list(recv.unbind(0)), send, group=group,
                                            async_op=True).get_future())
-            self.bytes_sent += gather_bytes
+            self.bytes_sent += _native.allgather_wire_bytes(gather_bytes, world)
         step = self.iteration
         if bucket.is_last():
             self.iteration += 1

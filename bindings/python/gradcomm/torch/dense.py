@@ -32,7 +32,7 @@ class AllreduceState(CompressedHookState):
     def _settings(self) -> dict:
         return {"fp16": self.fp16}
 
-    def _make_compressor(self, numel: int, ndim: int) -> gradcomm.Compressor:
+    def _make_compressor(self, numel: int, ndim: int, key: str) -> gradcomm.Compressor:
         return gradcomm.DenseCompressor("float16" if self.fp16 else "float32")
 
 

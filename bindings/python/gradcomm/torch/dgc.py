@@ -1,0 +1,138 @@
+"""Deep Gradient Compression (Lin et al., ICLR 2018) as a DDP communication hook.
+
+    state = DGCState(density=0.001, named_parameters=model.named_parameters())
+    ddp_model.register_comm_hook(state, dgc_hook)
+    optimizer = torch.optim.SGD(ddp_model.parameters(), lr=0.1, momentum=0)  # momentum=0!
+    state.check_optimizer(optimizer)
+
+THE HOOK'S OUTPUT ALREADY CONTAINS MOMENTUM. Each rank keeps DGC's momentum u and
+velocity v per parameter (paper Eq. 7), sends only the largest ~density of |v|, masks
+the momentum it sent (Eq. 9), and the hook returns the averaged velocity: the update.
+Tensors with one dimension (biases, norms) are allreduced densely and their momentum is
+applied after the average. So the optimizer must be plain SGD *without* momentum;
+torch's momentum on top would apply momentum twice. Weight decay in the optimizer is
+fine: it is applied locally, never compressed (as in the paper).
+"""
+
+import zlib
+from typing import Iterable, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+import gradcomm
+from gradcomm._gradcomm import DGC_PAPER_WARMUP, DgcCompressor
+from gradcomm.torch._exchange import CompressedHookState
+
+#: The paper's sparsity warm-up: densities 25%, 6.25%, 1.5625%, 0.4% over the first four
+#: epochs (4^-(e+1)), then the target density.
+PAPER_WARMUP: Tuple[float, ...] = tuple(DGC_PAPER_WARMUP)
+
+
+class DGCState(CompressedHookState):
+    """State of :func:`dgc_hook`; holds every DGC setting and the per-parameter momenta.
+
+    Args:
+        process_group: the group DDP runs on (default: the world group).
+        density: fraction of each >1-D tensor sent per step once warm-up is over
+            (k = ceil(density * numel) slots per rank). Default 0.001.
+        momentum: DGC's momentum factor m (u = m*u + g). Default 0.9.
+        nesterov: Nesterov momentum correction (u = m*(u + g); v += u + g).
+        selection: ``"sampled"`` (default: threshold estimated from a 1% sample, never a
+            full sort) or ``"exact"`` (true top-k, ties to the lower index).
+        warmup: densities of the first epochs, one per epoch; default the paper's
+            (25%, 6.25%, 1.5625%, 0.4%). ``None`` or ``()``: the target density from the
+            first step. Epochs advance with :meth:`set_epoch`, or every
+            ``steps_per_epoch`` hook steps when that is given.
+        steps_per_epoch: when > 0, the warm-up follows the step count instead of
+            :meth:`set_epoch`.
+        clip: local gradient clipping (paper Eq. 8): each tensor's local gradient is
+            scaled to L2 norm at most ``clip / sqrt(world size)``. ``None``: off.
+        fp16: send sparse values and dense tensors as float16 (indices stay uint32).
+        momentum_masking: zero the momentum at the sent indices (paper Eq. 9). Default on.
+        dense_fallback: allreduce a tensor densely when the sparse gather would move more
+            bytes (density > 1/world size). Default on.
+        sample_fraction: fraction of |v| sampled by the ``"sampled"`` selection.
+        seed: seed of the sample offsets (mixed with each parameter's key and the rank).
+        named_parameters: ``model.named_parameters()``: key the state by parameter name
+            (recommended: checkpoints then survive any change of DDP's bucket layout).
+        nonfinite: what a NaN/Inf gradient does: ``"error"`` (default, raised on every
+            rank), ``"skip_step"`` (a zero update), ``"zero"`` (treated as 0).
+    """
+
+    _kind = "dgc"
+
+    def __init__(self, process_group: Optional[dist.ProcessGroup] = None,
+                 density: float = 0.001, momentum: float = 0.9, nesterov: bool = False,
+                 selection: str = "sampled",
+                 warmup: Optional[Sequence[float]] = PAPER_WARMUP,
+                 steps_per_epoch: int = 0, clip: Optional[float] = None, fp16: bool = False,
+                 momentum_masking: bool = True, dense_fallback: bool = True,
+                 sample_fraction: float = 0.01, seed: int = 0x5eed,
+                 named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
+                 nonfinite: str = "error"):
+        super().__init__(process_group, named_parameters, nonfinite)
+        self.density = float(density)
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.selection = selection
+        self.warmup = tuple(float(d) for d in (warmup or ()))
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.clip = None if clip is None else float(clip)
+        self.fp16 = bool(fp16)
+        self.momentum_masking = bool(momentum_masking)
+        self.dense_fallback = bool(dense_fallback)
+        self.sample_fraction = float(sample_fraction)
+        self.seed = int(seed)
+        # Validate every setting once, here, rather than at the first backward.
+        self._make_compressor(1, 2, "validation")
+
+    def _settings(self) -> dict:
+        return {"density": self.density, "momentum": self.momentum, "nesterov": self.nesterov,
+                "selection": self.selection, "warmup": list(self.warmup),
+                "steps_per_epoch": self.steps_per_epoch, "clip": self.clip, "fp16": self.fp16,
+                "momentum_masking": self.momentum_masking,
+                "dense_fallback": self.dense_fallback,
+                "sample_fraction": self.sample_fraction, "seed": self.seed}
+
+    def _make_compressor(self, numel: int, ndim: int, key: str) -> gradcomm.Compressor:
+        wire = "float16" if self.fp16 else "float32"
+        return DgcCompressor(
+            density=self.density, warmup_densities=list(self.warmup),
+            steps_per_epoch=self.steps_per_epoch, momentum=self.momentum,
+            nesterov=self.nesterov, momentum_masking=self.momentum_masking,
+            clip_norm=self.clip or 0.0, selection=self.selection,
+            sample_fraction=self.sample_fraction,
+            # Each parameter is its own single-layer compressor: mix its key into the seed
+            # so tensors of one shape do not share sample offsets.
+            seed=(self.seed ^ zlib.crc32(key.encode())) & 0xFFFFFFFFFFFFFFFF,
+            value_dtype=wire, dense_dtype=wire, dense_fallback=self.dense_fallback)
+
+    def _epoch_driven(self) -> bool:
+        return self.steps_per_epoch == 0
+
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raises ValueError unless ``optimizer`` is SGD without momentum: the hook's output
+        already includes DGC's momentum, so torch's momentum would apply it twice."""
+        _require_plain_sgd(optimizer, "dgc_hook")
+
+
+def _require_plain_sgd(optimizer: torch.optim.Optimizer, hook: str) -> None:
+    if not isinstance(optimizer, torch.optim.SGD):
+        raise ValueError(f"{hook} returns the update including momentum: use "
+                         f"torch.optim.SGD(momentum=0), not {type(optimizer).__name__}")
+    for i, group in enumerate(optimizer.param_groups):
+        if group.get("momentum", 0) != 0 or group.get("nesterov", False):
+            raise ValueError(
+                f"{hook} returns the update including momentum, so the optimizer must not add "
+                f"its own: param group {i} has momentum={group.get('momentum')}, "
+                f"nesterov={group.get('nesterov')}; use torch.optim.SGD(..., momentum=0) and "
+                "set the momentum on the state")
+
+
+def dgc_hook(state: DGCState, bucket) -> torch.futures.Future[torch.Tensor]:
+    """DGC for one DDP bucket: sparse tensors go through one fixed-size allgather of
+    (index, value) slots per bucket, dense ones through one allreduce; the future holds
+    the averaged update, momentum included (use SGD without momentum)."""
+    return state._exchange(bucket)
+

@@ -1,0 +1,157 @@
+#include "python_communicator.h"
+
+#include <pybind11/numpy.h>
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "bindings.h"
+
+namespace py = pybind11;
+
+namespace gradcomm::python {
+namespace {
+
+// Every collective has completed when the backend returns, so all handles share one
+// finished Work that is never freed: no allocation per collective.
+class DoneWork final : public Work {
+ public:
+  void wait() override {}
+  bool test() override { return true; }
+  void release() noexcept override {}
+};
+
+WorkHandle done() {
+  static DoneWork finished;
+  return WorkHandle(&finished);
+}
+
+// numpy names the backend understands. uint32 travels as int32: torch has no uint32
+// tensors before 2.3, and moving or summing bits is the same for both.
+const char* numpy_name(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat16: return "float16";
+    case DType::kInt32: case DType::kUInt32: return "int32";
+    case DType::kUInt8: return "uint8";
+    case DType::kBFloat16: break;
+  }
+  GRADCOMM_THROW(ErrorCode::kUnsupported, "PythonCommunicator: ", dtype_name(dtype),
+                 " buffers are not supported (numpy has no bfloat16)");
+}
+
+// A numpy array over the view's memory, without a copy: the `base` object stops numpy
+// from copying, and the caller keeps the memory alive for the (blocking) call.
+py::array as_numpy(TensorView view) {
+  GRADCOMM_CHECK(view.device() == Device::kCpu, ErrorCode::kUnsupported,
+                 "PythonCommunicator takes host buffers, got ", view.describe());
+  const py::dtype dtype(numpy_name(view.dtype()));
+  return py::array(dtype, {static_cast<py::ssize_t>(view.numel())}, {dtype.itemsize()},
+                   view.data(), py::none());
+}
+
+}  // namespace
+
+PythonCommunicator::PythonCommunicator(py::object backend, int rank, int size)
+    : backend_(std::move(backend)), rank_(rank), size_(size) {
+  GRADCOMM_CHECK_ARG(size >= 1 && rank >= 0 && rank < size, "PythonCommunicator: rank ", rank,
+                     " of size ", size);
+  for (const char* method : {"allreduce", "allgather", "alltoall", "broadcast", "barrier"}) {
+    GRADCOMM_CHECK_ARG(py::hasattr(backend_, method), "PythonCommunicator: the backend (",
+                       py::str(py::type::handle_of(backend_)).cast<std::string>(),
+                       ") has no method ", method);
+  }
+}
+
+std::string PythonCommunicator::describe() const {
+  return "python(" + py::str(backend_).cast<std::string>() + ", rank " + std::to_string(rank_) +
+         " of " + std::to_string(size_) + ")";
+}
+
+py::object PythonCommunicator::call(const char* method, const py::args& args) {
+  GRADCOMM_CHECK(aborted_.empty(), ErrorCode::kCommunication, "PythonCommunicator rank ", rank_,
+                 ": ", method, " after abort (", aborted_, ")");
+  try {
+    return backend_.attr(method)(*args);
+  } catch (py::error_already_set& e) {
+    GRADCOMM_THROW(ErrorCode::kCommunication, "PythonCommunicator rank ", rank_, " of ", size_,
+                   ": ", method, " failed: ", py::str(e.value()).cast<std::string>());
+  }
+}
+
+WorkHandle PythonCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp op) {
+  check_allreduce(send, recv);
+  GRADCOMM_CHECK(op == ReduceOp::kSum || send.dtype() != DType::kUInt32, ErrorCode::kUnsupported,
+                 "PythonCommunicator: ", reduce_op_name(op), " of uint32 (sent as int32)");
+  call("allreduce", py::make_tuple(as_numpy(send), as_numpy(recv), reduce_op_name(op)));
+  count_traffic(allreduce_wire_bytes(send.nbytes(), size_));
+  return done();
+}
+
+WorkHandle PythonCommunicator::allgather(TensorView send, TensorView recv) {
+  check_allgather(send, recv);
+  call("allgather", py::make_tuple(as_numpy(send), as_numpy(recv)));
+  count_traffic(allgather_wire_bytes(send.nbytes(), size_));
+  return done();
+}
+
+WorkHandle PythonCommunicator::allgatherv(TensorView send, TensorView recv,
+                                          std::span<const std::size_t> counts) {
+  check_allgatherv(send, recv, counts);
+  // Through the fixed-size allgather: pad every rank's part to the largest count. Only
+  // setup paths use allgatherv, so the temporary is not on a per-step path.
+  const std::size_t most = *std::max_element(counts.begin(), counts.end());
+  const std::size_t elem = dtype_size(send.dtype());
+  std::vector<std::byte> padded_send(most * elem), padded_recv(most * elem * size_);
+  std::copy_n(static_cast<const std::byte*>(send.data()), send.nbytes(), padded_send.data());
+  allgather(TensorView(padded_send.data(), padded_send.size(), DType::kUInt8),
+            TensorView(padded_recv.data(), padded_recv.size(), DType::kUInt8));
+  auto* out = static_cast<std::byte*>(recv.data());
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    out = std::copy_n(padded_recv.data() + r * most * elem, counts[r] * elem, out);
+  }
+  return done();
+}
+
+WorkHandle PythonCommunicator::alltoall(TensorView send, TensorView recv) {
+  check_alltoall(send, recv);
+  call("alltoall", py::make_tuple(as_numpy(send), as_numpy(recv)));
+  count_traffic(alltoall_wire_bytes(send.nbytes(), size_));
+  return done();
+}
+
+WorkHandle PythonCommunicator::broadcast(TensorView buffer, int root) {
+  check_broadcast(buffer, root);
+  call("broadcast", py::make_tuple(as_numpy(buffer), root));
+  count_traffic(rank_ == root ? buffer.nbytes() : 0);
+  return done();
+}
+
+WorkHandle PythonCommunicator::barrier() {
+  call("barrier", py::make_tuple());
+  return done();
+}
+
+void PythonCommunicator::abort(const std::string& reason) {
+  aborted_ = reason.empty() ? "aborted" : reason;
+}
+
+void bind_python_communicator(py::module_& m) {
+  py::class_<Communicator>(m, "Communicator", "gradcomm's collective interface.")
+      .def_property_readonly("rank", &Communicator::rank)
+      .def_property_readonly("size", &Communicator::size)
+      .def("describe", &Communicator::describe)
+      .def_property_readonly("bytes_sent", [](const Communicator& c) { return c.traffic().bytes_sent; })
+      .def_property_readonly("collectives",
+                             [](const Communicator& c) { return c.traffic().collectives; })
+      .def("reset_traffic", &Communicator::reset_traffic);
+  py::class_<PythonCommunicator, Communicator>(
+      m, "PythonCommunicator",
+      "A Communicator whose collectives a Python backend runs (gradcomm.torch uses "
+      "torch.distributed on DDP's process group).")
+      .def(py::init<py::object, int, int>(), py::arg("backend"), py::arg("rank"),
+           py::arg("size"));
+}
+
+}  // namespace gradcomm::python
