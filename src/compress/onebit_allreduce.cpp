@@ -1,0 +1,382 @@
+// The 1-bit compressed allreduce (ALGORITHMS.md section 2) and its error state.
+//
+// Wire layout (docs/algorithms/onebit-adam.md): for one call over tensors t = 0..T-1
+// with padded lengths N_t (multiples of 8p), every rank's block for one peer is
+//   for each non-empty t: [fp32 scale][N_t / (8p) bytes of signs][pad to 4 bytes]
+// The alltoall sends p such blocks (block j: chunk j of each tensor, with this rank's
+// worker scale); the allgather sends one (this rank's server chunk and server scale).
+// So the scales ride with the bits and a call is exactly two collectives.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "gradcomm/onebit.h"
+#include "kernels/cpu/onebit_kernels.h"
+#if defined(GRADCOMM_HAVE_CUDA)
+#include "kernels/cuda/onebit_kernels.cuh"
+#endif
+
+namespace gradcomm {
+namespace {
+
+constexpr std::uint32_t kStateMagic = 0x42314347u;  // "GC1B"
+constexpr std::uint32_t kStateVersion = 1;
+
+std::size_t align4(std::size_t n) { return (n + 3) / 4 * 4; }
+
+// Bytes of one tensor's [scale][signs][pad] segment in a per-rank block.
+std::size_t segment_bytes(std::size_t padded, int p) {
+  return padded == 0 ? 0 : sizeof(float) + align4(padded / 8 / static_cast<std::size_t>(p));
+}
+
+std::size_t block_bytes(std::span<const std::size_t> numels, int p) {
+  std::size_t block = 0;
+  for (std::size_t n : numels) block += segment_bytes(onebit_padded_numel(n, p), p);
+  return block;
+}
+
+[[noreturn]] void no_cuda(const char* what) {
+  GRADCOMM_THROW(ErrorCode::kUnsupported, what,
+                 ": CUDA tensors need gradcomm built with CUDA (GRADCOMM_WITH_CUDA=ON)");
+}
+
+#if defined(GRADCOMM_HAVE_CUDA)
+constexpr std::size_t kCudaScratchAlign = 256;
+std::size_t cuda_scratch_bytes() {
+  return (kernels::cuda::onebit_scratch_bytes() + kCudaScratchAlign - 1) / kCudaScratchAlign *
+         kCudaScratchAlign;
+}
+#endif
+
+}  // namespace
+
+std::size_t onebit_padded_numel(std::size_t n, int world_size) {
+  GRADCOMM_CHECK_ARG(world_size >= 1, "onebit_padded_numel: world size ", world_size, " < 1");
+  const std::size_t multiple = 8 * static_cast<std::size_t>(world_size);
+  return (n + multiple - 1) / multiple * multiple;
+}
+
+// ---- OneBitErrorState --------------------------------------------------------------------
+
+OneBitErrorState::OneBitErrorState(std::size_t numel, int world_size, Device device)
+    : numel_(numel), padded_(onebit_padded_numel(numel, world_size)), world_size_(world_size),
+      device_(device) {
+  const std::size_t floats = padded_ + chunk_numel();
+  if (floats == 0) return;
+  if (device == Device::kCpu) {
+    data_ = new float[floats]();
+    return;
+  }
+#if defined(GRADCOMM_HAVE_CUDA)
+  data_ = static_cast<float*>(kernels::cuda::onebit_device_alloc(floats * sizeof(float)));
+  kernels::cuda::onebit_device_zero(data_, floats * sizeof(float));
+#else
+  no_cuda("OneBitErrorState");
+#endif
+}
+
+OneBitErrorState::~OneBitErrorState() {
+  if (data_ == nullptr) return;
+  if (device_ == Device::kCpu) {
+    delete[] data_;
+  } else {
+#if defined(GRADCOMM_HAVE_CUDA)
+    kernels::cuda::onebit_device_free(data_);
+#endif
+  }
+}
+
+OneBitErrorState::OneBitErrorState(OneBitErrorState&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), numel_(other.numel_), padded_(other.padded_),
+      world_size_(other.world_size_), device_(other.device_) {}
+
+OneBitErrorState& OneBitErrorState::operator=(OneBitErrorState&& other) noexcept {
+  if (this != &other) {
+    OneBitErrorState old(std::move(*this));
+    data_ = std::exchange(other.data_, nullptr);
+    numel_ = other.numel_;
+    padded_ = other.padded_;
+    world_size_ = other.world_size_;
+    device_ = other.device_;
+  }
+  return *this;
+}
+
+TensorView OneBitErrorState::worker_error() const {
+  return TensorView(data_, padded_, DType::kFloat32, device_);
+}
+
+TensorView OneBitErrorState::server_error() const {
+  return TensorView(data_ ? data_ + padded_ : nullptr, chunk_numel(), DType::kFloat32, device_);
+}
+
+void OneBitErrorState::zero() {
+  const std::size_t bytes = (padded_ + chunk_numel()) * sizeof(float);
+  if (bytes == 0) return;
+  if (device_ == Device::kCpu) {
+    std::memset(data_, 0, bytes);
+    return;
+  }
+#if defined(GRADCOMM_HAVE_CUDA)
+  kernels::cuda::onebit_device_zero(data_, bytes);
+#endif
+}
+
+std::vector<std::byte> OneBitErrorState::save() const {
+  const std::uint64_t header[4] = {kStateMagic | (std::uint64_t{kStateVersion} << 32), numel_,
+                                   static_cast<std::uint64_t>(world_size_), padded_};
+  const std::size_t data_bytes = (padded_ + chunk_numel()) * sizeof(float);
+  std::vector<std::byte> blob(sizeof header + data_bytes);
+  std::memcpy(blob.data(), header, sizeof header);
+  if (data_bytes == 0) return blob;
+  if (device_ == Device::kCpu) {
+    std::memcpy(blob.data() + sizeof header, data_, data_bytes);
+  } else {
+#if defined(GRADCOMM_HAVE_CUDA)
+    kernels::cuda::onebit_copy_to_host(blob.data() + sizeof header, data_, data_bytes);
+#endif
+  }
+  return blob;
+}
+
+void OneBitErrorState::load(std::span<const std::byte> blob) {
+  std::uint64_t header[4] = {};
+  GRADCOMM_CHECK(blob.size() >= sizeof header, ErrorCode::kCorruptPayload,
+                 "OneBitErrorState::load: blob of ", blob.size(), " bytes is shorter than the ",
+                 sizeof header, "-byte header");
+  std::memcpy(header, blob.data(), sizeof header);
+  GRADCOMM_CHECK(header[0] == (kStateMagic | (std::uint64_t{kStateVersion} << 32)),
+                 ErrorCode::kCorruptPayload,
+                 "OneBitErrorState::load: not a 1-bit error state (bad magic or version)");
+  const std::size_t data_bytes = (padded_ + chunk_numel()) * sizeof(float);
+  GRADCOMM_CHECK(header[1] == numel_ && header[2] == static_cast<std::uint64_t>(world_size_) &&
+                     header[3] == padded_ && blob.size() == sizeof header + data_bytes,
+                 ErrorCode::kCorruptPayload, "OneBitErrorState::load: blob holds numel ", header[1],
+                 " for world size ", header[2], " (", blob.size(), " bytes); this state has numel ",
+                 numel_, " for world size ", world_size_, " (", sizeof header + data_bytes,
+                 " bytes)");
+  if (data_bytes == 0) return;
+  if (device_ == Device::kCpu) {
+    std::memcpy(data_, blob.data() + sizeof header, data_bytes);
+  } else {
+#if defined(GRADCOMM_HAVE_CUDA)
+    kernels::cuda::onebit_copy_to_device(data_, blob.data() + sizeof header, data_bytes);
+#endif
+  }
+}
+
+// ---- sizes -------------------------------------------------------------------------------
+
+std::size_t onebit_workspace_bytes(std::span<const std::size_t> numels, int world_size,
+                                   Device device) {
+  GRADCOMM_CHECK_ARG(world_size >= 1, "onebit_workspace_bytes: world size ", world_size, " < 1");
+  const std::size_t block = block_bytes(numels, world_size);
+  // alltoall send (p blocks; reused as the allgather's receive), alltoall receive
+  // (p blocks), allgather send (1 block).
+  std::size_t bytes = (2 * static_cast<std::size_t>(world_size) + 1) * block;
+  if (device == Device::kCuda) {
+#if defined(GRADCOMM_HAVE_CUDA)
+    bytes = (bytes + kCudaScratchAlign - 1) / kCudaScratchAlign * kCudaScratchAlign +
+            numels.size() * cuda_scratch_bytes();
+#else
+    no_cuda("onebit_workspace_bytes");
+#endif
+  }
+  return bytes;
+}
+
+std::size_t onebit_workspace_bytes(std::size_t numel, int world_size, Device device) {
+  return onebit_workspace_bytes(std::span<const std::size_t>(&numel, 1), world_size, device);
+}
+
+std::uint64_t onebit_wire_bytes(std::span<const std::size_t> numels, int world_size) {
+  const std::uint64_t block = block_bytes(numels, world_size);
+  return alltoall_wire_bytes(block * static_cast<std::uint64_t>(world_size), world_size) +
+         allgather_wire_bytes(block, world_size);
+}
+
+// ---- the allreduce -----------------------------------------------------------------------
+
+OneBitResult compressed_allreduce(Communicator& comm, TensorView x, OneBitErrorState& state,
+                                  TensorView out, TensorView workspace, void* cuda_stream) {
+  OneBitErrorState* states[1] = {&state};
+  return compressed_allreduce(comm, std::span<const TensorView>(&x, 1), states,
+                              std::span<const TensorView>(&out, 1), workspace, cuda_stream);
+}
+
+OneBitResult compressed_allreduce(Communicator& comm, std::span<const TensorView> xs,
+                                  std::span<OneBitErrorState* const> states,
+                                  std::span<const TensorView> outs, TensorView workspace,
+                                  void* cuda_stream) {
+  (void)cuda_stream;  // used only by the CUDA path
+  const int p = comm.size();
+  const int rank = comm.rank();
+  const std::size_t pz = static_cast<std::size_t>(p);
+  const Device device = comm.device();
+  GRADCOMM_CHECK(xs.size() == states.size() && xs.size() == outs.size(), ErrorCode::kSizeMismatch,
+                 "compressed_allreduce on rank ", rank, ": ", xs.size(), " inputs, ", states.size(),
+                 " error states and ", outs.size(), " outputs");
+  std::size_t block = 0;
+  for (std::size_t t = 0; t < xs.size(); ++t) {
+    const OneBitErrorState* s = states[t];
+    GRADCOMM_CHECK(s != nullptr, ErrorCode::kInvalidArgument, "compressed_allreduce on rank ",
+                   rank, ": tensor ", t, " has no error state");
+    GRADCOMM_CHECK(xs[t].dtype() == DType::kFloat32 && outs[t].dtype() == DType::kFloat32 &&
+                       xs[t].numel() == s->numel() && outs[t].numel() == s->numel() &&
+                       s->world_size() == p,
+                   ErrorCode::kSizeMismatch, "compressed_allreduce on rank ", rank, " of ", p,
+                   ": tensor ", t, " is ", xs[t].describe(), " -> ", outs[t].describe(),
+                   " but its error state is for float32[", s->numel(), "] over ", s->world_size(),
+                   " ranks");
+    GRADCOMM_CHECK((xs[t].device() == device || xs[t].empty()) &&
+                       (outs[t].device() == device || outs[t].empty()) && s->device() == device,
+                   ErrorCode::kInvalidArgument, "compressed_allreduce on rank ", rank, ": tensor ",
+                   t, " (", xs[t].describe(), ", error state on ", device_name(s->device()),
+                   ") is not on ", comm.describe(), "'s device ", device_name(device));
+    block += segment_bytes(s->padded_numel(), p);
+  }
+  const std::size_t need = (2 * pz + 1) * block;
+  GRADCOMM_CHECK(workspace.dtype() == DType::kUInt8 && (workspace.device() == device || need == 0),
+                 ErrorCode::kInvalidArgument, "compressed_allreduce on rank ", rank,
+                 ": workspace must be uint8 on ", device_name(device), ", got ",
+                 workspace.describe());
+  OneBitResult result;
+  if (block == 0) return result;  // every tensor is empty on every rank: nothing to send
+
+  auto* base = static_cast<std::uint8_t*>(workspace.data());
+  std::uint8_t* a2a_send = base;  // also the allgather's receive buffer
+  std::uint8_t* a2a_recv = base + pz * block;
+  std::uint8_t* ag_send = base + 2 * pz * block;
+
+  if (device == Device::kCuda) {
+#if defined(GRADCOMM_HAVE_CUDA)
+    const std::size_t scratch_at =
+        (need + kCudaScratchAlign - 1) / kCudaScratchAlign * kCudaScratchAlign;
+    GRADCOMM_CHECK(workspace.nbytes() >= scratch_at + xs.size() * cuda_scratch_bytes(),
+                   ErrorCode::kSizeMismatch, "compressed_allreduce on rank ", rank, ": workspace ",
+                   workspace.describe(), " is smaller than onebit_workspace_bytes() = ",
+                   scratch_at + xs.size() * cuda_scratch_bytes());
+    auto scratch = [&](std::size_t t) { return base + scratch_at + t * cuda_scratch_bytes(); };
+    std::size_t offset = 0;
+    for (std::size_t t = 0; t < xs.size(); ++t) {
+      OneBitErrorState& s = *states[t];
+      if (s.padded_numel() == 0) continue;
+      kernels::cuda::onebit_worker_compress(static_cast<const float*>(xs[t].data()), s.numel(),
+                                            static_cast<float*>(s.worker_error().data()),
+                                            s.padded_numel(), p, a2a_send + offset, block,
+                                            scratch(t), cuda_stream);
+      offset += segment_bytes(s.padded_numel(), p);
+    }
+    for (std::size_t t = 0; t < xs.size(); ++t) {
+      if (states[t]->padded_numel() != 0) {
+        result.nonfinite += kernels::cuda::onebit_read_nonfinite(scratch(t), cuda_stream);
+      }
+    }
+    comm.alltoall(TensorView(a2a_send, pz * block, DType::kUInt8, device),
+                  TensorView(a2a_recv, pz * block, DType::kUInt8, device))
+        ->wait();
+    offset = 0;
+    for (std::size_t t = 0; t < xs.size(); ++t) {
+      OneBitErrorState& s = *states[t];
+      if (s.padded_numel() == 0) continue;
+      kernels::cuda::onebit_server_compress(a2a_recv + offset, block, p,
+                                            static_cast<float*>(s.server_error().data()),
+                                            s.chunk_numel(), ag_send + offset, scratch(t),
+                                            cuda_stream);
+      offset += segment_bytes(s.padded_numel(), p);
+    }
+    kernels::cuda::onebit_synchronize(cuda_stream);
+    comm.allgather(TensorView(ag_send, block, DType::kUInt8, device),
+                   TensorView(a2a_send, pz * block, DType::kUInt8, device))
+        ->wait();
+    offset = 0;
+    for (std::size_t t = 0; t < xs.size(); ++t) {
+      OneBitErrorState& s = *states[t];
+      if (s.padded_numel() == 0) continue;
+      kernels::cuda::onebit_decode(a2a_send + offset, block, p, s.chunk_numel(),
+                                   static_cast<float*>(outs[t].data()), s.numel(), cuda_stream);
+      offset += segment_bytes(s.padded_numel(), p);
+    }
+    kernels::cuda::onebit_synchronize(cuda_stream);
+    return result;
+#else
+    no_cuda("compressed_allreduce");
+#endif
+  }
+
+  GRADCOMM_CHECK(workspace.nbytes() >= need, ErrorCode::kSizeMismatch, "compressed_allreduce on rank ",
+                 rank, ": workspace ", workspace.describe(), " is smaller than ", need,
+                 " bytes (onebit_workspace_bytes)");
+  // Worker side: pass 1 finds the scale of x + e_w, pass 2 writes signs and the new e_w,
+  // chunk by chunk straight into the peers' blocks.
+  std::size_t offset = 0;
+  for (std::size_t t = 0; t < xs.size(); ++t) {
+    OneBitErrorState& s = *states[t];
+    if (s.padded_numel() == 0) continue;
+    const float* x = static_cast<const float*>(xs[t].data());
+    float* ew = static_cast<float*>(s.worker_error().data());
+    const kernels::SumSq norm = kernels::onebit_compensated_sumsq(x, s.numel(), ew, s.padded_numel());
+    result.nonfinite += norm.nonfinite;
+    const float scale = kernels::onebit_scale(norm.sumsq, s.padded_numel());
+    const std::size_t chunk = s.chunk_numel();
+    for (std::size_t j = 0; j < pz; ++j) {
+      std::uint8_t* segment = a2a_send + j * block + offset;
+      std::memcpy(segment, &scale, sizeof scale);
+      const std::size_t begin = j * chunk;
+      const std::size_t valid = s.numel() > begin ? std::min(chunk, s.numel() - begin) : 0;
+      kernels::onebit_pack_with_error(valid ? x + begin : nullptr, valid, ew + begin, chunk, scale,
+                                      segment + sizeof(float));
+    }
+    offset += segment_bytes(s.padded_numel(), p);
+  }
+  comm.alltoall(TensorView(a2a_send, pz * block, DType::kUInt8),
+                TensorView(a2a_recv, pz * block, DType::kUInt8))
+      ->wait();
+
+  // Server side: this rank owns chunk `rank` of every tensor.
+  offset = 0;
+  for (std::size_t t = 0; t < xs.size(); ++t) {
+    OneBitErrorState& s = *states[t];
+    if (s.padded_numel() == 0) continue;
+    for (std::size_t r = 0; r < pz; ++r) {
+      float scale;
+      std::memcpy(&scale, a2a_recv + r * block + offset, sizeof scale);
+      GRADCOMM_CHECK(std::isfinite(scale) && scale >= 0.0f, ErrorCode::kCorruptPayload,
+                     "compressed_allreduce on rank ", rank, ": rank ", r, " sent scale ", scale,
+                     " for tensor ", t, " (corrupt payload, or ranks out of step)");
+    }
+    float* es = static_cast<float*>(s.server_error().data());
+    const std::size_t chunk = s.chunk_numel();
+    const double sumsq = kernels::onebit_server_accumulate(a2a_recv + offset, block, p, es, chunk);
+    const float scale = kernels::onebit_scale(sumsq, chunk);
+    std::memcpy(ag_send + offset, &scale, sizeof scale);
+    kernels::onebit_pack_with_error(nullptr, 0, es, chunk, scale, ag_send + offset + sizeof(float));
+    offset += segment_bytes(s.padded_numel(), p);
+  }
+  comm.allgather(TensorView(ag_send, block, DType::kUInt8),
+                 TensorView(a2a_send, pz * block, DType::kUInt8))
+      ->wait();
+
+  offset = 0;
+  for (std::size_t t = 0; t < xs.size(); ++t) {
+    OneBitErrorState& s = *states[t];
+    if (s.padded_numel() == 0) continue;
+    float* o = static_cast<float*>(outs[t].data());
+    const std::size_t chunk = s.chunk_numel();
+    for (std::size_t j = 0; j < pz && j * chunk < s.numel(); ++j) {
+      const std::uint8_t* segment = a2a_send + j * block + offset;
+      float scale;
+      std::memcpy(&scale, segment, sizeof scale);
+      GRADCOMM_CHECK(std::isfinite(scale) && scale >= 0.0f, ErrorCode::kCorruptPayload,
+                     "compressed_allreduce on rank ", rank, ": rank ", j, " sent server scale ",
+                     scale, " for tensor ", t, " (corrupt payload, or ranks out of step)");
+      kernels::onebit_unpack(segment + sizeof(float), scale, o + j * chunk,
+                             std::min(chunk, s.numel() - j * chunk));
+    }
+    offset += segment_bytes(s.padded_numel(), p);
+  }
+  return result;
+}
+
+}  // namespace gradcomm
