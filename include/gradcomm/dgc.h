@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -66,8 +67,8 @@ struct DgcLayerStats {
   std::size_t k = 0;           // slots
   std::size_t sent = 0;        // slots filled
   std::size_t candidates = 0;  // elements at or above the final threshold
-  float threshold = 0.0f;      // the final threshold (the threshold cache)
-  int rounds = 0;              // collection passes over v
+  float threshold = 0.0f;      // the threshold the candidates were collected at
+  int rounds = 0;              // passes over v (1: the fused pass was enough)
 };
 
 class DgcCompressor final : public Compressor {
@@ -107,6 +108,10 @@ class DgcCompressor final : public Compressor {
     bool dense_always = false;
     std::vector<float> u, v;
     std::uint64_t rng_counter = 0;  // one draw per sparse encode
+    // Bits of the last step's sample threshold (0: none yet): the next step collects
+    // candidates at a threshold predicted from it inside the fused pass.
+    std::uint32_t threshold_cache = 0;
+    std::uint32_t threshold_before = 0;  // the one of the step before
     DgcLayerStats stats;
   };
 
@@ -121,6 +126,7 @@ class DgcCompressor final : public Compressor {
   void decode_dense(Layer& layer, TensorView received, float* out);
   void decode_sparse(std::size_t index, const Layer& layer, TensorView received, float* out);
   float clip_scale(const float* grad, std::size_t n) const;
+  static std::uint32_t predicted_threshold(const Layer& layer);
 
   DgcOptions options_;
   std::vector<Layer> layers_;
@@ -129,7 +135,10 @@ class DgcCompressor final : public Compressor {
   std::int64_t epoch_ = 0;
   std::int64_t step_ = 0;
   // Workspace shared by all layers (encode runs one layer at a time), sized at setup.
-  std::vector<std::uint64_t> keys_;     // candidates: (|v| bits << 32) | ~index
+  // Candidates, (|v| bits << 32) | ~index, room for the largest layer. Left uninitialized:
+  // a step writes about 1.3k of them, so only those pages are ever touched.
+  std::unique_ptr<std::uint64_t[]> keys_;
+  std::unique_ptr<std::uint64_t[]> scratch_;  // the selection's copy of the keys
   std::vector<std::uint32_t> samples_;  // sampled |v| bits
 };
 

@@ -40,20 +40,61 @@ std::uint32_t accumulate_chunk(const float* __restrict g, float* __restrict u, f
   return bad;
 }
 
+// Appends the keys of |v[i]| bits >= t for i in [begin, end) to keys[*count..capacity).
+// Candidates are rare (about 1e-3 of n), so a block is tested at once with integer ops
+// only (they vectorize on plain SSE2): for a, t < 2^31, bit 31 of ~(a - t) is set iff
+// a >= t. Returns false when the capacity ran out.
+bool collect_range(const float* v, std::size_t begin, std::size_t end, std::uint32_t t,
+                   std::uint64_t* keys, std::size_t* count, std::size_t capacity) {
+  constexpr std::size_t kBlock = 64, kSubBlock = 16;
+  std::size_t c = *count;
+  bool fits = true;
+  auto take = [&](std::size_t j) {
+    const std::uint32_t a = abs_bits(v[j]);
+    if (a >= t) {
+      if (c == capacity) {
+        fits = false;
+        return;
+      }
+      keys[c++] = (static_cast<std::uint64_t>(a) << 32) | (0xffffffffu - static_cast<std::uint32_t>(j));
+    }
+  };
+  auto any_at_or_above = [&](std::size_t from, std::size_t count) {
+    std::uint32_t any = 0;
+    for (std::size_t j = 0; j < count; ++j) any |= ~(abs_bits(v[from + j]) - t);
+    return (any >> 31) != 0;
+  };
+  std::size_t i = begin;
+  for (; i + kBlock <= end && fits; i += kBlock) {
+    if (!any_at_or_above(i, kBlock)) continue;
+    for (std::size_t sub = i; sub < i + kBlock; sub += kSubBlock) {
+      if (!any_at_or_above(sub, kSubBlock)) continue;
+      for (std::size_t j = sub; j < sub + kSubBlock; ++j) take(j);
+    }
+  }
+  for (; i < end && fits; ++i) take(i);
+  *count = c;
+  return fits;
+}
+
 template <bool kNesterov, bool kScaled>
-std::size_t accumulate(const float* g, float* u, float* v, std::size_t n, const DgcAccumulateArgs& a,
-                       std::uint32_t* samples, std::size_t* num_samples) {
+DgcAccumulateResult accumulate(const float* g, float* u, float* v, std::size_t n,
+                               const DgcAccumulateArgs& a) {
   constexpr std::size_t kChunk = 2048;
-  std::size_t bad = 0, taken = 0;
+  DgcAccumulateResult r;
+  bool collecting = a.collect_bits != 0;
   std::size_t next = a.sample_stride ? a.sample_start : n;
   for (std::size_t begin = 0; begin < n; begin += kChunk) {
     const std::size_t end = std::min(n, begin + kChunk);
-    bad += accumulate_chunk<kNesterov, kScaled>(g + begin, u + begin, v + begin, end - begin,
-                                               a.momentum, a.grad_scale);
-    for (; next < end; next += a.sample_stride) samples[taken++] = abs_bits(v[next]);
+    r.nonfinite += accumulate_chunk<kNesterov, kScaled>(g + begin, u + begin, v + begin,
+                                                       end - begin, a.momentum, a.grad_scale);
+    for (; next < end; next += a.sample_stride) a.samples[r.samples++] = abs_bits(v[next]);
+    if (collecting) {
+      collecting = collect_range(v, begin, end, a.collect_bits, a.keys, &r.candidates, a.key_capacity);
+      r.overflow = !collecting;
+    }
   }
-  if (num_samples) *num_samples = taken;
-  return bad;
+  return r;
 }
 
 }  // namespace
@@ -63,16 +104,13 @@ std::size_t dgc_sample_count(std::size_t n, std::size_t start, std::size_t strid
   return (n - start + stride - 1) / stride;
 }
 
-std::size_t dgc_accumulate(const float* grad, float* u, float* v, std::size_t n,
-                           const DgcAccumulateArgs& args, std::uint32_t* samples,
-                           std::size_t* num_samples) {
+DgcAccumulateResult dgc_accumulate(const float* grad, float* u, float* v, std::size_t n,
+                                   const DgcAccumulateArgs& args) {
   const bool scaled = args.grad_scale != 1.0f;
   if (args.nesterov) {
-    return scaled ? accumulate<true, true>(grad, u, v, n, args, samples, num_samples)
-                  : accumulate<true, false>(grad, u, v, n, args, samples, num_samples);
+    return scaled ? accumulate<true, true>(grad, u, v, n, args) : accumulate<true, false>(grad, u, v, n, args);
   }
-  return scaled ? accumulate<false, true>(grad, u, v, n, args, samples, num_samples)
-                : accumulate<false, false>(grad, u, v, n, args, samples, num_samples);
+  return scaled ? accumulate<false, true>(grad, u, v, n, args) : accumulate<false, false>(grad, u, v, n, args);
 }
 
 std::uint32_t dgc_sample_threshold(std::uint32_t* samples, std::size_t count, std::size_t c) {
@@ -84,39 +122,28 @@ std::uint32_t dgc_sample_threshold(std::uint32_t* samples, std::size_t count, st
 
 std::size_t dgc_collect(const float* v, std::size_t n, std::uint32_t threshold_bits,
                         std::uint64_t* keys) {
-  // Candidates are rare (about 1e-3 of n): test a block of 16 with a vectorized OR, and
-  // look at single elements only in blocks that hold one. Signed compares are exact here
-  // since |v| bits and the threshold are below 2^31.
-  constexpr std::size_t kBlock = 16;
-  const auto t = static_cast<std::int32_t>(threshold_bits);
-  std::size_t count = 0, i = 0;
-  auto take = [&](std::size_t j) {
-    const std::uint32_t a = abs_bits(v[j]);
-    if (static_cast<std::int32_t>(a) >= t) {
-      keys[count++] = (static_cast<std::uint64_t>(a) << 32) | (0xffffffffu - static_cast<std::uint32_t>(j));
-    }
-  };
-  for (; i + kBlock <= n; i += kBlock) {
-    std::int32_t any = 0;
-    for (std::size_t j = 0; j < kBlock; ++j) {
-      any |= static_cast<std::int32_t>(abs_bits(v[i + j])) >= t ? 1 : 0;
-    }
-    if (any) {
-      for (std::size_t j = 0; j < kBlock; ++j) take(i + j);
-    }
-  }
-  for (; i < n; ++i) take(i);
+  std::size_t count = 0;
+  collect_range(v, 0, n, threshold_bits, keys, &count, n);
   return count;
 }
 
-std::size_t dgc_select_top(std::uint64_t* keys, std::size_t count, std::size_t k,
-                           std::uint32_t* indices) {
+std::size_t dgc_select_top(const std::uint64_t* keys, std::size_t count, std::size_t k,
+                           std::uint64_t* scratch, std::uint32_t* indices) {
   const std::size_t m = std::min(count, k);
   if (m == 0) return 0;
-  if (count > m) std::nth_element(keys, keys + (m - 1), keys + count, std::greater<>());
-  for (std::size_t j = 0; j < m; ++j) indices[j] = dgc_key_index(keys[j]);
-  std::sort(indices, indices + m);
-  return m;
+  // Keys are unique (the index is part of them), so exactly m are >= the m-th largest;
+  // filtering the index-ordered keys by it yields the indices already ascending.
+  std::uint64_t kth = 0;
+  if (count > m) {
+    std::copy(keys, keys + count, scratch);
+    std::nth_element(scratch, scratch + (m - 1), scratch + count, std::greater<>());
+    kth = scratch[m - 1];
+  }
+  std::size_t out = 0;
+  for (std::size_t j = 0; j < count; ++j) {
+    if (keys[j] >= kth) indices[out++] = dgc_key_index(keys[j]);
+  }
+  return out;
 }
 
 void dgc_pack_f32(const std::uint32_t* indices, std::size_t count, float* v, float* u,

@@ -25,16 +25,27 @@ struct DgcAccumulateArgs {
   // Writes bits(|v[i]|) after the update for i = sample_start + j * sample_stride.
   std::size_t sample_start = 0;
   std::size_t sample_stride = 0;  // 0: no sampling
+  std::uint32_t* samples = nullptr;
+  // Collects the keys of updated |v| bits >= collect_bits (0: no collection) into keys,
+  // while each chunk is still in cache. Past key_capacity it stops and reports overflow.
+  std::uint32_t collect_bits = 0;
+  std::uint64_t* keys = nullptr;
+  std::size_t key_capacity = 0;
+};
+
+struct DgcAccumulateResult {
+  std::size_t nonfinite = 0;
+  std::size_t samples = 0;
+  std::size_t candidates = 0;
+  bool overflow = false;
 };
 
 // The fused pass (paper Eq. 7), non-finite gradient elements counted and treated as 0:
 //   plain:    u = m*u + s*g ;    v = v + u
 //   Nesterov: u = m*(u + s*g) ;  v = v + u + s*g
-// Reads g, u, v and writes u, v once. Returns the non-finite count; `*num_samples` gets
-// the number of samples written.
-std::size_t dgc_accumulate(const float* grad, float* u, float* v, std::size_t n,
-                           const DgcAccumulateArgs& args, std::uint32_t* samples,
-                           std::size_t* num_samples);
+// Reads g, u, v and writes u, v once; samples and candidates come from the same pass.
+DgcAccumulateResult dgc_accumulate(const float* grad, float* u, float* v, std::size_t n,
+                                   const DgcAccumulateArgs& args);
 
 // Number of samples dgc_accumulate writes for these arguments.
 std::size_t dgc_sample_count(std::size_t n, std::size_t start, std::size_t stride);
@@ -48,10 +59,11 @@ std::uint32_t dgc_sample_threshold(std::uint32_t* samples, std::size_t count, st
 std::size_t dgc_collect(const float* v, std::size_t n, std::uint32_t threshold_bits,
                         std::uint64_t* keys);
 
-// Keeps the top min(count, k) keys (largest magnitude, then lower index) and writes their
-// indices, ascending, to `indices`. Reorders keys. Returns how many.
-std::size_t dgc_select_top(std::uint64_t* keys, std::size_t count, std::size_t k,
-                           std::uint32_t* indices);
+// Writes the indices of the top min(count, k) keys (largest magnitude, then lower index),
+// ascending, to `indices`; `keys` must be in ascending index order (as collected), and
+// `scratch` has room for count keys. Returns how many.
+std::size_t dgc_select_top(const std::uint64_t* keys, std::size_t count, std::size_t k,
+                           std::uint64_t* scratch, std::uint32_t* indices);
 
 // Fills the value slots for `indices` from v and takes what was sent out of v: v = 0
 // (fp32), or v = v - float(half(v)) with fp16 values, so the rounding stays in the

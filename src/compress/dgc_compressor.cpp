@@ -30,6 +30,9 @@ constexpr double kOversample = 1.3;
 constexpr double kLowFraction = 0.8;
 constexpr double kLowerFactor = 0.8;
 constexpr int kMaxRounds = 10;
+// The fused pass keeps at most this many times k candidates (plus a little) before it
+// gives up and leaves the selection to a separate pass.
+constexpr std::size_t kMaxFusedCandidates = 4;
 constexpr std::size_t kHeaderBytes = 4;  // uint32 count
 
 constexpr std::size_t align8(std::size_t n) { return (n + 7) / 8 * 8; }
@@ -144,7 +147,8 @@ void DgcCompressor::setup(std::span<const LayerSpec> layers, int world_size, int
       max_samples = std::max(max_samples, kernels::dgc_sample_count(spec.numel, 0, stride));
     }
   }
-  keys_.assign(max_keys, 0);
+  keys_.reset(max_keys ? new std::uint64_t[max_keys] : nullptr);
+  scratch_.reset(max_keys ? new std::uint64_t[max_keys] : nullptr);
   samples_.assign(max_samples, 0);
 }
 
@@ -266,6 +270,18 @@ EncodeResult DgcCompressor::encode_dense(Layer& l, const float* g, TensorView pa
   return {kernels::dgc_scaled_copy_f32(g, s, static_cast<float*>(payload.data()), l.numel)};
 }
 
+// Where this step's threshold will be, from the last two estimates: while v builds up
+// (the first ~1/density steps) the threshold climbs steadily, and error feedback piles
+// values up just under the last one, so reusing it unchanged would collect several times
+// k. In the steady state the two estimates agree and this is the last one.
+std::uint32_t DgcCompressor::predicted_threshold(const Layer& l) {
+  if (l.threshold_cache == 0 || l.threshold_before == 0) return l.threshold_cache;
+  const float last = std::bit_cast<float>(l.threshold_cache);
+  const float before = std::bit_cast<float>(l.threshold_before);
+  const float next = last + std::max(0.0f, last - before);
+  return std::isfinite(next) ? std::bit_cast<std::uint32_t>(next) : l.threshold_cache;
+}
+
 EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const float* g,
                                           std::size_t kk, TensorView payload) {
   const std::size_t n = l.numel;
@@ -288,33 +304,58 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
                                           static_cast<std::uint64_t>(rank_)) ^ l.rng_counter);
     args.sample_start = static_cast<std::size_t>(draw % std::min(stride, n));
     args.sample_stride = stride;
+    args.samples = samples_.data();
     l.rng_counter += 1;
+    // Collect at last step's threshold inside the fused pass; most steps then need no
+    // second pass over v. A threshold that fell far too low stops at the capacity.
+    args.collect_bits = predicted_threshold(l);
+    args.keys = keys_.get();
+    args.key_capacity = std::min(n, kMaxFusedCandidates * kk + 1024);
   }
-  std::size_t num_samples = 0;
-  const std::size_t bad =
-      kernels::dgc_accumulate(g, l.u.data(), l.v.data(), n, args, samples_.data(), &num_samples);
+  const kernels::DgcAccumulateResult acc = kernels::dgc_accumulate(g, l.u.data(), l.v.data(), n, args);
 
   DgcLayerStats& st = l.stats;
   st = {};
   st.k = kk;
-  std::uint32_t t = 1;  // exact: every nonzero is a candidate
+  st.rounds = 1;
+  const auto low = static_cast<std::size_t>(std::ceil(kLowFraction * static_cast<double>(kk)));
+  auto lower = [](std::uint32_t bits) {
+    const float lowered = std::bit_cast<float>(bits) * static_cast<float>(kLowerFactor);
+    return std::max<std::uint32_t>(std::bit_cast<std::uint32_t>(lowered), 1);
+  };
+  std::uint32_t estimate = 1;  // exact: every nonzero is a candidate
   if (!exact) {
     const auto c = static_cast<std::size_t>(
-        std::ceil(static_cast<double>(num_samples) * d * kOversample));
-    t = kernels::dgc_sample_threshold(samples_.data(), num_samples, c);
+        std::ceil(static_cast<double>(acc.samples) * d * kOversample));
+    estimate = kernels::dgc_sample_threshold(samples_.data(), acc.samples, c);
   }
+  std::uint32_t t = estimate;
   std::size_t count = 0;
-  for (;;) {
-    count = kernels::dgc_collect(l.v.data(), n, t, keys_.data());
+  bool done = false;
+  if (args.collect_bits != 0 && !acc.overflow) {
+    // At least k at the cached threshold: the true top-k are all among them. Fewer, but
+    // the cached threshold is at or below this step's estimate: as good as a recount.
+    count = acc.candidates;
+    done = count >= kk || (args.collect_bits <= t && count >= low);
+    if (done) {
+      st.threshold = std::bit_cast<float>(args.collect_bits);
+    } else if (args.collect_bits <= t) {
+      t = lower(args.collect_bits);
+    }
+  }
+  while (!done) {
+    count = kernels::dgc_collect(l.v.data(), n, t, keys_.get());
     st.rounds += 1;
-    const bool enough = count >= kk || static_cast<double>(count) >= kLowFraction * static_cast<double>(kk);
-    if (enough || t <= 1 || st.rounds >= kMaxRounds) break;
-    const float lowered = std::bit_cast<float>(t) * static_cast<float>(kLowerFactor);
-    t = std::max<std::uint32_t>(std::bit_cast<std::uint32_t>(lowered), 1);
+    st.threshold = std::bit_cast<float>(t);
+    if (count >= low || t <= 1 || st.rounds >= kMaxRounds) break;
+    t = lower(t);
+  }
+  if (!exact) {
+    l.threshold_before = l.threshold_cache;
+    l.threshold_cache = estimate;
   }
   st.candidates = count;
-  st.threshold = std::bit_cast<float>(t);
-  const std::size_t sent = kernels::dgc_select_top(keys_.data(), count, kk, indices);
+  const std::size_t sent = kernels::dgc_select_top(keys_.get(), count, kk, scratch_.get(), indices);
   st.sent = sent;
 
   const auto count32 = static_cast<std::uint32_t>(sent);
@@ -331,7 +372,7 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
   // Padding slots and the tail to 8 bytes are zero, so payloads are fully defined bytes.
   std::byte* pad = values + sent * vsize;
   std::memset(pad, 0, static_cast<std::size_t>(base + payload.nbytes() - pad));
-  return {bad};
+  return {acc.nonfinite};
 }
 
 void DgcCompressor::decode(std::size_t layer, TensorView received, TensorView out) {
@@ -429,7 +470,8 @@ std::vector<std::byte> DgcCompressor::save_state() const {
     w.u64(l.numel);
     w.u64(l.v.size());
     w.u64(l.rng_counter);
-    w.bytes(&l.stats.threshold, sizeof l.stats.threshold);
+    w.u64(l.threshold_cache);
+    w.u64(l.threshold_before);
     w.bytes(l.u.data(), l.u.size() * sizeof(float));
     w.bytes(l.v.data(), l.v.size() * sizeof(float));
   }
@@ -461,7 +503,8 @@ void DgcCompressor::load_state(std::span<const std::byte> blob) {
                    l.v.size(), " here");
     l.rng_counter = r.u64("an RNG counter");
     l.stats = {};
-    r.bytes(&l.stats.threshold, sizeof l.stats.threshold, "a threshold");
+    l.threshold_cache = static_cast<std::uint32_t>(r.u64("a threshold"));
+    l.threshold_before = static_cast<std::uint32_t>(r.u64("a threshold"));
     r.bytes(l.u.data(), l.u.size() * sizeof(float), "a momentum");
     r.bytes(l.v.data(), l.v.size() * sizeof(float), "a residual");
   }

@@ -453,25 +453,42 @@ TEST(DgcKernels, CollectFindsExactlyThoseAtOrAboveThreshold) {
   EXPECT_EQ(got, expect);
 }
 
-TEST(DgcKernels, AccumulateSamplesAndCountsNonFinite) {
+TEST(DgcKernels, AccumulateSamplesCollectsAndCountsNonFinite) {
   const std::size_t n = 5000;
   std::vector<float> g = random_grad(n, 4), u(n, 0.5f), v(n, 0.25f);
   g[17] = std::numeric_limits<float>::infinity();
+  std::vector<std::uint32_t> samples(kernels::dgc_sample_count(n, 13, 100));
+  ASSERT_EQ(samples.size(), 50u);
+  std::vector<std::uint64_t> keys(n);
   kernels::DgcAccumulateArgs args;
   args.momentum = 0.9f;
   args.sample_start = 13;
   args.sample_stride = 100;
-  std::vector<std::uint32_t> samples(kernels::dgc_sample_count(n, 13, 100));
-  ASSERT_EQ(samples.size(), 50u);
-  std::size_t taken = 0;
-  EXPECT_EQ(kernels::dgc_accumulate(g.data(), u.data(), v.data(), n, args, samples.data(), &taken), 1u);
-  EXPECT_EQ(taken, samples.size());
-  for (std::size_t j = 0; j < taken; ++j) {
+  args.samples = samples.data();
+  args.collect_bits = std::bit_cast<std::uint32_t>(2.0f);
+  args.keys = keys.data();
+  args.key_capacity = n;
+  const kernels::DgcAccumulateResult r = kernels::dgc_accumulate(g.data(), u.data(), v.data(), n, args);
+  EXPECT_EQ(r.nonfinite, 1u);
+  EXPECT_FALSE(r.overflow);
+  ASSERT_EQ(r.samples, samples.size());
+  for (std::size_t j = 0; j < r.samples; ++j) {
     EXPECT_EQ(samples[j], std::bit_cast<std::uint32_t>(std::fabs(v[13 + 100 * j])));
   }
   EXPECT_EQ(u[17], 0.45f);
   EXPECT_EQ(v[17], 0.25f + 0.45f);
   EXPECT_EQ(u[0], 0.9f * 0.5f + g[0]);
+  // The fused collection equals a separate pass over the updated v.
+  std::vector<std::uint64_t> again(n);
+  const std::size_t count = kernels::dgc_collect(v.data(), n, args.collect_bits, again.data());
+  ASSERT_GT(count, 10u);
+  ASSERT_EQ(r.candidates, count);
+  EXPECT_TRUE(std::equal(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(count), again.begin()));
+  // Past the capacity it stops and says so.
+  args.key_capacity = count / 2;
+  const kernels::DgcAccumulateResult capped = kernels::dgc_accumulate(g.data(), u.data(), v.data(), n, args);
+  EXPECT_TRUE(capped.overflow);
+  EXPECT_EQ(capped.candidates, count / 2);
 }
 
 TEST(DgcKernels, Fp16PackKeepsRoundingInResidual) {
