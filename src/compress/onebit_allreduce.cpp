@@ -36,10 +36,12 @@ std::size_t block_bytes(std::span<const std::size_t> numels, int p) {
   return block;
 }
 
+#if !defined(GRADCOMM_HAVE_CUDA)
 [[noreturn]] void no_cuda(const char* what) {
   GRADCOMM_THROW(ErrorCode::kUnsupported, what,
                  ": CUDA tensors need gradcomm built with CUDA (GRADCOMM_WITH_CUDA=ON)");
 }
+#endif
 
 #if defined(GRADCOMM_HAVE_CUDA)
 constexpr std::size_t kCudaScratchAlign = 256;
