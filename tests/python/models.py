@@ -61,4 +61,8 @@ def attach_hook(kind: str, net: nn.Module, model, **options):
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         state.check_optimizer(opt)
         return state, opt
+    if kind == "onebit":
+        opt = gct.OneBitAdam(model.parameters(), **{"lr": 2e-3, **options})
+        model.register_comm_hook(opt, gct.onebit_adam_hook)
+        return opt, opt
     raise ValueError(kind)

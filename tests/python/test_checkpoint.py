@@ -14,6 +14,9 @@ TOTAL, STOP = 7, 3
 HOOKS = {
     "dgc": dict(density=0.05, warmup=(0.3,), steps_per_epoch=2, dense_fallback=False),
     "dgc-fp16-exact": dict(density=0.1, fp16=True, selection="exact", warmup=None),
+    # Saved before the freeze, resumed across it; and saved after it (errors in flight).
+    "onebit-across-freeze": dict(freeze_step=STOP + 1),
+    "onebit-frozen": dict(freeze_step=2, precondition=True, weight_decay=0.01),
 }
 
 

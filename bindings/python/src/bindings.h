@@ -12,6 +12,7 @@ namespace gradcomm::python {
 void bind_core(pybind11::module_& m);         // errors, dtypes, LayerSpec, version
 void bind_compressors(pybind11::module_& m);  // Compressor interface, DenseCompressor
 void bind_dgc(pybind11::module_& m);          // DgcCompressor
+void bind_onebit(pybind11::module_& m);       // compressed_allreduce, OneBitErrorState
 
 // DType <-> the names numpy and torch use ("float32", ...).
 DType parse_dtype(const std::string& name);

@@ -10,4 +10,5 @@ PYBIND11_MODULE(_gradcomm, m) {
   gradcomm::python::bind_compressors(m);
   gradcomm::python::bind_dgc(m);
   gradcomm::python::bind_python_communicator(m);
+  gradcomm::python::bind_onebit(m);
 }

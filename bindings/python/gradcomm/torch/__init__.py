@@ -14,13 +14,16 @@ buffers cross into gradcomm's kernels through DLPack.
 from gradcomm.torch._exchange import CompressedHookState, register_comm_hook
 from gradcomm.torch.dense import AllreduceState, allreduce_hook
 from gradcomm.torch.dgc import PAPER_WARMUP, DGCState, dgc_hook
+from gradcomm.torch.onebit import OneBitAdam, onebit_adam_hook
 
 __all__ = [
     "AllreduceState",
     "CompressedHookState",
     "DGCState",
+    "OneBitAdam",
     "PAPER_WARMUP",
     "allreduce_hook",
     "dgc_hook",
+    "onebit_adam_hook",
     "register_comm_hook",
 ]

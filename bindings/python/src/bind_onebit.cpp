@@ -1,0 +1,82 @@
+// The 1-bit compressed allreduce (include/gradcomm/onebit.h) for gradcomm.torch.OneBitAdam.
+// The optimizer arithmetic stays in torch; what crosses the network is what this computes.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <vector>
+
+#include "bindings.h"
+#include "buffers.h"
+#include "gradcomm/onebit.h"
+
+namespace py = pybind11;
+
+namespace gradcomm::python {
+
+void bind_onebit(py::module_& m) {
+  py::class_<OneBitErrorState>(m, "OneBitErrorState",
+                               "One tensor's worker and server errors on this rank.")
+      .def(py::init([](std::size_t numel, int world_size) {
+             return OneBitErrorState(numel, world_size);
+           }),
+           py::arg("numel"), py::arg("world_size"))
+      .def_property_readonly("numel", &OneBitErrorState::numel)
+      .def_property_readonly("padded_numel", &OneBitErrorState::padded_numel)
+      .def_property_readonly("chunk_numel", &OneBitErrorState::chunk_numel)
+      .def_property_readonly("world_size", &OneBitErrorState::world_size)
+      .def("zero", &OneBitErrorState::zero)
+      .def("save",
+           [](const OneBitErrorState& s) {
+             const std::vector<std::byte> blob = s.save();
+             return py::bytes(reinterpret_cast<const char*>(blob.data()), blob.size());
+           })
+      .def("load", [](OneBitErrorState& s, py::bytes blob) {
+        const std::string_view bytes = blob;
+        s.load(std::span(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()));
+      });
+
+  m.def("onebit_padded_numel", &onebit_padded_numel, py::arg("numel"), py::arg("world_size"));
+  m.def(
+      "onebit_workspace_bytes",
+      [](const std::vector<std::size_t>& numels, int world_size) {
+        return onebit_workspace_bytes(numels, world_size);
+      },
+      py::arg("numels"), py::arg("world_size"));
+  m.def(
+      "onebit_wire_bytes",
+      [](const std::vector<std::size_t>& numels, int world_size) {
+        return onebit_wire_bytes(numels, world_size);
+      },
+      py::arg("numels"), py::arg("world_size"));
+  m.def(
+      "compressed_allreduce",
+      [](Communicator& comm, const py::list& xs, const std::vector<OneBitErrorState*>& states,
+         const py::list& outs, py::handle workspace) {
+        GRADCOMM_CHECK(xs.size() == states.size() && xs.size() == outs.size(),
+                       ErrorCode::kSizeMismatch, "compressed_allreduce: ", xs.size(),
+                       " inputs, ", states.size(), " error states, ", outs.size(), " outputs");
+        std::vector<Borrowed> held;
+        held.reserve(2 * xs.size() + 1);
+        std::vector<TensorView> x_views, out_views;
+        for (std::size_t i = 0; i < xs.size(); ++i) {
+          GRADCOMM_CHECK_ARG(states[i] != nullptr, "compressed_allreduce: error state ", i,
+                             " is None");
+          held.push_back(borrow(xs[i], "compressed_allreduce: x", DType::kFloat32,
+                                states[i]->numel()));
+          x_views.push_back(held.back().view);
+          held.push_back(borrow(outs[i], "compressed_allreduce: out", DType::kFloat32,
+                                states[i]->numel()));
+          out_views.push_back(held.back().view);
+        }
+        held.push_back(borrow(workspace, "compressed_allreduce: workspace", DType::kUInt8));
+        // The GIL stays held: a PythonCommunicator runs its collectives in Python.
+        return compressed_allreduce(comm, x_views, states, out_views, held.back().view)
+            .nonfinite;
+      },
+      py::arg("comm"), py::arg("xs"), py::arg("states"), py::arg("outs"), py::arg("workspace"),
+      "Averages each x over ranks through 1-bit signs with worker and server error feedback "
+      "(one alltoall + one allgather for the whole list); outs may alias xs. Returns the "
+      "non-finite input elements this rank met (sent as 0).");
+}
+
+}  // namespace gradcomm::python

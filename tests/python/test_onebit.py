@@ -1,0 +1,84 @@
+"""OneBitAdam + onebit_adam_hook under real DDP (gloo)."""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import gradcomm.torch as gct
+from ddp_harness import RankFailed, run_ranks
+from models import attach_hook, tiny_net, train_steps
+
+
+def _torch_adam(rank, world, steps):
+    model = nn.parallel.DistributedDataParallel(tiny_net())
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    return train_steps(model, opt, rank, steps)
+
+
+def _onebit(rank, world, steps, options):
+    net = tiny_net()
+    model = nn.parallel.DistributedDataParallel(net)
+    _, opt = attach_hook("onebit", net, model, **options)
+    return train_steps(model, opt, rank, steps)
+
+
+def test_warmup_is_adam():
+    """Before the freeze (with bias correction, as torch's Adam has) it is Adam."""
+    ref = run_ranks(_torch_adam, 2, 5)
+    ours = run_ranks(_onebit, 2, 5, dict(freeze_step=100, bias_correction=True))
+    for step in range(5):
+        torch.testing.assert_close(ours[0][step], ref[0][step], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("precondition", [False, True])
+def test_ranks_identical_through_the_freeze(world, precondition):
+    steps = 8
+    ours = run_ranks(_onebit, world, steps, dict(freeze_step=3, precondition=precondition))
+    for step in range(steps):
+        for r in range(1, world):
+            assert torch.equal(ours[r][step], ours[0][step]), f"rank {r} differs at step {step}"
+    assert not torch.equal(ours[0][3], ours[0][-1])  # compressed steps moved the parameters
+
+
+def _count_collectives(rank, world, freeze):
+    net = tiny_net()
+    model = nn.parallel.DistributedDataParallel(net)
+    _, opt = attach_hook("onebit", net, model, freeze_step=freeze)
+    calls = {"all_reduce": 0, "all_to_all_single": 0, "all_gather": 0}
+    for name in calls:
+        original = getattr(dist, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+        setattr(dist, name, counted)
+    per_stage = []
+    for stage_steps in (freeze, 4):
+        for name in calls:
+            calls[name] = 0
+        sent = opt.bytes_sent
+        train_steps(model, opt, rank, stage_steps)
+        per_stage.append((dict(calls), (opt.bytes_sent - sent) / stage_steps))
+    return per_stage
+
+
+def test_after_freeze_only_compressed_momentum_crosses():
+    (warm, warm_bytes), (frozen, frozen_bytes) = run_ranks(_count_collectives, 4, 2)[0]
+    assert warm["all_reduce"] >= 2 and warm["all_to_all_single"] == 0
+    assert frozen["all_reduce"] == 0, f"dense allreduce after the freeze: {frozen}"
+    assert frozen["all_to_all_single"] == 4 and frozen["all_gather"] == 4  # one per bucket-step
+    # About 1/32 of the fp32 payload, plus a scale per chunk and padding to 8p elements.
+    assert frozen_bytes < warm_bytes / 16, (frozen_bytes, warm_bytes)
+
+
+def _step_without_hook(rank, world):
+    model = nn.parallel.DistributedDataParallel(tiny_net())
+    opt = gct.OneBitAdam(model.parameters(), freeze_step=1)
+    train_steps(model, opt, rank, 2)
+
+
+def test_frozen_step_without_the_hook_is_refused():
+    with pytest.raises(RankFailed, match="register the optimizer as the hook's state"):
+        run_ranks(_step_without_hook, 2)
