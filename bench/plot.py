@@ -4,11 +4,13 @@ prints the tables docs/benchmarks.md quotes.
 
     /usr/bin/python3 bench/plot.py RESULTS_DIR docs/img
 
-Reads every *.json in RESULTS_DIR (each a list of gradcomm-bench rows) and writes:
+Reads every *.json in RESULTS_DIR (a list of gradcomm-bench rows, or a bench/ddp_compare.py
+result) and writes:
 - sweep_time.png: time per step vs message size, one panel per link, a line per compressor;
 - sweep_busbw.png: bus bandwidth vs message size, the same layout;
-- model_bytes.png: bytes each rank sends per step, per model and compressor.
-Then prints markdown tables: the 100 MB rows and the model rows.
+- model_bytes.png: bytes each rank sends per step, per model and compressor;
+- ddp_accuracy.png: test accuracy vs training time, a line per method (ddp_compare).
+Then prints markdown tables: the 100 MB rows, the model rows and the DDP comparison.
 """
 import glob
 import json
@@ -23,15 +25,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def load_rows(results_dir):
-    rows = []
+def load_results(results_dir):
+    """(gradcomm-bench rows, ddp_compare runs) found in results_dir."""
+    rows, ddp = [], []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as f:
             data = json.load(f)
+        if isinstance(data, dict) and "results" in data:
+            data["file"] = os.path.basename(path)
+            ddp.append(data)
+            continue
         for row in data if isinstance(data, list) else [data]:
             row["file"] = os.path.basename(path)
             rows.append(row)
-    return rows
+    return rows, ddp
 
 
 def link_rate(row):
@@ -136,13 +143,52 @@ def tables(rows):
         print()
 
 
+def ddp_plot(run, path):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in run["results"]:
+        if "curve" not in r:
+            continue
+        ax.plot([c["time_s"] for c in r["curve"]], [100 * c["test_accuracy"] for c in r["curve"]], marker=".",
+                label=r["method"])
+    rate = re.search(r"rate=(\S+)", run.get("link", ""))
+    ax.set_title(f"DDP, {run['ranks']} ranks, {rate.group(1) if rate else run.get('link')} per rank: "
+                 f"MLP 64-{run['hidden']}-{run['hidden']}-10")
+    ax.set_xlabel("training time (s, slowest rank; evaluation excluded)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def ddp_table(run):
+    base = {r["method"]: r for r in run["results"] if "curve" in r}
+    print(f"DDP comparison ({run['file']}): {run['ranks']} ranks, link {run.get('link')}, "
+          f"{run['epochs']} epochs, batch {run['batch_per_rank']} per rank")
+    print()
+    print("| method | time per step (ms) | speedup vs its dense baseline | bytes per step per rank | test accuracy (%) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in run["results"]:
+        if "skipped" in r:
+            print(f"| {r['method']} | skipped: {r['skipped']} | | | |")
+            continue
+        # 1-bit Adam is measured against Adam, everything else against SGD's allreduce.
+        ref = base.get("adam" if r["method"] in ("adam", "gradcomm-onebit") else "allreduce")
+        speedup = f"{ref['time_per_step_ms'] / r['time_per_step_ms']:.2f}x" if ref else "-"
+        print(f"| {r['method']} | {r['time_per_step_ms']:.1f} | {speedup} | {human_bytes(r['bytes_per_step'])} | "
+              f"{100 * r['test_accuracy']:.1f} |")
+    print()
+
+
 def main(argv):
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
     results, out = argv[1], argv[2]
-    rows = load_rows(results)
-    if not rows:
+    rows, ddp = load_results(results)
+    if not rows and not ddp:
         print(f"plot.py: no gradcomm-bench JSON rows in {results}", file=sys.stderr)
         return 1
     os.makedirs(out, exist_ok=True)
@@ -153,7 +199,13 @@ def main(argv):
         written.append("sweep_busbw.png")
     if model_plot(rows, os.path.join(out, "model_bytes.png")):
         written.append("model_bytes.png")
+    for run in ddp:
+        name = "ddp_accuracy.png" if len(ddp) == 1 else f"ddp_accuracy_{os.path.splitext(run['file'])[0]}.png"
+        ddp_plot(run, os.path.join(out, name))
+        written.append(name)
     tables(rows)
+    for run in ddp:
+        ddp_table(run)
     print(f"plot.py: wrote {', '.join(written) or 'nothing'} into {out}", file=sys.stderr)
     return 0
 
