@@ -13,6 +13,7 @@ void bind_core(pybind11::module_& m);         // errors, dtypes, LayerSpec, vers
 void bind_compressors(pybind11::module_& m);  // Compressor interface, DenseCompressor
 void bind_dgc(pybind11::module_& m);          // DgcCompressor
 void bind_onebit(pybind11::module_& m);       // compressed_allreduce, OneBitErrorState
+void bind_lgreco(pybind11::module_& m);       // LgrecoCompressor, LgrecoKnapsack
 
 // DType <-> the names numpy and torch use ("float32", ...).
 DType parse_dtype(const std::string& name);

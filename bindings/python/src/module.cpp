@@ -11,4 +11,5 @@ PYBIND11_MODULE(_gradcomm, m) {
   gradcomm::python::bind_dgc(m);
   gradcomm::python::bind_python_communicator(m);
   gradcomm::python::bind_onebit(m);
+  gradcomm::python::bind_lgreco(m);
 }

@@ -14,16 +14,21 @@ buffers cross into gradcomm's kernels through DLPack.
 from gradcomm.torch._exchange import CompressedHookState, register_comm_hook
 from gradcomm.torch.dense import AllreduceState, allreduce_hook
 from gradcomm.torch.dgc import PAPER_WARMUP, DGCState, dgc_hook
+from gradcomm.torch.lgreco import DGC_DENSITIES, QUANT_BITS, LGreCoState, lgreco_hook
 from gradcomm.torch.onebit import OneBitAdam, onebit_adam_hook
 
 __all__ = [
     "AllreduceState",
     "CompressedHookState",
     "DGCState",
+    "DGC_DENSITIES",
+    "LGreCoState",
     "OneBitAdam",
     "PAPER_WARMUP",
+    "QUANT_BITS",
     "allreduce_hook",
     "dgc_hook",
+    "lgreco_hook",
     "onebit_adam_hook",
     "register_comm_hook",
 ]

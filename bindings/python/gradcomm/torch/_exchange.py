@@ -106,6 +106,7 @@ class CompressedHookState:
         self._buffers: Dict[Tuple[str, ...], _BucketBuffers] = {}
         self._expected_world_size: Optional[int] = None
         self._checked = False
+        self._in_step = False
         self.iteration = 0
         self.epoch = 0
         # Bytes this rank sent, all steps, by the algorithm model of gradcomm's
@@ -115,6 +116,22 @@ class CompressedHookState:
     # ---- what subclasses provide ------------------------------------------------------
     def _make_compressor(self, numel: int, ndim: int, key: str) -> gradcomm.Compressor:
         raise NotImplementedError
+
+    def _begin_step(self) -> None:
+        """Called before the first bucket of every step (L-GreCo applies its plan here)."""
+
+    def _before_encode(self, entries, grads) -> None:
+        """Called with a bucket's parameters and local gradients before they are encoded."""
+
+    def _after_last_bucket(self) -> None:
+        """Called after the last bucket of a step has started its collectives; may run
+        its own (blocking) collectives, which every rank then issues in the same order."""
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        pass
 
     def _epoch_driven(self) -> bool:
         """Whether set_epoch() is forwarded to the compressors (False when they follow the
@@ -200,7 +217,7 @@ class CompressedHookState:
         compressors.update(self._pending)  # loaded but not yet seen: keep, don't drop
         return {"kind": self._kind, "settings": self._settings(), "iteration": self.iteration,
                 "epoch": self.epoch, "rank": self.rank, "world_size": self.world_size,
-                "compressors": compressors}
+                "compressors": compressors, "extra": self._extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a shard saved by ``state_dict()`` on the same rank of a job of the same
@@ -219,6 +236,7 @@ class CompressedHookState:
                              f"{state.get('settings')}, here {self._settings()}")
         self.iteration = int(state["iteration"])
         self.epoch = int(state["epoch"])
+        self._load_extra_state(state.get("extra", {}))
         blobs = dict(state["compressors"])
         for entry in self._entries.values():
             if self._epoch_driven():
@@ -230,6 +248,9 @@ class CompressedHookState:
     # ---- one bucket -----------------------------------------------------------------------
     def _exchange(self, bucket) -> torch.futures.Future[torch.Tensor]:
         self._check_group()
+        if not self._in_step:
+            self._in_step = True
+            self._begin_step()
         buffer = bucket.buffer()
         if buffer.dtype != torch.float32:
             raise TypeError(f"{type(self).__name__}: gradcomm hooks take float32 gradients, "
@@ -241,6 +262,12 @@ class CompressedHookState:
                                f"but its parameters have {sum(e.numel for e in entries)}")
         group, world = self._group(), self.world_size
         keys = tuple(e.key for e in entries)
+        grads = []
+        offset = 0
+        for e in entries:
+            grads.append(buffer[offset:offset + e.numel])
+            offset += e.numel
+        self._before_encode(entries, grads)
         buffers = self._buffers.get(keys)
         if buffers is None:
             buffers = self._buffers[keys] = _BucketBuffers(buffer.device)
@@ -265,10 +292,7 @@ class CompressedHookState:
         send = buffers.send.take(gather_bytes) if gathering else None
 
         nonfinite = 0
-        offset = 0
-        for e, (w, at) in zip(entries, wires):
-            grad = buffer[offset:offset + e.numel]
-            offset += e.numel
+        for e, (w, at), grad in zip(entries, wires, grads):
             if w.collective == "allreduce":
                 payload = reduce_bufs[w.dtype][at:at + w.count]
             else:
@@ -290,7 +314,9 @@ class CompressedHookState:
             self.bytes_sent += _native.allgather_wire_bytes(gather_bytes, world)
         step = self.iteration
         if bucket.is_last():
+            self._after_last_bucket()
             self.iteration += 1
+            self._in_step = False
 
         def finish(_):
             bad_ranks = 0
@@ -307,11 +333,8 @@ class CompressedHookState:
                         f"{self.rank}); nonfinite='skip_step' or 'zero' tolerates it")
                 buffer.zero_()
                 return buffer
-            offset = 0
             gathered = None
-            for e, (w, at) in zip(entries, wires):
-                out = buffer[offset:offset + e.numel]
-                offset += e.numel
+            for e, (w, at), out in zip(entries, wires, grads):
                 if w.collective == "allreduce":
                     e.compressor.decode(0, reduce_bufs[w.dtype][at:at + w.count], out)
                 else:
