@@ -252,6 +252,8 @@ void QuantizeCompressor::load_state(std::span<const std::byte> blob) {
   step_ = step;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     layers_[i].bits = bits[i];
+    // An empty residual (a dense layer) has data() == nullptr: memcpy must not see it (UBSan).
+    if (layers_[i].residual.empty()) continue;
     std::memcpy(layers_[i].residual.data(), blob.data() + offsets[i],
                 layers_[i].residual.size() * sizeof(float));
   }
