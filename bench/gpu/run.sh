@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU (H100/H200 class): builds gradcomm with CUDA, runs the
+# GPU tests and the CUDA kernel benchmarks, and writes the results into OUTDIR.
+#
+#   bench/gpu/run.sh OUTDIR
+#
+# Made to fit a short window on a lent GPU machine (well under 10 minutes): only the
+# CUDA-related targets are built. Writes OUTDIR/gpu_bench.json (kernel timings against a
+# device copy), OUTDIR/gpu_tests.log (the GPU tests; GTest is needed for them and is
+# skipped with a note where absent) and OUTDIR/nvidia-smi.txt.
+set -uo pipefail
+out=${1:?usage: bench/gpu/run.sh OUTDIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/../.."
+build=${GRADCOMM_GPU_BUILD:-build-gpu}
+jobs=$(nproc)
+
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || echo "run.sh: nvidia-smi not available" | tee -a "$out/nvidia-smi.txt"
+
+have_gtest=OFF
+if [ -f /usr/include/gtest/gtest.h ] || [ -n "${GTest_DIR:-}" ]; then have_gtest=ON; fi
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRADCOMM_WITH_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}" -DGRADCOMM_BUILD_TESTS=$have_gtest \
+  -DGRADCOMM_BUILD_EXAMPLES=OFF -DGRADCOMM_WITH_PYTHON=OFF > "$out/configure.log" 2>&1 \
+  || { echo "run.sh: configure failed (see $out/configure.log)"; tail -20 "$out/configure.log"; exit 1; }
+
+targets=(gradcomm-gpubench)
+[ "$have_gtest" = ON ] && targets+=(gradcomm-gpu-tests)
+cmake --build "$build" -j "$jobs" --target "${targets[@]}" > "$out/build.log" 2>&1 \
+  || { echo "run.sh: build failed (see $out/build.log)"; tail -30 "$out/build.log"; exit 1; }
+
+status=0
+if [ "$have_gtest" = ON ]; then
+  "$build/tests/gradcomm-gpu-tests" --gtest_output=json:"$out/gpu_tests.json" 2>&1 | tee "$out/gpu_tests.log"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" = 77 ]; then echo "run.sh: no CUDA device: GPU tests skipped"; elif [ "$rc" != 0 ]; then status=1; fi
+else
+  echo "run.sh: GoogleTest not found: GPU tests not built (install libgtest-dev or set GTest_DIR)" | tee "$out/gpu_tests.log"
+fi
+
+"$build/bench/gradcomm-gpubench" --json "$out/gpu_bench.json" --iters "${GPU_BENCH_ITERS:-20}" 2>&1 | tee "$out/gpu_bench.log"
+rc=${PIPESTATUS[0]}
+[ "$rc" = 0 ] || status=1
+echo "run.sh: results in $out (exit $status)"
+exit $status
