@@ -61,6 +61,15 @@ def attach_hook(kind: str, net: nn.Module, model, **options):
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         state.check_optimizer(opt)
         return state, opt
+    if kind == "lgreco":
+        state = gct.LGreCoState(named_parameters=named, **options)
+        model.register_comm_hook(state, gct.lgreco_hook)
+        if state.family == "dgc":
+            opt = torch.optim.SGD(model.parameters(), lr=0.05)
+            state.check_optimizer(opt)
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return state, opt
     if kind == "onebit":
         opt = gct.OneBitAdam(model.parameters(), **{"lr": 2e-3, **options})
         model.register_comm_hook(opt, gct.onebit_adam_hook)

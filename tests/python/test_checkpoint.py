@@ -17,6 +17,10 @@ HOOKS = {
     # Saved before the freeze, resumed across it; and saved after it (errors in flight).
     "onebit-across-freeze": dict(freeze_step=STOP + 1),
     "onebit-frozen": dict(freeze_step=2, precondition=True, weight_decay=0.01),
+    # Plans made before the save (applied and pending) and after the resume.
+    "lgreco-quant": dict(family="quant", replan_every=2),
+    "lgreco-dgc": dict(family="dgc", replan_every=3, candidates=(0.01, 0.05, 0.2, 0.5),
+                       default=0.05),
 }
 
 

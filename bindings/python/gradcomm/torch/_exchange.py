@@ -356,14 +356,15 @@ def register_comm_hook(model: torch.nn.parallel.DistributedDataParallel,
     """``model.register_comm_hook(state, hook)``, after checking that the state's process
     group is the one DDP runs on (same size, this rank a member). Needed, instead of the
     plain call, only when DDP runs on a subgroup; it checks the same things either way."""
-    ddp_group = model.process_group
-    ddp_size = ddp_group.size()
+    ddp_size = model.process_group.size()
     mine = state._group()
-    if dist.get_rank(mine) < 0 or dist.get_world_size(mine) != ddp_size:
-        raise ValueError(
-            f"{type(state).__name__}: the hook's process group has "
-            f"{dist.get_world_size(mine) if dist.get_rank(mine) >= 0 else 'no place for this rank'}"
-            f" (size) but DDP's has {ddp_size} ranks (global rank {dist.get_rank()})")
+    if dist.get_rank(mine) < 0:
+        raise ValueError(f"{type(state).__name__}: global rank {dist.get_rank()} is not a member "
+                         f"of the hook's process group, but DDP runs it ({ddp_size} ranks)")
+    if dist.get_world_size(mine) != ddp_size:
+        raise ValueError(f"{type(state).__name__}: the hook's process group has "
+                         f"{dist.get_world_size(mine)} ranks but DDP's has {ddp_size} "
+                         f"(global rank {dist.get_rank()})")
     state._expected_world_size = ddp_size
     model.register_comm_hook(state, hook)
 

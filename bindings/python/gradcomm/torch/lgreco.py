@@ -123,10 +123,14 @@ class LGreCoState(CompressedHookState):
 
     def _dgc(self, density: float, key: str) -> gradcomm.Compressor:
         wire = "float16" if self.fp16 else "float32"
+        # No dense fallback: a planned layer stays sparse at every density. DgcCompressor's
+        # dense path applies momentum after the average and ignores v, so a plan moving a
+        # layer from sparse to dense would drop its residual and leave u different on each
+        # rank. A density above 1/p just costs more bytes, which the knapsack sees.
         return _native.DgcCompressor(
             density=density, warmup_densities=[], momentum=self.momentum,
             nesterov=self.nesterov, selection=self.selection, seed=self._key_seed(key),
-            value_dtype=wire, dense_dtype=wire)
+            value_dtype=wire, dense_dtype=wire, dense_fallback=False)
 
     def _make_compressor(self, numel: int, ndim: int, key: str) -> gradcomm.Compressor:
         if self.family == "dgc":

@@ -1,0 +1,137 @@
+"""Misuse gives a clear Python exception on every rank, never a crash or a hang."""
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import gradcomm
+import gradcomm.torch as gct
+from ddp_harness import RankFailed, run_ranks
+from models import batches, tiny_net
+
+
+# ---- buffers at the binding boundary (one process) --------------------------------------
+def _dense_compressor(n=12):
+    c = gradcomm.DenseCompressor()
+    c.setup([gradcomm.LayerSpec("w", n, 2)], 2, 0)
+    return c
+
+
+@pytest.mark.parametrize("grad, message", [
+    (torch.zeros(12, dtype=torch.float64), "unsupported dtype float64"),
+    (torch.zeros(12, dtype=torch.int32), "expected dtype float32, got int32"),
+    (torch.zeros(4, 3).t(), "expected a contiguous buffer"),
+    (torch.zeros(24)[::2], "expected a contiguous buffer"),
+    (torch.zeros(12, requires_grad=True), "require gradient"),
+    ([0.0] * 12, "expected a tensor or array"),
+    (torch.zeros(11), "expected 12 elements|layer has 12 elements"),
+])
+def test_bad_buffers_raise_value_errors(grad, message):
+    with pytest.raises(gradcomm.InvalidArgumentError, match=message) as info:
+        _dense_compressor().encode(0, grad, torch.zeros(12))
+    assert isinstance(info.value, ValueError) and info.value.code in ("invalid argument",
+                                                                     "size mismatch")
+
+
+def test_numpy_and_torch_buffers_are_read_in_place():
+    c = _dense_compressor(4)
+    grad = np.arange(4, dtype=np.float32)
+    payload = torch.zeros(4)
+    assert c.encode(0, grad, payload) == 0
+    out = np.zeros(4, dtype=np.float32)
+    c.decode(0, payload, out)  # numpy output written in place
+    np.testing.assert_array_equal(out, grad / 2)
+    assert gradcomm.describe_buffer(torch.zeros(3, 5)[1]) == "float32[5] on cpu"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: gct.DGCState(density=0.0), "density must be in"),
+    (lambda: gct.DGCState(selection="topk"), "selection must be"),
+    (lambda: gct.DGCState(momentum=1.5), "momentum"),
+    (lambda: gct.DGCState(nonfinite="ignore"), "nonfinite must be one of"),
+    (lambda: gct.LGreCoState(family="lowrank"), "family must be"),
+    (lambda: gct.LGreCoState(family="quant", default=7), "not among the candidates"),
+    (lambda: gct.OneBitAdam([torch.zeros(2, requires_grad=True)], betas=(0.9, 1.0)), "betas"),
+])
+def test_bad_settings_are_refused_at_construction(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_dgc_refuses_an_optimizer_with_momentum():
+    params = list(tiny_net().parameters())
+    state = gct.DGCState()
+    state.check_optimizer(torch.optim.SGD(params, lr=0.1))
+    with pytest.raises(ValueError, match="momentum=0.9"):
+        state.check_optimizer(torch.optim.SGD(params, lr=0.1, momentum=0.9))
+    with pytest.raises(ValueError, match="not Adam"):
+        state.check_optimizer(torch.optim.Adam(params))
+
+
+# ---- under DDP ----------------------------------------------------------------------------
+def _backward_once(model):
+    x, y = next(batches(dist.get_rank(), 1))
+    nn.CrossEntropyLoss()(model(x.to(next(model.parameters()).dtype)), y).backward()
+
+
+def _float64_model(rank, world):
+    model = nn.parallel.DistributedDataParallel(tiny_net().double())
+    model.register_comm_hook(gct.DGCState(), gct.dgc_hook)
+    _backward_once(model)
+
+
+def test_wrong_gradient_dtype_is_a_clear_error():
+    with pytest.raises(RankFailed, match="take float32 gradients, the bucket holds torch.float64"):
+        run_ranks(_float64_model, 2)
+
+
+def _subgroup_hook(rank, world, use_helper):
+    small = dist.new_group([0, 1])  # every rank must call new_group
+    model = nn.parallel.DistributedDataParallel(tiny_net())
+    state = gct.DGCState(process_group=small)
+    try:
+        if use_helper:
+            gct.register_comm_hook(model, state, gct.dgc_hook)
+        else:
+            model.register_comm_hook(state, gct.dgc_hook)
+            _backward_once(model)
+    except (ValueError, RuntimeError) as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("use_helper", [False, True])
+def test_hook_group_of_another_size_fails_on_every_rank(use_helper):
+    messages = run_ranks(_subgroup_hook, 4, use_helper, timeout=60)
+    for rank, message in enumerate(messages):
+        assert message is not None, f"rank {rank} went on"
+        expected = "has 2 ranks but DDP's has 4" if rank < 2 else f"rank {rank} is not a member"
+        assert expected in message, message
+
+
+def _nonfinite(rank, world, policy):
+    model = nn.parallel.DistributedDataParallel(tiny_net())
+    state = gct.DGCState(density=0.1, warmup=None, nonfinite=policy)
+    model.register_comm_hook(state, gct.dgc_hook)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = next(batches(rank, 1))
+    if rank == world - 1:
+        x[0, 0] = float("nan")  # one rank's gradient turns NaN
+    try:
+        nn.CrossEntropyLoss()(model(x), y).backward()
+    except RuntimeError as e:
+        return "raised: " + str(e)
+    grads = [p.grad.clone() for p in model.parameters()]
+    return [torch.equal(g, torch.zeros_like(g)) for g in grads], before
+
+
+def test_nonfinite_error_policy_raises_on_every_rank():
+    for message in run_ranks(_nonfinite, 2, "error"):
+        assert message.startswith("raised:") and "1 of 2 ranks met NaN or Inf" in message, message
+
+
+def test_nonfinite_skip_step_gives_a_zero_update_everywhere():
+    for zeros, _ in run_ranks(_nonfinite, 2, "skip_step"):
+        assert all(zeros)
