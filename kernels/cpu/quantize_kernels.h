@@ -7,6 +7,13 @@
 
 #include "kernels/cpu/quantize_math.h"
 
+// x86-64 with GCC or clang: an AVX2 copy of the hot loops is built and picked at run time.
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define GRADCOMM_QUANT_HAVE_AVX2 1
+#else
+#define GRADCOMM_QUANT_HAVE_AVX2 0
+#endif
+
 namespace gradcomm::kernels {
 
 struct QuantizeParams {
@@ -51,5 +58,23 @@ void bucket_min_max(const float* x, std::size_t n, std::size_t bucket, float* mi
 // two levels (deterministic, no draws).
 double quantize_squared_error(const float* x, std::size_t n, std::size_t bucket, int bits,
                               bool stochastic, const float* mins, const float* maxs);
+
+// The two builds behind quantize_error_feedback and dequantize_sum, named so tests can
+// check that they agree bitwise. avx2:: needs a CPU with AVX2 (use_avx2()).
+bool use_avx2();
+namespace baseline {
+std::size_t quantize(const float* g, float* residual, std::size_t n, const QuantizeParams& params,
+                     std::uint8_t* payload, void* workspace);
+void dequantize(const std::uint8_t* payloads, std::size_t stride, int ranks, std::size_t n, int bits,
+                std::size_t bucket, float scale, float* out, void* workspace);
+}  // namespace baseline
+#if GRADCOMM_QUANT_HAVE_AVX2
+namespace avx2 {
+std::size_t quantize(const float* g, float* residual, std::size_t n, const QuantizeParams& params,
+                     std::uint8_t* payload, void* workspace);
+void dequantize(const std::uint8_t* payloads, std::size_t stride, int ranks, std::size_t n, int bits,
+                std::size_t bucket, float scale, float* out, void* workspace);
+}  // namespace avx2
+#endif
 
 }  // namespace gradcomm::kernels

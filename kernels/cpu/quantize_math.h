@@ -132,8 +132,11 @@ GRADCOMM_HD float uniform(std::uint64_t bucket_key, std::uint32_t index_in_bucke
 
 // The code of x: floor((x - min) / unit + r), r = 0.5 (nearest) or uniform (stochastic),
 // clamped to the levels. x >= min, so truncation is floor.
+GRADCOMM_HD int encode_unclamped(float x, const BucketMeta& m, float r) {
+  return static_cast<int>(add(mul(sub(x, m.min), m.inv_unit), r));
+}
 GRADCOMM_HD int encode_value(float x, const BucketMeta& m, float r, int levels) {
-  const int q = static_cast<int>(add(mul(sub(x, m.min), m.inv_unit), r));
+  const int q = encode_unclamped(x, m, r);
   return q < levels ? q : levels;
 }
 

@@ -173,10 +173,15 @@ namespace {
 constexpr std::uint32_t kStateMagic = 0x5a514347;  // "GCQZ"
 constexpr std::uint32_t kStateVersion = 1;
 
+void put_bytes(std::vector<std::byte>& out, const void* data, std::size_t bytes) {
+  const std::size_t at = out.size();
+  out.resize(at + bytes);
+  if (bytes) std::memcpy(out.data() + at, data, bytes);
+}
+
 template <typename T>
 void put(std::vector<std::byte>& out, const T& value) {
-  const auto* p = reinterpret_cast<const std::byte*>(&value);
-  out.insert(out.end(), p, p + sizeof(T));
+  put_bytes(out, &value, sizeof(T));
 }
 
 struct Reader {
@@ -208,8 +213,7 @@ std::vector<std::byte> QuantizeCompressor::save_state() const {
     put(out, static_cast<std::uint64_t>(l.numel));
     put(out, static_cast<std::int32_t>(l.bits));
     put(out, static_cast<std::uint64_t>(l.residual.size()));
-    const auto* p = reinterpret_cast<const std::byte*>(l.residual.data());
-    out.insert(out.end(), p, p + l.residual.size() * sizeof(float));
+    put_bytes(out, l.residual.data(), l.residual.size() * sizeof(float));
   }
   return out;
 }

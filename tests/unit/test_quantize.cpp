@@ -496,3 +496,62 @@ TEST(QuantizeKernels, SquaredErrorMatchesTheEncoder) {
 
 }  // namespace
 }  // namespace gradcomm
+
+namespace gradcomm {
+namespace {
+
+// The AVX2 build of the hot loops must give bitwise the baseline's payload, residual and
+// decoded sum (same IEEE operations, no FMA), or ranks on different CPUs would diverge.
+TEST(QuantizeKernels, Avx2AndBaselineAgreeBitwise) {
+#if GRADCOMM_QUANT_HAVE_AVX2
+  if (!kernels::use_avx2()) GTEST_SKIP() << "this CPU has no AVX2";
+  for (int bits = 1; bits <= 8; ++bits) {
+    for (const bool stochastic : {false, true}) {
+      for (const std::size_t n : {std::size_t{13}, std::size_t{4099}}) {
+        kernels::QuantizeParams params;
+        params.bits = bits;
+        params.bucket = 64;
+        params.stochastic = stochastic;
+        params.rng_key = quant::rng_key(3, 1, 2, bits);
+        const std::vector<float> g = random_vector(n, 500u + bits, 2.0f);
+        std::vector<float> r1 = random_vector(n, 600u + bits, 0.1f), r2 = r1;
+        const std::size_t bytes = quant::payload_bytes(n, bits, 64);
+        std::vector<std::uint8_t> p1(bytes), p2(bytes);
+        std::vector<float> ws(2 * 64);
+        kernels::baseline::quantize(g.data(), r1.data(), n, params, p1.data(), ws.data());
+        kernels::avx2::quantize(g.data(), r2.data(), n, params, p2.data(), ws.data());
+        ASSERT_EQ(p1, p2) << "bits " << bits << " stochastic " << stochastic << " n " << n;
+        ASSERT_EQ(std::memcmp(r1.data(), r2.data(), n * sizeof(float)), 0);
+        std::vector<std::uint8_t> two(p1);
+        two.insert(two.end(), p2.begin(), p2.end());
+        std::vector<float> o1(n), o2(n);
+        kernels::baseline::dequantize(two.data(), bytes, 2, n, bits, 64, 0.5f, o1.data(), ws.data());
+        kernels::avx2::dequantize(two.data(), bytes, 2, n, bits, 64, 0.5f, o2.data(), ws.data());
+        ASSERT_EQ(std::memcmp(o1.data(), o2.data(), n * sizeof(float)), 0);
+      }
+    }
+  }
+#else
+  GTEST_SKIP() << "no AVX2 build on this platform";
+#endif
+}
+
+// A finite gradient plus a finite residual that overflows is zeroed and counted, so the
+// residual never holds an Inf.
+TEST(QuantizeKernels, OverflowingSumIsCountedAndZeroed) {
+  const std::size_t n = 16;
+  std::vector<float> g(n, 1.0f), r(n, 0.0f);
+  g[3] = 3e38f;
+  r[3] = 3e38f;
+  std::vector<std::uint8_t> payload(quant::payload_bytes(n, 4, 8));
+  std::vector<float> ws(16);
+  kernels::QuantizeParams params;
+  params.bucket = 8;
+  EXPECT_EQ(kernels::quantize_error_feedback(g.data(), r.data(), n, params, payload.data(), ws.data()), 1u);
+  for (const float x : r) EXPECT_TRUE(std::isfinite(x));
+  const char* why = "";
+  EXPECT_EQ(kernels::find_corrupt_payload(payload.data(), payload.size(), 1, n, 4, 8, &why), -1) << why;
+}
+
+}  // namespace
+}  // namespace gradcomm
