@@ -220,7 +220,8 @@ TEST(DgcEncode, SampledSelectionKeepsLargestAndBoundsCount) {
   o.momentum = 0.0f;
   Rank r(o, {{"w", n, 2, false}}, 1, 0);
   const std::size_t k = r.c.k(0);
-  for (int step = 0; step < 4; ++step) {
+  int fused = 0;  // steps whose candidates all came from the fused pass
+  for (int step = 0; step < 8; ++step) {
     std::vector<float> g = random_grad(n, 7 + step);
     std::vector<float> accumulated(r.c.residual(0).begin(), r.c.residual(0).end());
     for (std::size_t i = 0; i < n; ++i) accumulated[i] += g[i];
@@ -239,7 +240,10 @@ TEST(DgcEncode, SampledSelectionKeepsLargestAndBoundsCount) {
     for (std::size_t j = 0; j < p.count; ++j) {
       EXPECT_GE(std::fabs(p.values[j]), st.threshold);
     }
+    fused += st.rounds == 1;
   }
+  EXPECT_EQ(r.c.last_stats(0).k, k);
+  EXPECT_GE(fused, 1) << "the threshold cache never spared the second pass";
 }
 
 TEST(DgcEncode, NothingAboveThresholdAndNonFinite) {
