@@ -1,6 +1,8 @@
 // --compressor: one branch per compressor.
 #include <stdexcept>
 
+#include <gradcomm/dgc.h>
+
 #include "training.h"
 
 namespace trainer {
@@ -14,7 +16,20 @@ CompressorSetup make_compressor(const Options& options, int world_size, std::siz
         gradcomm::DenseOptions{options.fp16_wire ? gradcomm::DType::kFloat16 : gradcomm::DType::kFloat32});
     return setup;
   }
-  if (options.compressor == "dgc" || options.compressor == "quant" ||
+  if (options.compressor == "dgc") {
+    // Epoch-driven warm-up (the trainer calls set_epoch); the paper's schedule, keeping only
+    // the warm-up densities above the target. Momentum moves into the compressor.
+    gradcomm::DgcOptions dgc;
+    dgc.density = options.density;
+    std::erase_if(dgc.warmup_densities, [&](double d) { return d <= options.density; });
+    dgc.momentum = static_cast<float>(options.momentum);
+    dgc.value_dtype = dgc.dense_dtype = options.fp16_wire ? gradcomm::DType::kFloat16 : gradcomm::DType::kFloat32;
+    dgc.seed = options.seed;
+    setup.compressor = std::make_unique<gradcomm::DgcCompressor>(dgc);
+    setup.compressor_has_momentum = true;
+    return setup;
+  }
+  if (options.compressor == "quant" ||
       options.compressor == "lgreco-dgc" || options.compressor == "lgreco-quant") {
     throw std::invalid_argument("--compressor " + options.compressor +
                                 " is not built in this version of gradcomm-train yet");
