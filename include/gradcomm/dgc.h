@@ -112,6 +112,10 @@ class DgcCompressor final : public Compressor {
     // candidates at a threshold predicted from it inside the fused pass.
     std::uint32_t threshold_cache = 0;
     std::uint32_t threshold_before = 0;  // the one of the step before
+    // u is per rank (the layer went sparse since its last dense step); the next dense
+    // step flushes v and restarts u (see encode_dense).
+    bool sparse_momentum = false;
+    bool flushing = false;  // between that flushing encode and its decode
     DgcLayerStats stats;
   };
 

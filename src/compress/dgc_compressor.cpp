@@ -264,6 +264,26 @@ EncodeResult DgcCompressor::encode(std::size_t layer, TensorView grad, TensorVie
 
 EncodeResult DgcCompressor::encode_dense(Layer& l, const float* g, TensorView payload) {
   const float s = clip_scale(g, l.numel);
+  if (l.sparse_momentum) {
+    // First dense step after sparse ones (the density rose): u differs between ranks and v
+    // holds what was not sent yet. Send everything, as a sparse step at density 1 would:
+    // momentum correction, then all of v through the allreduce; everything sent means
+    // masking clears u on every rank, so the dense momentum restarts identically.
+    kernels::DgcAccumulateArgs args;
+    args.momentum = options_.momentum;
+    args.nesterov = options_.nesterov;
+    args.grad_scale = s;
+    const kernels::DgcAccumulateResult acc = kernels::dgc_accumulate(g, l.u.data(), l.v.data(), l.numel, args);
+    if (options_.dense_dtype == DType::kFloat16) {
+      kernels::dgc_scaled_copy_f16(l.v.data(), 1.0f, static_cast<std::uint16_t*>(payload.data()), l.numel);
+    } else {
+      kernels::dgc_scaled_copy_f32(l.v.data(), 1.0f, static_cast<float*>(payload.data()), l.numel);
+    }
+    std::fill(l.v.begin(), l.v.end(), 0.0f);
+    std::fill(l.u.begin(), l.u.end(), 0.0f);
+    l.flushing = true;
+    return {acc.nonfinite};
+  }
   if (options_.dense_dtype == DType::kFloat16) {
     return {kernels::dgc_scaled_copy_f16(g, s, static_cast<std::uint16_t*>(payload.data()), l.numel)};
   }
@@ -285,6 +305,7 @@ std::uint32_t DgcCompressor::predicted_threshold(const Layer& l) {
 EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const float* g,
                                           std::size_t kk, TensorView payload) {
   const std::size_t n = l.numel;
+  l.sparse_momentum = true;
   auto* base = static_cast<std::byte*>(payload.data());
   GRADCOMM_CHECK(reinterpret_cast<std::uintptr_t>(base) % 4 == 0, ErrorCode::kInvalidArgument,
                  "DgcCompressor::encode layer ", index, ": payload must be 4-byte aligned");
@@ -396,6 +417,12 @@ void DgcCompressor::decode_dense(Layer& l, TensorView received, float* out) {
   } else {
     kernels::scale(static_cast<const float*>(received.data()), inv, out, l.numel);
   }
+  if (l.flushing) {
+    // The average of everything the ranks had accumulated: the update itself (u is 0).
+    l.flushing = false;
+    l.sparse_momentum = false;
+    return;
+  }
   kernels::dgc_dense_momentum(out, l.u.data(), l.numel, options_.momentum, options_.nesterov);
 }
 
@@ -472,6 +499,7 @@ std::vector<std::byte> DgcCompressor::save_state() const {
     w.u64(l.rng_counter);
     w.u64(l.threshold_cache);
     w.u64(l.threshold_before);
+    w.u64(l.sparse_momentum ? 1 : 0);
     w.bytes(l.u.data(), l.u.size() * sizeof(float));
     w.bytes(l.v.data(), l.v.size() * sizeof(float));
   }
@@ -505,6 +533,11 @@ void DgcCompressor::load_state(std::span<const std::byte> blob) {
     l.stats = {};
     l.threshold_cache = static_cast<std::uint32_t>(r.u64("a threshold"));
     l.threshold_before = static_cast<std::uint32_t>(r.u64("a threshold"));
+    const std::uint64_t mode = r.u64("a layer mode");
+    GRADCOMM_CHECK(mode <= 1 && (mode == 0 || !l.dense_always), ErrorCode::kCorruptPayload,
+                   "DgcCompressor::load_state on rank ", rank_, ": layer ", i, " has mode ", mode);
+    l.sparse_momentum = mode == 1;
+    l.flushing = false;
     r.bytes(l.u.data(), l.u.size() * sizeof(float), "a momentum");
     r.bytes(l.v.data(), l.v.size() * sizeof(float), "a residual");
   }

@@ -219,6 +219,51 @@ TEST(DgcMpi, NothingLostAndBitwiseIdenticalAcrossRanks) {
   }
 }
 
+TEST(DgcMpi, SparseToDenseFlushesResidualAndResyncsMomentum) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const std::vector<LayerSpec> layers = model();
+  const int p = world_size();
+  DgcOptions o;
+  o.warmup_densities = {0.01};  // epoch 0: sparse
+  o.density = 0.6;              // then dense for any p >= 2 (0.6 > 1/p)
+  o.steps_per_epoch = 2;
+  auto x = make_dgc(comm, o);
+  DgcCompressor& c = dgc_of(*x);
+  Buffers buf(layers);
+  for (int step = 0; step < 5; ++step) {
+    buf.fill(world_rank(), step);
+    std::vector<float> balance(layers[0].numel);
+    {
+      const auto u = c.momentum(0);
+      const auto v = c.residual(0);
+      for (std::size_t i = 0; i < balance.size(); ++i) balance[i] = v[i] + 0.9f * u[i] + buf.grads[0][i];
+    }
+    x->exchange(buf.grad_views, buf.out_views);
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      ASSERT_TRUE(same_on_all_ranks(buf.outs[l])) << "layer " << l << " step " << step;
+    }
+    ASSERT_EQ(c.is_sparse(0), step < 2);
+    if (step == 2) {
+      // Everything accumulated was sent; u and v restart at 0 on every rank.
+      for (float v : c.residual(0)) ASSERT_EQ(v, 0.0f);
+      for (float u : c.momentum(0)) ASSERT_EQ(u, 0.0f);
+      MPI_Allreduce(MPI_IN_PLACE, balance.data(), static_cast<int>(balance.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+      for (std::size_t i = 0; i < balance.size(); ++i) {
+        ASSERT_NEAR(buf.outs[0][i] * static_cast<float>(p), balance[i], 1e-5f * (std::fabs(balance[i]) + 1.0f)) << i;
+      }
+    }
+    if (step == 3) {
+      // Dense momentum from u = 0: the update is the plain average.
+      for (std::size_t i = 0; i < layers[0].numel; ++i) {
+        float avg = 0.0f;
+        for (int r = 0; r < p; ++r) avg += grad_value(r, step, 0, i);
+        avg /= static_cast<float>(p);
+        ASSERT_NEAR(buf.outs[0][i], avg, 1e-5f * (std::fabs(avg) + 1.0f)) << i;
+      }
+    }
+  }
+}
+
 TEST(DgcMpi, StepWithNothingToSendCompletes) {
   MpiCommunicator comm(MPI_COMM_WORLD);
   const std::vector<LayerSpec> layers = model();
