@@ -16,28 +16,37 @@ inline bool is_finite(float x) { return (x - x) == 0.0f; }
 
 inline std::uint32_t abs_bits(float x) { return std::bit_cast<std::uint32_t>(x) & 0x7fffffffu; }
 
-// One chunk of the fused pass; the chunk stays in L1 so the samples taken after it are
-// read from cache, not from memory.
+struct ChunkResult {
+  std::uint32_t bad;  // non-finite gradient elements
+  std::uint32_t any;  // bit 31 set iff some updated |v| bits >= t (see collect_range)
+};
+
+// One chunk of the fused pass; the chunk stays in L1 so the samples and candidates taken
+// after it are read from cache. The candidate test rides along in the vectorized loop, so
+// only chunks holding a candidate are looked at again.
 template <bool kNesterov, bool kScaled>
-std::uint32_t accumulate_chunk(const float* __restrict g, float* __restrict u, float* __restrict v,
-                               std::size_t n, float m, float s) {
-  std::uint32_t bad = 0;
+ChunkResult accumulate_chunk(const float* __restrict g, float* __restrict u, float* __restrict v,
+                             std::size_t n, float m, float s, std::uint32_t t) {
+  std::uint32_t bad = 0, any = 0;
   for (std::size_t i = 0; i < n; ++i) {
     float x = kScaled ? g[i] * s : g[i];
     const bool ok = is_finite(g[i]);
     bad += !ok;
     x = ok ? x : 0.0f;
+    float vn;
     if constexpr (kNesterov) {
       const float un = m * (u[i] + x);
       u[i] = un;
-      v[i] = v[i] + un + x;
+      vn = v[i] + un + x;
     } else {
       const float un = m * u[i] + x;
       u[i] = un;
-      v[i] = v[i] + un;
+      vn = v[i] + un;
     }
+    v[i] = vn;
+    any |= ~(abs_bits(vn) - t);
   }
-  return bad;
+  return {bad, any};
 }
 
 // Appends the keys of |v[i]| bits >= t for i in [begin, end) to keys[*count..capacity).
@@ -80,16 +89,20 @@ bool collect_range(const float* v, std::size_t begin, std::size_t end, std::uint
 template <bool kNesterov, bool kScaled>
 DgcAccumulateResult accumulate(const float* g, float* u, float* v, std::size_t n,
                                const DgcAccumulateArgs& a) {
-  constexpr std::size_t kChunk = 2048;
+  // Small enough that most chunks hold no candidate (about 1.3k of n in all).
+  constexpr std::size_t kChunk = 256;
   DgcAccumulateResult r;
   bool collecting = a.collect_bits != 0;
+  // Without collection the test compares against 2^31, which no |v| bits reach.
+  const std::uint32_t t = collecting ? a.collect_bits : 0x80000000u;
   std::size_t next = a.sample_stride ? a.sample_start : n;
   for (std::size_t begin = 0; begin < n; begin += kChunk) {
     const std::size_t end = std::min(n, begin + kChunk);
-    r.nonfinite += accumulate_chunk<kNesterov, kScaled>(g + begin, u + begin, v + begin,
-                                                       end - begin, a.momentum, a.grad_scale);
+    const ChunkResult c = accumulate_chunk<kNesterov, kScaled>(g + begin, u + begin, v + begin,
+                                                             end - begin, a.momentum, a.grad_scale, t);
+    r.nonfinite += c.bad;
     for (; next < end; next += a.sample_stride) a.samples[r.samples++] = abs_bits(v[next]);
-    if (collecting) {
+    if (collecting && (c.any >> 31)) {
       collecting = collect_range(v, begin, end, a.collect_bits, a.keys, &r.candidates, a.key_capacity);
       r.overflow = !collecting;
     }
