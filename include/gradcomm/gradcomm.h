@@ -5,6 +5,7 @@
 #include "gradcomm/communicator.h"
 #include "gradcomm/compressor.h"
 #include "gradcomm/dense.h"
+#include "gradcomm/dgc.h"
 #include "gradcomm/error.h"
 #include "gradcomm/exchanger.h"
 #include "gradcomm/layer.h"
