@@ -7,6 +7,8 @@
 
 namespace trainer {
 
+CompressorSetup make_quantize_family_compressor(const Options& options);
+
 CompressorSetup make_compressor(const Options& options, int world_size, std::size_t steps_per_epoch) {
   (void)world_size;
   (void)steps_per_epoch;
@@ -29,8 +31,10 @@ CompressorSetup make_compressor(const Options& options, int world_size, std::siz
     setup.compressor_has_momentum = true;
     return setup;
   }
-  if (options.compressor == "quant" ||
-      options.compressor == "lgreco-dgc" || options.compressor == "lgreco-quant") {
+  if (options.compressor == "quant" || options.compressor == "lgreco-quant") {
+    return make_quantize_family_compressor(options);  // compressors_quantize.cpp
+  }
+  if (options.compressor == "lgreco-dgc") {
     throw std::invalid_argument("--compressor " + options.compressor +
                                 " is not built in this version of gradcomm-train yet");
   }
