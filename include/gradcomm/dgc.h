@@ -134,6 +134,7 @@ class DgcCompressor final : public Compressor {
 
   DgcOptions options_;
   std::vector<Layer> layers_;
+  std::size_t sample_stride_ = 1;  // round(1 / sample_fraction)
   int world_size_ = 1;
   int rank_ = 0;
   std::int64_t epoch_ = 0;

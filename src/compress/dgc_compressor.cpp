@@ -113,6 +113,7 @@ DgcCompressor::DgcCompressor(DgcOptions options) : options_(std::move(options)) 
                      "DgcCompressor: unknown selection ", static_cast<int>(o.selection));
   GRADCOMM_CHECK_ARG(o.sample_fraction > 0.0 && o.sample_fraction <= 1.0,
                      "DgcCompressor: sample_fraction must be in (0, 1], got ", o.sample_fraction);
+  sample_stride_ = std::max<std::size_t>(1, static_cast<std::size_t>(std::llround(1.0 / o.sample_fraction)));
   GRADCOMM_CHECK_ARG(wire_dtype_ok(o.value_dtype),
                      "DgcCompressor: value_dtype must be float32 or float16, got ",
                      dtype_name(o.value_dtype));
@@ -128,8 +129,7 @@ void DgcCompressor::setup(std::span<const LayerSpec> layers, int world_size, int
   rank_ = rank;
   layers_.clear();
   layers_.resize(layers.size());
-  const std::size_t stride = std::max<std::size_t>(
-      1, static_cast<std::size_t>(std::llround(1.0 / options_.sample_fraction)));
+  const std::size_t stride = sample_stride_;
   std::size_t max_keys = 0, max_samples = 0;
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const LayerSpec& spec = layers[i];
@@ -314,8 +314,7 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
 
   const double d = density();
   const bool exact = options_.selection == DgcSelection::kExact || static_cast<double>(n) * d < 2.0;
-  const std::size_t stride = std::max<std::size_t>(
-      1, static_cast<std::size_t>(std::llround(1.0 / options_.sample_fraction)));
+  const std::size_t stride = sample_stride_;
   kernels::DgcAccumulateArgs args;
   args.momentum = options_.momentum;
   args.nesterov = options_.nesterov;
@@ -327,8 +326,8 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
     args.sample_stride = stride;
     args.samples = samples_.data();
     l.rng_counter += 1;
-    // Collect at last step's threshold inside the fused pass; most steps then need no
-    // second pass over v. A threshold that fell far too low stops at the capacity.
+    // Collect at the predicted threshold inside the fused pass; most steps then need no
+    // second pass over v. A prediction far too low stops at the capacity.
     args.collect_bits = predicted_threshold(l);
     args.keys = keys_.get();
     args.key_capacity = std::min(n, kMaxFusedCandidates * kk + 1024);
