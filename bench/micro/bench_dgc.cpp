@@ -11,8 +11,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <ctime>
 #include <cmath>
+#include <ctime>
 #include <functional>
 #include <random>
 #include <vector>
@@ -53,7 +53,8 @@ PerIteration timed_loop(benchmark::State& state, Body body) {
   for (auto _ : state) body();
   const double cpu = thread_cpu_seconds() - cpu0;
   const std::chrono::duration<double> wall = std::chrono::steady_clock::now() - wall0;
-  const auto iters = static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
+  const auto iters =
+      static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
   return {wall.count() / iters, cpu / iters};
 }
 
@@ -64,7 +65,8 @@ void BM_NthElementTopk(benchmark::State& state) {
   const auto k = static_cast<std::size_t>(std::ceil(kDensity * static_cast<double>(n)));
   g_nth_element = timed_loop(state, [&] {
     for (std::size_t i = 0; i < n; ++i) mag[i] = std::fabs(v[i]);
-    std::nth_element(mag.begin(), mag.begin() + static_cast<std::ptrdiff_t>(k - 1), mag.end(), std::greater<>());
+    std::nth_element(mag.begin(), mag.begin() + static_cast<std::ptrdiff_t>(k - 1), mag.end(),
+                     std::greater<>());
     benchmark::DoNotOptimize(mag[k - 1]);
   });
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * n * 8));

@@ -125,8 +125,8 @@ class DgcCompressor final : public Compressor {
   bool sparse_for(const Layer& layer, std::size_t k) const;
   std::size_t sparse_payload_bytes(std::size_t k) const;
   EncodeResult encode_dense(Layer& layer, const float* grad, TensorView payload);
-  EncodeResult encode_sparse(std::size_t index, Layer& layer, const float* grad,
-                             std::size_t k, TensorView payload);
+  EncodeResult encode_sparse(std::size_t index, Layer& layer, const float* grad, std::size_t k,
+                             TensorView payload);
   void decode_dense(Layer& layer, TensorView received, float* out);
   void decode_sparse(std::size_t index, const Layer& layer, TensorView received, float* out);
   float clip_scale(const float* grad, std::size_t n) const;
@@ -144,7 +144,7 @@ class DgcCompressor final : public Compressor {
   // a step writes about 1.3k of them, so only those pages are ever touched.
   std::unique_ptr<std::uint64_t[]> keys_;
   std::unique_ptr<std::uint64_t[]> scratch_;  // the selection's copy of the keys
-  std::vector<std::uint32_t> samples_;  // sampled |v| bits
+  std::vector<std::uint32_t> samples_;        // sampled |v| bits
 };
 
 struct DgcSgdOptions {

@@ -65,7 +65,8 @@ bool collect_range(const float* v, std::size_t begin, std::size_t end, std::uint
         fits = false;
         return;
       }
-      keys[c++] = (static_cast<std::uint64_t>(a) << 32) | (0xffffffffu - static_cast<std::uint32_t>(j));
+      keys[c++] =
+          (static_cast<std::uint64_t>(a) << 32) | (0xffffffffu - static_cast<std::uint32_t>(j));
     }
   };
   auto any_at_or_above = [&](std::size_t from, std::size_t count) {
@@ -98,12 +99,13 @@ DgcAccumulateResult accumulate(const float* g, float* u, float* v, std::size_t n
   std::size_t next = a.sample_stride ? a.sample_start : n;
   for (std::size_t begin = 0; begin < n; begin += kChunk) {
     const std::size_t end = std::min(n, begin + kChunk);
-    const ChunkResult c = accumulate_chunk<kNesterov, kScaled>(g + begin, u + begin, v + begin,
-                                                             end - begin, a.momentum, a.grad_scale, t);
+    const ChunkResult c = accumulate_chunk<kNesterov, kScaled>(
+        g + begin, u + begin, v + begin, end - begin, a.momentum, a.grad_scale, t);
     r.nonfinite += c.bad;
     for (; next < end; next += a.sample_stride) a.samples[r.samples++] = abs_bits(v[next]);
     if (collecting && (c.any >> 31)) {
-      collecting = collect_range(v, begin, end, a.collect_bits, a.keys, &r.candidates, a.key_capacity);
+      collecting =
+          collect_range(v, begin, end, a.collect_bits, a.keys, &r.candidates, a.key_capacity);
       r.overflow = !collecting;
     }
   }
@@ -121,9 +123,11 @@ DgcAccumulateResult dgc_accumulate(const float* grad, float* u, float* v, std::s
                                    const DgcAccumulateArgs& args) {
   const bool scaled = args.grad_scale != 1.0f;
   if (args.nesterov) {
-    return scaled ? accumulate<true, true>(grad, u, v, n, args) : accumulate<true, false>(grad, u, v, n, args);
+    return scaled ? accumulate<true, true>(grad, u, v, n, args)
+                  : accumulate<true, false>(grad, u, v, n, args);
   }
-  return scaled ? accumulate<false, true>(grad, u, v, n, args) : accumulate<false, false>(grad, u, v, n, args);
+  return scaled ? accumulate<false, true>(grad, u, v, n, args)
+                : accumulate<false, false>(grad, u, v, n, args);
 }
 
 std::uint32_t dgc_sample_threshold(std::uint32_t* samples, std::size_t count, std::size_t c) {
@@ -159,8 +163,8 @@ std::size_t dgc_select_top(const std::uint64_t* keys, std::size_t count, std::si
   return out;
 }
 
-void dgc_pack_f32(const std::uint32_t* indices, std::size_t count, float* v, float* u,
-                  bool masking, float* values) {
+void dgc_pack_f32(const std::uint32_t* indices, std::size_t count, float* v, float* u, bool masking,
+                  float* values) {
   for (std::size_t j = 0; j < count; ++j) {
     const std::uint32_t i = indices[j];
     values[j] = v[i];
@@ -169,8 +173,8 @@ void dgc_pack_f32(const std::uint32_t* indices, std::size_t count, float* v, flo
   }
 }
 
-void dgc_pack_f16(const std::uint32_t* indices, std::size_t count, float* v, float* u,
-                  bool masking, std::uint16_t* values) {
+void dgc_pack_f16(const std::uint32_t* indices, std::size_t count, float* v, float* u, bool masking,
+                  std::uint16_t* values) {
   constexpr float kHalfMax = 65504.0f;
   for (std::size_t j = 0; j < count; ++j) {
     const std::uint32_t i = indices[j];

@@ -69,10 +69,10 @@ std::size_t dgc_select_top(const std::uint64_t* keys, std::size_t count, std::si
 // (fp32), or v = v - float(half(v)) with fp16 values, so the rounding stays in the
 // residual. With masking, u = 0 at those indices (paper Eq. 9). fp16 values are clamped to
 // the finite half range (the excess stays in v as well).
-void dgc_pack_f32(const std::uint32_t* indices, std::size_t count, float* v, float* u,
-                  bool masking, float* values);
-void dgc_pack_f16(const std::uint32_t* indices, std::size_t count, float* v, float* u,
-                  bool masking, std::uint16_t* values);
+void dgc_pack_f32(const std::uint32_t* indices, std::size_t count, float* v, float* u, bool masking,
+                  float* values);
+void dgc_pack_f16(const std::uint32_t* indices, std::size_t count, float* v, float* u, bool masking,
+                  std::uint16_t* values);
 
 // out = finite(in) ? in * s : 0 (fp32 or fp16 out); returns the non-finite count.
 std::size_t dgc_scaled_copy_f32(const float* in, float s, float* out, std::size_t n);

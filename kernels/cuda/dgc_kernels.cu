@@ -15,11 +15,11 @@
 
 namespace gradcomm::kernels::cuda {
 
-#define GRADCOMM_DGC_CUDA_CHECK(call, what)                                                    \
-  do {                                                                                        \
-    const cudaError_t status_ = (call);                                                       \
+#define GRADCOMM_DGC_CUDA_CHECK(call, what)                                                       \
+  do {                                                                                            \
+    const cudaError_t status_ = (call);                                                           \
     GRADCOMM_CHECK(status_ == cudaSuccess, ::gradcomm::ErrorCode::kCuda, "DGC CUDA ", what, ": ", \
-                   cudaGetErrorString(status_));                                              \
+                   cudaGetErrorString(status_));                                                  \
   } while (0)
 
 namespace {
@@ -40,7 +40,9 @@ unsigned grid_for(std::size_t n) {
 }
 
 __device__ __forceinline__ bool finite(float x) { return (x - x) == 0.0f; }
-__device__ __forceinline__ std::uint32_t abs_bits(float x) { return __float_as_uint(x) & 0x7fffffffu; }
+__device__ __forceinline__ std::uint32_t abs_bits(float x) {
+  return __float_as_uint(x) & 0x7fffffffu;
+}
 
 // u and v exactly as kernels::dgc_accumulate computes them on the CPU: every multiply and
 // add rounded on its own (__fmul_rn/__fadd_rn are never contracted into an FMA).
@@ -80,7 +82,8 @@ __global__ void collect_kernel(const float* __restrict__ v, std::size_t n, std::
     const std::uint32_t a = abs_bits(v[i]);
     if (a >= t) {
       const unsigned long long at = atomicAdd(count, 1ull);
-      keys[at] = (static_cast<std::uint64_t>(a) << 32) | (0xffffffffu - static_cast<std::uint32_t>(i));
+      keys[at] =
+          (static_cast<std::uint64_t>(a) << 32) | (0xffffffffu - static_cast<std::uint32_t>(i));
     }
   }
 }
@@ -145,12 +148,14 @@ DgcWorkspace::DgcWorkspace(std::size_t max_numel, std::size_t sample_stride)
     // One temporary storage for the three sorts: the largest of their needs.
     std::size_t a = 0, b = 0, c = 0;
     const int items = static_cast<int>(n);
-    GRADCOMM_DGC_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(nullptr, a, keys_, keys_alt_, items),
-                            "radix sort size query");
-    GRADCOMM_DGC_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, b, indices_, indices_alt_, items),
-                            "radix sort size query");
-    GRADCOMM_DGC_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(nullptr, c, samples_, samples_alt_,
-                                                                     static_cast<int>(samples)),
+    GRADCOMM_DGC_CUDA_CHECK(
+        cub::DeviceRadixSort::SortKeysDescending(nullptr, a, keys_, keys_alt_, items),
+        "radix sort size query");
+    GRADCOMM_DGC_CUDA_CHECK(
+        cub::DeviceRadixSort::SortKeys(nullptr, b, indices_, indices_alt_, items),
+        "radix sort size query");
+    GRADCOMM_DGC_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(
+                                nullptr, c, samples_, samples_alt_, static_cast<int>(samples)),
                             "radix sort size query");
     temp_bytes_ = std::max({a, b, c, std::size_t{1}});
     GRADCOMM_DGC_CUDA_CHECK(cudaMalloc(&temp_, temp_bytes_), "cudaMalloc(sort storage)");
@@ -163,9 +168,10 @@ DgcWorkspace::DgcWorkspace(std::size_t max_numel, std::size_t sample_stride)
 DgcWorkspace::~DgcWorkspace() { release(); }
 
 void DgcWorkspace::release() noexcept {
-  for (void* p : {static_cast<void*>(keys_), static_cast<void*>(keys_alt_), static_cast<void*>(indices_),
-                  static_cast<void*>(indices_alt_), static_cast<void*>(samples_),
-                  static_cast<void*>(samples_alt_), static_cast<void*>(counters_), temp_}) {
+  for (void* p :
+       {static_cast<void*>(keys_), static_cast<void*>(keys_alt_), static_cast<void*>(indices_),
+        static_cast<void*>(indices_alt_), static_cast<void*>(samples_),
+        static_cast<void*>(samples_alt_), static_cast<void*>(counters_), temp_}) {
     if (p) cudaFree(p);
   }
   keys_ = keys_alt_ = nullptr;
@@ -179,12 +185,14 @@ namespace {
 // Candidates with |v| bits >= t into w.keys_; returns how many (synchronizes).
 std::size_t collect(const DgcEncodeArgs& a, std::uint32_t t, cudaStream_t s,
                     unsigned long long* counters, std::uint64_t* keys) {
-  GRADCOMM_DGC_CUDA_CHECK(cudaMemsetAsync(counters + 1, 0, sizeof(unsigned long long), s), "memset");
+  GRADCOMM_DGC_CUDA_CHECK(cudaMemsetAsync(counters + 1, 0, sizeof(unsigned long long), s),
+                          "memset");
   collect_kernel<<<grid_for(a.n), kThreads, 0, s>>>(a.v, a.n, t, keys, counters + 1);
   GRADCOMM_DGC_CUDA_CHECK(cudaGetLastError(), "collect kernel");
   unsigned long long count = 0;
-  GRADCOMM_DGC_CUDA_CHECK(cudaMemcpyAsync(&count, counters + 1, sizeof count, cudaMemcpyDeviceToHost, s),
-                          "read candidate count");
+  GRADCOMM_DGC_CUDA_CHECK(
+      cudaMemcpyAsync(&count, counters + 1, sizeof count, cudaMemcpyDeviceToHost, s),
+      "read candidate count");
   GRADCOMM_DGC_CUDA_CHECK(cudaStreamSynchronize(s), "collect");
   return static_cast<std::size_t>(count);
 }
@@ -200,10 +208,12 @@ DgcEncodeResult dgc_encode(const DgcEncodeArgs& a, DgcWorkspace& workspace, void
   DgcEncodeResult r;
   const std::size_t payload_bytes = dgc_payload_bytes(a.k, a.half_values);
   GRADCOMM_DGC_CUDA_CHECK(cudaMemsetAsync(a.payload, 0, payload_bytes, s), "memset payload");
-  GRADCOMM_DGC_CUDA_CHECK(cudaMemsetAsync(w.counters_, 0, 2 * sizeof(unsigned long long), s), "memset");
+  GRADCOMM_DGC_CUDA_CHECK(cudaMemsetAsync(w.counters_, 0, 2 * sizeof(unsigned long long), s),
+                          "memset");
   if (a.n > 0) {
-    accumulate_kernel<<<grid_for(a.n), kThreads, 0, s>>>(a.grad, a.u, a.v, a.n, a.momentum, a.nesterov,
-                                                         a.grad_scale, a.grad_scale != 1.0f, w.counters_);
+    accumulate_kernel<<<grid_for(a.n), kThreads, 0, s>>>(a.grad, a.u, a.v, a.n, a.momentum,
+                                                         a.nesterov, a.grad_scale,
+                                                         a.grad_scale != 1.0f, w.counters_);
     GRADCOMM_DGC_CUDA_CHECK(cudaGetLastError(), "accumulate kernel");
   }
 
@@ -211,16 +221,20 @@ DgcEncodeResult dgc_encode(const DgcEncodeArgs& a, DgcWorkspace& workspace, void
   if (!a.exact && a.n > 0) {
     const std::size_t start = a.sample_start % std::min(w.sample_stride_, a.n);
     const std::size_t count = (a.n - start + w.sample_stride_ - 1) / w.sample_stride_;
-    sample_kernel<<<grid_for(count), kThreads, 0, s>>>(a.v, start, w.sample_stride_, count, w.samples_);
+    sample_kernel<<<grid_for(count), kThreads, 0, s>>>(a.v, start, w.sample_stride_, count,
+                                                       w.samples_);
     GRADCOMM_DGC_CUDA_CHECK(cudaGetLastError(), "sample kernel");
     std::size_t bytes = w.temp_bytes_;
-    GRADCOMM_DGC_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(w.temp_, bytes, w.samples_, w.samples_alt_,
-                                                                     static_cast<int>(count), 0, 32, s),
-                            "sort samples");
-    auto c = static_cast<std::size_t>(std::ceil(static_cast<double>(count) * a.density * kOversample));
+    GRADCOMM_DGC_CUDA_CHECK(
+        cub::DeviceRadixSort::SortKeysDescending(w.temp_, bytes, w.samples_, w.samples_alt_,
+                                                 static_cast<int>(count), 0, 32, s),
+        "sort samples");
+    auto c =
+        static_cast<std::size_t>(std::ceil(static_cast<double>(count) * a.density * kOversample));
     c = std::clamp<std::size_t>(c, 1, count);
-    GRADCOMM_DGC_CUDA_CHECK(cudaMemcpyAsync(&t, w.samples_alt_ + (c - 1), sizeof t, cudaMemcpyDeviceToHost, s),
-                            "read sample threshold");
+    GRADCOMM_DGC_CUDA_CHECK(
+        cudaMemcpyAsync(&t, w.samples_alt_ + (c - 1), sizeof t, cudaMemcpyDeviceToHost, s),
+        "read sample threshold");
     GRADCOMM_DGC_CUDA_CHECK(cudaStreamSynchronize(s), "sample threshold");
     t = std::max<std::uint32_t>(t, 1);
   }
@@ -240,18 +254,21 @@ DgcEncodeResult dgc_encode(const DgcEncodeArgs& a, DgcWorkspace& workspace, void
   if (m > 0) {
     // Unique keys sorted descending: the first m are the top m, in a fixed order.
     std::size_t bytes = w.temp_bytes_;
-    GRADCOMM_DGC_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(w.temp_, bytes, w.keys_, w.keys_alt_,
-                                                                     static_cast<int>(count), 0, 64, s),
-                            "sort candidates");
+    GRADCOMM_DGC_CUDA_CHECK(
+        cub::DeviceRadixSort::SortKeysDescending(w.temp_, bytes, w.keys_, w.keys_alt_,
+                                                 static_cast<int>(count), 0, 64, s),
+        "sort candidates");
     key_index_kernel<<<grid_for(m), kThreads, 0, s>>>(w.keys_alt_, m, w.indices_);
     GRADCOMM_DGC_CUDA_CHECK(cudaGetLastError(), "index kernel");
     bytes = w.temp_bytes_;
-    GRADCOMM_DGC_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(w.temp_, bytes, w.indices_, w.indices_alt_,
-                                                           static_cast<int>(m), 0, 32, s),
-                            "sort indices");
+    GRADCOMM_DGC_CUDA_CHECK(
+        cub::DeviceRadixSort::SortKeys(w.temp_, bytes, w.indices_, w.indices_alt_,
+                                       static_cast<int>(m), 0, 32, s),
+        "sort indices");
   }
   if (a.k > 0) {
-    pack_kernel<<<grid_for(a.k), kThreads, 0, s>>>(w.indices_alt_, m, a.k, a.v, a.u, a.masking, a.half_values,
+    pack_kernel<<<grid_for(a.k), kThreads, 0, s>>>(w.indices_alt_, m, a.k, a.v, a.u, a.masking,
+                                                   a.half_values,
                                                    static_cast<std::uint8_t*>(a.payload));
     GRADCOMM_DGC_CUDA_CHECK(cudaGetLastError(), "pack kernel");
   }

@@ -18,16 +18,16 @@ struct DgcEncodeArgs {
   float* u = nullptr;           // device, n
   float* v = nullptr;           // device, n
   std::size_t n = 0;
-  std::size_t k = 0;            // slots
+  std::size_t k = 0;  // slots
   float momentum = 0.9f;
   bool nesterov = false;
   bool masking = true;
   float grad_scale = 1.0f;
   bool exact = false;
-  double density = 0.001;       // for the sample threshold
+  double density = 0.001;        // for the sample threshold
   std::size_t sample_start = 0;  // < sample stride
   bool half_values = false;
-  void* payload = nullptr;      // device, dgc_payload_bytes(k, half_values)
+  void* payload = nullptr;  // device, dgc_payload_bytes(k, half_values)
 };
 
 struct DgcEncodeResult {
@@ -56,7 +56,8 @@ class DgcWorkspace {
   std::size_t sample_stride() const noexcept { return sample_stride_; }
 
  private:
-  friend DgcEncodeResult dgc_encode(const DgcEncodeArgs& args, DgcWorkspace& workspace, void* stream);
+  friend DgcEncodeResult dgc_encode(const DgcEncodeArgs& args, DgcWorkspace& workspace,
+                                    void* stream);
   void release() noexcept;
   std::size_t max_numel_ = 0;
   std::size_t sample_stride_ = 0;
@@ -64,7 +65,7 @@ class DgcWorkspace {
   std::uint64_t* keys_alt_ = nullptr;  // max_numel (radix sort output)
   std::uint32_t* indices_ = nullptr;   // max_numel
   std::uint32_t* indices_alt_ = nullptr;
-  std::uint32_t* samples_ = nullptr;   // max_numel / stride + 1
+  std::uint32_t* samples_ = nullptr;  // max_numel / stride + 1
   std::uint32_t* samples_alt_ = nullptr;
   unsigned long long* counters_ = nullptr;  // [non-finite, candidates]
   void* temp_ = nullptr;
@@ -72,6 +73,5 @@ class DgcWorkspace {
 };
 
 std::size_t dgc_payload_bytes(std::size_t k, bool half_values);
-
 
 }  // namespace gradcomm::kernels::cuda

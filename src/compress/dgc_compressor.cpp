@@ -13,8 +13,10 @@ namespace gradcomm {
 
 const char* dgc_selection_name(DgcSelection selection) noexcept {
   switch (selection) {
-    case DgcSelection::kSampled: return "sampled";
-    case DgcSelection::kExact: return "exact";
+    case DgcSelection::kSampled:
+      return "sampled";
+    case DgcSelection::kExact:
+      return "exact";
   }
   return "unknown";
 }
@@ -100,8 +102,8 @@ DgcCompressor::DgcCompressor(DgcOptions options) : options_(std::move(options)) 
   GRADCOMM_CHECK_ARG(density_ok(o.density), "DgcCompressor: density must be in (0, 1], got ",
                      o.density);
   for (std::size_t e = 0; e < o.warmup_densities.size(); ++e) {
-    GRADCOMM_CHECK_ARG(density_ok(o.warmup_densities[e]), "DgcCompressor: warmup_densities[",
-                       e, "] must be in (0, 1], got ", o.warmup_densities[e]);
+    GRADCOMM_CHECK_ARG(density_ok(o.warmup_densities[e]), "DgcCompressor: warmup_densities[", e,
+                       "] must be in (0, 1], got ", o.warmup_densities[e]);
   }
   GRADCOMM_CHECK_ARG(o.steps_per_epoch >= 0, "DgcCompressor: steps_per_epoch must be >= 0, got ",
                      o.steps_per_epoch);
@@ -113,7 +115,8 @@ DgcCompressor::DgcCompressor(DgcOptions options) : options_(std::move(options)) 
                      "DgcCompressor: unknown selection ", static_cast<int>(o.selection));
   GRADCOMM_CHECK_ARG(o.sample_fraction > 0.0 && o.sample_fraction <= 1.0,
                      "DgcCompressor: sample_fraction must be in (0, 1], got ", o.sample_fraction);
-  sample_stride_ = std::max<std::size_t>(1, static_cast<std::size_t>(std::llround(1.0 / o.sample_fraction)));
+  sample_stride_ =
+      std::max<std::size_t>(1, static_cast<std::size_t>(std::llround(1.0 / o.sample_fraction)));
   GRADCOMM_CHECK_ARG(wire_dtype_ok(o.value_dtype),
                      "DgcCompressor: value_dtype must be float32 or float16, got ",
                      dtype_name(o.value_dtype));
@@ -134,8 +137,8 @@ void DgcCompressor::setup(std::span<const LayerSpec> layers, int world_size, int
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const LayerSpec& spec = layers[i];
     // Indices travel as uint32 with 0xffffffff reserved for the sentinel.
-    GRADCOMM_CHECK_ARG(spec.numel < kernels::kDgcSentinel, "DgcCompressor::setup: layer ", i,
-                       " ('", spec.name, "') has ", spec.numel,
+    GRADCOMM_CHECK_ARG(spec.numel < kernels::kDgcSentinel, "DgcCompressor::setup: layer ", i, " ('",
+                       spec.name, "') has ", spec.numel,
                        " elements; sparse indices are uint32, so at most 2^32 - 2");
     Layer& layer = layers_[i];
     layer.numel = spec.numel;
@@ -159,18 +162,17 @@ std::string DgcCompressor::settings_fingerprint() const {
   s << "dgc density=" << o.density << " warmup=[";
   for (double d : o.warmup_densities) s << d << ',';
   s << "] steps_per_epoch=" << o.steps_per_epoch << " momentum=" << o.momentum
-    << " nesterov=" << o.nesterov << " masking=" << o.momentum_masking
-    << " clip=" << o.clip_norm << " selection=" << dgc_selection_name(o.selection)
-    << " sample=" << o.sample_fraction << " seed=" << o.seed
-    << " values=" << dtype_name(o.value_dtype) << " dense=" << dtype_name(o.dense_dtype)
-    << " fallback=" << o.dense_fallback;
+    << " nesterov=" << o.nesterov << " masking=" << o.momentum_masking << " clip=" << o.clip_norm
+    << " selection=" << dgc_selection_name(o.selection) << " sample=" << o.sample_fraction
+    << " seed=" << o.seed << " values=" << dtype_name(o.value_dtype)
+    << " dense=" << dtype_name(o.dense_dtype) << " fallback=" << o.dense_fallback;
   return s.str();
 }
 
 double DgcCompressor::density() const {
   const auto& w = options_.warmup_densities;
   return static_cast<std::size_t>(epoch_) < w.size() ? w[static_cast<std::size_t>(epoch_)]
-                                                      : options_.density;
+                                                     : options_.density;
 }
 
 std::size_t DgcCompressor::k_for(const Layer& layer, double d) const {
@@ -193,7 +195,9 @@ std::size_t DgcCompressor::sparse_payload_bytes(std::size_t k) const {
   return align8(kHeaderBytes + k * (4 + dtype_size(options_.value_dtype)));
 }
 
-std::size_t DgcCompressor::k(std::size_t layer) const { return k_for(layers_.at(layer), density()); }
+std::size_t DgcCompressor::k(std::size_t layer) const {
+  return k_for(layers_.at(layer), density());
+}
 
 bool DgcCompressor::is_sparse(std::size_t layer) const {
   const Layer& l = layers_.at(layer);
@@ -226,8 +230,8 @@ void DgcCompressor::set_step(std::int64_t step) {
 
 void DgcCompressor::set_epoch(std::int64_t epoch) {
   GRADCOMM_CHECK_ARG(options_.steps_per_epoch == 0, "DgcCompressor::set_epoch(", epoch,
-                     "): the warm-up follows the step (steps_per_epoch=",
-                     options_.steps_per_epoch, "); set steps_per_epoch=0 to drive it by epoch");
+                     "): the warm-up follows the step (steps_per_epoch=", options_.steps_per_epoch,
+                     "); set steps_per_epoch=0 to drive it by epoch");
   GRADCOMM_CHECK_ARG(epoch >= 0, "DgcCompressor::set_epoch: epoch ", epoch, " < 0");
   epoch_ = epoch;
 }
@@ -273,9 +277,11 @@ EncodeResult DgcCompressor::encode_dense(Layer& l, const float* g, TensorView pa
     args.momentum = options_.momentum;
     args.nesterov = options_.nesterov;
     args.grad_scale = s;
-    const kernels::DgcAccumulateResult acc = kernels::dgc_accumulate(g, l.u.data(), l.v.data(), l.numel, args);
+    const kernels::DgcAccumulateResult acc =
+        kernels::dgc_accumulate(g, l.u.data(), l.v.data(), l.numel, args);
     if (options_.dense_dtype == DType::kFloat16) {
-      kernels::dgc_scaled_copy_f16(l.v.data(), 1.0f, static_cast<std::uint16_t*>(payload.data()), l.numel);
+      kernels::dgc_scaled_copy_f16(l.v.data(), 1.0f, static_cast<std::uint16_t*>(payload.data()),
+                                   l.numel);
     } else {
       kernels::dgc_scaled_copy_f32(l.v.data(), 1.0f, static_cast<float*>(payload.data()), l.numel);
     }
@@ -285,7 +291,8 @@ EncodeResult DgcCompressor::encode_dense(Layer& l, const float* g, TensorView pa
     return {acc.nonfinite};
   }
   if (options_.dense_dtype == DType::kFloat16) {
-    return {kernels::dgc_scaled_copy_f16(g, s, static_cast<std::uint16_t*>(payload.data()), l.numel)};
+    return {
+        kernels::dgc_scaled_copy_f16(g, s, static_cast<std::uint16_t*>(payload.data()), l.numel)};
   }
   return {kernels::dgc_scaled_copy_f32(g, s, static_cast<float*>(payload.data()), l.numel)};
 }
@@ -320,8 +327,9 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
   args.nesterov = options_.nesterov;
   args.grad_scale = clip_scale(g, n);
   if (!exact) {
-    const std::uint64_t draw = splitmix64(options_.seed ^ splitmix64(index * 0x100000001b3ull +
-                                          static_cast<std::uint64_t>(rank_)) ^ l.rng_counter);
+    const std::uint64_t draw = splitmix64(
+        options_.seed ^ splitmix64(index * 0x100000001b3ull + static_cast<std::uint64_t>(rank_)) ^
+        l.rng_counter);
     args.sample_start = static_cast<std::size_t>(draw % std::min(stride, n));
     args.sample_stride = stride;
     args.samples = samples_.data();
@@ -332,7 +340,8 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
     args.keys = keys_.get();
     args.key_capacity = std::min(n, kMaxFusedCandidates * kk + 1024);
   }
-  const kernels::DgcAccumulateResult acc = kernels::dgc_accumulate(g, l.u.data(), l.v.data(), n, args);
+  const kernels::DgcAccumulateResult acc =
+      kernels::dgc_accumulate(g, l.u.data(), l.v.data(), n, args);
 
   DgcLayerStats& st = l.stats;
   st = {};
@@ -345,8 +354,8 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
   };
   std::uint32_t estimate = 1;  // exact: every nonzero is a candidate
   if (!exact) {
-    const auto c = static_cast<std::size_t>(
-        std::ceil(static_cast<double>(acc.samples) * d * kOversample));
+    const auto c =
+        static_cast<std::size_t>(std::ceil(static_cast<double>(acc.samples) * d * kOversample));
     estimate = kernels::dgc_sample_threshold(samples_.data(), acc.samples, c);
   }
   std::uint32_t t = estimate;
@@ -412,7 +421,8 @@ void DgcCompressor::decode_dense(Layer& l, TensorView received, float* out) {
                  ", expected ", dtype_name(options_.dense_dtype));
   const float inv = 1.0f / static_cast<float>(world_size_);
   if (received.dtype() == DType::kFloat16) {
-    kernels::half_to_float_scaled(static_cast<const std::uint16_t*>(received.data()), inv, out, l.numel);
+    kernels::half_to_float_scaled(static_cast<const std::uint16_t*>(received.data()), inv, out,
+                                  l.numel);
   } else {
     kernels::scale(static_cast<const float*>(received.data()), inv, out, l.numel);
   }
@@ -425,7 +435,8 @@ void DgcCompressor::decode_dense(Layer& l, TensorView received, float* out) {
   kernels::dgc_dense_momentum(out, l.u.data(), l.numel, options_.momentum, options_.nesterov);
 }
 
-void DgcCompressor::decode_sparse(std::size_t index, const Layer& l, TensorView received, float* out) {
+void DgcCompressor::decode_sparse(std::size_t index, const Layer& l, TensorView received,
+                                  float* out) {
   const std::size_t kk = k_for(l, density());
   const std::size_t block = sparse_payload_bytes(kk);
   const std::size_t p = static_cast<std::size_t>(world_size_);
@@ -481,9 +492,15 @@ void DgcCompressor::decode_sparse(std::size_t index, const Layer& l, TensorView 
   }
 }
 
-std::span<const float> DgcCompressor::momentum(std::size_t layer) const { return layers_.at(layer).u; }
-std::span<const float> DgcCompressor::residual(std::size_t layer) const { return layers_.at(layer).v; }
-const DgcLayerStats& DgcCompressor::last_stats(std::size_t layer) const { return layers_.at(layer).stats; }
+std::span<const float> DgcCompressor::momentum(std::size_t layer) const {
+  return layers_.at(layer).u;
+}
+std::span<const float> DgcCompressor::residual(std::size_t layer) const {
+  return layers_.at(layer).v;
+}
+const DgcLayerStats& DgcCompressor::last_stats(std::size_t layer) const {
+  return layers_.at(layer).stats;
+}
 
 std::vector<std::byte> DgcCompressor::save_state() const {
   std::vector<std::byte> blob;

@@ -16,8 +16,9 @@ void DgcSgd::set_lr(float lr) {
 }
 
 void DgcSgd::step(std::span<float> param, std::span<const float> update) const {
-  GRADCOMM_CHECK(param.size() == update.size(), ErrorCode::kSizeMismatch, "DgcSgd::step: ",
-                 param.size(), " parameters and ", update.size(), " update elements");
+  GRADCOMM_CHECK(param.size() == update.size(), ErrorCode::kSizeMismatch,
+                 "DgcSgd::step: ", param.size(), " parameters and ", update.size(),
+                 " update elements");
   // Weight decay is local (ALGORITHMS.md 1.8): every rank holds the same parameters, so the
   // decay term is the same everywhere and needs no exchange, and keeping it out of the
   // compressor keeps it out of the sparsified velocity.

@@ -23,7 +23,9 @@ namespace {
 template <typename T>
 struct DeviceArray {
   T* ptr = nullptr;
-  explicit DeviceArray(std::size_t n) { EXPECT_EQ(cudaMalloc(&ptr, std::max<std::size_t>(n, 1) * sizeof(T)), cudaSuccess); }
+  explicit DeviceArray(std::size_t n) {
+    EXPECT_EQ(cudaMalloc(&ptr, std::max<std::size_t>(n, 1) * sizeof(T)), cudaSuccess);
+  }
   ~DeviceArray() { cudaFree(ptr); }
 };
 
@@ -35,8 +37,8 @@ std::vector<float> random_grad(std::size_t n, std::uint32_t seed) {
   return g;
 }
 
-kernels::cuda::DgcEncodeArgs encode_args(const float* g, float* u, float* v, std::size_t n, std::size_t k,
-                                         void* payload) {
+kernels::cuda::DgcEncodeArgs encode_args(const float* g, float* u, float* v, std::size_t n,
+                                         std::size_t k, void* payload) {
   kernels::cuda::DgcEncodeArgs a;
   a.grad = g;
   a.u = u;
@@ -75,7 +77,8 @@ TEST(DgcCuda, ExactMatchesCpuBitwise) {
       std::vector<float> grad = random_grad(n, 11 + step);
       if (step == 2) std::fill(grad.begin() + 100, grad.begin() + 3000, 2.5f);  // ties
       std::vector<std::byte> expect(bytes);
-      cpu.encode(0, TensorView::of(std::span<float>(grad)), TensorView(expect.data(), bytes, DType::kUInt8));
+      cpu.encode(0, TensorView::of(std::span<float>(grad)),
+                 TensorView(expect.data(), bytes, DType::kUInt8));
       CUDA_OK(cudaMemcpy(g.ptr, grad.data(), n * 4, cudaMemcpyHostToDevice));
       kernels::cuda::DgcEncodeArgs a = encode_args(g.ptr, u.ptr, v.ptr, n, k, payload.ptr);
       a.momentum = o.momentum;
@@ -89,7 +92,8 @@ TEST(DgcCuda, ExactMatchesCpuBitwise) {
       CUDA_OK(cudaMemcpy(got.data(), payload.ptr, bytes, cudaMemcpyDeviceToHost));
       CUDA_OK(cudaMemcpy(gu.data(), u.ptr, n * 4, cudaMemcpyDeviceToHost));
       CUDA_OK(cudaMemcpy(gv.data(), v.ptr, n * 4, cudaMemcpyDeviceToHost));
-      ASSERT_EQ(got, expect) << "payload, step " << step << " nesterov " << c.nesterov << " half " << c.half;
+      ASSERT_EQ(got, expect) << "payload, step " << step << " nesterov " << c.nesterov << " half "
+                             << c.half;
       ASSERT_EQ(std::memcmp(gu.data(), cpu.momentum(0).data(), n * 4), 0) << "u, step " << step;
       ASSERT_EQ(std::memcmp(gv.data(), cpu.residual(0).data(), n * 4), 0) << "v, step " << step;
     }
@@ -137,7 +141,8 @@ TEST(DgcCuda, SampledWithinCountBounds) {
       cv[idx[j]] = 0.0f;  // mirror the send on the CPU copy
       cu[idx[j]] = 0.0f;
     }
-    if (r.candidates >= k) EXPECT_EQ(idx, testing::reference_topk(accumulated, k)) << "step " << step;
+    if (r.candidates >= k)
+      EXPECT_EQ(idx, testing::reference_topk(accumulated, k)) << "step " << step;
     ASSERT_EQ(std::memcmp(gv.data(), cv.data(), n * 4), 0) << "v, step " << step;
   }
 }

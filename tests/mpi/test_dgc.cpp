@@ -34,7 +34,8 @@ std::vector<LayerSpec> model() {
 }
 
 float grad_value(int rank, int step, std::size_t layer, std::size_t i) {
-  std::uint64_t x = (static_cast<std::uint64_t>(rank) << 48) ^ (static_cast<std::uint64_t>(step) << 32) ^
+  std::uint64_t x = (static_cast<std::uint64_t>(rank) << 48) ^
+                    (static_cast<std::uint64_t>(step) << 32) ^
                     (static_cast<std::uint64_t>(layer) << 24) ^ i;
   x = (x ^ (x >> 33)) * 0xff51afd7ed558ccdull;
   x = (x ^ (x >> 33)) * 0xc4ceb9fe1a85ec53ull;
@@ -119,7 +120,6 @@ TEST(DgcMpi, FullDensityEqualsDenseAllreduce) {
   }
 }
 
-
 TEST(DgcMpi, ExactSelectionMatchesReference) {
   MpiCommunicator comm(MPI_COMM_WORLD);
   const std::vector<LayerSpec> layers = model();
@@ -128,10 +128,13 @@ TEST(DgcMpi, ExactSelectionMatchesReference) {
   auto x = make_dgc(comm, o);
   Buffers buf(layers);
   // Reference state of every rank, sparse layers (0 and 2).
-  struct RankState { std::vector<float> u, v; };
+  struct RankState {
+    std::vector<float> u, v;
+  };
   std::vector<std::vector<RankState>> ref(static_cast<std::size_t>(p));
   for (auto& r : ref)
-    for (const LayerSpec& l : layers) r.push_back({std::vector<float>(l.numel, 0.0f), std::vector<float>(l.numel, 0.0f)});
+    for (const LayerSpec& l : layers)
+      r.push_back({std::vector<float>(l.numel, 0.0f), std::vector<float>(l.numel, 0.0f)});
   for (int step = 0; step < 4; ++step) {
     buf.fill(world_rank(), step);
     x->exchange(buf.grad_views, buf.out_views);
@@ -157,7 +160,8 @@ TEST(DgcMpi, ExactSelectionMatchesReference) {
       ASSERT_TRUE(std::equal(mine.u.begin(), mine.u.end(), dgc_of(*x).momentum(l).begin()))
           << "momentum of layer " << l << " step " << step;
       for (std::size_t i = 0; i < n; ++i) {
-        ASSERT_EQ(buf.outs[l][i], expect[i]) << "layer " << l << " element " << i << " step " << step;
+        ASSERT_EQ(buf.outs[l][i], expect[i])
+            << "layer " << l << " element " << i << " step " << step;
       }
     }
   }
@@ -205,12 +209,15 @@ TEST(DgcMpi, NothingLostAndBitwiseIdenticalAcrossRanks) {
           sent[i] = balance[l][i] - v[i];
           scale[i] = std::fabs(balance[l][i]) + std::fabs(v[i]);
         }
-        MPI_Allreduce(MPI_IN_PLACE, sent.data(), static_cast<int>(sent.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        MPI_Allreduce(MPI_IN_PLACE, scale.data(), static_cast<int>(scale.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        MPI_Allreduce(MPI_IN_PLACE, sent.data(), static_cast<int>(sent.size()), MPI_FLOAT, MPI_SUM,
+                      MPI_COMM_WORLD);
+        MPI_Allreduce(MPI_IN_PLACE, scale.data(), static_cast<int>(scale.size()), MPI_FLOAT,
+                      MPI_SUM, MPI_COMM_WORLD);
         for (std::size_t i = 0; i < sent.size(); ++i) {
           const float got = buf.outs[l][i] * static_cast<float>(p);
           ASSERT_NEAR(got, sent[i], 4e-6f * scale[i] + 1e-6f)
-              << "layer " << l << " element " << i << " step " << step << " values " << dtype_name(values);
+              << "layer " << l << " element " << i << " step " << step << " values "
+              << dtype_name(values);
         }
         EXPECT_GT(c.last_stats(l).sent, 0u);
       }
@@ -236,7 +243,8 @@ TEST(DgcMpi, SparseToDenseFlushesResidualAndResyncsMomentum) {
     {
       const auto u = c.momentum(0);
       const auto v = c.residual(0);
-      for (std::size_t i = 0; i < balance.size(); ++i) balance[i] = v[i] + 0.9f * u[i] + buf.grads[0][i];
+      for (std::size_t i = 0; i < balance.size(); ++i)
+        balance[i] = v[i] + 0.9f * u[i] + buf.grads[0][i];
     }
     x->exchange(buf.grad_views, buf.out_views);
     for (std::size_t l = 0; l < layers.size(); ++l) {
@@ -247,9 +255,12 @@ TEST(DgcMpi, SparseToDenseFlushesResidualAndResyncsMomentum) {
       // Everything accumulated was sent; u and v restart at 0 on every rank.
       for (float v : c.residual(0)) ASSERT_EQ(v, 0.0f);
       for (float u : c.momentum(0)) ASSERT_EQ(u, 0.0f);
-      MPI_Allreduce(MPI_IN_PLACE, balance.data(), static_cast<int>(balance.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+      MPI_Allreduce(MPI_IN_PLACE, balance.data(), static_cast<int>(balance.size()), MPI_FLOAT,
+                    MPI_SUM, MPI_COMM_WORLD);
       for (std::size_t i = 0; i < balance.size(); ++i) {
-        ASSERT_NEAR(buf.outs[0][i] * static_cast<float>(p), balance[i], 1e-5f * (std::fabs(balance[i]) + 1.0f)) << i;
+        ASSERT_NEAR(buf.outs[0][i] * static_cast<float>(p), balance[i],
+                    1e-5f * (std::fabs(balance[i]) + 1.0f))
+            << i;
       }
     }
     if (step == 3) {
@@ -278,7 +289,8 @@ TEST(DgcMpi, StepWithNothingToSendCompletes) {
     EXPECT_EQ(dgc_of(*x).last_stats(2).sent, 0u);
     for (std::size_t l = 0; l < layers.size(); ++l) {
       for (std::size_t i = 0; i < layers[l].numel; ++i) {
-        const float expect = (step == 1 && l == 0 && i == 5) ? 1.0f / static_cast<float>(world_size()) : 0.0f;
+        const float expect =
+            (step == 1 && l == 0 && i == 5) ? 1.0f / static_cast<float>(world_size()) : 0.0f;
         ASSERT_EQ(buf.outs[l][i], expect) << "layer " << l << " element " << i << " step " << step;
       }
     }
@@ -340,7 +352,8 @@ TEST(DgcMpi, SaveRestoreContinuesBitwise) {
   auto b = make_dgc(comm, o);
   b->compressor().load_state(blob);
   for (int step = 3; step < 6; ++step) {
-    ASSERT_TRUE(all_ranks(run(*b, step) == first[static_cast<std::size_t>(step - 3)])) << "step " << step;
+    ASSERT_TRUE(all_ranks(run(*b, step) == first[static_cast<std::size_t>(step - 3)]))
+        << "step " << step;
   }
   // The blobs differ only in the step field: a new Exchanger counts steps from 0.
   bool same = true;

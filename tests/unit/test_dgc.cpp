@@ -76,7 +76,6 @@ struct Rank {
   }
 };
 
-
 TEST(DgcOptions, RejectsBadSettingsAtConstruction) {
   auto rejects = [](auto mutate) {
     DgcOptions o;
@@ -134,7 +133,8 @@ TEST(DgcSchedule, WarmupByEpochAndByStep) {
 
 TEST(DgcWire, DenseForOneDimAndWhenGatherCostsMore) {
   DgcOptions o = no_warmup(0.3);
-  std::vector<LayerSpec> layers = {{"w", 1000, 2, false}, {"b", 10, 1, false}, {"f", 1000, 2, true}, {"e", 0, 2, false}};
+  std::vector<LayerSpec> layers = {
+      {"w", 1000, 2, false}, {"b", 10, 1, false}, {"f", 1000, 2, true}, {"e", 0, 2, false}};
   DgcCompressor c2(o);
   c2.setup(layers, 2, 0);
   EXPECT_EQ(c2.wire(0).collective, Collective::kAllgather);  // k/n = 0.3 <= 1/2
@@ -192,7 +192,8 @@ TEST(DgcEncode, ExactSelectionMatchesReferenceAndLosesNothing) {
         const Parsed p = parse(r.payload, k, values == DType::kFloat16);
         const std::vector<std::uint32_t> expect = reference_topk(accumulated, k);
         ASSERT_EQ(p.count, expect.size());
-        ASSERT_EQ(std::vector<std::uint32_t>(p.indices.begin(), p.indices.begin() + p.count), expect)
+        ASSERT_EQ(std::vector<std::uint32_t>(p.indices.begin(), p.indices.begin() + p.count),
+                  expect)
             << "step " << step;
         for (std::size_t j = p.count; j < k; ++j) EXPECT_EQ(p.indices[j], kernels::kDgcSentinel);
         // Nothing lost: sent + residual == accumulated, per element.
@@ -201,11 +202,13 @@ TEST(DgcEncode, ExactSelectionMatchesReferenceAndLosesNothing) {
         const auto residual = r.c.residual(0);
         const auto momentum = r.c.momentum(0);
         for (std::size_t i = 0; i < n; ++i) {
-          ASSERT_NEAR(sent[i] + residual[i], accumulated[i], 1e-6f * std::fabs(accumulated[i]) + 1e-7f)
+          ASSERT_NEAR(sent[i] + residual[i], accumulated[i],
+                      1e-6f * std::fabs(accumulated[i]) + 1e-7f)
               << "element " << i << " step " << step;
           // Mirror the compressor in the reference: masking zeroes u at sent indices.
           v[i] = residual[i];
-          if (std::binary_search(expect.begin(), expect.end(), static_cast<std::uint32_t>(i))) u[i] = 0.0f;
+          if (std::binary_search(expect.begin(), expect.end(), static_cast<std::uint32_t>(i)))
+            u[i] = 0.0f;
           ASSERT_EQ(momentum[i], u[i]) << "momentum " << i;
         }
         (void)before_v;
@@ -256,7 +259,8 @@ TEST(DgcEncode, NothingAboveThresholdAndNonFinite) {
   for (std::uint32_t i : p.indices) EXPECT_EQ(i, kernels::kDgcSentinel);
   for (float x : p.values) EXPECT_EQ(x, 0.0f);
   std::vector<float> out(n, 5.0f);
-  r.c.decode(0, TensorView(r.payload.data(), r.payload.size(), DType::kUInt8), TensorView::of(std::span<float>(out)));
+  r.c.decode(0, TensorView(r.payload.data(), r.payload.size(), DType::kUInt8),
+             TensorView::of(std::span<float>(out)));
   for (float x : out) EXPECT_EQ(x, 0.0f);
 
   g[3] = std::numeric_limits<float>::quiet_NaN();
@@ -296,13 +300,15 @@ TEST(DgcDecode, ScatterAddsRanksAndAverages) {
   for (int r = 0; r < p; ++r) {
     ranks.push_back(std::make_unique<Rank>(o, layers, p, r));
     std::vector<float> g(n, 0.0f);
-    for (std::size_t i = 0; i < 5; ++i) g[(r * 3 + i * 7) % n] = static_cast<float>(r + 1) * (i + 1);
+    for (std::size_t i = 0; i < 5; ++i)
+      g[(r * 3 + i * 7) % n] = static_cast<float>(r + 1) * (i + 1);
     for (std::size_t i = 0; i < n; ++i) expect[i] += g[i] * (1.0f / p);
     ranks.back()->encode(0, g);
     all.insert(all.end(), ranks.back()->payload.begin(), ranks.back()->payload.end());
   }
   std::vector<float> out(n);
-  ranks[1]->c.decode(0, TensorView(all.data(), all.size(), DType::kUInt8), TensorView::of(std::span<float>(out)));
+  ranks[1]->c.decode(0, TensorView(all.data(), all.size(), DType::kUInt8),
+                     TensorView::of(std::span<float>(out)));
   for (std::size_t i = 0; i < n; ++i) EXPECT_FLOAT_EQ(out[i], expect[i]) << i;
 }
 
@@ -325,7 +331,8 @@ TEST(DgcDecode, RejectsCorruptPayloadsWithoutWriting) {
   auto decode = [&](std::vector<std::byte> bytes) {
     std::fill(out.begin(), out.end(), 7.0f);
     try {
-      a.c.decode(0, TensorView(bytes.data(), bytes.size(), DType::kUInt8), TensorView::of(std::span<float>(out)));
+      a.c.decode(0, TensorView(bytes.data(), bytes.size(), DType::kUInt8),
+                 TensorView::of(std::span<float>(out)));
       return ErrorCode{};
     } catch (const Error& e) {
       for (float x : out) EXPECT_EQ(x, 7.0f) << "decode wrote before failing";
@@ -333,7 +340,9 @@ TEST(DgcDecode, RejectsCorruptPayloadsWithoutWriting) {
     }
   };
   EXPECT_EQ(decode(good), ErrorCode{});
-  auto put = [](std::vector<std::byte>& bytes, std::size_t at, std::uint32_t x) { std::memcpy(bytes.data() + at, &x, 4); };
+  auto put = [](std::vector<std::byte>& bytes, std::size_t at, std::uint32_t x) {
+    std::memcpy(bytes.data() + at, &x, 4);
+  };
   std::vector<std::byte> bad = good;
   put(bad, block + 4 + 4 * 2, static_cast<std::uint32_t>(n));  // index out of range (rank 1)
   EXPECT_EQ(decode(bad), ErrorCode::kCorruptPayload);
@@ -401,9 +410,11 @@ TEST(DgcState, SaveLoadContinuesBitwise) {
   auto step = [&](DgcCompressor& c, int s, std::vector<std::byte>& payload0) {
     std::vector<float> g0 = random_grad(3000, 50 + s), g1 = random_grad(30, 90 + s);
     payload0.assign(c.wire(0).bytes(), std::byte{0});
-    c.encode(0, TensorView::of(std::span<float>(g0)), TensorView(payload0.data(), c.wire(0).count, c.wire(0).dtype));
+    c.encode(0, TensorView::of(std::span<float>(g0)),
+             TensorView(payload0.data(), c.wire(0).count, c.wire(0).dtype));
     std::vector<std::byte> p1(c.wire(1).bytes());
-    c.encode(1, TensorView::of(std::span<float>(g1)), TensorView(p1.data(), c.wire(1).count, c.wire(1).dtype));
+    c.encode(1, TensorView::of(std::span<float>(g1)),
+             TensorView(p1.data(), c.wire(1).count, c.wire(1).dtype));
     std::vector<float> out(30);
     c.decode(1, TensorView(p1.data(), 30, DType::kFloat32), TensorView::of(std::span<float>(out)));
   };
@@ -472,7 +483,8 @@ TEST(DgcKernels, AccumulateSamplesCollectsAndCountsNonFinite) {
   args.collect_bits = std::bit_cast<std::uint32_t>(2.0f);
   args.keys = keys.data();
   args.key_capacity = n;
-  const kernels::DgcAccumulateResult r = kernels::dgc_accumulate(g.data(), u.data(), v.data(), n, args);
+  const kernels::DgcAccumulateResult r =
+      kernels::dgc_accumulate(g.data(), u.data(), v.data(), n, args);
   EXPECT_EQ(r.nonfinite, 1u);
   EXPECT_FALSE(r.overflow);
   ASSERT_EQ(r.samples, samples.size());
@@ -487,10 +499,12 @@ TEST(DgcKernels, AccumulateSamplesCollectsAndCountsNonFinite) {
   const std::size_t count = kernels::dgc_collect(v.data(), n, args.collect_bits, again.data());
   ASSERT_GT(count, 10u);
   ASSERT_EQ(r.candidates, count);
-  EXPECT_TRUE(std::equal(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(count), again.begin()));
+  EXPECT_TRUE(
+      std::equal(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(count), again.begin()));
   // Past the capacity it stops and says so.
   args.key_capacity = count / 2;
-  const kernels::DgcAccumulateResult capped = kernels::dgc_accumulate(g.data(), u.data(), v.data(), n, args);
+  const kernels::DgcAccumulateResult capped =
+      kernels::dgc_accumulate(g.data(), u.data(), v.data(), n, args);
   EXPECT_TRUE(capped.overflow);
   EXPECT_EQ(capped.candidates, count / 2);
 }
