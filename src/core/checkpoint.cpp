@@ -9,6 +9,7 @@
 #include <string>
 #include <system_error>
 
+#include "core/checkpoint_internal.h"
 #include "gradcomm/checkpoint.h"
 #include "gradcomm/error.h"
 
@@ -26,17 +27,11 @@ enum : std::size_t {
   kOffSaveId = 32, kOffPayloadLength = 40, kOffPayloadCrc = 48, kOffSections = 52, kOffNameLength = 56,
 };
 
-void put_u32(std::byte* p, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
+void put_u32(std::byte* p, std::uint32_t v) { detail::put_le32(p, v); }
 void put_u64(std::byte* p, std::uint64_t v) {
   for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
 }
-std::uint32_t get_u32(const std::byte* p) {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= std::uint32_t{std::to_integer<std::uint8_t>(p[i])} << (8 * i);
-  return v;
-}
+std::uint32_t get_u32(const std::byte* p) { return detail::get_le32(p); }
 std::uint64_t get_u64(const std::byte* p) {
   std::uint64_t v = 0;
   for (int i = 0; i < 8; ++i) v |= std::uint64_t{std::to_integer<std::uint8_t>(p[i])} << (8 * i);

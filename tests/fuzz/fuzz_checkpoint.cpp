@@ -4,18 +4,13 @@
 #include <string>
 
 #include "fuzz/fuzz_util.h"
+#include "core/checkpoint_internal.h"
 #include "gradcomm/checkpoint.h"
 
 namespace {
 
-std::uint32_t get_u32(const std::vector<std::byte>& b, std::size_t at) {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= std::uint32_t{std::to_integer<std::uint8_t>(b[at + i])} << (8 * i);
-  return v;
-}
-void put_u32(std::vector<std::byte>& b, std::size_t at, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) b[at + i] = static_cast<std::byte>(v >> (8 * i));
-}
+std::uint32_t get_u32(const std::vector<std::byte>& b, std::size_t at) { return gradcomm::detail::get_le32(&b[at]); }
+void put_u32(std::vector<std::byte>& b, std::size_t at, std::uint32_t v) { gradcomm::detail::put_le32(&b[at], v); }
 
 }  // namespace
 

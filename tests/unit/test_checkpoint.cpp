@@ -38,14 +38,8 @@ std::vector<std::byte> read_file(const fs::path& path) {
   return out;
 }
 
-std::uint32_t get_u32(const std::vector<std::byte>& b, std::size_t at) {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= std::uint32_t{std::to_integer<std::uint8_t>(b[at + i])} << (8 * i);
-  return v;
-}
-void put_u32(std::vector<std::byte>& b, std::size_t at, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) b[at + i] = static_cast<std::byte>(v >> (8 * i));
-}
+std::uint32_t get_u32(const std::vector<std::byte>& b, std::size_t at) { return detail::get_le32(&b[at]); }
+void put_u32(std::vector<std::byte>& b, std::size_t at, std::uint32_t v) { detail::put_le32(&b[at], v); }
 
 // Recomputes the header CRC after a deliberate header edit, so that the test reaches the
 // check it targets instead of stopping at the header checksum.
