@@ -30,7 +30,6 @@ import sys
 import time
 from typing import List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -48,6 +47,7 @@ class Config:
     batch: int = 16  # per rank
     lr: float = 0.05  # SGD; Adam and 1-bit Adam use adam_lr
     adam_lr: float = 2e-3
+    adam_eps: float = 1e-8  # Adam and 1-bit Adam
     momentum: float = 0.9
     density: float = 0.001  # DGC, and L-GreCo's uniform default in the dgc family
     bits: int = 4  # L-GreCo's uniform default in the quant family
@@ -97,7 +97,7 @@ def _attach(cfg: Config, net: nn.Module, model, steps_total: int):
         state = gct.AllreduceState(named_parameters=named)
         model.register_comm_hook(state, gct.allreduce_hook)
         if cfg.optimizer == "adam":
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.adam_lr)
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.adam_lr, eps=cfg.adam_eps)
         else:
             opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
         return state, opt, None
@@ -108,7 +108,7 @@ def _attach(cfg: Config, net: nn.Module, model, steps_total: int):
         state.check_optimizer(opt)
         return state, opt, state.set_epoch
     if cfg.hook == "onebit-adam":
-        opt = gct.OneBitAdam(model.parameters(), lr=cfg.adam_lr,
+        opt = gct.OneBitAdam(model.parameters(), lr=cfg.adam_lr, eps=cfg.adam_eps,
                              freeze_step=int(cfg.freeze_fraction * steps_total),
                              precondition=cfg.precondition)
         model.register_comm_hook(opt, gct.onebit_adam_hook)
@@ -173,12 +173,25 @@ def train(rank: int, world: int, cfg: Config, log: bool = False) -> dict:
     return {"history": history, "params": params, "steps_per_epoch": steps_per_epoch}
 
 
-def _worker(rank: int, world: int, port: int, cfg: Config, out: Optional[str]):
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for the rendezvous of local ranks."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_local_gloo(rank: int, world: int, port: int, timeout_s: float = 120.0) -> None:
+    """One rank of a job on this machine: gloo over 127.0.0.1, one compute thread per
+    rank (the ranks share the cores)."""
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _worker(rank: int, world: int, port: int, cfg: Config, out: Optional[str]):
+    init_local_gloo(rank, world, port)
     try:
         result = train(rank, world, cfg, log=True)
     finally:
@@ -206,14 +219,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.add_argument(flag, type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
     cfg = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     print(f"digits CNN, {args.nproc} processes (gloo), hook {cfg.hook}", flush=True)
     mp.spawn(_worker, args=(args.nproc, port, cfg, args.json), nprocs=args.nproc, join=True)
     return 0
 
 
 if __name__ == "__main__":
-    np.seterr(all="raise")
     sys.exit(main())

@@ -16,3 +16,9 @@ sys.path.insert(0, os.path.join(REPO, "examples"))
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "accuracy: trains the digits CNN on 4 processes (about 1-2 minutes on 2 "
+        "cores); deselect with -m 'not accuracy'")

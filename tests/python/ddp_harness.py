@@ -4,36 +4,24 @@ that does not finish in time is killed (a hang is a failure, never a stuck CI)."
 
 from __future__ import annotations
 
-import datetime
-import os
 import pickle
 import queue
-import socket
 import time
 import traceback
 
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from torch_ddp_digits import free_port, init_local_gloo  # examples/, on sys.path via conftest
 
 
 class RankFailed(AssertionError):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _entry(rank, world_size, port, fn, args, results):
     try:
-        torch.set_num_threads(1)
-        os.environ["MASTER_ADDR"] = "127.0.0.1"
-        os.environ["MASTER_PORT"] = str(port)
-        dist.init_process_group("gloo", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=60))
+        init_local_gloo(rank, world_size, port, timeout_s=60)
         try:
             value = fn(rank, world_size, *args)
         finally:
@@ -48,7 +36,7 @@ def _entry(rank, world_size, port, fn, args, results):
 def run_ranks(fn, world_size: int, *args, timeout: float = 120.0):
     ctx = mp.get_context("fork")
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, results))
              for r in range(world_size)]
     for p in procs:

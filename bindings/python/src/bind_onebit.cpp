@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
 #include <vector>
 
 #include "bindings.h"
@@ -12,6 +13,16 @@
 namespace py = pybind11;
 
 namespace gradcomm::python {
+namespace {
+
+// The C++ OneBitAdam over buffers Python owns: the borrowed capsules keep the parameter
+// memory alive as long as the optimizer.
+struct NativeOneBitAdam {
+  std::vector<Borrowed> params;
+  std::unique_ptr<OneBitAdam> optimizer;
+};
+
+}  // namespace
 
 void bind_onebit(py::module_& m) {
   py::class_<OneBitErrorState>(m, "OneBitErrorState",
@@ -34,6 +45,54 @@ void bind_onebit(py::module_& m) {
         const std::string_view bytes = blob;
         s.load(std::span(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()));
       });
+
+  const OneBitAdamOptions defaults;
+  py::class_<NativeOneBitAdam>(
+      m, "NativeOneBitAdam",
+      "gradcomm's C++ OneBitAdam: step() takes this rank's local gradients and does the "
+      "exchange and the update itself (for plain training loops; gradcomm.torch.OneBitAdam "
+      "is the DDP form).")
+      .def(py::init([](Communicator& comm, const std::vector<std::pair<std::string, py::object>>& params,
+                       float lr, float beta1, float beta2, float eps, float weight_decay,
+                       std::int64_t freeze_step, bool bias_correction, bool precondition) {
+             auto self = std::make_unique<NativeOneBitAdam>();
+             std::vector<OneBitParam> views;
+             for (const auto& [name, tensor] : params) {
+               self->params.push_back(borrow(tensor, "NativeOneBitAdam: parameter", DType::kFloat32));
+               views.push_back(OneBitParam{name, self->params.back().view, true, {}});
+             }
+             OneBitAdamOptions o;
+             o.lr = lr;
+             o.beta1 = beta1;
+             o.beta2 = beta2;
+             o.eps = eps;
+             o.weight_decay = weight_decay;
+             o.freeze_step = freeze_step;
+             o.bias_correction = bias_correction;
+             o.precondition = precondition;
+             self->optimizer = std::make_unique<OneBitAdam>(comm, std::move(views), o);
+             return self;
+           }),
+           py::arg("comm"), py::arg("params"), py::arg("lr") = defaults.lr,
+           py::arg("beta1") = defaults.beta1, py::arg("beta2") = defaults.beta2,
+           py::arg("eps") = defaults.eps, py::arg("weight_decay") = defaults.weight_decay,
+           py::arg("freeze_step") = defaults.freeze_step,
+           py::arg("bias_correction") = defaults.bias_correction,
+           py::arg("precondition") = defaults.precondition, py::keep_alive<1, 2>())
+      .def("step",
+           [](NativeOneBitAdam& self, const py::list& grads) {
+             std::vector<Borrowed> held;
+             std::vector<TensorView> views;
+             for (std::size_t i = 0; i < grads.size(); ++i) {
+               held.push_back(borrow(grads[i], "NativeOneBitAdam.step: gradient", DType::kFloat32,
+                                     i < self.params.size() ? self.params[i].view.numel() : 0));
+               views.push_back(held.back().view);
+             }
+             self.optimizer->step(views);  // the GIL stays held: collectives may be Python
+           },
+           py::arg("grads"))
+      .def_property_readonly("steps_done", [](const NativeOneBitAdam& s) { return s.optimizer->steps_done(); })
+      .def_property_readonly("frozen", [](const NativeOneBitAdam& s) { return s.optimizer->frozen(); });
 
   m.def("onebit_padded_numel", &onebit_padded_numel, py::arg("numel"), py::arg("world_size"));
   m.def(

@@ -82,9 +82,17 @@ py::object PythonCommunicator::call(const char* method, const py::args& args) {
 
 WorkHandle PythonCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp op) {
   check_allreduce(send, recv);
-  GRADCOMM_CHECK(op == ReduceOp::kSum || send.dtype() != DType::kUInt32, ErrorCode::kUnsupported,
-                 "PythonCommunicator: ", reduce_op_name(op), " of uint32 (sent as int32)");
-  call("allreduce", py::make_tuple(as_numpy(send), as_numpy(recv), reduce_op_name(op)));
+  if (op != ReduceOp::kSum && send.dtype() == DType::kUInt32) {
+    // Ordering uint32 as int32 would be wrong above 2^31: widen to int64 (torch has no
+    // uint32). Only setup paths (the layer agreement) take max/min of uint32.
+    const auto* in = static_cast<const std::uint32_t*>(send.data());
+    py::array_t<std::int64_t> wide(static_cast<py::ssize_t>(send.numel()));
+    std::copy_n(in, send.numel(), wide.mutable_data());
+    call("allreduce", py::make_tuple(wide, wide, reduce_op_name(op)));
+    std::copy_n(wide.data(), send.numel(), static_cast<std::uint32_t*>(recv.data()));
+  } else {
+    call("allreduce", py::make_tuple(as_numpy(send), as_numpy(recv), reduce_op_name(op)));
+  }
   count_traffic(allreduce_wire_bytes(send.nbytes(), size_));
   return done();
 }
