@@ -107,6 +107,7 @@ class CompressedHookState:
         self._expected_world_size: Optional[int] = None
         self._checked = False
         self._in_step = False
+        self._layouts_used: set = set()
         self.iteration = 0
         self.epoch = 0
         # Bytes this rank sent, all steps, by the algorithm model of gradcomm's
@@ -250,6 +251,11 @@ class CompressedHookState:
         self._check_group()
         if not self._in_step:
             self._in_step = True
+            # Buffers of bucket layouts the last step did not use (DDP's layout before its
+            # bucket rebuild) are freed; steady-state layouts keep theirs.
+            for stale in set(self._buffers) - self._layouts_used:
+                del self._buffers[stale]
+            self._layouts_used = set()
             self._begin_step()
         buffer = bucket.buffer()
         if buffer.dtype != torch.float32:
@@ -271,6 +277,7 @@ class CompressedHookState:
         buffers = self._buffers.get(keys)
         if buffers is None:
             buffers = self._buffers[keys] = _BucketBuffers(buffer.device)
+        self._layouts_used.add(keys)
 
         # Layout of this step's payloads (the same on every rank: wires depend only on
         # settings, step and layer).
