@@ -18,6 +18,7 @@
 
 #include "gradcomm/communicator.h"
 #include "gradcomm/compressor.h"
+#include "gradcomm/dgc.h"
 #include "gradcomm/quantize.h"
 
 namespace gradcomm {
@@ -78,22 +79,39 @@ class LgrecoKnapsack {
 
 // ---- the L-GreCo compressor ----------------------------------------------------------------
 
+// DGC family profiling: the L2 error ||x - topk_k(x)|| of keeping the k = ceil(d * n)
+// (at least 1) largest |x| for every density d, all from one pass over x and one sorted
+// strided sample of at most `sample` elements (every element when n <= sample: exact):
+//   err(d)^2 = sum x^2 - (n / s) * (sum of the squares of the top k*s/n sample elements),
+// interpolating the last, fractional, sample element. `workspace` grows as needed.
+void lgreco_topk_errors(std::span<const float> x, std::span<const double> densities, std::size_t sample,
+                        std::span<double> errors, std::vector<float>& workspace);
+
 enum class LgrecoFamily : std::uint8_t {
-  kQuantBits,  // QuantizeCompressor bit widths
+  kQuantBits,   // QuantizeCompressor bit widths
+  kDgcDensity,  // DgcCompressor densities
 };
 const char* lgreco_family_name(LgrecoFamily family) noexcept;
-LgrecoFamily parse_lgreco_family(const std::string& name);  // "quant"
+LgrecoFamily parse_lgreco_family(const std::string& name);  // "quant" or "dgc"
 
 struct LgrecoOptions {
   LgrecoFamily family = LgrecoFamily::kQuantBits;
   std::vector<int> bit_widths = {2, 3, 4, 5, 6, 8};
   int default_bits = 4;  // c0 of the quantization family; must be among bit_widths
+  std::vector<double> densities = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05};
+  double default_density = 0.001;  // c0 of the DGC family; must be among densities
   // Re-plan every `period` steps (F): profile in steps period-1, 2*period-1, ...
   // counted from `first_step`, apply from the step after.
   std::int64_t period = 100;
   std::int64_t first_step = 0;  // no profiling before this step (e.g. DGC warm-up)
   int bins = 10000;             // B of the DP
+  // DGC family: the error of every density comes from one sorted sample of at most this
+  // many |v| per layer (the whole layer when it is smaller: then exact).
+  std::size_t dgc_sample = 16384;
   QuantizeOptions quantize;  // bucket, rounding, error feedback, seed; bits set per layer
+  // All but the density, which is set per layer. Planned layers never switch to a dense
+  // allreduce (dense_fallback is turned off for them): a switch would drop v.
+  DgcOptions dgc;
 };
 
 // Runs the chosen family's compressor with per-layer settings and profiles it every
@@ -117,7 +135,7 @@ class LgrecoCompressor final : public Compressor {
 
   const LgrecoOptions& options() const noexcept { return options_; }
   std::size_t num_candidates() const;
-  std::string candidate_name(std::size_t c) const;  // "4 bits"
+  std::string candidate_name(std::size_t c) const;  // "4 bits", "density 0.001"
   // Whether `step` is a profiling step.
   bool profiles_step(std::int64_t step) const;
   // The table measured in the last profiling step on this rank (every layer; layers that
@@ -135,14 +153,23 @@ class LgrecoCompressor final : public Compressor {
   void apply_plan(std::span<const std::uint32_t> choice);
   double profile_seconds() const noexcept { return profile_seconds_; }  // cumulative
 
+  // The inner compressors: the quantizer (quant family), or layer l's DgcCompressor (DGC
+  // family; each holds one layer, index 0). Null for the other family.
   QuantizeCompressor* quantizer() noexcept { return quant_.get(); }
+  DgcCompressor* dgc(std::size_t layer);
 
  private:
-  Compressor& inner() const;
+  bool quant_family() const noexcept { return options_.family == LgrecoFamily::kQuantBits; }
+  Compressor& inner(std::size_t layer) const;
+  std::size_t inner_layer(std::size_t layer) const { return quant_family() ? layer : 0; }
+  std::unique_ptr<DgcCompressor> make_dgc(std::size_t layer, double density) const;
   void profile(std::size_t layer, const float* grad);
 
   LgrecoOptions options_;
   std::unique_ptr<QuantizeCompressor> quant_;
+  std::vector<std::unique_ptr<DgcCompressor>> dgc_;  // by layer
+  std::vector<std::size_t> max_payload_;             // by layer, over all candidates
+  std::int64_t epoch_ = -1;                          // last set_epoch (-1: never)
   std::vector<LayerSpec> layers_;
   std::vector<char> planned_;
   std::vector<std::uint32_t> default_choice_, choice_;
@@ -155,7 +182,7 @@ class LgrecoCompressor final : public Compressor {
   int rank_ = 0;
   double profile_seconds_ = 0;
   // Profiling scratch, sized at setup for the largest layer (grow-only).
-  std::vector<float> scratch_, mins_, maxs_;
+  std::vector<float> scratch_, mins_, maxs_, sample_;
 };
 
 struct LgrecoPlannerStats {

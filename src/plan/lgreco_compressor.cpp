@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "gradcomm/lgreco.h"
 #include "kernels/cpu/dense_kernels.h"
@@ -11,13 +12,16 @@ namespace gradcomm {
 const char* lgreco_family_name(LgrecoFamily family) noexcept {
   switch (family) {
     case LgrecoFamily::kQuantBits: return "quant";
+    case LgrecoFamily::kDgcDensity: return "dgc";
   }
   return "unknown";
 }
 
 LgrecoFamily parse_lgreco_family(const std::string& name) {
   if (name == "quant") return LgrecoFamily::kQuantBits;
-  GRADCOMM_THROW(ErrorCode::kInvalidArgument, "unknown L-GreCo family '", name, "' (expected quant)");
+  if (name == "dgc") return LgrecoFamily::kDgcDensity;
+  GRADCOMM_THROW(ErrorCode::kInvalidArgument, "unknown L-GreCo family '", name,
+                 "' (expected quant or dgc)");
 }
 
 namespace {
@@ -29,99 +33,161 @@ QuantizeOptions inner_quantize_options(const LgrecoOptions& options) {
   return q;
 }
 
+// Candidates must be distinct, in range, and include the default.
+template <typename T, typename InRange>
+void check_candidates(const std::vector<T>& values, const T& default_value, const char* what,
+                      InRange in_range) {
+  GRADCOMM_CHECK_ARG(!values.empty() && values.size() <= 255, "LgrecoCompressor: ", values.size(), " ",
+                     what, " (1..255)");
+  for (const T& v : values) {
+    GRADCOMM_CHECK_ARG(in_range(v), "LgrecoCompressor: ", what, " entry ", v, " out of range");
+    GRADCOMM_CHECK_ARG(std::count(values.begin(), values.end(), v) == 1, "LgrecoCompressor: ", what,
+                       " entry ", v, " listed twice");
+  }
+  GRADCOMM_CHECK_ARG(std::count(values.begin(), values.end(), default_value) == 1,
+                     "LgrecoCompressor: the default ", default_value, " is not among the ", what);
+}
+
 }  // namespace
 
 LgrecoCompressor::LgrecoCompressor(LgrecoOptions options) : options_(std::move(options)) {
-  GRADCOMM_CHECK_ARG(options_.family == LgrecoFamily::kQuantBits, "LgrecoCompressor: unknown family ",
-                     static_cast<int>(options_.family));
-  const std::vector<int>& widths = options_.bit_widths;
-  GRADCOMM_CHECK_ARG(!widths.empty() && widths.size() <= 255,
-                     "LgrecoCompressor: ", widths.size(), " bit widths (1..255)");
-  for (std::size_t i = 0; i < widths.size(); ++i) {
-    GRADCOMM_CHECK_ARG(widths[i] >= 1 && widths[i] <= 8, "LgrecoCompressor: bit width ", widths[i],
-                       " outside 1..8");
-    GRADCOMM_CHECK_ARG(std::count(widths.begin(), widths.end(), widths[i]) == 1,
-                       "LgrecoCompressor: bit width ", widths[i], " listed twice");
-  }
-  GRADCOMM_CHECK_ARG(std::count(widths.begin(), widths.end(), options_.default_bits) == 1,
-                     "LgrecoCompressor: default_bits ", options_.default_bits,
-                     " is not among the candidate bit widths");
+  GRADCOMM_CHECK_ARG(options_.family == LgrecoFamily::kQuantBits || options_.family == LgrecoFamily::kDgcDensity,
+                     "LgrecoCompressor: unknown family ", static_cast<int>(options_.family));
   GRADCOMM_CHECK_ARG(options_.period >= 1, "LgrecoCompressor: period ", options_.period, " < 1");
   GRADCOMM_CHECK_ARG(options_.first_step >= 0, "LgrecoCompressor: first_step ", options_.first_step,
                      " < 0");
   GRADCOMM_CHECK_ARG(options_.bins >= 1 && options_.bins <= (1 << 24), "LgrecoCompressor: bins ",
                      options_.bins, " outside [1, 2^24]");
-  quant_ = std::make_unique<QuantizeCompressor>(inner_quantize_options(options_));
+  if (quant_family()) {
+    check_candidates(options_.bit_widths, options_.default_bits, "bit widths",
+                     [](int b) { return b >= 1 && b <= 8; });
+    quant_ = std::make_unique<QuantizeCompressor>(inner_quantize_options(options_));
+  } else {
+    check_candidates(options_.densities, options_.default_density, "densities",
+                     [](double d) { return d > 0.0 && d <= 1.0; });
+    GRADCOMM_CHECK_ARG(options_.dgc_sample >= 1, "LgrecoCompressor: dgc_sample must be positive");
+    // Profiling recomputes DGC's momentum correction (paper Eq. 7) from u and v; local
+    // clipping would scale the gradient first, which it does not model.
+    GRADCOMM_CHECK_ARG(options_.dgc.clip_norm <= 0.0f, "LgrecoCompressor: the DGC family does not support "
+                       "clip_norm (", options_.dgc.clip_norm, ") yet");
+    options_.dgc.density = options_.default_density;
+    options_.dgc.dense_fallback = false;
+    DgcCompressor check(options_.dgc);  // validates the remaining DGC options now
+  }
 }
 
 LgrecoCompressor::~LgrecoCompressor() = default;
 
-Compressor& LgrecoCompressor::inner() const { return *quant_; }
+Compressor& LgrecoCompressor::inner(std::size_t layer) const {
+  if (quant_family()) return *quant_;
+  GRADCOMM_CHECK_ARG(layer < dgc_.size(), "LgrecoCompressor: layer ", layer, " out of range (",
+                     dgc_.size(), " layers set up)");
+  return *dgc_[layer];
+}
+
+DgcCompressor* LgrecoCompressor::dgc(std::size_t layer) {
+  return quant_family() || layer >= dgc_.size() ? nullptr : dgc_[layer].get();
+}
+
+std::unique_ptr<DgcCompressor> LgrecoCompressor::make_dgc(std::size_t layer, double density) const {
+  DgcOptions o = options_.dgc;
+  o.density = density;
+  auto c = std::make_unique<DgcCompressor>(o);
+  c->setup(std::span<const LayerSpec>(&layers_[layer], 1), world_size_, rank_);
+  return c;
+}
 
 std::string LgrecoCompressor::name() const {
   return std::string("lgreco-") + lgreco_family_name(options_.family);
 }
 
-std::size_t LgrecoCompressor::num_candidates() const { return options_.bit_widths.size(); }
+std::size_t LgrecoCompressor::num_candidates() const {
+  return quant_family() ? options_.bit_widths.size() : options_.densities.size();
+}
 
 std::string LgrecoCompressor::candidate_name(std::size_t c) const {
   GRADCOMM_CHECK_ARG(c < num_candidates(), "LgrecoCompressor: candidate ", c, " of ", num_candidates());
-  return std::to_string(options_.bit_widths[c]) + " bits";
+  if (quant_family()) return std::to_string(options_.bit_widths[c]) + " bits";
+  return detail::concat("density ", options_.densities[c]);
 }
 
 void LgrecoCompressor::setup(std::span<const LayerSpec> layers, int world_size, int rank) {
-  inner().setup(layers, world_size, rank);
   world_size_ = world_size;
   rank_ = rank;
   layers_.assign(layers.begin(), layers.end());
   const std::size_t L = layers.size(), C = num_candidates();
-  const auto c0 = static_cast<std::uint32_t>(
-      std::find(options_.bit_widths.begin(), options_.bit_widths.end(), options_.default_bits) -
-      options_.bit_widths.begin());
+  std::uint32_t c0 = 0;
+  if (quant_family()) {
+    quant_->setup(layers, world_size, rank);
+    c0 = static_cast<std::uint32_t>(
+        std::find(options_.bit_widths.begin(), options_.bit_widths.end(), options_.default_bits) -
+        options_.bit_widths.begin());
+  } else {
+    dgc_.clear();
+    for (std::size_t l = 0; l < L; ++l) dgc_.push_back(make_dgc(l, options_.default_density));
+    c0 = static_cast<std::uint32_t>(
+        std::find(options_.densities.begin(), options_.densities.end(), options_.default_density) -
+        options_.densities.begin());
+  }
   default_choice_.assign(L, c0);
   choice_ = default_choice_;
   planned_.assign(L, 0);
+  max_payload_.assign(L, 0);
   table_ = LgrecoTable(L, C);
   std::size_t largest = 0;
   const std::size_t bucket = options_.quantize.bucket_size;
   for (std::size_t l = 0; l < L; ++l) {
-    planned_[l] = quant_->is_quantized(l) ? 1 : 0;
+    const std::size_t n = layers[l].numel;
+    planned_[l] = quant_family() ? quant_->is_quantized(l) : dgc_[l]->is_sparse(0);
+    max_payload_[l] = inner(l).max_payload_bytes(inner_layer(l));
     for (std::size_t c = 0; c < C; ++c) {
-      // What the layer costs on the wire per step under each setting (the Exchanger's
-      // allgather of the payload; a dense layer's allreduce whatever the setting).
-      table_.bytes_at(l, c) =
-          planned_[l] ? allgather_wire_bytes(quantize_payload_bytes(layers[l].numel, options_.bit_widths[c], bucket),
-                                             world_size)
-                      : allreduce_wire_bytes(layers[l].numel * sizeof(float), world_size);
+      // What the layer costs on the wire per step under each setting: the Exchanger's
+      // allgather of its payload, or a dense layer's allreduce whatever the setting.
+      std::size_t payload = 0;
+      if (planned_[l] && quant_family()) {
+        payload = quantize_payload_bytes(n, options_.bit_widths[c], bucket);
+      } else if (planned_[l]) {
+        payload = make_dgc(l, options_.densities[c])->wire(0).bytes();  // setup only
+      }
+      max_payload_[l] = std::max(max_payload_[l], payload);
+      table_.bytes_at(l, c) = planned_[l] ? allgather_wire_bytes(payload, world_size)
+                                          : allreduce_wire_bytes(n * sizeof(float), world_size);
       table_.error_at(l, c) = 0;
     }
-    if (planned_[l]) largest = std::max(largest, layers[l].numel);
+    if (planned_[l]) largest = std::max(largest, n);
   }
   scratch_.assign(largest, 0.0f);
-  mins_.assign(kernels::quant::num_buckets(largest, bucket), 0.0f);
+  mins_.assign(quant_family() ? kernels::quant::num_buckets(largest, bucket) : 0, 0.0f);
   maxs_.assign(mins_.size(), 0.0f);
+  sample_.assign(quant_family() ? 0 : std::min(largest, options_.dgc_sample), 0.0f);
   table_layers_done_ = 0;
   table_step_ = -1;
   profiled_.assign(L, 0);
 }
 
 std::string LgrecoCompressor::settings_fingerprint() const {
-  std::string widths;
-  for (int b : options_.bit_widths) {
-    if (!widths.empty()) widths += ',';
-    widths += std::to_string(b);
+  std::string candidates;
+  for (std::size_t c = 0; c < num_candidates(); ++c) {
+    if (!candidates.empty()) candidates += ',';
+    candidates += quant_family() ? std::to_string(options_.bit_widths[c])
+                                 : detail::concat(options_.densities[c]);
   }
-  return detail::concat("lgreco family=", lgreco_family_name(options_.family), " bits=", widths,
-                        " default=", options_.default_bits, " period=", options_.period,
-                        " first=", options_.first_step, " bins=", options_.bins, " | ",
-                        inner().settings_fingerprint());
+  return detail::concat("lgreco family=", lgreco_family_name(options_.family), " candidates=", candidates,
+                        " default=", quant_family() ? detail::concat(options_.default_bits)
+                                                    : detail::concat(options_.default_density),
+                        " period=",
+                        options_.period, " first=", options_.first_step, " bins=", options_.bins,
+                        " sample=", options_.dgc_sample, " | ",
+                        quant_family() ? quant_->settings_fingerprint()
+                                       : DgcCompressor(options_.dgc).settings_fingerprint());
 }
 
 std::size_t LgrecoCompressor::max_payload_bytes(std::size_t layer) const {
-  return inner().max_payload_bytes(layer);
+  GRADCOMM_CHECK_ARG(layer < max_payload_.size(), "LgrecoCompressor: layer ", layer, " of ", max_payload_.size());
+  return std::max(max_payload_[layer], inner(layer).max_payload_bytes(inner_layer(layer)));
 }
 
-LayerWire LgrecoCompressor::wire(std::size_t layer) const { return inner().wire(layer); }
+LayerWire LgrecoCompressor::wire(std::size_t layer) const { return inner(layer).wire(inner_layer(layer)); }
 
 bool LgrecoCompressor::profiles_step(std::int64_t step) const {
   return step >= options_.first_step && (step - options_.first_step + 1) % options_.period == 0;
@@ -139,14 +205,27 @@ bool LgrecoCompressor::table_ready() const noexcept {
 
 void LgrecoCompressor::set_step(std::int64_t step) {
   step_ = step;
-  inner().set_step(step);
+  if (quant_family()) {
+    quant_->set_step(step);
+  } else {
+    for (auto& c : dgc_) c->set_step(step);
+  }
 }
 
-void LgrecoCompressor::set_epoch(std::int64_t epoch) { inner().set_epoch(epoch); }
+void LgrecoCompressor::set_epoch(std::int64_t epoch) {
+  epoch_ = epoch;
+  if (quant_family()) {
+    quant_->set_epoch(epoch);
+  } else {
+    for (auto& c : dgc_) c->set_epoch(epoch);
+  }
+}
 
-// The error each bit width would make on x = gradient + residual, the error-fed input the
-// quantizer is about to compress: nearest rounding exactly, stochastic in expectation.
-// One min/max pass shared by all widths, then one pass per width; every `period` steps.
+// The error each candidate would make on the input the compressor is about to compress.
+// Quantization: x = gradient + residual; nearest rounding exactly, stochastic in
+// expectation; one min/max pass shared by all widths, then one pass per width. DGC:
+// v' after momentum correction (paper Eq. 7) from this rank's u and v, then every density
+// from one sorted sample. Every `period` steps only.
 void LgrecoCompressor::profile(std::size_t layer, const float* grad) {
   const auto start = std::chrono::steady_clock::now();
   if (table_step_ != step_) {  // the first layer of this profiling step
@@ -157,16 +236,29 @@ void LgrecoCompressor::profile(std::size_t layer, const float* grad) {
   const std::size_t n = layers_[layer].numel;
   float* x = scratch_.data();
   kernels::copy_zeroing_nonfinite(grad, x, n);
-  const std::span<const float> residual = quant_->residual(layer);
-  if (!residual.empty()) {
-    for (std::size_t i = 0; i < n; ++i) x[i] += residual[i];
-  }
-  const std::size_t bucket = options_.quantize.bucket_size;
-  const bool stochastic = options_.quantize.rounding == Rounding::kStochastic;
-  kernels::bucket_min_max(x, n, bucket, mins_.data(), maxs_.data());
-  for (std::size_t c = 0; c < num_candidates(); ++c) {
-    table_.error_at(layer, c) = std::sqrt(kernels::quantize_squared_error(
-        x, n, bucket, options_.bit_widths[c], stochastic, mins_.data(), maxs_.data()));
+  const std::size_t C = num_candidates();
+  if (quant_family()) {
+    const std::span<const float> residual = quant_->residual(layer);
+    if (!residual.empty()) {
+      for (std::size_t i = 0; i < n; ++i) x[i] += residual[i];
+    }
+    const std::size_t bucket = options_.quantize.bucket_size;
+    const bool stochastic = options_.quantize.rounding == Rounding::kStochastic;
+    kernels::bucket_min_max(x, n, bucket, mins_.data(), maxs_.data());
+    for (std::size_t c = 0; c < C; ++c) {
+      table_.error_at(layer, c) = std::sqrt(kernels::quantize_squared_error(
+          x, n, bucket, options_.bit_widths[c], stochastic, mins_.data(), maxs_.data()));
+    }
+  } else {
+    const DgcCompressor& d = *dgc_[layer];
+    const std::span<const float> u = d.momentum(0), v = d.residual(0);
+    const float m = options_.dgc.momentum;
+    for (std::size_t i = 0; i < n; ++i) {
+      const float g = x[i];
+      x[i] = options_.dgc.nesterov ? v[i] + m * (u[i] + g) + g : v[i] + (m * u[i] + g);
+    }
+    lgreco_topk_errors(std::span<const float>(x, n), options_.densities, options_.dgc_sample,
+                       std::span<double>(&table_.error_at(layer, 0), C), sample_);
   }
   table_layers_done_ += profiled_[layer] ? 0 : 1;
   profiled_[layer] = 1;
@@ -178,11 +270,11 @@ EncodeResult LgrecoCompressor::encode(std::size_t layer, TensorView grad, Tensor
       grad.numel() == layers_[layer].numel) {
     profile(layer, grad.span<const float>("gradient").data());
   }
-  return inner().encode(layer, grad, payload);
+  return inner(layer).encode(inner_layer(layer), grad, payload);
 }
 
 void LgrecoCompressor::decode(std::size_t layer, TensorView received, TensorView out) {
-  inner().decode(layer, received, out);
+  inner(layer).decode(inner_layer(layer), received, out);
 }
 
 void LgrecoCompressor::apply_plan(std::span<const std::uint32_t> choice) {
@@ -196,27 +288,86 @@ void LgrecoCompressor::apply_plan(std::span<const std::uint32_t> choice) {
                        planned_[l] ? "" : " (a dense layer keeps its default)");
   }
   for (std::size_t l = 0; l < choice.size(); ++l) {
-    // The quantizer keeps the layer's residual across a change of bits: nothing is lost.
-    if (planned_[l]) quant_->set_layer_bits(l, options_.bit_widths[choice[l]]);
+    if (planned_[l] && choice[l] != choice_[l]) {
+      if (quant_family()) {
+        // The quantizer keeps the layer's residual across a change of bits.
+        quant_->set_layer_bits(l, options_.bit_widths[choice[l]]);
+      } else {
+        // A DgcCompressor at the new density takes over u and v (its state blob holds no
+        // density): nothing is lost. Allocates, but only at a re-plan, every `period` steps.
+        auto next = make_dgc(l, options_.densities[choice[l]]);
+        next->load_state(dgc_[l]->save_state());
+        next->set_step(step_);
+        if (epoch_ >= 0 && options_.dgc.steps_per_epoch == 0) next->set_epoch(epoch_);
+        dgc_[l] = std::move(next);
+      }
+    }
     choice_[l] = choice[l];
   }
 }
 
-// The inner compressor's state carries the per-layer settings (bits) with the residuals;
-// the plan is read back from it.
-std::vector<std::byte> LgrecoCompressor::save_state() const { return inner().save_state(); }
+// State: "GCLG", version, layer count, the plan (one candidate per layer), then the inner
+// compressors' blobs (one for the quantizer, one per layer for DGC), each length-prefixed.
+namespace {
+constexpr std::uint32_t kStateMagic = 0x474c4347;  // "GCLG"
+constexpr std::uint32_t kStateVersion = 1;
+
+void append(std::vector<std::byte>& out, const void* data, std::size_t bytes) {
+  const std::size_t at = out.size();
+  out.resize(at + bytes);
+  if (bytes) std::memcpy(out.data() + at, data, bytes);
+}
+}  // namespace
+
+std::vector<std::byte> LgrecoCompressor::save_state() const {
+  std::vector<std::byte> out;
+  const std::uint32_t head[2] = {kStateMagic, kStateVersion};
+  append(out, head, sizeof head);
+  const std::uint64_t count = choice_.size();
+  append(out, &count, sizeof count);
+  append(out, choice_.data(), choice_.size() * sizeof(std::uint32_t));
+  const std::size_t blobs = quant_family() ? 1 : dgc_.size();
+  for (std::size_t i = 0; i < blobs; ++i) {
+    const std::vector<std::byte> blob = inner(i).save_state();
+    const std::uint64_t size = blob.size();
+    append(out, &size, sizeof size);
+    append(out, blob.data(), blob.size());
+  }
+  return out;
+}
 
 void LgrecoCompressor::load_state(std::span<const std::byte> blob) {
-  inner().load_state(blob);
-  for (std::size_t l = 0; l < layers_.size(); ++l) {
-    if (!planned_[l]) continue;
-    const int bits = quant_->layer_bits(l);
-    const auto it = std::find(options_.bit_widths.begin(), options_.bit_widths.end(), bits);
-    GRADCOMM_CHECK(it != options_.bit_widths.end(), ErrorCode::kCorruptPayload,
-                   "LgrecoCompressor::load_state on rank ", rank_, ": layer ", l, " ('",
-                   layers_[l].name, "') has ", bits, " bits, not a candidate");
-    choice_[l] = static_cast<std::uint32_t>(it - options_.bit_widths.begin());
+  std::size_t at = 0;
+  auto take = [&](void* dst, std::size_t bytes, const char* what) {
+    GRADCOMM_CHECK(bytes <= blob.size() - at, ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state on rank ",
+                   rank_, ": blob of ", blob.size(), " bytes ends at ", at, " reading ", what);
+    if (bytes) std::memcpy(dst, blob.data() + at, bytes);
+    at += bytes;
+  };
+  std::uint32_t head[2];
+  take(head, sizeof head, "the header");
+  GRADCOMM_CHECK(head[0] == kStateMagic && head[1] == kStateVersion, ErrorCode::kCorruptPayload,
+                 "LgrecoCompressor::load_state: not an L-GreCo state (magic ", head[0], ", version ", head[1], ")");
+  std::uint64_t count = 0;
+  take(&count, sizeof count, "the layer count");
+  GRADCOMM_CHECK(count == layers_.size(), ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state on rank ",
+                 rank_, ": blob has ", count, " layers, this compressor ", layers_.size());
+  std::vector<std::uint32_t> choice(layers_.size());
+  take(choice.data(), choice.size() * sizeof(std::uint32_t), "the plan");
+  std::vector<std::span<const std::byte>> inner_blobs;
+  const std::size_t blobs = quant_family() ? 1 : dgc_.size();
+  for (std::size_t i = 0; i < blobs; ++i) {
+    std::uint64_t size = 0;
+    take(&size, sizeof size, "an inner state's size");
+    GRADCOMM_CHECK(size <= blob.size() - at, ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state: inner state ",
+                   i, " of ", size, " bytes overruns the blob of ", blob.size());
+    inner_blobs.push_back(blob.subspan(at, size));
+    at += size;
   }
+  GRADCOMM_CHECK(at == blob.size(), ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state: ",
+                 blob.size() - at, " trailing bytes");
+  apply_plan(choice);  // validates the plan; settings first, then the state they carry
+  for (std::size_t i = 0; i < blobs; ++i) inner(i).load_state(inner_blobs[i]);
 }
 
 }  // namespace gradcomm

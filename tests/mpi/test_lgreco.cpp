@@ -184,5 +184,50 @@ TEST(LgrecoMpi, SamePlanOnEveryRankAfterEveryReplanAndNothingLost) {
   }
 }
 
+// The DGC family: the same plan everywhere after every re-plan, identical updates, and a
+// density change hands u and v to the new setting unchanged.
+TEST(LgrecoMpi, DgcFamilySamePlanEverywhereAndStateKept) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const auto layers = model_layers();
+  LgrecoOptions options;
+  options.family = LgrecoFamily::kDgcDensity;
+  options.period = 3;
+  options.dgc.warmup_densities = {};
+  auto owned = std::make_unique<LgrecoCompressor>(options);
+  LgrecoCompressor& lg = *owned;
+  Exchanger ex(comm, std::move(owned), layers, {.bucket_bytes = 8192});
+  LgrecoPlanner planner(comm, lg);
+  int replans = 0, nonuniform = 0;
+  const std::vector<std::uint32_t> uniform(lg.default_choice().begin(), lg.default_choice().end());
+  for (std::int64_t step = 0; step < 13; ++step) {
+    StepBuffers b(gradients(layers, comm.rank(), step));
+    ex.exchange(b.grad_views, b.out_views);
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      ASSERT_TRUE(same_on_all_ranks(b.outs[l])) << "step " << step << " layer " << l;
+    }
+    std::vector<std::vector<float>> u, v;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      u.emplace_back(lg.dgc(l)->momentum(0).begin(), lg.dgc(l)->momentum(0).end());
+      v.emplace_back(lg.dgc(l)->residual(0).begin(), lg.dgc(l)->residual(0).end());
+    }
+    const std::vector<std::uint32_t> before(lg.choice().begin(), lg.choice().end());
+    if (!planner.after_step()) continue;
+    replans += 1;
+    const LgrecoPlan& plan = planner.plan();
+    ASSERT_TRUE(same_on_all_ranks(planner.agreed_table().error)) << "step " << step;
+    ASSERT_TRUE(same_on_all_ranks(plan.choice)) << "step " << step;
+    EXPECT_LE(plan.error, plan.budget * (1 + 1e-12));
+    nonuniform += plan.choice != uniform;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      EXPECT_DOUBLE_EQ(lg.dgc(l)->density(), options.densities[plan.choice[l]]);
+      if (plan.choice[l] == before[l]) continue;
+      EXPECT_EQ(std::vector<float>(lg.dgc(l)->momentum(0).begin(), lg.dgc(l)->momentum(0).end()), u[l]);
+      EXPECT_EQ(std::vector<float>(lg.dgc(l)->residual(0).begin(), lg.dgc(l)->residual(0).end()), v[l]);
+    }
+  }
+  EXPECT_EQ(replans, 4);
+  EXPECT_GT(nonuniform, 0) << "the plan never left the uniform density: the test shows nothing";
+}
+
 }  // namespace
 }  // namespace gradcomm

@@ -1,0 +1,51 @@
+// The DGC family's error table from one sorted sample (docs/algorithms/lgreco.md).
+#include <algorithm>
+#include <cmath>
+#include <functional>
+
+#include "gradcomm/lgreco.h"
+
+namespace gradcomm {
+
+void lgreco_topk_errors(std::span<const float> x, std::span<const double> densities, std::size_t sample,
+                        std::span<double> errors, std::vector<float>& workspace) {
+  GRADCOMM_CHECK(errors.size() == densities.size(), ErrorCode::kSizeMismatch, "lgreco_topk_errors: ",
+                 densities.size(), " densities, ", errors.size(), " error slots");
+  GRADCOMM_CHECK_ARG(sample >= 1, "lgreco_topk_errors: sample must be positive");
+  const std::size_t n = x.size();
+  if (n == 0) {
+    std::fill(errors.begin(), errors.end(), 0.0);
+    return;
+  }
+  // A strided sample (every element when the layer is small). Deterministic: starting at 0,
+  // so every rank samples the same positions of its own vector.
+  const std::size_t s = std::min(n, sample);
+  const std::size_t stride = n / s;
+  if (workspace.size() < s) workspace.resize(s);
+  double total = 0;
+  for (std::size_t i = 0; i < n; ++i) total += static_cast<double>(x[i]) * x[i];
+  for (std::size_t j = 0; j < s; ++j) workspace[j] = std::fabs(x[j * stride]);
+
+  // Only the top of the sample is needed: partition it off, then sort just that part.
+  double largest = 0;
+  for (const double d : densities) largest = std::max(largest, d);
+  const std::size_t top = std::min(s, static_cast<std::size_t>(std::ceil(largest * static_cast<double>(s))) + 2);
+  auto first = workspace.begin(), mid = first + static_cast<std::ptrdiff_t>(top),
+       last = first + static_cast<std::ptrdiff_t>(s);
+  std::nth_element(first, mid - 1, last, std::greater<>());
+  std::sort(first, mid, std::greater<>());
+
+  const double scale = static_cast<double>(n) / static_cast<double>(s);
+  for (std::size_t c = 0; c < densities.size(); ++c) {
+    // DGC's k for this density, as a (fractional) count of sample elements.
+    const double k = std::clamp(std::ceil(densities[c] * static_cast<double>(n)), 1.0, static_cast<double>(n));
+    const double ks = std::min(k / scale, static_cast<double>(top));
+    const auto whole = static_cast<std::size_t>(ks);
+    double sent = 0;
+    for (std::size_t j = 0; j < whole; ++j) sent += static_cast<double>(workspace[j]) * workspace[j];
+    if (whole < top) sent += (ks - static_cast<double>(whole)) * workspace[whole] * workspace[whole];
+    errors[c] = std::sqrt(std::max(0.0, total - scale * sent));
+  }
+}
+
+}  // namespace gradcomm
