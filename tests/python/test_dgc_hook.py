@@ -16,9 +16,9 @@ def _dense_momentum(rank, world, steps, nesterov):
     return train_steps(model, opt, rank, steps)
 
 
-def _dgc(rank, world, steps, kwargs):
+def _dgc(rank, world, steps, kwargs, ddp_kwargs=None):
     net = tiny_net()
-    model = nn.parallel.DistributedDataParallel(net)
+    model = nn.parallel.DistributedDataParallel(net, **(ddp_kwargs or {}))
     state = gct.DGCState(named_parameters=net.named_parameters(), **kwargs)
     model.register_comm_hook(state, gct.dgc_hook)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -40,15 +40,28 @@ def test_density_one_equals_momentum_sgd(world, nesterov):
                                    msg=lambda m: f"step {step}: {m}")
 
 
+def test_density_one_with_gradient_as_bucket_view_and_small_buckets():
+    """The hook writes the update into the bucket in place: with gradients that are views
+    of the bucket, and with one parameter per bucket, nothing changes."""
+    ref = run_ranks(_dense_momentum, 2, 4, False)
+    ours = run_ranks(_dgc, 2, 4, dict(density=1.0, selection="exact", warmup=None),
+                     dict(gradient_as_bucket_view=True, bucket_cap_mb=0.001))
+    for step in range(4):
+        torch.testing.assert_close(ours[0][step], ref[0][step], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("selection", ["sampled", "exact"])
 def test_sparse_steps_identical_on_all_ranks(world, selection):
     steps = 8
     # dense_fallback off so every >1-D tensor really goes through the sparse allgather
-    # even at 4 ranks; a warm-up that changes density mid-run changes the payload size.
+    # even at 4 ranks; a warm-up that changes density mid-run changes the payload size;
+    # fp16 values, clipping and Nesterov on the 4-rank runs.
     ours = run_ranks(_dgc, world, steps, dict(density=0.05, selection=selection,
                                               warmup=(0.5, 0.2), steps_per_epoch=3,
-                                              dense_fallback=False, fp16=(world == 4)))
+                                              dense_fallback=False, fp16=(world == 4),
+                                              clip=(0.5 if world == 4 else None),
+                                              nesterov=(world == 4)))
     for step in range(steps):
         for r in range(1, world):
             assert torch.equal(ours[r][step], ours[0][step]), f"rank {r} differs at step {step}"

@@ -115,7 +115,6 @@ def _nonfinite(rank, world, policy):
     model = nn.parallel.DistributedDataParallel(tiny_net())
     state = gct.DGCState(density=0.1, warmup=None, nonfinite=policy)
     model.register_comm_hook(state, gct.dgc_hook)
-    before = [p.detach().clone() for p in model.parameters()]
     x, y = next(batches(rank, 1))
     if rank == world - 1:
         x[0, 0] = float("nan")  # one rank's gradient turns NaN
@@ -124,7 +123,8 @@ def _nonfinite(rank, world, policy):
     except RuntimeError as e:
         return "raised: " + str(e)
     grads = [p.grad.clone() for p in model.parameters()]
-    return [torch.equal(g, torch.zeros_like(g)) for g in grads], before
+    return ([torch.equal(g, torch.zeros_like(g)) for g in grads],
+            all(bool(torch.isfinite(g).all()) for g in grads))
 
 
 def test_nonfinite_error_policy_raises_on_every_rank():
@@ -135,3 +135,8 @@ def test_nonfinite_error_policy_raises_on_every_rank():
 def test_nonfinite_skip_step_gives_a_zero_update_everywhere():
     for zeros, _ in run_ranks(_nonfinite, 2, "skip_step"):
         assert all(zeros)
+
+
+def test_nonfinite_zero_policy_goes_on_with_finite_updates():
+    for zeros, finite in run_ranks(_nonfinite, 2, "zero"):
+        assert finite and not all(zeros)
