@@ -37,9 +37,12 @@ class ExchangerRunner final : public Runner {
     collective_ = std::max_element(bytes.begin(), bytes.end(), [](const auto& a, const auto& b) {
                     return a.second < b.second;
                   })->first;
+    split_.allreduce = bytes[Collective::kAllreduce];
+    split_.allgather = bytes[Collective::kAllgather];
   }
 
   Collective collective() const override { return collective_; }
+  PayloadSplit payload_split() const override { return split_; }
   CheckBound bound() const override { return bound_; }
   void step(std::span<const TensorView> grads, std::span<const TensorView> outs) override {
     exchanger_.exchange(grads, outs);
@@ -49,6 +52,7 @@ class ExchangerRunner final : public Runner {
   Exchanger exchanger_;
   CheckBound bound_;
   Collective collective_ = Collective::kAllreduce;
+  PayloadSplit split_;
 };
 
 }  // namespace

@@ -42,6 +42,7 @@ struct Row {
   double busbw_gbps = 0;
   std::uint64_t wire_bytes = 0;
   long long wrong = -1;  // -1: not checked
+  PayloadSplit split;
 };
 
 void check_mpi(int rc, const char* what, int rank) {
@@ -87,6 +88,15 @@ class Bench {
              model.name.c_str(), o_.compressor.c_str(), static_cast<unsigned long long>(rows.back().wire_bytes),
              static_cast<unsigned long long>(dense_wire),
              rows.back().wire_bytes ? static_cast<double>(dense_wire) / static_cast<double>(rows.back().wire_bytes) : 0.0);
+      const PayloadSplit& split = rows.back().split;
+      if (split.allreduce + split.allgather > 0) {
+        print0("# payload per rank per step: %llu B allgathered (sparse) + %llu B allreduced (dense) = %llu B;"
+               " by the algorithm model (no framing) that sends %llu + %llu B\n",
+               static_cast<unsigned long long>(split.allgather), static_cast<unsigned long long>(split.allreduce),
+               static_cast<unsigned long long>(split.allgather + split.allreduce),
+               static_cast<unsigned long long>(allgather_wire_bytes(split.allgather, comm_.size())),
+               static_cast<unsigned long long>(allreduce_wire_bytes(split.allreduce, comm_.size())));
+      }
     } else {
       column_titles();
       for (const std::size_t bytes : sweep_sizes(o_)) {
@@ -191,6 +201,7 @@ class Bench {
     row.bytes = 4 * count;
     row.count = count;
     row.collective = runner->collective();
+    row.split = runner->payload_split();
     if (o_.check) {
       // The first step of a fresh runner: error-feedback state is still zero, so the
       // compressor's bound applies to this one step exactly.

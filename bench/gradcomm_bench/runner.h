@@ -37,9 +37,19 @@ struct CheckBound {
   std::string statement;  // the bound as the compressor states it, printed in the header
 };
 
+// Payload bytes per rank per step by collective (at step 0): summable payloads go to the
+// allreduce (dense tensors), opaque ones to the allgather (sparse top-k, quantized).
+struct PayloadSplit {
+  std::uint64_t allreduce = 0;
+  std::uint64_t allgather = 0;
+};
+
 class Runner {
  public:
   virtual ~Runner() = default;
+
+  // For the --model summary; all zero when the runner does not know.
+  virtual PayloadSplit payload_split() const { return {}; }
 
   // The collective that carries most of the bytes: picks the busbw factor.
   virtual Collective collective() const = 0;

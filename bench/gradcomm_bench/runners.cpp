@@ -10,13 +10,16 @@ std::unique_ptr<Runner> make_none_runner(Communicator&, std::vector<LayerSpec>, 
 std::unique_ptr<Runner> make_fp16_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
 std::unique_ptr<Runner> make_mpi_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
 std::unique_ptr<Runner> make_onebit_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
+std::unique_ptr<Runner> make_dgc_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
+std::unique_ptr<Runner> make_dgc_fp16_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
 
 namespace {
 constexpr RunnerEntry kRunners[] = {
     {"none", "dense fp32 allreduce through the Exchanger (the baseline)", make_none_runner},
     {"fp16", "dense allreduce with fp16 on the wire (like torch's fp16_compress_hook)", make_fp16_runner},
     {"mpi", "blocking MPI_Allreduce per layer, bypassing the Exchanger (the transport alone)", make_mpi_runner},
-    {"dgc", "Deep Gradient Compression, top-k allgather with error feedback (--density)", nullptr},
+    {"dgc", "Deep Gradient Compression, top-k allgather with error feedback (--density)", make_dgc_runner},
+    {"dgc-fp16", "DGC with fp16 values and fp16 dense tensors on the wire (--density)", make_dgc_fp16_runner},
     {"onebit", "1-bit compressed allreduce with error feedback (two-phase)", make_onebit_runner},
     {"quant", "k-bit max-min quantization (--bits)", nullptr},
     {"lgreco-dgc", "L-GreCo per-layer densities over DGC", nullptr},
