@@ -11,8 +11,8 @@ Hooks:
                 with --optimizer adam
   dgc           Deep Gradient Compression (--density, paper warm-up), plain SGD after it
   onebit-adam   1-bit Adam: Adam for --freeze-fraction of the steps, then 1-bit momentum
-  lgreco        L-GreCo: per-layer DGC densities (or bit widths, --family quant) chosen
-                by dynamic programming under the error budget of the uniform --density
+  lgreco        L-GreCo: per-layer bit widths (or DGC densities, --family dgc) chosen
+                by dynamic programming under the error budget of the uniform --bits
   lgreco-uniform  the same compressor family at its uniform default (L-GreCo's reference)
 
 Prints, per epoch: test accuracy, time per step, and bytes each rank sent per step (by
@@ -51,7 +51,7 @@ class Config:
     momentum: float = 0.9
     density: float = 0.001  # DGC, and L-GreCo's uniform default in the dgc family
     bits: int = 4  # L-GreCo's uniform default in the quant family
-    family: str = "dgc"  # L-GreCo: dgc or quant
+    family: str = "quant"  # L-GreCo: quant (bit widths) or dgc (densities)
     replan_every: int = 50  # L-GreCo: steps between plans
     freeze_fraction: float = 0.2  # 1-bit Adam: share of the steps in warm-up
     precondition: bool = True  # 1-bit Adam: the variant that does not diverge on digits
