@@ -7,7 +7,7 @@
 
 namespace trainer {
 
-CompressorSetup make_quantize_family_compressor(const Options& options);
+CompressorSetup make_quantize_or_lgreco_compressor(const Options& options, std::size_t steps_per_epoch);
 
 CompressorSetup make_compressor(const Options& options, int world_size, std::size_t steps_per_epoch) {
   (void)world_size;
@@ -31,12 +31,9 @@ CompressorSetup make_compressor(const Options& options, int world_size, std::siz
     setup.compressor_has_momentum = true;
     return setup;
   }
-  if (options.compressor == "quant" || options.compressor == "lgreco-quant") {
-    return make_quantize_family_compressor(options);  // compressors_quantize.cpp
-  }
-  if (options.compressor == "lgreco-dgc") {
-    throw std::invalid_argument("--compressor " + options.compressor +
-                                " is not built in this version of gradcomm-train yet");
+  if (options.compressor == "quant" || options.compressor == "lgreco-quant" ||
+      options.compressor == "lgreco-dgc") {
+    return make_quantize_or_lgreco_compressor(options, steps_per_epoch);  // compressors_lgreco.cpp
   }
   throw std::invalid_argument("unknown --compressor '" + options.compressor +
                               "' (expected none, dgc, quant, lgreco-dgc or lgreco-quant)");

@@ -1,5 +1,6 @@
 // --compressor quant | lgreco-quant | lgreco-dgc: the k-bit quantizer, and L-GreCo over
 // either family, re-planned every 100 steps by an LgrecoPlanner run after each exchange.
+// The uniform default of each family (c0) is --bits or --density.
 #include <gradcomm/lgreco.h>
 #include <gradcomm/quantize.h>
 
@@ -54,7 +55,7 @@ struct LgrecoRun {
 
 }  // namespace
 
-CompressorSetup make_quantize_family_compressor(const Options& options) {
+CompressorSetup make_quantize_or_lgreco_compressor(const Options& options, std::size_t steps_per_epoch) {
   CompressorSetup setup;
   gradcomm::QuantizeOptions quantize;
   quantize.bits = options.bits;
@@ -67,6 +68,18 @@ CompressorSetup make_quantize_family_compressor(const Options& options) {
   lgreco.quantize = quantize;
   lgreco.default_bits = options.bits;
   lgreco.family = gradcomm::parse_lgreco_family(options.compressor.substr(std::string("lgreco-").size()));
+  if (lgreco.family == gradcomm::LgrecoFamily::kDgcDensity) {
+    // As --compressor dgc: the epoch-driven warm-up above the target, momentum inside the
+    // compressor; --density is the uniform default c0. Planning starts after the warm-up.
+    gradcomm::DgcOptions& dgc = lgreco.dgc;
+    std::erase_if(dgc.warmup_densities, [&](double d) { return d <= options.density; });
+    dgc.momentum = static_cast<float>(options.momentum);
+    dgc.value_dtype = dgc.dense_dtype = options.fp16_wire ? gradcomm::DType::kFloat16 : gradcomm::DType::kFloat32;
+    dgc.seed = options.seed;
+    lgreco.default_density = options.density;
+    lgreco.first_step = static_cast<std::int64_t>(dgc.warmup_densities.size() * steps_per_epoch);
+    setup.compressor_has_momentum = true;
+  }
   auto compressor = std::make_unique<gradcomm::LgrecoCompressor>(lgreco);
   auto run = std::make_shared<LgrecoRun>();
   run->compressor = compressor.get();

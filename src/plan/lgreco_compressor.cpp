@@ -89,9 +89,11 @@ DgcCompressor* LgrecoCompressor::dgc(std::size_t layer) {
   return quant_family() || layer >= dgc_.size() ? nullptr : dgc_[layer].get();
 }
 
-std::unique_ptr<DgcCompressor> LgrecoCompressor::make_dgc(std::size_t layer, double density) const {
+std::unique_ptr<DgcCompressor> LgrecoCompressor::make_dgc(std::size_t layer, double density,
+                                                          bool warmup) const {
   DgcOptions o = options_.dgc;
   o.density = density;
+  if (!warmup) o.warmup_densities.clear();
   auto c = std::make_unique<DgcCompressor>(o);
   c->setup(std::span<const LayerSpec>(&layers_[layer], 1), world_size_, rank_);
   return c;
@@ -124,7 +126,7 @@ void LgrecoCompressor::setup(std::span<const LayerSpec> layers, int world_size, 
         options_.bit_widths.begin());
   } else {
     dgc_.clear();
-    for (std::size_t l = 0; l < L; ++l) dgc_.push_back(make_dgc(l, options_.default_density));
+    for (std::size_t l = 0; l < L; ++l) dgc_.push_back(make_dgc(l, options_.default_density, true));
     c0 = static_cast<std::uint32_t>(
         std::find(options_.densities.begin(), options_.densities.end(), options_.default_density) -
         options_.densities.begin());
@@ -147,7 +149,8 @@ void LgrecoCompressor::setup(std::span<const LayerSpec> layers, int world_size, 
       if (planned_[l] && quant_family()) {
         payload = quantize_payload_bytes(n, options_.bit_widths[c], bucket);
       } else if (planned_[l]) {
-        payload = make_dgc(l, options_.densities[c])->wire(0).bytes();  // setup only
+        // The wire at this density once warm-up is over (setup only).
+        payload = make_dgc(l, options_.densities[c], false)->wire(0).bytes();
       }
       max_payload_[l] = std::max(max_payload_[l], payload);
       table_.bytes_at(l, c) = planned_[l] ? allgather_wire_bytes(payload, world_size)
@@ -295,7 +298,7 @@ void LgrecoCompressor::apply_plan(std::span<const std::uint32_t> choice) {
       } else {
         // A DgcCompressor at the new density takes over u and v (its state blob holds no
         // density): nothing is lost. Allocates, but only at a re-plan, every `period` steps.
-        auto next = make_dgc(l, options_.densities[choice[l]]);
+        auto next = make_dgc(l, options_.densities[choice[l]], true);
         next->load_state(dgc_[l]->save_state());
         next->set_step(step_);
         if (epoch_ >= 0 && options_.dgc.steps_per_epoch == 0) next->set_epoch(epoch_);
