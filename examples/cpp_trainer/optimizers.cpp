@@ -65,10 +65,11 @@ class Adam final : public Optimizer {
 
 }  // namespace
 
+std::unique_ptr<Optimizer> make_onebit_adam(const Options& options, gradcomm::Communicator& comm,
+                                            std::size_t total_steps);  // optimizer_onebit.cpp
+
 std::unique_ptr<Optimizer> make_optimizer(const Options& options, bool compressor_has_momentum,
                                           gradcomm::Communicator& comm, std::size_t total_steps) {
-  (void)comm;
-  (void)total_steps;
   if (options.optimizer == "sgd") {
     return std::make_unique<Sgd>(options.lr > 0 ? options.lr : 0.05,
                                  compressor_has_momentum ? 0.0 : options.momentum, options.weight_decay);
@@ -79,9 +80,7 @@ std::unique_ptr<Optimizer> make_optimizer(const Options& options, bool compresso
                                   ", whose update already carries momentum; use sgd");
     return std::make_unique<Adam>(options.lr > 0 ? options.lr : 2e-3, options.weight_decay);
   }
-  if (options.optimizer == "onebit-adam") {
-    throw std::invalid_argument("--optimizer onebit-adam is not built in this version of gradcomm-train yet");
-  }
+  if (options.optimizer == "onebit-adam") return make_onebit_adam(options, comm, total_steps);
   throw std::invalid_argument("unknown --optimizer '" + options.optimizer + "' (expected sgd, adam or onebit-adam)");
 }
 

@@ -22,6 +22,10 @@ Run under mpirun, e.g.  mpirun -np 4 gradcomm-train --compressor dgc --density 0
   --fp16-wire          fp16 values on the wire
   --nonfinite P        error | skip_step | zero (default error)
   --freeze-fraction F  onebit-adam warm-up share of the steps (default 0.2)
+  --onebit-precondition 0|1  onebit-adam compresses m/(sqrt(v)+eps), robust (default 1);
+                       0 compresses m as the reference does (diverges on digits, see docs)
+  --onebit-eps E       onebit-adam eps (default 1e-5: with 1e-8 the frozen variance of
+                       rarely active inputs blows the sign scale up; docs/algorithms/onebit-adam.md)
   --json FILE          write {"test_accuracy", "bytes_per_step", "time_per_step_ms", "steps", ...}
   --digits PATH        digits.csv.gz (default: the file python3-sklearn ships)
   --quiet              no per-epoch lines
@@ -62,6 +66,8 @@ bool parse_options(int argc, char** argv, Options& o) {
     else if (flag == "--fp16-wire") o.fp16_wire = true;
     else if (flag == "--nonfinite") o.nonfinite = value();
     else if (flag == "--freeze-fraction") o.freeze_fraction = parse_number<double>(flag, value());
+    else if (flag == "--onebit-precondition") o.onebit_precondition = parse_number<int>(flag, value()) != 0;
+    else if (flag == "--onebit-eps") o.onebit_eps = parse_number<double>(flag, value());
     else if (flag == "--digits") o.digits = value();
     else if (flag == "--quiet") o.quiet = true;
     else if (flag == "--hidden") {

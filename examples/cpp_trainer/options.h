@@ -23,6 +23,8 @@ struct Options {
   bool fp16_wire = false;           // fp16 values/dense tensors on the wire
   std::string nonfinite = "error";  // error|skip_step|zero
   double freeze_fraction = 0.2;     // onebit-adam: warm-up share of all steps
+  bool onebit_precondition = true;  // onebit-adam: compress m/(sqrt(v)+eps) (0: the reference)
+  double onebit_eps = 1e-5;         // onebit-adam: eps (1e-8 diverges after the freeze on digits)
   bool quiet = false;               // no per-epoch lines
   std::string digits;               // path of digits.csv.gz ("" = python3-sklearn's)
 };

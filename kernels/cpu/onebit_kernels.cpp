@@ -48,6 +48,14 @@ void add_squares(const float* x, const float* err, std::size_t begin, std::size_
       block += lane[k];
       result.nonfinite += bad[k];
     }
+    if (!std::isfinite(block)) [[unlikely]] {
+      // A square overflowed fp32 (|v| > 1.8e19): redo this block in double.
+      block = 0;
+      for (std::size_t j = i; j < i + kSumBlock; ++j) {
+        const float v = (kWithX && is_finite(x[j]) ? x[j] : 0.0f) + err[j];
+        block += static_cast<double>(v) * static_cast<double>(v);
+      }
+    }
     result.sumsq += block;
   }
   for (; i < end; ++i) {

@@ -1,0 +1,67 @@
+// --optimizer onebit-adam: gradcomm::OneBitAdam does its own communication (dense
+// allreduce of gradients during the warm-up, then one fused 1-bit allreduce of the
+// momenta per step), so the trainer hands it local gradients and runs no Exchanger.
+#include <gradcomm/onebit.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "training.h"
+
+namespace trainer {
+namespace {
+
+class OneBitAdamOptimizer final : public Optimizer {
+ public:
+  OneBitAdamOptimizer(gradcomm::Communicator& comm, gradcomm::OneBitAdamOptions options)
+      : comm_(comm), options_(options) {}
+
+  bool communicates() const override { return true; }
+
+  void step(std::vector<Parameter>& params, std::int64_t) override {
+    if (!adam_) {  // the parameters are known from the first step on; built once
+      std::vector<gradcomm::OneBitParam> list;
+      for (Parameter& p : params) {
+        list.push_back({p.name, gradcomm::TensorView::of(std::span<float>(*p.value)), true, {}});
+        grads_.push_back(gradcomm::TensorView::of(std::span<float>(*p.grad)));
+      }
+      adam_ = std::make_unique<gradcomm::OneBitAdam>(comm_, std::move(list), options_);
+    }
+    const std::uint64_t before = comm_.traffic().bytes_sent;
+    adam_->step(grads_);
+    last_bytes_ = comm_.traffic().bytes_sent - before;
+  }
+
+  std::uint64_t last_step_wire_bytes() const override { return last_bytes_; }
+
+ private:
+  gradcomm::Communicator& comm_;
+  gradcomm::OneBitAdamOptions options_;
+  std::unique_ptr<gradcomm::OneBitAdam> adam_;
+  std::vector<gradcomm::TensorView> grads_;
+  std::uint64_t last_bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Optimizer> make_onebit_adam(const Options& options, gradcomm::Communicator& comm,
+                                            std::size_t total_steps) {
+  if (options.compressor != "none") {
+    throw std::invalid_argument("--optimizer onebit-adam compresses momentum itself; it cannot follow --compressor " +
+                                options.compressor);
+  }
+  if (!(options.freeze_fraction >= 0.0 && options.freeze_fraction <= 1.0)) {
+    throw std::invalid_argument("--freeze-fraction must be in [0, 1]");
+  }
+  gradcomm::OneBitAdamOptions o;
+  o.lr = static_cast<float>(options.lr > 0 ? options.lr : 2e-3);
+  o.weight_decay = static_cast<float>(options.weight_decay);
+  o.freeze_step = static_cast<std::int64_t>(std::llround(options.freeze_fraction * static_cast<double>(total_steps)));
+  // As the trainer's --optimizer adam, so the warm-up is the same update.
+  o.bias_correction = true;
+  o.precondition = options.onebit_precondition;
+  o.eps = static_cast<float>(options.onebit_eps);
+  return std::make_unique<OneBitAdamOptimizer>(comm, o);
+}
+
+}  // namespace trainer
