@@ -87,15 +87,19 @@ def test_wrong_gradient_dtype_is_a_clear_error():
         run_ranks(_float64_model, 2)
 
 
-def _subgroup_hook(rank, world, use_helper):
+def _subgroup_hook(rank, world, use_helper, kind):
     small = dist.new_group([0, 1])  # every rank must call new_group
     model = nn.parallel.DistributedDataParallel(tiny_net())
-    state = gct.DGCState(process_group=small)
+    if kind == "dgc":
+        state, hook = gct.DGCState(process_group=small), gct.dgc_hook
+    else:
+        state = gct.OneBitAdam(model.parameters(), process_group=small)
+        hook = gct.onebit_adam_hook
     try:
         if use_helper:
-            gct.register_comm_hook(model, state, gct.dgc_hook)
+            gct.register_comm_hook(model, state, hook)
         else:
-            model.register_comm_hook(state, gct.dgc_hook)
+            model.register_comm_hook(state, hook)
             _backward_once(model)
     except (ValueError, RuntimeError) as e:
         return str(e)
@@ -103,8 +107,9 @@ def _subgroup_hook(rank, world, use_helper):
 
 
 @pytest.mark.parametrize("use_helper", [False, True])
-def test_hook_group_of_another_size_fails_on_every_rank(use_helper):
-    messages = run_ranks(_subgroup_hook, 4, use_helper, timeout=60)
+@pytest.mark.parametrize("kind", ["dgc", "onebit"])
+def test_hook_group_of_another_size_fails_on_every_rank(use_helper, kind):
+    messages = run_ranks(_subgroup_hook, 4, use_helper, kind, timeout=60)
     for rank, message in enumerate(messages):
         assert message is not None, f"rank {rank} went on"
         expected = "has 2 ranks but DDP's has 4" if rank < 2 else f"rank {rank} is not a member"

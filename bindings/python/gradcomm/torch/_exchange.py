@@ -106,6 +106,7 @@ class CompressedHookState:
         self._buffers: Dict[Tuple[str, ...], _BucketBuffers] = {}
         self._expected_world_size: Optional[int] = None
         self._checked = False
+        self._name = type(self).__name__  # in messages; OneBitAdam names itself here
         self._in_step = False
         self._layouts_used: set = set()
         self.iteration = 0
@@ -161,17 +162,17 @@ class CompressedHookState:
         if self._checked:
             return
         if not dist.is_initialized():
-            raise RuntimeError(f"{type(self).__name__}: torch.distributed is not initialized")
+            raise RuntimeError(f"{self._name}: torch.distributed is not initialized")
         rank = dist.get_rank(self._group())
         expected = self._expected_world_size or dist.get_world_size()
         if rank < 0:
             raise ValueError(
-                f"{type(self).__name__}: global rank {dist.get_rank()} is not a member of the "
+                f"{self._name}: global rank {dist.get_rank()} is not a member of the "
                 f"hook's process group, but DDP runs it (DDP world size {expected})")
         size = dist.get_world_size(self._group())
         if size != expected:
             raise ValueError(
-                f"{type(self).__name__}: the hook's process group has {size} ranks but DDP's "
+                f"{self._name}: the hook's process group has {size} ranks but DDP's "
                 f"has {expected} (global rank {dist.get_rank()}); pass DDP's process group to "
                 "the state, or register with gradcomm.torch.register_comm_hook(model, state, "
                 "hook) when DDP itself runs on a subgroup")
@@ -184,7 +185,7 @@ class CompressedHookState:
             return entry
         if self._names is not None:
             if param not in self._names:
-                raise ValueError(f"{type(self).__name__}: a parameter of shape "
+                raise ValueError(f"{self._name}: a parameter of shape "
                                  f"{tuple(param.shape)} is not among named_parameters")
             key = self._names[param]
         else:
@@ -224,7 +225,7 @@ class CompressedHookState:
         """Restores a shard saved by ``state_dict()`` on the same rank of a job of the same
         size with the same settings. Parameters not seen yet pick up their state when the
         hook first meets them."""
-        name = type(self).__name__
+        name = self._name
         if state.get("kind") != self._kind:
             raise ValueError(f"{name}.load_state_dict: a {state.get('kind')!r} state, "
                              f"expected {self._kind!r}")
@@ -259,12 +260,12 @@ class CompressedHookState:
             self._begin_step()
         buffer = bucket.buffer()
         if buffer.dtype != torch.float32:
-            raise TypeError(f"{type(self).__name__}: gradcomm hooks take float32 gradients, "
+            raise TypeError(f"{self._name}: gradcomm hooks take float32 gradients, "
                             f"the bucket holds {buffer.dtype} ({buffer.numel()} elements)")
         params = bucket.parameters()
         entries = [self._entry(p) for p in params]
         if sum(e.numel for e in entries) != buffer.numel():
-            raise RuntimeError(f"{type(self).__name__}: bucket of {buffer.numel()} elements "
+            raise RuntimeError(f"{self._name}: bucket of {buffer.numel()} elements "
                                f"but its parameters have {sum(e.numel for e in entries)}")
         group, world = self._group(), self.world_size
         keys = tuple(e.key for e in entries)
@@ -362,16 +363,18 @@ def register_comm_hook(model: torch.nn.parallel.DistributedDataParallel,
                        state: CompressedHookState, hook) -> None:
     """``model.register_comm_hook(state, hook)``, after checking that the state's process
     group is the one DDP runs on (same size, this rank a member). Needed, instead of the
-    plain call, only when DDP runs on a subgroup; it checks the same things either way."""
+    plain call, only when DDP runs on a subgroup; it checks the same things either way.
+    Works for every gradcomm state, OneBitAdam included."""
     ddp_size = model.process_group.size()
-    mine = state._group()
+    checked = getattr(state, "_hook_state", state)  # OneBitAdam checks through its dense part
+    mine = checked._group()
     if dist.get_rank(mine) < 0:
-        raise ValueError(f"{type(state).__name__}: global rank {dist.get_rank()} is not a member "
+        raise ValueError(f"{checked._name}: global rank {dist.get_rank()} is not a member "
                          f"of the hook's process group, but DDP runs it ({ddp_size} ranks)")
     if dist.get_world_size(mine) != ddp_size:
-        raise ValueError(f"{type(state).__name__}: the hook's process group has "
+        raise ValueError(f"{checked._name}: the hook's process group has "
                          f"{dist.get_world_size(mine)} ranks but DDP's has {ddp_size} "
                          f"(global rank {dist.get_rank()})")
-    state._expected_world_size = ddp_size
+    checked._expected_world_size = ddp_size
     model.register_comm_hook(state, hook)
 

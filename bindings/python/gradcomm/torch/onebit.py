@@ -67,6 +67,7 @@ class OneBitAdam(torch.optim.Optimizer):
         self.steps = 0  # optimizer steps done
         self.nonfinite_seen = 0  # non-finite gradient elements this rank sent as 0
         self._dense = AllreduceState(process_group)  # the warm-up's exchange
+        self._dense._name = "OneBitAdam"
         self._comm = None
         self._errors: Dict[torch.Tensor, _native.OneBitErrorState] = {}
         self._pending_errors: Dict[int, bytes] = {}
@@ -74,6 +75,11 @@ class OneBitAdam(torch.optim.Optimizer):
         self._workspaces: Dict[Tuple[int, ...], torch.Tensor] = {}
         self._group_of: Dict[torch.Tensor, dict] = {
             p: g for g in self.param_groups for p in g["params"]}
+
+    @property
+    def _hook_state(self) -> AllreduceState:
+        """The part that validates the process group (register_comm_hook uses it)."""
+        return self._dense
 
     # ---- state --------------------------------------------------------------------------
     @property
