@@ -17,7 +17,7 @@
 
 namespace gradcomm::kernels::quant {
 
-// Payload of one layer (docs/wire-format.md, "k-bit quantization"):
+// Payload of one layer (docs/algorithms/lgreco.md, "The k-bit quantizer"):
 //   [header: 8 bytes][per bucket: float min, float unit][codes, padded to 8 bytes]
 // header word 0 = kMagic | bits << 8 | kVersion << 16, word 1 = numel mod 2^32.
 // Codes are a little-endian bit stream, element i in bits [i*b, (i+1)*b); every group of 8
