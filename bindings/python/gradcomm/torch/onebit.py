@@ -9,9 +9,12 @@ network: the hook folds each rank's local gradient into its momentum
 (``m = b1*m + (1-b1)*g``) and averages the momenta through gradcomm's error-compensated
 1-bit compressed allreduce (one alltoall and one allgather per bucket, about 1/32 of the
 bytes), and ``step()`` applies ``p -= lr * (m / (sqrt(v) + eps) + weight_decay * p)``.
-After the freeze ``p.grad`` holds the averaged (compressed) momentum, not a gradient.
+After the freeze ``p.grad`` holds the averaged (compressed) momentum, not a gradient, and
+``step()`` builds each update in ``p.grad`` (no allocation per step): call
+``zero_grad()`` before the next backward, as usual, and read gradients before ``step()``.
 """
 
+import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -172,7 +175,8 @@ class OneBitAdam(torch.optim.Optimizer):
             # Local momentum, then the buffer becomes what is averaged: m, or m / denom.
             m.mul_(beta1).add_(x.view_as(m), alpha=1.0 - beta1)
             if self.precondition:
-                torch.div(m.view(-1), self._denominator(p, v).view(-1), out=x)
+                self._denominator(p, v.view(-1), out=x)
+                torch.div(m.view(-1), x, out=x)
             else:
                 x.copy_(m.view(-1))
             xs.append(x)
@@ -188,7 +192,7 @@ class OneBitAdam(torch.optim.Optimizer):
                                                             workspace)
         for (p, m, v), x in zip(moments, xs):
             if self.precondition:
-                torch.mul(x, self._denominator(p, v).view(-1), out=m.view(-1))
+                self._denominator(p, v, out=m).view(-1).mul_(x)
             else:
                 m.view(-1).copy_(x)
             self._exchanged[p] = self.steps
@@ -196,12 +200,16 @@ class OneBitAdam(torch.optim.Optimizer):
         future.set_result(buffer)
         return future
 
-    def _denominator(self, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _denominator(self, p: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Writes sqrt(v_hat) + eps into `out` (no allocation: the callers pass a buffer
+        whose contents they no longer need)."""
         group = self._group_of[p]
+        torch.sqrt(v, out=out)
         if self.bias_correction:
+            # v has seen min(t, freeze_step) updates: its correction stops at the freeze.
             t = min(self.steps + 1, self.freeze_step) if self.freeze_step else 1
-            return (v / (1.0 - group["betas"][1] ** t)).sqrt_().add_(group["eps"])
-        return v.sqrt().add_(group["eps"])
+            out.div_(math.sqrt(1.0 - group["betas"][1] ** t))
+        return out.add_(group["eps"])
 
     # ---- the optimizer's half ----------------------------------------------------------------
     @torch.no_grad()
@@ -226,7 +234,10 @@ class OneBitAdam(torch.optim.Optimizer):
                         f"but the momentum of a parameter of shape {tuple(p.shape)} was not "
                         "exchanged: register the optimizer as the hook's state with "
                         "ddp_model.register_comm_hook(optimizer, gradcomm.torch.onebit_adam_hook)")
-                update = m / self._denominator(p, v)
+                # The update is built in p.grad, whose content is spent by now (the
+                # gradient went into m and v; after the freeze it was the exchanged m).
+                update = self._denominator(p, v, out=p.grad)
+                torch.div(m, update, out=update)
                 if self.bias_correction:
                     update.div_(1.0 - beta1 ** (self.steps + 1))
                 if group["weight_decay"] > 0.0:
