@@ -117,7 +117,17 @@ void unpack(const std::uint8_t* in, std::size_t groups, std::uint8_t* q) {
   if constexpr (B == 8) {
     std::memcpy(q, in, groups * 8);
   } else {
-    for (std::size_t g = 0; g < groups; ++g) {
+    // Whole 8-byte loads while they stay inside this bucket's codes (spread ignores the
+    // bits above 8*B); a B-byte copy for the last few groups.
+    const std::size_t wide = groups * B >= 8 ? (groups * B - 8) / B + 1 : 0;
+    std::size_t g = 0;
+    for (; g < wide; ++g) {
+      std::uint64_t w;
+      std::memcpy(&w, in + g * B, 8);
+      w = spread<B>(w);
+      std::memcpy(q + 8 * g, &w, 8);
+    }
+    for (; g < groups; ++g) {
       std::uint64_t w = 0;
       std::memcpy(&w, in + g * B, B);
       w = spread<B>(w);
