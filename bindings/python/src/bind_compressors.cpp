@@ -68,15 +68,9 @@ void bind_compressors(py::module_& m) {
           "ranks' payloads concatenated in rank order.")
       .def("set_step", &Compressor::set_step, py::arg("step"))
       .def("set_epoch", &Compressor::set_epoch, py::arg("epoch"))
-      .def("save_state",
-           [](const Compressor& c) {
-             const std::vector<std::byte> blob = c.save_state();
-             return py::bytes(reinterpret_cast<const char*>(blob.data()), blob.size());
-           })
-      .def("load_state", [](Compressor& c, py::bytes blob) {
-        const std::string_view bytes = blob;
-        c.load_state(std::span(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()));
-      });
+      .def("save_state", [](const Compressor& c) { return blob_to_bytes(c.save_state()); })
+      .def("load_state",
+           [](Compressor& c, const py::bytes& blob) { c.load_state(bytes_as_blob(blob)); });
 
   m.def(
       "DenseCompressor",

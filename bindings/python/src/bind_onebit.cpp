@@ -36,15 +36,8 @@ void bind_onebit(py::module_& m) {
       .def_property_readonly("chunk_numel", &OneBitErrorState::chunk_numel)
       .def_property_readonly("world_size", &OneBitErrorState::world_size)
       .def("zero", &OneBitErrorState::zero)
-      .def("save",
-           [](const OneBitErrorState& s) {
-             const std::vector<std::byte> blob = s.save();
-             return py::bytes(reinterpret_cast<const char*>(blob.data()), blob.size());
-           })
-      .def("load", [](OneBitErrorState& s, py::bytes blob) {
-        const std::string_view bytes = blob;
-        s.load(std::span(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()));
-      });
+      .def("save", [](const OneBitErrorState& s) { return blob_to_bytes(s.save()); })
+      .def("load", [](OneBitErrorState& s, const py::bytes& blob) { s.load(bytes_as_blob(blob)); });
 
   const OneBitAdamOptions defaults;
   py::class_<NativeOneBitAdam>(

@@ -3,7 +3,11 @@
 
 #include <pybind11/pybind11.h>
 
+#include <cstddef>
+#include <span>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "gradcomm/tensor.h"
 
@@ -17,5 +21,15 @@ void bind_lgreco(pybind11::module_& m);       // LgrecoCompressor, LgrecoKnapsac
 
 // DType <-> the names numpy and torch use ("float32", ...).
 DType parse_dtype(const std::string& name);
+
+// State blobs (save_state / load_state) as Python bytes, and back. The span views the
+// bytes object's buffer: use it while `blob` is alive.
+inline pybind11::bytes blob_to_bytes(const std::vector<std::byte>& blob) {
+  return pybind11::bytes(reinterpret_cast<const char*>(blob.data()), blob.size());
+}
+inline std::span<const std::byte> bytes_as_blob(const pybind11::bytes& blob) {
+  const std::string_view view = blob;
+  return {reinterpret_cast<const std::byte*>(view.data()), view.size()};
+}
 
 }  // namespace gradcomm::python

@@ -1,12 +1,14 @@
 #include "python_communicator.h"
 
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <memory>
 #include <vector>
 
 #include "bindings.h"
+#include "buffers.h"
 
 namespace py = pybind11;
 
@@ -153,7 +155,57 @@ void bind_python_communicator(py::module_& m) {
       .def_property_readonly("bytes_sent", [](const Communicator& c) { return c.traffic().bytes_sent; })
       .def_property_readonly("collectives",
                              [](const Communicator& c) { return c.traffic().collectives; })
-      .def("reset_traffic", &Communicator::reset_traffic);
+      .def("reset_traffic", &Communicator::reset_traffic)
+      // Blocking forms of the collectives on arrays or tensors (the GIL stays held: a
+      // PythonCommunicator runs them in Python).
+      .def(
+          "allreduce",
+          [](Communicator& c, py::handle send, py::handle recv, const std::string& op) {
+            const Borrowed s = borrow(send, "allreduce: send");
+            const Borrowed r = borrow(recv, "allreduce: recv");
+            ReduceOp reduce = ReduceOp::kSum;
+            if (op == "max") {
+              reduce = ReduceOp::kMax;
+            } else if (op == "min") {
+              reduce = ReduceOp::kMin;
+            } else {
+              GRADCOMM_CHECK_ARG(op == "sum", "allreduce: op must be sum, max or min, got '", op, "'");
+            }
+            c.allreduce(s.view, r.view, reduce)->wait();
+          },
+          py::arg("send"), py::arg("recv"), py::arg("op") = "sum")
+      .def(
+          "allgather",
+          [](Communicator& c, py::handle send, py::handle recv) {
+            const Borrowed s = borrow(send, "allgather: send");
+            const Borrowed r = borrow(recv, "allgather: recv");
+            c.allgather(s.view, r.view)->wait();
+          },
+          py::arg("send"), py::arg("recv"))
+      .def(
+          "allgatherv",
+          [](Communicator& c, py::handle send, py::handle recv, const std::vector<std::size_t>& counts) {
+            const Borrowed s = borrow(send, "allgatherv: send");
+            const Borrowed r = borrow(recv, "allgatherv: recv");
+            c.allgatherv(s.view, r.view, counts)->wait();
+          },
+          py::arg("send"), py::arg("recv"), py::arg("counts"))
+      .def(
+          "alltoall",
+          [](Communicator& c, py::handle send, py::handle recv) {
+            const Borrowed s = borrow(send, "alltoall: send");
+            const Borrowed r = borrow(recv, "alltoall: recv");
+            c.alltoall(s.view, r.view)->wait();
+          },
+          py::arg("send"), py::arg("recv"))
+      .def(
+          "broadcast",
+          [](Communicator& c, py::handle buffer, int root) {
+            const Borrowed b = borrow(buffer, "broadcast: buffer");
+            c.broadcast(b.view, root)->wait();
+          },
+          py::arg("buffer"), py::arg("root"))
+      .def("barrier", [](Communicator& c) { c.barrier()->wait(); });
   py::class_<PythonCommunicator, Communicator>(
       m, "PythonCommunicator",
       "A Communicator whose collectives a Python backend runs (gradcomm.torch uses "

@@ -1,0 +1,55 @@
+"""gradcomm's Communicator over torch.distributed (PythonCommunicator): what the C++
+algorithms with their own collectives (1-bit allreduce, layer agreement) run on inside a
+DDP hook. Three ranks, so nothing divides evenly by accident."""
+
+import numpy as np
+import torch
+
+from ddp_harness import run_ranks
+
+
+def _collectives(rank, world):
+    from gradcomm.torch._comm import communicator
+
+    comm = communicator(None)
+    out = {}
+    x = torch.arange(5, dtype=torch.float32) + 10 * rank
+    r = torch.empty(5)
+    comm.allreduce(x, r)
+    out["sum"] = r.tolist()
+    big = np.array([2**31 + rank, 7 - rank], dtype=np.uint32)  # above int32's range
+    got = np.empty(2, dtype=np.uint32)
+    comm.allreduce(big, got, "max")
+    out["max_u32"] = got.tolist()
+    gathered = torch.empty(3 * world, dtype=torch.int32)
+    comm.allgather(torch.full((3,), rank, dtype=torch.int32), gathered)
+    out["allgather"] = gathered.tolist()
+    counts = [r + 1 for r in range(world)]
+    vrecv = torch.empty(sum(counts), dtype=torch.float16)
+    comm.allgatherv(torch.full((rank + 1,), float(rank), dtype=torch.float16), vrecv, counts)
+    out["allgatherv"] = vrecv.tolist()
+    send = torch.tensor([100 * rank + j for j in range(2 * world)], dtype=torch.uint8)
+    recv = torch.empty(2 * world, dtype=torch.uint8)
+    comm.alltoall(send, recv)
+    out["alltoall"] = recv.tolist()
+    b = torch.full((4,), float(rank))
+    comm.broadcast(b, 2)
+    out["broadcast"] = b.tolist()
+    comm.barrier()
+    out["collectives"] = comm.collectives
+    return out
+
+
+def test_python_communicator_collectives():
+    world = 3
+    results = run_ranks(_collectives, world)
+    for rank, out in enumerate(results):
+        assert out["sum"] == [3 * i + 30 for i in range(5)]
+        assert out["max_u32"] == [2**31 + 2, 7]
+        assert out["allgather"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        assert out["allgatherv"] == [0.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+        # Rank r receives chunk r of every rank's send, in rank order.
+        assert out["alltoall"] == [(100 * src + 2 * rank + j) % 256
+                                   for src in range(world) for j in range(2)]
+        assert out["broadcast"] == [2.0] * 4
+        assert out["collectives"] >= 6
