@@ -58,6 +58,8 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
     p.add_argument("--adam-lr", type=float, default=1e-3, help="Adam and 1-bit Adam learning rate (default 1e-3)")
     p.add_argument("--density", type=float, default=0.001, help="DGC density after warm-up (default 0.001)")
+    p.add_argument("--onebit-freeze", type=float, default=0.2,
+                   help="1-bit Adam: fraction of the steps run as plain Adam before the freeze (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", default="", help="file store path (default: one per MPI job under /tmp)")
     p.add_argument("--json", default="", help="write the results here (rank 0; rewritten after every method)")
@@ -168,7 +170,8 @@ def setup_method(name, ddp, args, steps_per_epoch, total_steps):
     if name == "gradcomm-onebit":
         if not hasattr(gt, "OneBitAdam"):
             raise Skip("this gradcomm has no OneBitAdam yet")
-        opt = gt.OneBitAdam(params, lr=args.adam_lr, freeze_step=max(1, int(0.2 * total_steps)), precondition=True)
+        opt = gt.OneBitAdam(params, lr=args.adam_lr, freeze_step=max(1, int(args.onebit_freeze * total_steps)),
+                            precondition=True)
         ddp.register_comm_hook(opt, gt.onebit_adam_hook)
         return opt, False
     if name == "gradcomm-lgreco":
@@ -268,11 +271,22 @@ def main(argv):
                 r = run_method(name, args, data, rank, world)
             except Skip as why:
                 r = {"method": name, "skipped": str(why)}
+            except RuntimeError as e:
+                # gradcomm raises on every rank alike (a non-finite or corrupt payload is seen
+                # by all), so the job can go on to the next method; a rank that did not
+                # raise would hang, and the method timeout ends that.
+                r = {"method": name, "failed": str(e).strip().splitlines()[0]}
+                dist.barrier()
+            if name == "gradcomm-onebit":
+                r["note"] = f"freeze after {100 * args.onebit_freeze:g}% of the steps"
+            elif name == "gradcomm-dgc":
+                r["note"] = f"density {args.density:g} after the paper's 4-epoch warm-up"
             faulthandler.cancel_dump_traceback_later()
             results.append(r)
             if rank == 0:
-                if "skipped" in r:
-                    print(f"  {name:16s} skipped: {r['skipped']}", flush=True)
+                if "skipped" in r or "failed" in r:
+                    print(f"  {name:16s} {'skipped' if 'skipped' in r else 'FAILED'}: "
+                          f"{r.get('skipped', r.get('failed'))}", flush=True)
                 else:
                     print(f"  {name:16s} {r['time_per_step_ms']:9.1f} ms/step {r['bytes_per_step']:12,d} B/step "
                           f"test accuracy {100 * r['test_accuracy']:5.1f}%", flush=True)

@@ -97,7 +97,8 @@ def sweep_plot(rows, key, ylabel, path, logy):
 
 
 def model_plot(rows, path):
-    models = [r for r in rows if r.get("model")]
+    # The collection's model runs (one rank count); other model rows go to the table only.
+    models = [r for r in rows if r.get("model") and r["file"].startswith("model-")]
     if not models:
         return False
     names = sorted({r["model"] for r in models})
@@ -135,12 +136,17 @@ def tables(rows):
         print()
     models = sorted((r for r in rows if r.get("model")), key=lambda r: (r["model"], r["compressor"]))
     if models:
-        print("| model | compressor | parameters | wire bytes per rank per step | time per step (s) | link | #wrong |")
-        print("| --- | --- | ---: | ---: | ---: | --- | ---: |")
-        for r in models:
-            print(f"| {r['model']} | {r['compressor']} | {r['count']:,} | {human_bytes(r['wire_bytes_per_rank'])} | "
-                  f"{r['time_us'] / 1e6:.2f} | {link_rate(r)} | {r['wrong']} |")
+        print("| model | compressor | ranks | parameters | wire bytes per rank per step | time per step (s) | link | #wrong |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
+        for r in sorted(models, key=lambda r: (r["model"], r["ranks"], r["compressor"])):
+            wrong = "not checked" if r["wrong"] is None else r["wrong"]
+            print(f"| {r['model']} | {r['compressor']} | {r['ranks']} | {r['count']:,} | "
+                  f"{human_bytes(r['wire_bytes_per_rank'])} | {r['time_us'] / 1e6:.2f} | {link_rate(r)} | {wrong} |")
         print()
+
+
+def label(r):
+    return r["method"] + (f" ({r['note']})" if r.get("note") else "")
 
 
 def ddp_plot(run, path):
@@ -149,7 +155,7 @@ def ddp_plot(run, path):
         if "curve" not in r:
             continue
         ax.plot([c["time_s"] for c in r["curve"]], [100 * c["test_accuracy"] for c in r["curve"]], marker=".",
-                label=r["method"])
+                label=label(r))
     rate = re.search(r"rate=(\S+)", run.get("link", ""))
     ax.set_title(f"DDP, {run['ranks']} ranks, {rate.group(1) if rate else run.get('link')} per rank: "
                  f"MLP 64-{run['hidden']}-{run['hidden']}-10")
@@ -171,13 +177,14 @@ def ddp_table(run):
     print("| method | time per step (ms) | speedup vs its dense baseline | bytes per step per rank | test accuracy (%) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in run["results"]:
-        if "skipped" in r:
-            print(f"| {r['method']} | skipped: {r['skipped']} | | | |")
+        if "skipped" in r or "failed" in r:
+            why = f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r['failed']}"
+            print(f"| {label(r)} | {why} | | | |")
             continue
         # 1-bit Adam is measured against Adam, everything else against SGD's allreduce.
         ref = base.get("adam" if r["method"] in ("adam", "gradcomm-onebit") else "allreduce")
         speedup = f"{ref['time_per_step_ms'] / r['time_per_step_ms']:.2f}x" if ref else "-"
-        print(f"| {r['method']} | {r['time_per_step_ms']:.1f} | {speedup} | {human_bytes(r['bytes_per_step'])} | "
+        print(f"| {label(r)} | {r['time_per_step_ms']:.1f} | {speedup} | {human_bytes(r['bytes_per_step'])} | "
               f"{100 * r['test_accuracy']:.1f} |")
     print()
 
