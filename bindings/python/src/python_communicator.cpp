@@ -53,6 +53,16 @@ py::array as_numpy(TensorView view) {
                    view.data(), py::none());
 }
 
+// A blocking Python method for a (send, recv) collective.
+auto blocking_pair(WorkHandle (Communicator::*collective)(TensorView, TensorView),
+                   const char* name) {
+  return [collective, name](Communicator& c, py::handle send, py::handle recv) {
+    const Borrowed s = borrow(send, (std::string(name) + ": send").c_str());
+    const Borrowed r = borrow(recv, (std::string(name) + ": recv").c_str());
+    (c.*collective)(s.view, r.view)->wait();
+  };
+}
+
 }  // namespace
 
 PythonCommunicator::PythonCommunicator(py::object backend, int rank, int size)
@@ -174,14 +184,8 @@ void bind_python_communicator(py::module_& m) {
             c.allreduce(s.view, r.view, reduce)->wait();
           },
           py::arg("send"), py::arg("recv"), py::arg("op") = "sum")
-      .def(
-          "allgather",
-          [](Communicator& c, py::handle send, py::handle recv) {
-            const Borrowed s = borrow(send, "allgather: send");
-            const Borrowed r = borrow(recv, "allgather: recv");
-            c.allgather(s.view, r.view)->wait();
-          },
-          py::arg("send"), py::arg("recv"))
+      .def("allgather", blocking_pair(&Communicator::allgather, "allgather"), py::arg("send"),
+           py::arg("recv"))
       .def(
           "allgatherv",
           [](Communicator& c, py::handle send, py::handle recv, const std::vector<std::size_t>& counts) {
@@ -190,14 +194,8 @@ void bind_python_communicator(py::module_& m) {
             c.allgatherv(s.view, r.view, counts)->wait();
           },
           py::arg("send"), py::arg("recv"), py::arg("counts"))
-      .def(
-          "alltoall",
-          [](Communicator& c, py::handle send, py::handle recv) {
-            const Borrowed s = borrow(send, "alltoall: send");
-            const Borrowed r = borrow(recv, "alltoall: recv");
-            c.alltoall(s.view, r.view)->wait();
-          },
-          py::arg("send"), py::arg("recv"))
+      .def("alltoall", blocking_pair(&Communicator::alltoall, "alltoall"), py::arg("send"),
+           py::arg("recv"))
       .def(
           "broadcast",
           [](Communicator& c, py::handle buffer, int root) {
