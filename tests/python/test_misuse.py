@@ -145,3 +145,38 @@ def test_nonfinite_skip_step_gives_a_zero_update_everywhere():
 def test_nonfinite_zero_policy_goes_on_with_finite_updates():
     for zeros, finite in run_ranks(_nonfinite, 2, "zero"):
         assert finite and not all(zeros)
+
+
+def _load_mismatched(rank, world):
+    net = tiny_net()
+    model = nn.parallel.DistributedDataParallel(net)
+    state = gct.DGCState(density=0.1, warmup=None, named_parameters=net.named_parameters())
+    model.register_comm_hook(state, gct.dgc_hook)
+    _backward_once(model)
+    saved = state.state_dict()
+    errors = []
+    other_rank = dict(saved, rank=(rank + 1) % world)
+    other_density = gct.DGCState(density=0.2, warmup=None)
+    for target, shard in ((state, other_rank), (other_density, saved),
+                          (gct.LGreCoState(), saved)):
+        try:
+            target.load_state_dict(shard)
+            errors.append(None)
+        except ValueError as e:
+            errors.append(str(e))
+    onebit = gct.OneBitAdam(model.parameters())
+    try:
+        onebit.load_state_dict(torch.optim.Adam(model.parameters()).state_dict())
+        errors.append(None)
+    except ValueError as e:
+        errors.append(str(e))
+    return errors
+
+
+def test_loading_another_ranks_or_settings_shard_is_refused():
+    for errors in run_ranks(_load_mismatched, 2):
+        wrong_rank, wrong_settings, wrong_kind, not_onebit = errors
+        assert wrong_rank and "saved with rank=" in wrong_rank
+        assert wrong_settings and "settings differ" in wrong_settings
+        assert wrong_kind and "a 'dgc' state, expected 'lgreco'" in wrong_kind
+        assert not_onebit and "not a OneBitAdam state" in not_onebit
