@@ -162,6 +162,11 @@ class LgrecoCompressor final : public Compressor {
   bool quant_family() const noexcept { return options_.family == LgrecoFamily::kQuantBits; }
   Compressor& inner(std::size_t layer) const;
   std::size_t inner_layer(std::size_t layer) const { return quant_family() ? layer : 0; }
+  template <typename F>
+  void for_each_inner(F f) {
+    if (quant_) f(*quant_);
+    for (auto& c : dgc_) f(*c);
+  }
   // Layer `layer`'s DgcCompressor at `density`, with the warm-up schedule or without it.
   std::unique_ptr<DgcCompressor> make_dgc(std::size_t layer, double density, bool warmup) const;
   void profile(std::size_t layer, const float* grad);

@@ -208,20 +208,12 @@ bool LgrecoCompressor::table_ready() const noexcept {
 
 void LgrecoCompressor::set_step(std::int64_t step) {
   step_ = step;
-  if (quant_family()) {
-    quant_->set_step(step);
-  } else {
-    for (auto& c : dgc_) c->set_step(step);
-  }
+  for_each_inner([step](Compressor& c) { c.set_step(step); });
 }
 
 void LgrecoCompressor::set_epoch(std::int64_t epoch) {
   epoch_ = epoch;
-  if (quant_family()) {
-    quant_->set_epoch(epoch);
-  } else {
-    for (auto& c : dgc_) c->set_epoch(epoch);
-  }
+  for_each_inner([epoch](Compressor& c) { c.set_epoch(epoch); });
 }
 
 // The error each candidate would make on the input the compressor is about to compress.
