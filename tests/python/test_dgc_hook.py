@@ -66,3 +66,41 @@ def test_sparse_steps_identical_on_all_ranks(world, selection):
         for r in range(1, world):
             assert torch.equal(ours[r][step], ours[0][step]), f"rank {r} differs at step {step}"
     assert not torch.equal(ours[0][0], ours[0][-1])  # it trained
+
+
+class _WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.unused, self.b = nn.Linear(16, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def _unused(rank, world, ddp_kwargs):
+    net = _WithUnused()
+    model = nn.parallel.DistributedDataParallel(net, **ddp_kwargs)
+    state = gct.DGCState(density=0.1, warmup=None, named_parameters=net.named_parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gct.register_comm_hook(model, state, gct.dgc_hook, optimizer=opt)
+    return train_steps(model, opt, rank, 4)
+
+
+@pytest.mark.parametrize("ddp_kwargs", [dict(find_unused_parameters=True),
+                                        dict(static_graph=True)])
+def test_unused_parameters_and_static_graph(ddp_kwargs):
+    ours = run_ranks(_unused, 2, ddp_kwargs)
+    for step in range(4):
+        assert torch.equal(ours[0][step], ours[1][step])
+
+
+def _helper_checks_optimizer(rank, world):
+    model = nn.parallel.DistributedDataParallel(tiny_net())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="must not add its own"):
+        gct.register_comm_hook(model, gct.DGCState(), gct.dgc_hook, optimizer=opt)
+
+
+def test_register_helper_checks_the_optimizer():
+    run_ranks(_helper_checks_optimizer, 2)

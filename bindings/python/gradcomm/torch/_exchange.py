@@ -360,11 +360,16 @@ class CompressedHookState:
 
 
 def register_comm_hook(model: torch.nn.parallel.DistributedDataParallel,
-                       state: CompressedHookState, hook) -> None:
+                       state: CompressedHookState, hook,
+                       optimizer: Optional[torch.optim.Optimizer] = None) -> None:
     """``model.register_comm_hook(state, hook)``, after checking that the state's process
-    group is the one DDP runs on (same size, this rank a member). Needed, instead of the
-    plain call, only when DDP runs on a subgroup; it checks the same things either way.
-    Works for every gradcomm state, OneBitAdam included."""
+    group is the one DDP runs on (same size, this rank a member) and, when ``optimizer``
+    is given and the state can tell, that the optimizer suits the hook's output (DGC:
+    SGD without momentum). Needed, instead of the plain call, only when DDP runs on a
+    subgroup; it checks the same things either way. Works for every gradcomm state,
+    OneBitAdam included."""
+    if optimizer is not None and hasattr(state, "check_optimizer"):
+        state.check_optimizer(optimizer)
     ddp_size = model.process_group.size()
     checked = getattr(state, "_hook_state", state)  # OneBitAdam checks through its dense part
     mine = checked._group()
