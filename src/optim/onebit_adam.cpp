@@ -93,6 +93,9 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
     GRADCOMM_CHECK_ARG(param.value.dtype() == DType::kFloat32 && param.value.device() == Device::kCpu,
                        "OneBitAdam: parameter ", i, " ('", param.name, "') is ",
                        param.value.describe(), "; expected float32 on cpu");
+    GRADCOMM_CHECK_ARG(param.mask.empty() || param.compressed, "OneBitAdam: parameter ", i, " ('",
+                       param.name, "') is uncompressed; its mask would never apply (masks zero "
+                       "momentum after the 1-bit exchange only)");
     GRADCOMM_CHECK_ARG(param.mask.empty() || param.mask.size() == param.value.numel(),
                        "OneBitAdam: parameter ", i, " ('", param.name, "') has ", param.value.numel(),
                        " elements but a mask of ", param.mask.size());

@@ -625,13 +625,14 @@ TEST(OneBitAdam, SaveRestoreContinuesBitwiseWithEveryRanksErrors) {
 TEST(OneBitAdam, RefusesBadSettingsAtConstructionOnEveryRank) {
   MpiCommunicator comm(MPI_COMM_WORLD);
   std::vector<float> w(10);
-  auto make = [&](OneBitAdamOptions o, std::vector<float> mask = {}) {
-    std::vector<OneBitParam> params = {{"w", TensorView::of(std::span<float>(w)), true, std::move(mask)}};
+  auto make = [&](OneBitAdamOptions o, std::vector<float> mask = {}, bool compressed = true) {
+    std::vector<OneBitParam> params = {{"w", TensorView::of(std::span<float>(w)), compressed, std::move(mask)}};
     OneBitAdam opt(comm, std::move(params), o);
   };
-  auto expect_invalid = [&](OneBitAdamOptions o, const std::string& words, std::vector<float> mask = {}) {
+  auto expect_invalid = [&](OneBitAdamOptions o, const std::string& words, std::vector<float> mask = {},
+                            bool compressed = true) {
     try {
-      make(o, std::move(mask));
+      make(o, std::move(mask), compressed);
       ADD_FAILURE() << "accepted: " << words;
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
@@ -659,6 +660,7 @@ TEST(OneBitAdam, RefusesBadSettingsAtConstructionOnEveryRank) {
   expect_invalid({}, "mask of 3", {1.0f, 0.0f, 1.0f});
   std::vector<float> half(10, 0.5f);
   expect_invalid({}, "only 0 and 1", half);
+  expect_invalid({}, "is uncompressed", std::vector<float>(10, 1.0f), false);
   EXPECT_NO_THROW(make({}));
   EXPECT_TRUE(all_ranks(true));
 }
