@@ -8,7 +8,7 @@
 #   PYTHON=/path/to/python3 bindings/python/install.sh
 #
 # Needs network access to PyPI the first time (scikit-build-core; pybind11 if the system
-# has none). Extra arguments go to `pip install` (e.g. -C cmake.define.GRADCOMM_WITH_CUDA=ON).
+# has none). Extra arguments go to `pip install` (e.g. --config-settings=cmake.define.GRADCOMM_WITH_CUDA=ON).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
