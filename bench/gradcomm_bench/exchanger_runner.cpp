@@ -7,6 +7,11 @@
 
 namespace gradcomm::bench {
 
+CheckBound fp32_average_bound(int world_size) {
+  const double p = world_size, u = std::ldexp(1.0, -24);
+  return {p * u, 4 * u, "fp32 sum of p values in [-1,1): |out-avg| <= p*2^-24 + 2^-22*|avg|"};
+}
+
 std::size_t Runner::count_wrong(std::span<const TensorView> outs, const DenseReference& dense) const {
   const CheckBound b = bound();
   std::size_t wrong = 0;

@@ -4,8 +4,6 @@
 // Exchanger costs or saves.
 #include <mpi.h>
 
-#include <cmath>
-
 #include "gradcomm/mpi_communicator.h"
 #include "gradcomm_bench/runner.h"
 
@@ -18,11 +16,7 @@ class MpiAllreduceRunner final : public Runner {
       : comm_(comm), layers_(std::move(layers)) {}
 
   Collective collective() const override { return Collective::kAllreduce; }
-  CheckBound bound() const override {
-    // As for "none": the same fp32 sum of p values in [-1, 1), then a scaling.
-    const double p = comm_.size(), u = std::ldexp(1.0, -24);
-    return {p * u, 4 * u, "fp32 sum of p values in [-1,1): |out-avg| <= p*2^-24 + 2^-22*|avg|"};
-  }
+  CheckBound bound() const override { return fp32_average_bound(comm_.size()); }
 
   void step(std::span<const TensorView> grads, std::span<const TensorView> outs) override {
     const float inv = 1.0f / static_cast<float>(comm_.size());

@@ -11,12 +11,8 @@ namespace gradcomm::bench {
 
 std::unique_ptr<Runner> make_none_runner(Communicator& comm, std::vector<LayerSpec> layers,
                                          const RunnerConfig& config) {
-  // Any summation order of p terms |x| < 1 errs by at most (p-1) * u * p (u = 2^-24) on the
-  // sum, so by (p-1) * u after the division; scaling by the rounded 1/p adds 2u relative.
-  const double p = comm.size(), u = std::ldexp(1.0, -24);
-  CheckBound bound{p * u, 4 * u, "fp32 sum of p values in [-1,1): |out-avg| <= p*2^-24 + 2^-22*|avg|"};
   return make_exchanger_runner(comm, std::make_unique<DenseCompressor>(), std::move(layers), config,
-                               std::move(bound));
+                               fp32_average_bound(comm.size()));
 }
 
 std::unique_ptr<Runner> make_fp16_runner(Communicator& comm, std::vector<LayerSpec> layers,

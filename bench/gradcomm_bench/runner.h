@@ -44,6 +44,11 @@ struct PayloadSplit {
   std::uint64_t allgather = 0;
 };
 
+// The bound of any fp32 sum of p benchmark values (in [-1, 1)) scaled by 1/p, whatever the
+// summation order: the sum errs by at most (p-1) * u * p (u = 2^-24), so by (p-1) * u after
+// the division; scaling by the rounded 1/p adds 2u relative.
+CheckBound fp32_average_bound(int world_size);
+
 class Runner {
  public:
   virtual ~Runner() = default;
