@@ -1,5 +1,6 @@
-// gradcomm-train: data-parallel training of an MLP on the digits data set. Every MPI rank
-// trains on its shard of each batch and exchanges gradients through gradcomm.
+// gradcomm-train: data-parallel training of an MLP or a small CNN (--model) on the digits
+// data set. Every MPI rank trains on its shard of each batch and exchanges gradients
+// through gradcomm.
 #include <gradcomm/gradcomm.h>
 
 #include <algorithm>
@@ -11,7 +12,7 @@
 #include <stdexcept>
 
 #include "digits.h"
-#include "mlp.h"
+#include "model.h"
 #include "options.h"
 #include "training.h"
 
@@ -25,12 +26,9 @@ std::uint64_t fnv1a(const void* data, std::size_t bytes, std::uint64_t h = 14695
 }
 
 // True iff every rank holds bitwise the same parameters.
-bool replicas_identical(gradcomm::Communicator& comm, const Mlp& model) {
+bool replicas_identical(gradcomm::Communicator& comm, const std::vector<Parameter>& params) {
   std::uint64_t h = 1469598103934665603ull;
-  for (const Dense& d : model.layers()) {
-    h = fnv1a(d.weight.data(), d.weight.size() * sizeof(float), h);
-    h = fnv1a(d.bias.data(), d.bias.size() * sizeof(float), h);
-  }
+  for (const Parameter& prm : params) h = fnv1a(prm.value->data(), prm.value->size() * sizeof(float), h);
   std::vector<std::uint32_t> words = {static_cast<std::uint32_t>(h), static_cast<std::uint32_t>(h >> 32)};
   std::vector<std::uint32_t> high = words, low = words;
   comm.allreduce(gradcomm::TensorView::of(std::span<std::uint32_t>(words)),
@@ -53,10 +51,7 @@ int run(const Options& options, gradcomm::Communicator& comm) {
   Dataset train, test;
   split(all, 0.2, /*seed=*/12345, train, test);  // fixed split: runs compare on the same test set
 
-  std::vector<std::size_t> widths = {Dataset::kFeatures};
-  widths.insert(widths.end(), options.hidden.begin(), options.hidden.end());
-  widths.push_back(Dataset::kClasses);
-  Mlp model(widths, options.seed);
+  std::unique_ptr<Model> model = make_model(options);
 
   // One global batch is p * batch samples; rank r takes its slice of it.
   const std::size_t global_batch = options.batch * static_cast<std::size_t>(p);
@@ -67,13 +62,8 @@ int run(const Options& options, gradcomm::Communicator& comm) {
   CompressorSetup setup = make_compressor(options, p, steps_per_epoch);
   std::unique_ptr<Optimizer> optimizer = make_optimizer(options, setup.compressor_has_momentum, comm, total_steps);
 
-  std::vector<Parameter> params;
+  std::vector<Parameter> params = model->parameters();
   std::vector<gradcomm::LayerSpec> specs;
-  for (std::size_t l = 0; l < model.layers().size(); ++l) {
-    Dense& d = model.layers()[l];
-    params.push_back({"fc" + std::to_string(l) + ".weight", &d.weight, &d.weight_grad, 2});
-    params.push_back({"fc" + std::to_string(l) + ".bias", &d.bias, &d.bias_grad, 1});
-  }
   for (const Parameter& prm : params) specs.push_back({prm.name, prm.value->size(), prm.ndim, false});
 
   std::unique_ptr<gradcomm::Exchanger> exchanger;
@@ -86,9 +76,9 @@ int run(const Options& options, gradcomm::Communicator& comm) {
     std::size_t n = 0;
     for (const auto& s : specs) n += s.numel;
     std::printf("gradcomm-train: %d ranks, %zu parameters in %zu tensors, %zu train / %zu test samples, "
-                "%zu steps per epoch, compressor %s, optimizer %s\n",
+                "%zu steps per epoch, model %s, compressor %s, optimizer %s\n",
                 p, n, specs.size(), train.size(), test.size(), steps_per_epoch,
-                options.compressor.c_str(), options.optimizer.c_str());
+                options.model.c_str(), options.compressor.c_str(), options.optimizer.c_str());
   }
 
   std::vector<std::size_t> order(train.size());
@@ -112,7 +102,7 @@ int run(const Options& options, gradcomm::Communicator& comm) {
       }
       const auto start = std::chrono::steady_clock::now();
       if (exchanger) exchanger->begin_step();
-      loss_sum += model.train_batch(batch_x.data(), batch_y.data(), options.batch, [&](std::size_t l) {
+      loss_sum += model->train_batch(batch_x.data(), batch_y.data(), options.batch, [&](std::size_t l) {
         if (!exchanger) return;
         // Submit as backward produces them: the weight and bias of layer l.
         for (std::size_t k : {2 * l + 1, 2 * l}) {
@@ -133,7 +123,7 @@ int run(const Options& options, gradcomm::Communicator& comm) {
       total_bytes += bytes;
     }
     const float loss = global_mean(comm, loss_sum / static_cast<float>(steps_per_epoch));
-    accuracy = model.accuracy(test.features.data(), test.labels.data(), test.size());
+    accuracy = model->accuracy(test.features.data(), test.labels.data(), test.size());
     if (rank == 0 && !options.quiet) {
       std::printf("epoch %3d  loss %.4f  test accuracy %.2f%%  bytes/step %.0f  time/step %.3f ms\n", epoch + 1,
                   static_cast<double>(loss), 100.0 * accuracy,
@@ -142,7 +132,7 @@ int run(const Options& options, gradcomm::Communicator& comm) {
       std::fflush(stdout);
     }
   }
-  const bool identical = replicas_identical(comm, model);
+  const bool identical = replicas_identical(comm, params);
   const double bytes_per_step = static_cast<double>(total_bytes) / static_cast<double>(step);
   const double ms_per_step = 1e3 * total_seconds / static_cast<double>(step);
   if (rank == 0) {

@@ -10,6 +10,7 @@ std::string usage() {
   return R"(gradcomm-train: data-parallel MLP on the digits data set, gradients exchanged by gradcomm.
 Run under mpirun, e.g.  mpirun -np 4 gradcomm-train --compressor dgc --density 0.001
 
+  --model NAME         mlp | cnn (conv 16, conv 32, pool, dense 64, 10) (default mlp)
   --compressor NAME    none | dgc | quant | lgreco-dgc | lgreco-quant   (default none)
   --optimizer NAME     sgd | adam | onebit-adam                          (default sgd)
   --density D          DGC density after warm-up                         (default 0.001)
@@ -52,7 +53,8 @@ bool parse_options(int argc, char** argv, Options& o) {
     if (flag == "--help" || flag == "-h") {
       std::cout << usage();
       return false;
-    } else if (flag == "--compressor") o.compressor = value();
+    } else if (flag == "--model") o.model = value();
+    else if (flag == "--compressor") o.compressor = value();
     else if (flag == "--optimizer") o.optimizer = value();
     else if (flag == "--density") o.density = parse_number<double>(flag, value());
     else if (flag == "--bits") o.bits = parse_number<int>(flag, value());
@@ -79,6 +81,7 @@ bool parse_options(int argc, char** argv, Options& o) {
       throw std::invalid_argument("unknown flag '" + flag + "' (see --help)");
     }
   }
+  if (o.model != "mlp" && o.model != "cnn") throw std::invalid_argument("--model must be mlp or cnn");
   if (o.epochs < 1) throw std::invalid_argument("--epochs must be at least 1");
   if (o.batch < 1) throw std::invalid_argument("--batch must be at least 1");
   if (o.hidden.empty()) throw std::invalid_argument("--hidden needs at least one width");

@@ -8,6 +8,7 @@
 namespace trainer {
 
 struct Options {
+  std::string model = "mlp";        // mlp|cnn
   std::string compressor = "none";  // none|dgc|quant|lgreco-dgc|lgreco-quant
   std::string optimizer = "sgd";    // sgd|adam|onebit-adam
   double density = 0.001;           // dgc: target density after warm-up
