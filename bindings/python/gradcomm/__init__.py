@@ -7,6 +7,8 @@ built on them. Importing ``gradcomm`` does not import torch.
 
 from gradcomm._gradcomm import (  # noqa: F401  (re-exported)
     DGC_PAPER_WARMUP,
+    HAVE_MPI,
+    Communicator,
     Compressor,
     DenseCompressor,
     DgcCompressor,
@@ -18,10 +20,15 @@ from gradcomm._gradcomm import (  # noqa: F401  (re-exported)
     version,
 )
 
+if HAVE_MPI:
+    from gradcomm._gradcomm import MpiCommunicator  # noqa: F401
+
 __version__ = version()
 
 __all__ = [
     "DGC_PAPER_WARMUP",
+    "HAVE_MPI",
+    "Communicator",
     "Compressor",
     "DenseCompressor",
     "DgcCompressor",

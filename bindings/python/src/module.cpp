@@ -12,4 +12,5 @@ PYBIND11_MODULE(_gradcomm, m) {
   gradcomm::python::bind_python_communicator(m);
   gradcomm::python::bind_onebit(m);
   gradcomm::python::bind_lgreco(m);
+  gradcomm::python::bind_mpi(m);
 }

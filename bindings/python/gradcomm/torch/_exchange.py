@@ -92,8 +92,12 @@ class CompressedHookState:
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
-                 nonfinite: str = "error"):
+                 nonfinite: str = "error",
+                 communicator: Optional[gradcomm.Communicator] = None):
         self.process_group = process_group
+        # A gradcomm Communicator (gradcomm.MpiCommunicator under mpirun) that carries the
+        # hook's collectives instead of the process group; they are then blocking.
+        self.communicator = communicator
         self.nonfinite = _nonfinite_policy(nonfinite)
         # Keys: parameter names when given (checkpoints then survive any change of bucket
         # layout); otherwise the order in which DDP's first iteration hands parameters to
@@ -149,11 +153,30 @@ class CompressedHookState:
 
     @property
     def world_size(self) -> int:
+        if self.communicator is not None:
+            return self.communicator.size
         return dist.get_world_size(self._group())
 
     @property
     def rank(self) -> int:
+        if self.communicator is not None:
+            return self.communicator.rank
         return dist.get_rank(self._group())
+
+    def _allreduce(self, buf: torch.Tensor) -> torch.futures.Future:
+        """Sums `buf` across ranks in place."""
+        if self.communicator is None:
+            return dist.all_reduce(buf, group=self._group(), async_op=True).get_future()
+        self.communicator.allreduce(buf, buf)
+        return _completed(buf)
+
+    def _allgather(self, send: torch.Tensor, recv: torch.Tensor) -> torch.futures.Future:
+        """Row r of `recv` (world x len(send)) receives rank r's `send`."""
+        if self.communicator is None:
+            return dist.all_gather(list(recv.unbind(0)), send, group=self._group(),
+                                   async_op=True).get_future()
+        self.communicator.allgather(send, recv.view(-1))
+        return _completed(recv)
 
     def _check_group(self) -> None:
         """Before the first collective: the hook's group must be DDP's group. A subgroup
@@ -163,13 +186,13 @@ class CompressedHookState:
             return
         if not dist.is_initialized():
             raise RuntimeError(f"{self._name}: torch.distributed is not initialized")
-        rank = dist.get_rank(self._group())
+        rank = self.rank
         expected = self._expected_world_size or dist.get_world_size()
         if rank < 0:
             raise ValueError(
                 f"{self._name}: global rank {dist.get_rank()} is not a member of the "
                 f"hook's process group, but DDP runs it (DDP world size {expected})")
-        size = dist.get_world_size(self._group())
+        size = self.world_size
         if size != expected:
             raise ValueError(
                 f"{self._name}: the hook's process group has {size} ranks but DDP's "
@@ -267,7 +290,7 @@ class CompressedHookState:
         if sum(e.numel for e in entries) != buffer.numel():
             raise RuntimeError(f"{self._name}: bucket of {buffer.numel()} elements "
                                f"but its parameters have {sum(e.numel for e in entries)}")
-        group, world = self._group(), self.world_size
+        world = self.world_size
         keys = tuple(e.key for e in entries)
         grads = []
         offset = 0
@@ -310,15 +333,14 @@ class CompressedHookState:
         futures = []
         for dt, buf in reduce_bufs.items():
             buf[-1] = 1.0 if nonfinite else 0.0
-            futures.append(dist.all_reduce(buf, group=group, async_op=True).get_future())
+            futures.append(self._allreduce(buf))
             self.bytes_sent += _native.allreduce_wire_bytes(buf.numel() * buf.element_size(),
                                                             world)
         recv = None
         if gathering:
             send[:_HEADER_BYTES].view(torch.int32)[0] = min(nonfinite, 2**31 - 1)
             recv = buffers.recv.take(world * gather_bytes).view(world, gather_bytes)
-            futures.append(dist.all_gather(list(recv.unbind(0)), send, group=group,
-                                           async_op=True).get_future())
+            futures.append(self._allgather(send, recv))
             self.bytes_sent += _native.allgather_wire_bytes(gather_bytes, world)
         step = self.iteration
         if bucket.is_last():
@@ -359,6 +381,12 @@ class CompressedHookState:
         return torch.futures.collect_all(futures).then(finish)
 
 
+def _completed(value: torch.Tensor) -> torch.futures.Future:
+    future = torch.futures.Future()
+    future.set_result(value)
+    return future
+
+
 def register_comm_hook(model: torch.nn.parallel.DistributedDataParallel,
                        state: CompressedHookState, hook,
                        optimizer: Optional[torch.optim.Optimizer] = None) -> None:
@@ -373,10 +401,14 @@ def register_comm_hook(model: torch.nn.parallel.DistributedDataParallel,
     ddp_size = model.process_group.size()
     checked = getattr(state, "_hook_state", state)  # OneBitAdam checks through its dense part
     mine = checked._group()
-    if dist.get_rank(mine) < 0:
+    if checked.communicator is not None:
+        if checked.world_size != ddp_size:
+            raise ValueError(f"{checked._name}: its communicator has {checked.world_size} "
+                             f"ranks but DDP's group has {ddp_size}")
+    elif dist.get_rank(mine) < 0:
         raise ValueError(f"{checked._name}: global rank {dist.get_rank()} is not a member "
                          f"of the hook's process group, but DDP runs it ({ddp_size} ranks)")
-    if dist.get_world_size(mine) != ddp_size:
+    elif dist.get_world_size(mine) != ddp_size:
         raise ValueError(f"{checked._name}: the hook's process group has "
                          f"{dist.get_world_size(mine)} ranks but DDP's has {ddp_size} "
                          f"(global rank {dist.get_rank()})")

@@ -19,14 +19,15 @@ class AllreduceState(CompressedHookState):
         fp16: send float16 on the wire (half the bytes; sums may lose precision).
         named_parameters: ``model.named_parameters()``, to key state by name.
         nonfinite: ``"error"`` (default), ``"skip_step"`` or ``"zero"`` for NaN/Inf.
+        communicator: a gradcomm Communicator to use instead of the process group.
     """
 
     _kind = "allreduce"
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None, fp16: bool = False,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
-                 nonfinite: str = "error"):
-        super().__init__(process_group, named_parameters, nonfinite)
+                 nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None):
+        super().__init__(process_group, named_parameters, nonfinite, communicator)
         self.fp16 = bool(fp16)
 
     def _settings(self) -> dict:

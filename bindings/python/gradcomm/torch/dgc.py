@@ -58,6 +58,8 @@ class DGCState(CompressedHookState):
             (recommended: checkpoints then survive any change of DDP's bucket layout).
         nonfinite: what a NaN/Inf gradient does: ``"error"`` (default, raised on every
             rank), ``"skip_step"`` (a zero update), ``"zero"`` (treated as 0).
+        communicator: a gradcomm Communicator (``gradcomm.MpiCommunicator()`` in a job
+            started by mpirun) to carry the collectives instead of the process group.
     """
 
     _kind = "dgc"
@@ -70,8 +72,8 @@ class DGCState(CompressedHookState):
                  momentum_masking: bool = True, dense_fallback: bool = True,
                  sample_fraction: float = 0.01, seed: int = 0x5eed,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
-                 nonfinite: str = "error"):
-        super().__init__(process_group, named_parameters, nonfinite)
+                 nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None):
+        super().__init__(process_group, named_parameters, nonfinite, communicator)
         self.density = float(density)
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)

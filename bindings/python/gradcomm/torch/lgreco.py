@@ -70,8 +70,8 @@ class LGreCoState(CompressedHookState):
                  selection: str = "sampled", bucket_size: int = 512, rounding: str = "nearest",
                  fp16: bool = False, seed: int = 0x5eed,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
-                 nonfinite: str = "error"):
-        super().__init__(process_group, named_parameters, nonfinite)
+                 nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None):
+        super().__init__(process_group, named_parameters, nonfinite, communicator)
         if family not in ("dgc", "quant"):
             raise ValueError(f"LGreCoState: family must be 'dgc' or 'quant', got {family!r}")
         self.family = family
@@ -250,9 +250,12 @@ class LGreCoState(CompressedHookState):
             else:
                 errors.extend(self._errors.pop(entry.key))
         # One allreduce of the small error table; every rank then solves the same DP.
-        table = torch.tensor(errors, dtype=torch.float64)
-        dist.all_reduce(table, group=self._group())
-        table /= self.world_size
+        # (float32 through a gradcomm communicator, which has no float64: the errors are
+        # binned into 10^4 steps of the budget, far coarser than float32's precision.)
+        table = torch.tensor(errors, dtype=torch.float64 if self.communicator is None
+                             else torch.float32)
+        self._allreduce(table).wait()
+        table = table.double() / self.world_size
         answer = self._knapsack.solve(len(rows), len(self.candidates), sizes, table.tolist(),
                                       [self.default_index] * len(rows), self.bins)
         self._next_plan = {e.key: int(c) for e, c in zip(rows, answer["choice"])}

@@ -45,12 +45,15 @@ class OneBitAdam(torch.optim.Optimizer):
             sign scale uniform where tiny frozen v_i make the reference diverge
             (docs/algorithms/onebit-adam.md). Off by default, for parity.
         process_group: the group DDP runs on (default: the world group).
+        communicator: a gradcomm Communicator (``gradcomm.MpiCommunicator()`` under
+            mpirun) for both stages' collectives instead of the process group.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, freeze_step: int = 100000,
                  bias_correction: bool = False, precondition: bool = False,
-                 process_group: Optional[dist.ProcessGroup] = None):
+                 process_group: Optional[dist.ProcessGroup] = None,
+                 communicator: Optional[_native.Communicator] = None):
         if not lr >= 0.0:
             raise ValueError(f"OneBitAdam: lr must be >= 0, got {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -69,9 +72,10 @@ class OneBitAdam(torch.optim.Optimizer):
         self.process_group = process_group
         self.steps = 0  # optimizer steps done
         self.nonfinite_seen = 0  # non-finite gradient elements this rank sent as 0
-        self._dense = AllreduceState(process_group)  # the warm-up's exchange
+        self._dense = AllreduceState(process_group, communicator=communicator)  # warm-up
         self._dense._name = "OneBitAdam"
-        self._comm = None
+        self._comm = communicator  # None: a communicator over the process group, made lazily
+        self._compressed_bytes = 0
         self._errors: Dict[torch.Tensor, _native.OneBitErrorState] = {}
         self._pending_errors: Dict[int, bytes] = {}
         self._exchanged: Dict[torch.Tensor, int] = {}  # param -> step its momentum was averaged
@@ -94,7 +98,7 @@ class OneBitAdam(torch.optim.Optimizer):
     def bytes_sent(self) -> int:
         """Bytes this rank sent so far (both stages), by the algorithm model of gradcomm's
         Communicator traffic counters."""
-        return self._dense.bytes_sent + (self._comm.bytes_sent if self._comm else 0)
+        return self._dense.bytes_sent + self._compressed_bytes
 
     def _moments(self, p: torch.Tensor):
         state = self.state[p]
@@ -188,8 +192,10 @@ class OneBitAdam(torch.optim.Optimizer):
             nbytes = _native.onebit_workspace_bytes([x.numel() for x in xs],
                                                     self._dense.world_size)
             workspace = self._workspaces[key] = torch.empty(nbytes, dtype=torch.uint8)
+        before = self._comm.bytes_sent
         self.nonfinite_seen += _native.compressed_allreduce(self._comm, xs, errors, xs,
                                                             workspace)
+        self._compressed_bytes += self._comm.bytes_sent - before
         for (p, m, v), x in zip(moments, xs):
             if self.precondition:
                 self._denominator(p, v, out=m).view(-1).mul_(x)
