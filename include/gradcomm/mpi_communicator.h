@@ -3,6 +3,7 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <memory>
 
 #include "gradcomm/communicator.h"
@@ -15,6 +16,12 @@ struct MpiCommunicatorOptions {
   // behaviour. Costs one latency per call: for debugging and tests; the Exchanger checks
   // sizes once at setup instead.
   bool verify_sizes = false;
+  // Watchdog: a wait() that has not completed after this long throws gradcomm::Error
+  // (kCommunication) naming the collective, its size, the rank and the time waited, so a
+  // peer that hangs (or died where the MPI runtime does not end the job) ends in an error
+  // instead of a hang; the caller then abort()s. Zero waits forever (plain MPI_Wait).
+  // Checked by polling MPI_Test, which costs what MPI_Wait's own progress loop costs.
+  std::chrono::milliseconds collective_timeout{0};
 };
 
 // Duplicates `comm` (so gradcomm's traffic never matches the user's messages) and frees

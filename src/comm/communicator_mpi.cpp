@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <climits>
 #include <cstring>
 #include <memory>
@@ -25,6 +26,28 @@ std::string mpi_error_text(int code) {
     GRADCOMM_CHECK(_rc == MPI_SUCCESS, ::gradcomm::ErrorCode::kCommunication, __VA_ARGS__, \
                    ": ", mpi_error_text(_rc));                                                \
   } while (0)
+
+// MPI_Wait, or with a timeout a loop of MPI_Test that gives up with an Error naming
+// `what` (the watchdog of MpiCommunicatorOptions::collective_timeout).
+void wait_request(MPI_Request* request, std::chrono::milliseconds timeout, const char* what,
+                  std::size_t numel, int rank) {
+  if (timeout.count() <= 0) {
+    GRADCOMM_MPI_CALL(MPI_Wait(request, MPI_STATUS_IGNORE), what, " of ", numel, " elements failed on rank ", rank);
+    return;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (unsigned polls = 0;; ++polls) {
+    int done = 0;
+    GRADCOMM_MPI_CALL(MPI_Test(request, &done, MPI_STATUS_IGNORE), what, " of ", numel, " elements failed on rank ",
+                      rank);
+    if (done) return;
+    if (polls % 1024 != 1023) continue;  // the clock is read rarely; MPI_Test is the progress loop
+    const auto waited = std::chrono::steady_clock::now() - start;
+    GRADCOMM_CHECK(waited < timeout, ErrorCode::kCommunication, what, " of ", numel, " elements on rank ", rank,
+                   " did not complete within ", std::chrono::duration<double>(waited).count(),
+                   " s (collective_timeout): a peer died, hangs, or stopped calling collectives");
+  }
+}
 
 MPI_Datatype mpi_type(DType dtype) {
   switch (dtype) {
@@ -116,6 +139,8 @@ class MpiCommunicator::PooledWork final : public Work {
 
 struct MpiCommunicator::WorkPool {
   int rank = 0;
+  int size = 1;
+  std::chrono::milliseconds timeout{0};  // MpiCommunicatorOptions::collective_timeout
   MPI_Comm stage2 = MPI_COMM_NULL;
   std::vector<PooledWork*> free;
   std::vector<PooledWork*> pending_chains;  // first stage issued, second not started
@@ -128,6 +153,10 @@ struct MpiCommunicator::WorkPool {
     PooledWork* w;
     if (self->free.empty()) {
       w = new PooledWork();
+      // Sized now, for whichever role the object gets later: an object first used by a
+      // one-stage collective and then by a two-stage allreduce must not allocate then.
+      w->counts.resize(static_cast<std::size_t>(self->size));
+      w->displs.resize(static_cast<std::size_t>(self->size));
     } else {
       w = self->free.back();
       self->free.pop_back();
@@ -161,8 +190,7 @@ struct MpiCommunicator::WorkPool {
     for (; started < pending_chains.size(); ++started) {
       PooledWork& front = *pending_chains[started];
       if (block) {
-        GRADCOMM_MPI_CALL(MPI_Wait(&front.request, MPI_STATUS_IGNORE), front.what, " of ",
-                          front.numel, " elements failed on rank ", rank);
+        wait_request(&front.request, timeout, front.what, front.numel, rank);
       } else {
         int done = 0;
         GRADCOMM_MPI_CALL(MPI_Test(&front.request, &done, MPI_STATUS_IGNORE), front.what, " of ",
@@ -179,12 +207,10 @@ struct MpiCommunicator::WorkPool {
 void MpiCommunicator::PooledWork::wait() {
   if (chained) {
     pool->advance(this);
-    GRADCOMM_MPI_CALL(MPI_Wait(&second, MPI_STATUS_IGNORE), what, " of ", numel, " elements failed on rank ",
-                      pool->rank);
+    wait_request(&second, pool->timeout, what, numel, pool->rank);
     return;
   }
-  GRADCOMM_MPI_CALL(MPI_Wait(&request, MPI_STATUS_IGNORE), what, " of ", numel, " elements failed on rank ",
-                    pool->rank);
+  wait_request(&request, pool->timeout, what, numel, pool->rank);
 }
 
 bool MpiCommunicator::PooledWork::test() {
@@ -244,6 +270,10 @@ void MpiCommunicator::init_from(MPI_Comm comm) {
   MPI_Comm_set_errhandler(stage2_comm_, MPI_ERRORS_RETURN);
   pool_ = std::make_shared<WorkPool>();
   pool_->rank = rank_;
+  pool_->size = size_;
+  GRADCOMM_CHECK_ARG(options_.collective_timeout.count() >= 0, "MpiCommunicator: collective_timeout ",
+                     options_.collective_timeout.count(), " ms < 0");
+  pool_->timeout = options_.collective_timeout;
   pool_->stage2 = stage2_comm_;
   MPI_Op_create(&half_sum, 1, &half_sum_);
   MPI_Op_create(&half_max, 1, &half_max_);

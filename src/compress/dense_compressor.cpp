@@ -10,8 +10,10 @@ DenseCompressor::DenseCompressor(DenseOptions options) : options_(options) {
                      dtype_name(options.wire_dtype));
 }
 
-void DenseCompressor::setup(std::span<const LayerSpec> layers, int world_size, int /*rank*/) {
+void DenseCompressor::setup(std::span<const LayerSpec> layers, int world_size, int rank) {
   GRADCOMM_CHECK_ARG(world_size >= 1, "DenseCompressor: world size ", world_size, " < 1");
+  GRADCOMM_CHECK_ARG(rank >= 0 && rank < world_size, "DenseCompressor: rank ", rank,
+                     " is not in a world of ", world_size);
   world_size_ = world_size;
   numel_.clear();
   for (const LayerSpec& layer : layers) numel_.push_back(layer.numel);

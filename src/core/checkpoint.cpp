@@ -50,7 +50,7 @@ std::string errno_text(int err) { return std::system_category().message(err); }
 // A file descriptor closed (and, until committed, its temp file removed) on every exit path.
 class TempFile {
  public:
-  TempFile(std::string path) : path_(std::move(path)) {
+  explicit TempFile(std::string path) : path_(std::move(path)) {
     fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     GRADCOMM_CHECK(fd_ >= 0, ErrorCode::kIo, "cannot create checkpoint temp file ", path_, ": ",
                    errno_text(errno));

@@ -130,6 +130,29 @@ TEST_P(Agreement, OneRankDifferentFailsOnEveryRank) {
 INSTANTIATE_TEST_SUITE_P(Settings, Agreement, ::testing::ValuesIn(mismatches()),
                          [](const auto& info) { return std::string(info.param.name); });
 
+// Local checks come before the agreement's collectives, so every rank throws alone and
+// none is left waiting in one.
+TEST(Exchanger, AbsurdOptionsFailOnEveryRankBeforeAnyCollective) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  auto code_of = [&](auto&& build) {
+    try {
+      build();
+    } catch (const Error& e) {
+      return e.code();
+    }
+    return ErrorCode{};
+  };
+  EXPECT_TRUE(all_ranks(code_of([&] {
+                          Exchanger(comm, std::make_unique<DenseCompressor>(), model(), {.bucket_bytes = 0});
+                        }) == ErrorCode::kInvalidArgument));
+  EXPECT_TRUE(all_ranks(code_of([&] { Exchanger(comm, nullptr, model()); }) == ErrorCode::kInvalidArgument));
+  // Nothing is left in flight: a well-formed Exchanger still agrees and exchanges.
+  Exchanger ex(comm, std::make_unique<DenseCompressor>(), model());
+  Buffers b(model(), comm.rank(), 0);
+  ex.exchange(b.grad_views, b.out_views);
+  for (const auto& out : b.outs) EXPECT_TRUE(same_on_all_ranks(out));
+}
+
 // ---- non-finite gradients on one rank ------------------------------------------------------
 
 struct NanCase {

@@ -16,6 +16,7 @@
 #include "gradcomm/checkpoint.h"
 #include "gradcomm/dgc.h"
 #include "gradcomm/gradcomm.h"
+#include "gradcomm/onebit.h"
 #include "gradcomm/quantize.h"
 #include "mpi/mpi_test_util.h"
 
@@ -200,6 +201,80 @@ TEST_P(Resume, RestoredRunIsBitwiseTheUninterruptedOne) {
 
 INSTANTIATE_TEST_SUITE_P(Compressors, Resume, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// 1-bit Adam keeps its state in the optimizer (momenta, frozen variance, every rank's own
+// error-feedback buffers): it travels as a user blob next to the parameters. The save is
+// after the freeze, so the compressed stage and its per-rank errors are in the state.
+TEST(ResumeOptimizer, OneBitAdamThroughSaveCheckpointIsBitwise) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  SharedDir dir;
+  ASSERT_TRUE(all_ranks(dir.ok()));
+  const std::string prefix = dir / "onebit";
+  const std::vector<std::size_t> sizes = {1000, 37, 256};
+  constexpr int kSaveAt = 6, kSteps = 12;
+  const OneBitAdamOptions options{.lr = 1e-2f, .freeze_step = 3};
+  struct Run {
+    std::vector<std::vector<float>> params, grads;
+    std::vector<TensorView> grad_views;
+    std::unique_ptr<OneBitAdam> adam;
+    Run(MpiCommunicator& comm, const std::vector<std::size_t>& sizes, const OneBitAdamOptions& o) {
+      std::vector<OneBitParam> specs;
+      for (std::size_t i = 0; i < sizes.size(); ++i) {
+        params.emplace_back(sizes[i], 0.5f);
+        grads.emplace_back(sizes[i]);
+      }
+      for (std::size_t i = 0; i < sizes.size(); ++i) {
+        specs.push_back({"p" + std::to_string(i), TensorView::of(std::span<float>(params[i])), true, {}});
+        grad_views.push_back(TensorView::of(std::span<float>(grads[i])));
+      }
+      adam = std::make_unique<OneBitAdam>(comm, std::move(specs), o);
+    }
+    void step(int rank, int s) {
+      for (std::size_t p = 0; p < params.size(); ++p) {
+        for (std::size_t i = 0; i < params[p].size(); ++i) {
+          grads[p][i] = params[p][i] - std::sin(0.05f * static_cast<float>(i * (rank + 1) + s));
+        }
+      }
+      adam->step(grad_views);
+    }
+    std::vector<float> flat() const {
+      std::vector<float> out;
+      for (const auto& p : params) out.insert(out.end(), p.begin(), p.end());
+      return out;
+    }
+  };
+  DenseCompressor none;  // the gradients go through 1-bit Adam, not an Exchanger
+  none.setup({}, comm.size(), comm.rank());
+
+  Run straight(comm, sizes, options);
+  for (int s = 0; s < kSaveAt; ++s) straight.step(comm.rank(), s);
+  const std::vector<std::byte> adam_state = straight.adam->save_state();
+  std::vector<CheckpointBlob> blobs = {{"onebit_adam", adam_state}};
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    blobs.push_back({"param" + std::to_string(i), std::as_bytes(std::span<const float>(straight.params[i]))});
+  }
+  save_checkpoint(prefix, comm, none, kSaveAt, blobs);
+  for (int s = kSaveAt; s < kSteps; ++s) straight.step(comm.rank(), s);
+
+  auto resume = [&](bool with_optimizer_state) {
+    Run run(comm, sizes, options);
+    const CheckpointShard shard = load_checkpoint(prefix, comm, none);
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      const auto bytes = shard.blob("param" + std::to_string(i));
+      std::memcpy(run.params[i].data(), bytes.data(), bytes.size());
+    }
+    if (with_optimizer_state) run.adam->load_state(shard.blob("onebit_adam"));
+    for (int s = static_cast<int>(shard.step); s < kSteps; ++s) run.step(comm.rank(), s);
+    return run.flat();
+  };
+  const auto want = straight.flat();
+  const auto got = resume(true);
+  EXPECT_TRUE(all_ranks(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0));
+  EXPECT_TRUE(same_on_all_ranks(got));
+  const auto forgot = resume(false);
+  EXPECT_TRUE(all_ranks(std::memcmp(want.data(), forgot.data(), want.size() * sizeof(float)) != 0))
+      << "control: a resume without the optimizer state must differ";
+}
 
 // Runs `body` and returns the Error it threw (code kInternal with "no throw" if none).
 template <typename Body>
