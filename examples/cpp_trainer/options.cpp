@@ -7,7 +7,7 @@
 namespace trainer {
 
 std::string usage() {
-  return R"(gradcomm-train: data-parallel MLP on the digits data set, gradients exchanged by gradcomm.
+  return R"(gradcomm-train: data-parallel MLP or CNN on the digits data set, gradients exchanged by gradcomm.
 Run under mpirun, e.g.  mpirun -np 4 gradcomm-train --compressor dgc --density 0.001
 
   --model NAME         mlp | cnn (conv 16, conv 32, pool, dense 64, 10) (default mlp)
@@ -19,7 +19,7 @@ Run under mpirun, e.g.  mpirun -np 4 gradcomm-train --compressor dgc --density 0
   --lr X               (default: sgd 0.05, adam 0.002)
   --batch N            per-rank batch      (default 16)
   --momentum M         (default 0.9)       --weight-decay W (default 1e-4)
-  --hidden A,B,...     hidden widths       (default 256,128,64)
+  --hidden A,B,...     mlp hidden widths   (default 256,128,64)
   --fp16-wire          fp16 values on the wire
   --nonfinite P        error | skip_step | zero (default error)
   --freeze-fraction F  onebit-adam warm-up share of the steps (default 0.2)
