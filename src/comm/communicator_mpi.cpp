@@ -110,28 +110,33 @@ void bfloat_min(void* in, void* inout, int* len, MPI_Datatype*) {
 // Work objects are pooled per communicator, so a step of many collectives allocates
 // nothing once the pool has grown to the number in flight at a time.
 //
-// Two-stage collectives (reduce-scatter, then allgather) need their second stage started
-// after the first completes, and MPI needs collectives started in the same order on every
-// rank. Second stages therefore run on a communicator of their own and start strictly in
-// the order their first stages were issued: whichever handle is tested or waited, the
-// queue of pending chains is advanced from its front.
+// Floating-point sums run as a ring (reduce-scatter, then allgather) over point-to-point
+// messages on a communicator of their own: each chunk is summed once, along a fixed path,
+// and then copied to every rank, so every rank gets bitwise the same result, and each
+// rank sends and receives 2(p-1)/p of the buffer (Open MPI's non-blocking reduce-scatter
+// funnels the data towards rank 0 instead: docs/benchmarks.md). A ring step can only be
+// posted once the previous one has arrived, so whichever handle is tested or waited,
+// every ring in flight is advanced: ranks that wait on different rings never deadlock.
 class MpiCommunicator::PooledWork final : public Work {
  public:
   const char* what = "";
   std::size_t numel = 0;  // for messages
-  MPI_Request request = MPI_REQUEST_NULL;  // the only stage, or the first
-  // Two-stage allreduce.
-  bool chained = false;
-  bool second_started = false;
-  MPI_Request second = MPI_REQUEST_NULL;
-  std::vector<int> counts, displs;  // MPI reads these until the request completes
+  MPI_Request request = MPI_REQUEST_NULL;  // a one-call collective
+  // Ring allreduce.
+  bool ring = false;
+  int ring_step = 0;   // steps completed; 2(p-1) in all
+  int ring_steps = 0;
+  int tag = 0;
+  MPI_Op op = MPI_OP_NULL;
+  MPI_Request ring_requests[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+  std::vector<int> counts, displs;    // the chunks, by element; MPI reads them while in flight
+  std::vector<std::byte> incoming;    // one chunk received before it is added in
   MPI_Datatype type = MPI_DATATYPE_NULL;
-  char* recv_base = nullptr;
-  char* own_chunk = nullptr;
+  char* base = nullptr;
   std::size_t esize = 0;
-  bool in_place = false;
   std::shared_ptr<WorkPool> pool;  // set while handed out, reset in the free list
 
+  bool complete() const { return ring ? ring_step == ring_steps : request == MPI_REQUEST_NULL; }
   void wait() override;
   bool test() override;
   void release() noexcept override;
@@ -141,87 +146,117 @@ struct MpiCommunicator::WorkPool {
   int rank = 0;
   int size = 1;
   std::chrono::milliseconds timeout{0};  // MpiCommunicatorOptions::collective_timeout
-  MPI_Comm stage2 = MPI_COMM_NULL;
+  MPI_Comm stage2 = MPI_COMM_NULL;       // the rings' point-to-point traffic
   std::vector<PooledWork*> free;
-  std::vector<PooledWork*> pending_chains;  // first stage issued, second not started
+  // Ring works keep their chunk buffer, grown to the largest chunk any ring has needed by
+  // the time they come back, so a steady sequence of steps allocates nothing.
+  std::vector<PooledWork*> free_rings;
+  std::size_t largest_incoming = 0;
+  std::vector<PooledWork*> rings;  // in flight, in issue order
+  int next_tag = 0;
 
   ~WorkPool() {
     for (PooledWork* w : free) delete w;
+    for (PooledWork* w : free_rings) delete w;
   }
 
-  static PooledWork* acquire(const std::shared_ptr<WorkPool>& self, const char* what, std::size_t numel) {
+  static PooledWork* acquire(const std::shared_ptr<WorkPool>& self, const char* what, std::size_t numel,
+                             bool for_ring = false) {
+    std::vector<PooledWork*>& list = for_ring ? self->free_rings : self->free;
     PooledWork* w;
-    if (self->free.empty()) {
+    if (list.empty()) {
       w = new PooledWork();
       // Sized now, for whichever role the object gets later: an object first used by a
-      // one-stage collective and then by a two-stage allreduce must not allocate then.
+      // one-call collective and then by a ring must not allocate then.
       w->counts.resize(static_cast<std::size_t>(self->size));
       w->displs.resize(static_cast<std::size_t>(self->size));
     } else {
-      w = self->free.back();
-      self->free.pop_back();
+      w = list.back();
+      list.pop_back();
     }
     w->what = what;
     w->numel = numel;
     w->request = MPI_REQUEST_NULL;
-    w->second = MPI_REQUEST_NULL;
-    w->chained = false;
-    w->second_started = false;
+    w->ring = false;
+    w->ring_step = w->ring_steps = 0;
+    w->ring_requests[0] = w->ring_requests[1] = MPI_REQUEST_NULL;
     w->pool = self;
     return w;
   }
 
-  void start_second(PooledWork& w) {
-    // In place, MPI_Ireduce_scatter leaves this rank's chunk at the start of the buffer.
-    if (w.in_place && w.displs[rank] != 0) {
-      std::memmove(w.own_chunk, w.recv_base, static_cast<std::size_t>(w.counts[rank]) * w.esize);
+  int chunk(int offset) const { return ((rank + offset) % size + size) % size; }
+
+  // Posts the receive from the left and the send to the right of step w.ring_step.
+  void post_ring_step(PooledWork& w) {
+    const int s = w.ring_step, left = (rank - 1 + size) % size, right = (rank + 1) % size;
+    int send_chunk, recv_chunk;
+    void* recv_into;
+    if (s < size - 1) {  // reduce-scatter: pass on the partial sum of one chunk
+      send_chunk = chunk(-s);
+      recv_chunk = chunk(-s - 1);
+      recv_into = w.incoming.data();
+    } else {  // allgather: pass on a finished chunk
+      const int t = s - (size - 1);
+      send_chunk = chunk(1 - t);
+      recv_chunk = chunk(-t);
+      recv_into = w.base + static_cast<std::size_t>(w.displs[recv_chunk]) * w.esize;
     }
-    GRADCOMM_MPI_CALL(MPI_Iallgatherv(MPI_IN_PLACE, 0, w.type, w.recv_base, w.counts.data(),
-                                      w.displs.data(), w.type, stage2, &w.second),
-                      w.what, " (allgather stage) of ", w.numel, " elements on rank ", rank);
-    w.second_started = true;
+    GRADCOMM_MPI_CALL(MPI_Irecv(recv_into, w.counts[recv_chunk], w.type, left, w.tag,
+                                stage2, &w.ring_requests[0]),
+                      w.what, " (ring step ", s, ") of ", w.numel, " elements on rank ", rank);
+    GRADCOMM_MPI_CALL(MPI_Isend(w.base + static_cast<std::size_t>(w.displs[send_chunk]) * w.esize,
+                                w.counts[send_chunk], w.type, right, w.tag, stage2, &w.ring_requests[1]),
+                      w.what, " (ring step ", s, ") of ", w.numel, " elements on rank ", rank);
   }
 
-  // Starts second stages in issue order; blocks on first stages up to and including
-  // `until` (nullptr: never blocks).
-  void advance(const PooledWork* until) {
-    bool block = until != nullptr && !until->second_started;
-    std::size_t started = 0;
-    for (; started < pending_chains.size(); ++started) {
-      PooledWork& front = *pending_chains[started];
-      if (block) {
-        wait_request(&front.request, timeout, front.what, front.numel, rank);
-      } else {
-        int done = 0;
-        GRADCOMM_MPI_CALL(MPI_Test(&front.request, &done, MPI_STATUS_IGNORE), front.what, " of ",
-                          front.numel, " elements failed on rank ", rank);
-        if (!done) break;
+  // Advances w as far as it goes without blocking.
+  void progress(PooledWork& w) {
+    while (w.ring_step < w.ring_steps) {
+      int done = 0;
+      GRADCOMM_MPI_CALL(MPI_Testall(2, w.ring_requests, &done, MPI_STATUSES_IGNORE), w.what, " (ring step ",
+                        w.ring_step, ") of ", w.numel, " elements failed on rank ", rank);
+      if (!done) return;
+      if (w.ring_step < size - 1) {
+        const int c = chunk(-w.ring_step - 1);
+        GRADCOMM_MPI_CALL(MPI_Reduce_local(w.incoming.data(), w.base + static_cast<std::size_t>(w.displs[c]) * w.esize,
+                                           w.counts[c], w.type, w.op),
+                          w.what, " (ring reduction) on rank ", rank);
       }
-      start_second(front);
-      if (&front == until) block = false;
+      if (++w.ring_step < w.ring_steps) post_ring_step(w);
     }
-    pending_chains.erase(pending_chains.begin(), pending_chains.begin() + static_cast<std::ptrdiff_t>(started));
   }
+
+  // Advances every ring in flight, in issue order, and forgets the finished ones.
+  void progress_rings() {
+    for (PooledWork* w : rings) progress(*w);
+    std::erase_if(rings, [](const PooledWork* w) { return w->complete(); });
+  }
+
+  void forget(const PooledWork* w) { std::erase(rings, w); }
 };
 
 void MpiCommunicator::PooledWork::wait() {
-  if (chained) {
-    pool->advance(this);
-    wait_request(&second, pool->timeout, what, numel, pool->rank);
+  if (!ring) {
+    wait_request(&request, pool->timeout, what, numel, pool->rank);
     return;
   }
-  wait_request(&request, pool->timeout, what, numel, pool->rank);
+  const auto start = std::chrono::steady_clock::now();
+  for (unsigned polls = 0; !complete(); ++polls) {
+    pool->progress_rings();
+    if (pool->timeout.count() <= 0 || polls % 1024 != 1023) continue;  // MPI_Testall is the progress loop
+    const auto waited = std::chrono::steady_clock::now() - start;
+    GRADCOMM_CHECK(waited < pool->timeout, ErrorCode::kCommunication, what, " of ", numel, " elements on rank ",
+                   pool->rank, " did not complete within ", std::chrono::duration<double>(waited).count(),
+                   " s (collective_timeout): a peer died, hangs, or stopped calling collectives");
+  }
 }
 
 bool MpiCommunicator::PooledWork::test() {
-  int done = 0;
-  if (chained) {
-    pool->advance(nullptr);
-    if (!second_started) return false;
-    GRADCOMM_MPI_CALL(MPI_Test(&second, &done, MPI_STATUS_IGNORE), what, " of ", numel,
-                      " elements failed on rank ", pool->rank);
-    return done != 0;
+  if (ring) {
+    pool->progress_rings();
+    return complete();
   }
+  int done = 0;
   GRADCOMM_MPI_CALL(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what, " of ", numel,
                     " elements failed on rank ", pool->rank);
   return done != 0;
@@ -234,7 +269,16 @@ void MpiCommunicator::PooledWork::release() noexcept {
   } catch (...) {
   }
   std::shared_ptr<WorkPool> owner = std::move(pool);
-  owner->free.push_back(this);
+  owner->forget(this);
+  if (!ring) {
+    owner->free.push_back(this);
+    return;
+  }
+  try {
+    if (incoming.size() < owner->largest_incoming) incoming.resize(owner->largest_incoming);
+  } catch (...) {  // out of memory: the next ring that needs it grows it instead
+  }
+  owner->free_rings.push_back(this);
 }
 
 
@@ -290,7 +334,7 @@ void MpiCommunicator::release() noexcept {
   for (MPI_Op* op : {&half_sum_, &half_max_, &half_min_, &bfloat_sum_, &bfloat_max_, &bfloat_min_}) {
     if (*op != MPI_OP_NULL) MPI_Op_free(op);
   }
-  if (pool_) pool_->advance(nullptr);
+  if (pool_) pool_->progress_rings();
   if (stage2_comm_ != MPI_COMM_NULL) MPI_Comm_free(&stage2_comm_);
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   if (finalize_on_destroy_) MPI_Finalize();
@@ -345,28 +389,32 @@ WorkHandle MpiCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp
     return single_request("allreduce", send.numel(), request);
   }
   // A floating-point sum is not associative, and MPI does not promise every rank the same
-  // bits. Reduce-scatter (each chunk summed once, by its owner) then allgather gives
-  // bitwise-identical results on every rank, with a ring's traffic.
-  PooledWork* w = WorkPool::acquire(pool_, "allreduce", send.numel());
+  // bits: a ring over point-to-point messages (WorkPool) sums each chunk once, then copies
+  // it to every rank.
+  PooledWork* w = WorkPool::acquire(pool_, "allreduce", send.numel(), /*for_ring=*/true);
   WorkHandle handle_of_w(w);
-  w->counts.resize(static_cast<std::size_t>(size_));
-  w->displs.resize(static_cast<std::size_t>(size_));
+  std::size_t largest = 0;
   for (int r = 0, offset = 0; r < size_; ++r) {
     w->counts[r] = count / size_ + (r < count % size_ ? 1 : 0);
     w->displs[r] = offset;
     offset += w->counts[r];
+    largest = std::max<std::size_t>(largest, static_cast<std::size_t>(w->counts[r]));
   }
   w->type = type;
+  w->op = mpi_op;
   w->esize = dtype_size(send.dtype());
-  w->recv_base = static_cast<char*>(recv.data());
-  w->own_chunk = w->recv_base + static_cast<std::size_t>(w->displs[rank_]) * w->esize;
-  w->in_place = send.data() == recv.data();
-  GRADCOMM_MPI_CALL(MPI_Ireduce_scatter(w->in_place ? MPI_IN_PLACE : send.data(),
-                                        w->in_place ? w->recv_base : w->own_chunk, w->counts.data(),
-                                        type, mpi_op, comm_, &w->request),
-                    "allreduce (reduce-scatter stage) of ", recv.describe(), " on rank ", rank_);
-  w->chained = true;
-  pool_->pending_chains.push_back(w);
+  w->base = static_cast<char*>(recv.data());
+  pool_->largest_incoming = std::max(pool_->largest_incoming, largest * w->esize);
+  if (w->incoming.size() < largest * w->esize) w->incoming.resize(pool_->largest_incoming);  // grow-only
+  if (send.data() != recv.data()) std::memcpy(recv.data(), send.data(), send.nbytes());
+  // The same tag sequence on every rank (collectives are issued in the same order); tags
+  // keep rings in flight at the same time apart.
+  w->tag = 1 + pool_->next_tag;
+  pool_->next_tag = (pool_->next_tag + 1) % 30000;
+  w->ring = true;
+  w->ring_steps = 2 * (size_ - 1);
+  pool_->post_ring_step(*w);
+  pool_->rings.push_back(w);
   return handle_of_w;
 }
 
