@@ -19,23 +19,11 @@
 namespace trainer {
 namespace {
 
-std::uint64_t fnv1a(const void* data, std::size_t bytes, std::uint64_t h = 1469598103934665603ull) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 // True iff every rank holds bitwise the same parameters.
 bool replicas_identical(gradcomm::Communicator& comm, const std::vector<Parameter>& params) {
-  std::uint64_t h = 1469598103934665603ull;
-  for (const Parameter& prm : params) h = fnv1a(prm.value->data(), prm.value->size() * sizeof(float), h);
-  std::vector<std::uint32_t> words = {static_cast<std::uint32_t>(h), static_cast<std::uint32_t>(h >> 32)};
-  std::vector<std::uint32_t> high = words, low = words;
-  comm.allreduce(gradcomm::TensorView::of(std::span<std::uint32_t>(words)),
-                 gradcomm::TensorView::of(std::span<std::uint32_t>(high)), gradcomm::ReduceOp::kMax)->wait();
-  comm.allreduce(gradcomm::TensorView::of(std::span<std::uint32_t>(words)),
-                 gradcomm::TensorView::of(std::span<std::uint32_t>(low)), gradcomm::ReduceOp::kMin)->wait();
-  return high == low;
+  std::uint64_t h = gradcomm::kFingerprintSeed;
+  for (const Parameter& prm : params) h = gradcomm::fingerprint_bytes(prm.value->data(), prm.value->size() * sizeof(float), h);
+  return gradcomm::same_on_all_ranks(comm, h);
 }
 
 float global_mean(gradcomm::Communicator& comm, float local) {

@@ -34,7 +34,7 @@ struct StepStats {
   std::uint64_t wire_bytes = 0;    // bytes this rank sent in the step (algorithm model)
   std::uint64_t payload_bytes = 0;  // bytes of payload this rank produced
   std::uint64_t collectives = 0;
-  std::size_t nonfinite = 0;       // non-finite elements seen on any rank this step
+  std::size_t nonfinite = 0;       // layers in which some rank saw a non-finite value this step
   bool skipped = false;            // the step was skipped (NonFinitePolicy::kSkipStep)
 };
 

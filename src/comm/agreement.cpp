@@ -8,12 +8,6 @@
 namespace gradcomm {
 namespace {
 
-std::uint64_t fnv1a(const void* data, std::size_t size, std::uint64_t hash = 1469598103934665603ull) {
-  const auto* bytes = static_cast<const unsigned char*>(data);
-  for (std::size_t i = 0; i < size; ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
-  return hash;
-}
-
 // What every rank must agree on for one layer: its name, size, shape rank and flags.
 struct LayerRecord {
   std::uint32_t name_hash;
@@ -23,7 +17,7 @@ struct LayerRecord {
 };
 
 LayerRecord record_of(const LayerSpec& layer) {
-  const std::uint64_t name_hash = fnv1a(layer.name.data(), layer.name.size());
+  const std::uint64_t name_hash = fingerprint_bytes(layer.name.data(), layer.name.size());
   const std::uint64_t numel = layer.numel;
   return {static_cast<std::uint32_t>(name_hash ^ (name_hash >> 32)),
           static_cast<std::uint32_t>(numel), static_cast<std::uint32_t>(numel >> 32),
@@ -118,21 +112,31 @@ TensorView u32(std::vector<std::uint32_t>& v) { return TensorView::of(std::span<
 
 }  // namespace
 
-void check_agreement(Communicator& comm, std::span<const LayerSpec> layers,
-                     const std::string& settings, const std::string& what) {
-  std::uint64_t hash = fnv1a(settings.data(), settings.size());
-  for (const LayerSpec& layer : layers) {
-    const LayerRecord r = record_of(layer);
-    hash = fnv1a(&r, sizeof r, hash);
-  }
-  const std::uint64_t count = layers.size();
-  hash = fnv1a(&count, sizeof count, hash);
-  // Equal everywhere iff the max equals the min, word by word.
-  std::vector<std::uint32_t> words = {static_cast<std::uint32_t>(hash), static_cast<std::uint32_t>(hash >> 32)};
+std::uint64_t fingerprint_bytes(const void* data, std::size_t bytes, std::uint64_t hash) noexcept {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < bytes; ++i) hash = (hash ^ p[i]) * 1099511628211ull;
+  return hash;
+}
+
+bool same_on_all_ranks(Communicator& comm, std::uint64_t fingerprint) {
+  std::vector<std::uint32_t> words = {static_cast<std::uint32_t>(fingerprint),
+                                      static_cast<std::uint32_t>(fingerprint >> 32)};
   std::vector<std::uint32_t> high = words, low = words;
   comm.allreduce(u32(words), u32(high), ReduceOp::kMax)->wait();
   comm.allreduce(u32(words), u32(low), ReduceOp::kMin)->wait();
-  if (high == low) return;
+  return high == low;
+}
+
+void check_agreement(Communicator& comm, std::span<const LayerSpec> layers,
+                     const std::string& settings, const std::string& what) {
+  std::uint64_t hash = fingerprint_bytes(settings.data(), settings.size());
+  for (const LayerSpec& layer : layers) {
+    const LayerRecord r = record_of(layer);
+    hash = fingerprint_bytes(&r, sizeof r, hash);
+  }
+  const std::uint64_t count = layers.size();
+  hash = fingerprint_bytes(&count, sizeof count, hash);
+  if (same_on_all_ranks(comm, hash)) return;
   explain_mismatch(comm, layers, settings, what);
 }
 

@@ -68,8 +68,12 @@ TEST(Exchanger, DenseAverageMatchesAllreduceAcrossBucketSizes) {
                                               [](std::size_t a, const LayerSpec& l) { return a + l.numel; });
     EXPECT_EQ(stats.payload_bytes, total * 4);
     EXPECT_GE(stats.wire_bytes, comm.size() > 1 ? allreduce_wire_bytes(total * 4, comm.size()) : 0);
-    if (bucket == 64) EXPECT_GE(stats.collectives, layers.size() - 1);  // almost one bucket per layer
-    if (bucket == (std::size_t{1} << 22)) EXPECT_LE(stats.collectives, 2u);  // everything fused
+    if (bucket == 64) {
+      EXPECT_GE(stats.collectives, layers.size() - 1);  // almost one bucket per layer
+    }
+    if (bucket == (std::size_t{1} << 22)) {
+      EXPECT_LE(stats.collectives, 2u);  // everything fused
+    }
   }
 }
 
