@@ -69,6 +69,16 @@ class Compressor {
   // writing out of bounds. Every rank must produce bitwise the same `out`.
   virtual void decode(std::size_t layer, TensorView received, TensorView out) = 0;
 
+  // The step was skipped on every rank (NonFinitePolicy::kSkipStep) after this layer was
+  // encoded and decoded. `own_payload` is what encode() wrote for this rank. A compressor
+  // with error feedback puts what the payload took out of its residual back in, so the
+  // skipped step defers what it would have sent instead of dropping it. The default, for
+  // compressors without such state, does nothing. Not on the hot path: may allocate.
+  virtual void on_step_skipped(std::size_t layer, TensorView own_payload) {
+    (void)layer;
+    (void)own_payload;
+  }
+
   // Schedules (sparsity warm-up, re-planning) advance with these; both default to no-op.
   virtual void set_step(std::int64_t step) { (void)step; }
   virtual void set_epoch(std::int64_t epoch) { (void)epoch; }

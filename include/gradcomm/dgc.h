@@ -83,6 +83,7 @@ class DgcCompressor final : public Compressor {
   LayerWire wire(std::size_t layer) const override;
   EncodeResult encode(std::size_t layer, TensorView grad, TensorView payload) override;
   void decode(std::size_t layer, TensorView received, TensorView out) override;
+  void on_step_skipped(std::size_t layer, TensorView own_payload) override;
   void set_step(std::int64_t step) override;
   void set_epoch(std::int64_t epoch) override;
   std::vector<std::byte> save_state() const override;
@@ -116,6 +117,9 @@ class DgcCompressor final : public Compressor {
     // step flushes v and restarts u (see encode_dense).
     bool sparse_momentum = false;
     bool flushing = false;  // between that flushing encode and its decode
+    // What the last encode took out of v, for on_step_skipped: nothing (a plain dense
+    // step), all of v (a flush), or the selected entries (sparse).
+    enum class Taken : std::uint8_t { kNothing, kAllOfV, kSelected } taken = Taken::kNothing;
     DgcLayerStats stats;
   };
 

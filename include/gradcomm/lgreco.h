@@ -128,6 +128,7 @@ class LgrecoCompressor final : public Compressor {
   LayerWire wire(std::size_t layer) const override;
   EncodeResult encode(std::size_t layer, TensorView grad, TensorView payload) override;
   void decode(std::size_t layer, TensorView received, TensorView out) override;
+  void on_step_skipped(std::size_t layer, TensorView own_payload) override;
   void set_step(std::int64_t step) override;
   void set_epoch(std::int64_t epoch) override;
   std::vector<std::byte> save_state() const override;

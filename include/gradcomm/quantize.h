@@ -52,6 +52,7 @@ class QuantizeCompressor final : public Compressor {
   LayerWire wire(std::size_t layer) const override;
   EncodeResult encode(std::size_t layer, TensorView grad, TensorView payload) override;
   void decode(std::size_t layer, TensorView received, TensorView out) override;
+  void on_step_skipped(std::size_t layer, TensorView own_payload) override;
   void set_step(std::int64_t step) override { step_ = step; }
   std::vector<std::byte> save_state() const override;
   void load_state(std::span<const std::byte> blob) override;

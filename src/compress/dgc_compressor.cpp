@@ -288,8 +288,10 @@ EncodeResult DgcCompressor::encode_dense(Layer& l, const float* g, TensorView pa
     std::fill(l.v.begin(), l.v.end(), 0.0f);
     std::fill(l.u.begin(), l.u.end(), 0.0f);
     l.flushing = true;
+    l.taken = Layer::Taken::kAllOfV;
     return {acc.nonfinite};
   }
+  l.taken = Layer::Taken::kNothing;
   if (options_.dense_dtype == DType::kFloat16) {
     return {
         kernels::dgc_scaled_copy_f16(g, s, static_cast<std::uint16_t*>(payload.data()), l.numel)};
@@ -313,6 +315,7 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
                                           std::size_t kk, TensorView payload) {
   const std::size_t n = l.numel;
   l.sparse_momentum = true;
+  l.taken = Layer::Taken::kSelected;
   auto* base = static_cast<std::byte*>(payload.data());
   GRADCOMM_CHECK(reinterpret_cast<std::uintptr_t>(base) % 4 == 0, ErrorCode::kInvalidArgument,
                  "DgcCompressor::encode layer ", index, ": payload must be 4-byte aligned");
@@ -411,6 +414,62 @@ void DgcCompressor::decode(std::size_t layer, TensorView received, TensorView ou
     decode_sparse(layer, l, received, dst);
   } else {
     decode_dense(l, received, dst);
+  }
+}
+
+// A skipped step: v gets back what the payload took out of it (the selected entries, or
+// all of v for a flush), so those values are sent in a later step. u is not restored:
+// momentum masking cleared it where values were sent, as after any sent value, and a
+// plain dense step's momentum already took the update in decode.
+void DgcCompressor::on_step_skipped(std::size_t layer, TensorView own_payload) {
+  GRADCOMM_CHECK(layer < layers_.size(), ErrorCode::kInvalidArgument, "DgcCompressor::on_step_skipped: layer ",
+                 layer, " out of range (", layers_.size(), " layers)");
+  Layer& l = layers_[layer];
+  const Layer::Taken taken = l.taken;
+  l.taken = Layer::Taken::kNothing;  // a second call must not add the values twice
+  const bool f16_values = options_.value_dtype == DType::kFloat16;
+  if (taken == Layer::Taken::kAllOfV) {
+    GRADCOMM_CHECK(own_payload.numel() == l.numel && own_payload.dtype() == options_.dense_dtype,
+                   ErrorCode::kInvalidArgument, "DgcCompressor::on_step_skipped rank ", rank_, " layer ",
+                   layer, ": payload ", own_payload.describe(), " is not the flush of ", l.numel, " elements");
+    if (options_.dense_dtype == DType::kFloat16) {
+      const auto* sent = static_cast<const std::uint16_t*>(own_payload.data());
+      for (std::size_t i = 0; i < l.numel; ++i) l.v[i] += kernels::half_to_float(sent[i]);
+    } else {
+      const auto* sent = static_cast<const float*>(own_payload.data());
+      for (std::size_t i = 0; i < l.numel; ++i) l.v[i] += sent[i];
+    }
+    l.sparse_momentum = true;  // the next dense step flushes v again
+    return;
+  }
+  if (taken != Layer::Taken::kSelected) return;
+  const auto* base = static_cast<const std::byte*>(own_payload.data());
+  std::uint32_t count = 0;
+  GRADCOMM_CHECK(own_payload.nbytes() >= kHeaderBytes, ErrorCode::kInvalidArgument,
+                 "DgcCompressor::on_step_skipped rank ", rank_, " layer ", layer, ": payload ",
+                 own_payload.describe(), " has no header");
+  std::memcpy(&count, base, sizeof count);
+  const std::size_t kk = (own_payload.nbytes() - kHeaderBytes) / (4 + dtype_size(options_.value_dtype));
+  GRADCOMM_CHECK(count <= kk, ErrorCode::kInvalidArgument, "DgcCompressor::on_step_skipped rank ", rank_,
+                 " layer ", layer, ": count ", count, " over the payload's room for ", kk);
+  // The layout is this step's: k slots of indices, then k values.
+  const std::size_t slots = k_for(l, density());
+  const std::byte* idx = base + kHeaderBytes;
+  const std::byte* val = idx + 4 * slots;
+  for (std::size_t j = 0; j < count; ++j) {
+    std::uint32_t i = 0;
+    std::memcpy(&i, idx + 4 * j, 4);
+    GRADCOMM_CHECK(i < l.numel, ErrorCode::kInvalidArgument, "DgcCompressor::on_step_skipped rank ", rank_,
+                   " layer ", layer, ": index ", i, " of ", l.numel);
+    float value = 0;
+    if (f16_values) {
+      std::uint16_t h = 0;
+      std::memcpy(&h, val + 2 * j, 2);
+      value = kernels::half_to_float(h);
+    } else {
+      std::memcpy(&value, val + 4 * j, 4);
+    }
+    l.v[i] += value;
   }
 }
 

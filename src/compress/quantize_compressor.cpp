@@ -167,6 +167,22 @@ void QuantizeCompressor::decode(std::size_t layer, TensorView received, TensorVi
                           dst, workspace_.data());
 }
 
+// A skipped step: the residual kept x - (min + q*unit); adding back the dequantized own
+// payload (the same arithmetic as the encoder) returns x = gradient + old residual to it.
+void QuantizeCompressor::on_step_skipped(std::size_t layer, TensorView own_payload) {
+  layer_at(layer, "on_step_skipped");  // checks the index
+  Layer& l = layers_[layer];
+  if (!l.quantized || l.residual.empty()) return;
+  const LayerWire w = wire(layer);
+  GRADCOMM_CHECK(own_payload.numel() == w.count && own_payload.dtype() == w.dtype, ErrorCode::kInvalidArgument,
+                 "QuantizeCompressor::on_step_skipped on rank ", rank_, ": layer ", layer, " ('", l.name,
+                 "') payload ", own_payload.describe(), ", expected ", dtype_name(w.dtype), "[", w.count, "]");
+  std::vector<float> sent(l.numel);  // a skipped step is rare: allocating here is fine
+  kernels::dequantize_sum(own_payload.span<const std::uint8_t>("payload").data(), w.count, 1, l.numel, l.bits,
+                          options_.bucket_size, 1.0f, sent.data(), workspace_.data());
+  for (std::size_t i = 0; i < l.numel; ++i) l.residual[i] += sent[i];
+}
+
 // State blob: "GCQZ", version, layer count, step, then per layer numel, bits and the
 // residual (numel floats, or none without error feedback / for a dense layer).
 namespace {

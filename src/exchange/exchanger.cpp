@@ -61,7 +61,7 @@ struct Exchanger::Impl {
     std::size_t send_offset;    // into send arena
     std::size_t block_bytes;    // per rank
     std::size_t header_bytes;   // allgather: header size; allreduce: offset of the status elements
-    std::size_t recv_offset;    // allgather: into recv arena
+    std::size_t recv_offset;    // into recv arena: allgather, and allreduce under kSkipStep
     std::size_t pending;        // layers not yet encoded
     WorkHandle work;
   };
@@ -79,6 +79,12 @@ struct Exchanger::Impl {
   bool in_step = false;
   Arena send, recv, scratch;
   StepStats stats;
+
+  // Where an allreduce group's sum lands: in place, or, when this rank's payloads must
+  // outlive the step (kSkipStep), in the recv arena.
+  std::byte* sum_of(const Group& g, bool out_of_place) {
+    return out_of_place ? recv.at(g.recv_offset) : send.at(g.send_offset);
+  }
 };
 
 Exchanger::Exchanger(Communicator& comm, std::unique_ptr<Compressor> compressor,
@@ -186,7 +192,11 @@ void Exchanger::begin_step() {
       recv_offset += p * g.block_bytes;
     } else {
       g.header_bytes = g.block_bytes;  // the status elements sit right after the payloads
-      send_offset += g.block_bytes + align_up(4 * (g.last - g.first));
+      const std::size_t total = g.block_bytes + align_up(4 * (g.last - g.first));
+      send_offset += total;
+      // A skipped step gives every payload back to its compressor (on_step_skipped), so
+      // under kSkipStep the sum goes out of place and this rank's payloads survive it.
+      if (options_.nonfinite == NonFinitePolicy::kSkipStep) recv_offset += total;
     }
   }
   s.send.reserve(send_offset);
@@ -241,8 +251,10 @@ void Exchanger::submit(std::size_t layer, TensorView grad, TensorView out) {
           std::memcpy(status, &flag, sizeof flag);
         }
       }
-      TensorView view(block, ready.header_bytes / esize + (ready.last - ready.first), ready.dtype);
-      ready.work = comm_.allreduce(view, view, ReduceOp::kSum);
+      const std::size_t count = ready.header_bytes / esize + (ready.last - ready.first);
+      TensorView send(block, count, ready.dtype);
+      TensorView sum(s.sum_of(ready, options_.nonfinite == NonFinitePolicy::kSkipStep), count, ready.dtype);
+      ready.work = comm_.allreduce(send, sum, ReduceOp::kSum);
     } else {
       auto* header = reinterpret_cast<std::uint32_t*>(block);
       header[0] = static_cast<std::uint32_t>(ready.last - ready.first);
@@ -276,8 +288,8 @@ const StepStats& Exchanger::finish_step() {
   for (Impl::Group& g : s.groups) {
     g.work->wait();
     g.work.reset();
-    std::byte* block = s.send.at(g.send_offset);
     if (g.collective == Collective::kAllreduce) {
+      std::byte* block = s.sum_of(g, options_.nonfinite == NonFinitePolicy::kSkipStep);
       const std::size_t esize = dtype_size(g.dtype);
       for (std::size_t pos = g.first; pos < g.last; ++pos) {
         const std::byte* status = block + g.header_bytes + (pos - g.first) * esize;
@@ -343,6 +355,15 @@ const StepStats& Exchanger::finish_step() {
                        ": non-finite gradient values in ", bad_layers, " layer(s), first ",
                        first_bad, " (policy: error; set NonFinitePolicy::kSkipStep or kZero to go on)");
       case NonFinitePolicy::kSkipStep:
+        // Error feedback loses nothing: what each rank sent goes back into its residuals.
+        for (const Impl::Group& g : s.groups) {
+          for (std::size_t pos = g.first; pos < g.last; ++pos) {
+            const std::size_t layer = s.order[pos];
+            const LayerWire& w = s.wire[layer];
+            compressor_->on_step_skipped(
+                layer, TensorView(s.send.at(g.send_offset + s.offset_in_block[layer]), w.count, w.dtype));
+          }
+        }
         for (const TensorView& out : s.outs) std::memset(out.data(), 0, out.nbytes());
         s.stats.skipped = true;
         break;

@@ -272,6 +272,10 @@ void LgrecoCompressor::decode(std::size_t layer, TensorView received, TensorView
   inner(layer).decode(inner_layer(layer), received, out);
 }
 
+void LgrecoCompressor::on_step_skipped(std::size_t layer, TensorView own_payload) {
+  inner(layer).on_step_skipped(inner_layer(layer), own_payload);
+}
+
 void LgrecoCompressor::apply_plan(std::span<const std::uint32_t> choice) {
   GRADCOMM_CHECK(choice.size() == layers_.size(), ErrorCode::kSizeMismatch,
                  "LgrecoCompressor::apply_plan on rank ", rank_, ": ", choice.size(),

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -255,6 +256,101 @@ INSTANTIATE_TEST_SUITE_P(Policies, NonFinite,
                                                               NonFinitePolicy::kZero),
                                             ::testing::Values(std::nanf(""), -std::numeric_limits<float>::infinity())),
                          nan_name);
+
+// ---- a skipped step loses nothing from error feedback --------------------------------------
+
+// Error feedback's ledger, per compressed layer: everything the ranks put in (their
+// gradients, non-finite elements as 0) = p * (sum of the updates applied) + what is still
+// in their residuals. A skipped step applies nothing, so what each rank sent in it must be
+// back in its residual. Runs 5 steps; step 2 has a NaN on rank 0 and is skipped.
+struct SkipCase {
+  const char* name;
+  std::function<std::unique_ptr<Compressor>()> make;
+  // The residual of a compressed layer (empty for one that is not compressed).
+  std::function<std::span<const float>(Compressor&, std::size_t layer)> residual;
+};
+
+std::vector<SkipCase> skip_cases() {
+  auto quant_residual = [](Compressor& c, std::size_t l) { return dynamic_cast<QuantizeCompressor&>(c).residual(l); };
+  // Momentum 0: v then holds exactly the gradients not yet sent, which the ledger needs.
+  auto dgc = [](std::vector<double> warmup, DType values, std::int64_t steps_per_epoch) {
+    return [=] {
+      DgcOptions o;
+      o.density = 0.05;
+      o.momentum = 0.0f;
+      o.warmup_densities = warmup;
+      o.steps_per_epoch = steps_per_epoch;
+      o.value_dtype = values;
+      return std::make_unique<DgcCompressor>(o);
+    };
+  };
+  // The weights (layers 0 and 2) are compressed; the biases go dense and keep no residual.
+  auto dgc_residual = [](Compressor& c, std::size_t l) {
+    return l % 2 == 0 ? dynamic_cast<DgcCompressor&>(c).residual(l) : std::span<const float>();
+  };
+  return {
+      {"quantize", [] { return std::make_unique<QuantizeCompressor>(QuantizeOptions{.bits = 3, .bucket_size = 64}); },
+       quant_residual},
+      {"dgc", dgc({}, DType::kFloat32, 0), dgc_residual},
+      {"dgc_fp16_values", dgc({}, DType::kFloat16, 0), dgc_residual},
+      // Density 1 in the skipped step's epoch: a dense step that flushes v (sparse before).
+      {"dgc_flush", dgc({0.05, 0.05, 1.0}, DType::kFloat32, 1), dgc_residual},
+  };
+}
+
+void PrintTo(const SkipCase& c, std::ostream* os) { *os << c.name; }
+
+class SkipStep : public ::testing::TestWithParam<SkipCase> {};
+
+TEST_P(SkipStep, ErrorFeedbackKeepsWhatTheSkippedStepSent) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const SkipCase& c = GetParam();
+  const auto layers = model();
+  Exchanger ex(comm, c.make(), layers, ExchangerOptions{.bucket_bytes = 256, .nonfinite = NonFinitePolicy::kSkipStep});
+  const std::size_t L = layers.size();
+  std::vector<std::vector<double>> put_in(L), applied(L);
+  for (std::size_t l = 0; l < L; ++l) {
+    put_in[l].assign(layers[l].numel, 0.0);
+    applied[l].assign(layers[l].numel, 0.0);
+  }
+  for (int step = 0; step < 5; ++step) {
+    Buffers b(layers, comm.rank(), step);
+    if (step == 2 && comm.rank() == 0) b.grads[0][5] = std::nanf("");
+    for (std::size_t l = 0; l < L; ++l) {
+      for (std::size_t i = 0; i < b.grads[l].size(); ++i) put_in[l][i] += std::isfinite(b.grads[l][i]) ? b.grads[l][i] : 0.0f;
+    }
+    const StepStats& stats = ex.exchange(b.grad_views, b.out_views);
+    ASSERT_TRUE(all_ranks(stats.skipped == (step == 2))) << "step " << step;
+    for (std::size_t l = 0; l < L; ++l) {
+      for (std::size_t i = 0; i < b.outs[l].size(); ++i) applied[l][i] += b.outs[l][i];
+    }
+  }
+  const double p = comm.size();
+  std::size_t checked = 0;
+  for (std::size_t l = 0; l < L; ++l) {
+    const std::span<const float> residual = c.residual(ex.compressor(), l);
+    if (residual.empty()) continue;
+    ++checked;
+    // Sum over ranks of (what went in - what is left); p * applied must match it.
+    std::vector<float> sent(layers[l].numel);
+    for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = static_cast<float>(put_in[l][i] - residual[i]);
+    TensorView v = TensorView::of(std::span<float>(sent));
+    comm.allreduce(v, v, ReduceOp::kSum)->wait();
+    double worst = 0;
+    std::size_t at = 0;
+    for (std::size_t i = 0; i < sent.size(); ++i) {
+      const double gap = std::abs(p * applied[l][i] - sent[i]);
+      if (gap > worst) worst = gap, at = i;
+    }
+    // Gradients are at most p in size; 5 steps of float rounding stay far below 1e-3.
+    EXPECT_TRUE(all_ranks(worst < 1e-3)) << c.name << " layer " << layers[l].name << ": element " << at
+                                         << " is off by " << worst << " (sent and lost in the skipped step?)";
+  }
+  EXPECT_GT(checked, 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, SkipStep, ::testing::ValuesIn(skip_cases()),
+                         [](const ::testing::TestParamInfo<SkipCase>& info) { return std::string(info.param.name); });
 
 // ---- corrupt bytes through the allgather ---------------------------------------------------
 
