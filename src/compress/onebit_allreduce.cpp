@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "gradcomm/onebit.h"
@@ -37,6 +38,20 @@ std::size_t block_bytes(std::span<const std::size_t> numels, int p) {
 }
 
 #if !defined(GRADCOMM_HAVE_CUDA)
+// A scale is the RMS of finite floats, so it is finite and >= 0 unless the RMS itself
+// overflowed float (+inf: values near FLT_MAX, e.g. a diverging momentum), which is a
+// non-finite input, not damage; anything else is a corrupt payload. Every rank receives
+// the same scales, so every rank throws the same error.
+void check_received_scale(float scale, int rank, int from, const char* what, std::size_t tensor) {
+  GRADCOMM_CHECK(scale != std::numeric_limits<float>::infinity(), ErrorCode::kNonFinite,
+                 "compressed_allreduce on rank ", rank, ": rank ", from, " sent ", what, " inf for tensor ",
+                 tensor, ": the RMS of its compensated values overflowed float (diverging momentum? "
+                 "lower the learning rate)");
+  GRADCOMM_CHECK(std::isfinite(scale) && scale >= 0.0f, ErrorCode::kCorruptPayload, "compressed_allreduce on rank ",
+                 rank, ": rank ", from, " sent ", what, " ", scale, " for tensor ", tensor,
+                 " (corrupt payload, or ranks out of step)");
+}
+
 [[noreturn]] void no_cuda(const char* what) {
   GRADCOMM_THROW(ErrorCode::kUnsupported, what,
                  ": CUDA tensors need gradcomm built with CUDA (GRADCOMM_WITH_CUDA=ON)");
@@ -344,9 +359,7 @@ OneBitResult compressed_allreduce(Communicator& comm, std::span<const TensorView
     for (std::size_t r = 0; r < pz; ++r) {
       float scale;
       std::memcpy(&scale, a2a_recv + r * block + offset, sizeof scale);
-      GRADCOMM_CHECK(std::isfinite(scale) && scale >= 0.0f, ErrorCode::kCorruptPayload,
-                     "compressed_allreduce on rank ", rank, ": rank ", r, " sent scale ", scale,
-                     " for tensor ", t, " (corrupt payload, or ranks out of step)");
+      check_received_scale(scale, rank, r, "scale", t);
     }
     float* es = static_cast<float*>(s.server_error().data());
     const std::size_t chunk = s.chunk_numel();
@@ -370,9 +383,7 @@ OneBitResult compressed_allreduce(Communicator& comm, std::span<const TensorView
       const std::uint8_t* segment = a2a_send + j * block + offset;
       float scale;
       std::memcpy(&scale, segment, sizeof scale);
-      GRADCOMM_CHECK(std::isfinite(scale) && scale >= 0.0f, ErrorCode::kCorruptPayload,
-                     "compressed_allreduce on rank ", rank, ": rank ", j, " sent server scale ",
-                     scale, " for tensor ", t, " (corrupt payload, or ranks out of step)");
+      check_received_scale(scale, rank, static_cast<int>(j), "server scale", t);
       kernels::onebit_unpack(segment + sizeof(float), scale, o + j * chunk,
                              std::min(chunk, s.numel() - j * chunk));
     }

@@ -306,6 +306,26 @@ TEST(OneBitAllreduce, NonFiniteInputsAreCountedAndSentAsZero) {
   for (float e : to_vector(state.worker_error())) ASSERT_TRUE(std::isfinite(e));
 }
 
+// Finite inputs near FLT_MAX (a diverging momentum) whose sum with the carried error
+// overflows float make an infinite scale: every rank must report it as non-finite input,
+// not as a corrupt payload.
+TEST(OneBitAllreduce, OverflowingScaleIsNonFiniteOnEveryRank) {
+  OneTensor one(515);
+  std::vector<float> x = make_input(one.n, one.rank, 0, 4), out(one.n);
+  if (one.rank == one.p - 1) std::fill(x.begin(), x.begin() + 8, 3e38f);
+  one.run(x, out);  // finite: the scale is the RMS; the error keeps about 2.6e38
+  ErrorCode code{};
+  std::string message;
+  try {
+    one.run(x, out);  // 3e38 + 2.6e38 overflows
+  } catch (const Error& e) {
+    code = e.code();
+    message = e.message();
+  }
+  EXPECT_TRUE(all_ranks(code == ErrorCode::kNonFinite)) << message;
+  EXPECT_NE(message.find("rank " + std::to_string(one.p - 1) + " sent scale inf"), std::string::npos) << message;
+}
+
 TEST(OneBitAllreduce, SaveRestoreContinuesBitwise) {
   OneTensor one(515);
   Communicator& comm = one.comm;
