@@ -11,6 +11,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "checkpoints.h"
 #include "digits.h"
 #include "model.h"
 #include "options.h"
@@ -19,11 +20,12 @@
 namespace trainer {
 namespace {
 
-// True iff every rank holds bitwise the same parameters.
-bool replicas_identical(gradcomm::Communicator& comm, const std::vector<Parameter>& params) {
+// A hash of this rank's parameters, bit for bit: runs (an uninterrupted one and a resumed
+// one) compare by it, and ranks compare it to check that the replicas are identical.
+std::uint64_t parameters_fingerprint(const std::vector<Parameter>& params) {
   std::uint64_t h = gradcomm::kFingerprintSeed;
   for (const Parameter& prm : params) h = gradcomm::fingerprint_bytes(prm.value->data(), prm.value->size() * sizeof(float), h);
-  return gradcomm::same_on_all_ranks(comm, h);
+  return h;
 }
 
 float global_mean(gradcomm::Communicator& comm, float local) {
@@ -60,6 +62,11 @@ int run(const Options& options, gradcomm::Communicator& comm) {
         comm, std::move(setup.compressor), specs,
         gradcomm::ExchangerOptions{.nonfinite = gradcomm::parse_nonfinite_policy(options.nonfinite)});
   }
+  // 1-bit Adam runs no Exchanger; its checkpoints carry the unused dense compressor.
+  gradcomm::Compressor& compressor = exchanger ? exchanger->compressor() : *setup.compressor;
+  TrainerCheckpoints checkpoints(options, comm, exchanger.get(), compressor, params, *optimizer);
+  Progress progress = checkpoints.begin(steps_per_epoch);
+  const int last_epoch = options.stop_after_epoch > 0 ? std::min(options.stop_after_epoch, options.epochs) : options.epochs;
   if (rank == 0 && !options.quiet) {
     std::size_t n = 0;
     for (const auto& s : specs) n += s.numel;
@@ -67,22 +74,30 @@ int run(const Options& options, gradcomm::Communicator& comm) {
                 "%zu steps per epoch, model %s, compressor %s, optimizer %s\n",
                 p, n, specs.size(), train.size(), test.size(), steps_per_epoch,
                 options.model.c_str(), options.compressor.c_str(), options.optimizer.c_str());
+    if (options.resume) {
+      std::printf("resumed from %s after epoch %d (step %lld)\n", options.checkpoint_dir.c_str(),
+                  progress.epochs_done, static_cast<long long>(progress.step));
+    }
   }
 
   std::vector<std::size_t> order(train.size());
   std::vector<float> batch_x(options.batch * Dataset::kFeatures);
   std::vector<int> batch_y(options.batch);
-  std::uint64_t total_bytes = 0;
+  // Bytes and steps count the whole run, resumed or not; times only this process's steps.
+  std::uint64_t& total_bytes = progress.total_bytes;
+  std::int64_t& step = progress.step;
+  std::int64_t steps_here = 0;
   double total_seconds = 0, exchange_seconds = 0;
-  double accuracy = 0;
-  std::int64_t step = 0;
-  for (int epoch = 0; epoch < options.epochs; ++epoch) {
+  double accuracy = progress.epochs_done >= last_epoch
+                        ? model->accuracy(test.features.data(), test.labels.data(), test.size())
+                        : 0.0;
+  for (int epoch = progress.epochs_done; epoch < last_epoch; ++epoch) {
     if (exchanger) exchanger->compressor().set_epoch(epoch);
     std::iota(order.begin(), order.end(), 0);
     std::mt19937_64 rng(options.seed * 1000003 + static_cast<std::uint64_t>(epoch));
     std::shuffle(order.begin(), order.end(), rng);  // same order on every rank
     float loss_sum = 0;
-    for (std::size_t s = 0; s < steps_per_epoch; ++s, ++step) {
+    for (std::size_t s = 0; s < steps_per_epoch; ++s, ++step, ++steps_here) {
       for (std::size_t b = 0; b < options.batch; ++b) {
         const std::size_t i = order[s * global_batch + static_cast<std::size_t>(rank) * options.batch + b];
         std::copy_n(&train.features[i * Dataset::kFeatures], Dataset::kFeatures, &batch_x[b * Dataset::kFeatures]);
@@ -116,23 +131,35 @@ int run(const Options& options, gradcomm::Communicator& comm) {
       std::printf("epoch %3d  loss %.4f  test accuracy %.2f%%  bytes/step %.0f  time/step %.3f ms\n", epoch + 1,
                   static_cast<double>(loss), 100.0 * accuracy,
                   static_cast<double>(total_bytes) / static_cast<double>(step),
-                  1e3 * total_seconds / static_cast<double>(step));
+                  1e3 * total_seconds / static_cast<double>(steps_here));
       std::fflush(stdout);
     }
+    progress.epochs_done = epoch + 1;
+    if (checkpoints.due(progress.epochs_done, last_epoch)) checkpoints.save(progress);
   }
-  const bool identical = replicas_identical(comm, params);
-  const double bytes_per_step = static_cast<double>(total_bytes) / static_cast<double>(step);
-  const double ms_per_step = 1e3 * total_seconds / static_cast<double>(step);
+  const std::uint64_t fingerprint = parameters_fingerprint(params);
+  const bool identical = gradcomm::same_on_all_ranks(comm, fingerprint);
+  const double bytes_per_step = static_cast<double>(total_bytes) / static_cast<double>(std::max<std::int64_t>(step, 1));
+  const double per_step_here = 1e3 / static_cast<double>(std::max<std::int64_t>(steps_here, 1));
+  const double ms_per_step = total_seconds * per_step_here;
+  char fingerprint_hex[17];
+  std::snprintf(fingerprint_hex, sizeof fingerprint_hex, "%016llx", static_cast<unsigned long long>(fingerprint));
   if (rank == 0) {
-    std::printf("final: test accuracy %.2f%%  bytes/step %.0f  time/step %.3f ms  (exchange wait %.3f ms)  steps %lld  replicas identical: %s\n",
-                100.0 * accuracy, bytes_per_step, ms_per_step, 1e3 * exchange_seconds / static_cast<double>(step),
-                static_cast<long long>(step), identical ? "yes" : "NO");
+    if (progress.epochs_done < options.epochs) {
+      std::printf("stopped after epoch %d of %d; continue with --resume --checkpoint-dir %s\n", progress.epochs_done,
+                  options.epochs, options.checkpoint_dir.c_str());
+    }
+    std::printf("final: test accuracy %.2f%%  bytes/step %.0f  time/step %.3f ms  (exchange wait %.3f ms)  steps %lld  replicas identical: %s  parameters %s\n",
+                100.0 * accuracy, bytes_per_step, ms_per_step, exchange_seconds * per_step_here,
+                static_cast<long long>(step), identical ? "yes" : "NO", fingerprint_hex);
     if (!options.json.empty()) {
       std::ofstream out(options.json);
       out << "{\"test_accuracy\": " << accuracy << ", \"bytes_per_step\": " << bytes_per_step
           << ", \"time_per_step_ms\": " << ms_per_step << ", \"steps\": " << step
+          << ", \"epochs_done\": " << progress.epochs_done
           << ", \"ranks\": " << p << ", \"compressor\": \"" << options.compressor << "\", \"optimizer\": \""
-          << options.optimizer << "\", \"replicas_identical\": " << (identical ? "true" : "false") << "}\n";
+          << options.optimizer << "\", \"replicas_identical\": " << (identical ? "true" : "false")
+          << ", \"parameters_fingerprint\": \"" << fingerprint_hex << "\"}\n";
       if (!out) throw std::runtime_error("cannot write " + options.json);
     }
   }

@@ -19,14 +19,7 @@ class OneBitAdamOptimizer final : public Optimizer {
   bool communicates() const override { return true; }
 
   void step(std::vector<Parameter>& params, std::int64_t) override {
-    if (!adam_) {  // the parameters are known from the first step on; built once
-      std::vector<gradcomm::OneBitParam> list;
-      for (Parameter& p : params) {
-        list.push_back({p.name, gradcomm::TensorView::of(std::span<float>(*p.value)), true, {}});
-        grads_.push_back(gradcomm::TensorView::of(std::span<float>(*p.grad)));
-      }
-      adam_ = std::make_unique<gradcomm::OneBitAdam>(comm_, std::move(list), options_);
-    }
+    build(params);
     const std::uint64_t before = comm_.traffic().bytes_sent;
     adam_->step(grads_);
     last_bytes_ = comm_.traffic().bytes_sent - before;
@@ -34,7 +27,26 @@ class OneBitAdamOptimizer final : public Optimizer {
 
   std::uint64_t last_step_wire_bytes() const override { return last_bytes_; }
 
+  // OneBitAdam's own state: its step (the freeze follows it), m, the frozen v and this
+  // rank's worker and server errors.
+  std::vector<std::byte> save_state() const override { return adam_ ? adam_->save_state() : std::vector<std::byte>{}; }
+  void load_state(std::span<const std::byte> blob, std::vector<Parameter>& params) override {
+    build(params);
+    if (!blob.empty()) adam_->load_state(blob);
+  }
+
  private:
+  // The parameters are known from the first step (or a resume) on; built once.
+  void build(std::vector<Parameter>& params) {
+    if (adam_) return;
+    std::vector<gradcomm::OneBitParam> list;
+    for (Parameter& p : params) {
+      list.push_back({p.name, gradcomm::TensorView::of(std::span<float>(*p.value)), true, {}});
+      grads_.push_back(gradcomm::TensorView::of(std::span<float>(*p.grad)));
+    }
+    adam_ = std::make_unique<gradcomm::OneBitAdam>(comm_, std::move(list), options_);
+  }
+
   gradcomm::Communicator& comm_;
   gradcomm::OneBitAdamOptions options_;
   std::unique_ptr<gradcomm::OneBitAdam> adam_;

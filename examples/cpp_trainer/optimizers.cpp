@@ -3,6 +3,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "checkpoints.h"
 #include "training.h"
 
 namespace trainer {
@@ -25,6 +26,16 @@ class Sgd final : public Optimizer {
         p[i] -= lr_ * buf[i];
       }
     }
+  }
+  std::vector<std::byte> save_state() const override {
+    StateWriter w;
+    save_tensors(w, buffers_);
+    return w.bytes();
+  }
+  void load_state(std::span<const std::byte> blob, std::vector<Parameter>& params) override {
+    StateReader r(blob, "sgd state");
+    load_tensors(r, buffers_, params, "momentum");
+    r.finish();
   }
 
  private:
@@ -56,6 +67,19 @@ class Adam final : public Optimizer {
         p[i] -= lr_ * (update + wd_ * p[i]);
       }
     }
+  }
+  // No step count: the bias correction follows the trainer's step, which the checkpoint keeps.
+  std::vector<std::byte> save_state() const override {
+    StateWriter w;
+    save_tensors(w, m_);
+    save_tensors(w, v_);
+    return w.bytes();
+  }
+  void load_state(std::span<const std::byte> blob, std::vector<Parameter>& params) override {
+    StateReader r(blob, "adam state");
+    load_tensors(r, m_, params, "m");
+    load_tensors(r, v_, params, "v");
+    r.finish();
   }
 
  private:

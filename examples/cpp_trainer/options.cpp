@@ -27,7 +27,16 @@ Run under mpirun, e.g.  mpirun -np 4 gradcomm-train --compressor dgc --density 0
                        0 compresses m as the reference does (diverges on digits, see docs)
   --onebit-eps E       onebit-adam eps (default 1e-5: with 1e-8 the frozen variance of
                        rarely active inputs blows the sign scale up; docs/algorithms/onebit-adam.md)
-  --json FILE          write {"test_accuracy", "bytes_per_step", "time_per_step_ms", "steps", ...}
+  --json FILE          write {"test_accuracy", "bytes_per_step", "time_per_step_ms", "steps",
+                       "parameters_fingerprint", ...}
+  --checkpoint-dir DIR save a checkpoint (one shard per rank: parameters, optimizer and
+                       compressor state) into DIR; only the newest is kept. A fresh run
+                       refuses a DIR that already holds one (use --resume)
+  --checkpoint-every-epochs N  save after every N-th epoch and after the last (default 1)
+  --resume             continue from the newest checkpoint in --checkpoint-dir, bitwise as
+                       if never stopped; needs the same settings and number of ranks
+                       (--epochs may grow, except with onebit-adam, whose freeze step follows it)
+  --stop-after-epoch K end after epoch K, saving a checkpoint there (needs --checkpoint-dir)
   --digits PATH        digits.csv.gz (default: the file python3-sklearn ships)
   --quiet              no per-epoch lines
 )";
@@ -72,6 +81,10 @@ bool parse_options(int argc, char** argv, Options& o) {
     else if (flag == "--onebit-eps") o.onebit_eps = parse_number<double>(flag, value());
     else if (flag == "--digits") o.digits = value();
     else if (flag == "--quiet") o.quiet = true;
+    else if (flag == "--checkpoint-dir") o.checkpoint_dir = value();
+    else if (flag == "--checkpoint-every-epochs") o.checkpoint_every_epochs = parse_number<int>(flag, value());
+    else if (flag == "--resume") o.resume = true;
+    else if (flag == "--stop-after-epoch") o.stop_after_epoch = parse_number<int>(flag, value());
     else if (flag == "--hidden") {
       o.hidden.clear();
       std::stringstream list(value());
@@ -87,6 +100,10 @@ bool parse_options(int argc, char** argv, Options& o) {
   if (o.hidden.empty()) throw std::invalid_argument("--hidden needs at least one width");
   for (std::size_t w : o.hidden)
     if (w == 0) throw std::invalid_argument("--hidden widths must be positive");
+  if (o.checkpoint_every_epochs < 1) throw std::invalid_argument("--checkpoint-every-epochs must be at least 1");
+  if (o.stop_after_epoch < 0) throw std::invalid_argument("--stop-after-epoch must be positive");
+  if (o.checkpoint_dir.empty() && (o.resume || o.stop_after_epoch > 0))
+    throw std::invalid_argument(std::string(o.resume ? "--resume" : "--stop-after-epoch") + " needs --checkpoint-dir");
   return true;
 }
 

@@ -27,6 +27,10 @@ struct Options {
   bool onebit_precondition = true;  // onebit-adam: compress m/(sqrt(v)+eps) (0: the reference)
   double onebit_eps = 1e-5;         // onebit-adam: eps (1e-8 diverges after the freeze on digits)
   bool quiet = false;               // no per-epoch lines
+  std::string checkpoint_dir;       // "" = no checkpoints
+  int checkpoint_every_epochs = 1;  // save after every N-th epoch (and the last one run)
+  bool resume = false;              // continue from the latest checkpoint in checkpoint_dir
+  int stop_after_epoch = 0;         // > 0: end after this epoch (saved), to resume later
   std::string digits;               // path of digits.csv.gz ("" = python3-sklearn's)
 };
 

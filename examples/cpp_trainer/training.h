@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,11 @@ class Optimizer {
   virtual void step(std::vector<Parameter>& params, std::int64_t step) = 0;
   // Bytes this rank sent in the last step, when communicates() is true.
   virtual std::uint64_t last_step_wire_bytes() const { return 0; }
+  // This rank's state (momenta, moments, error feedback), for a checkpoint, and back:
+  // load_state runs before the first step of a resumed run and throws
+  // std::runtime_error on a blob that does not fit `params`.
+  virtual std::vector<std::byte> save_state() const = 0;
+  virtual void load_state(std::span<const std::byte> blob, std::vector<Parameter>& params) = 0;
 };
 
 struct CompressorSetup {
