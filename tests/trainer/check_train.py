@@ -34,20 +34,30 @@ def train(args, extra):
     return summary
 
 
-def main():
-    parser = argparse.ArgumentParser()
+def add_run_arguments(parser, np, timeout):
+    """What every driver of gradcomm-train under mpirun takes (check_resume.py too)."""
     parser.add_argument("--trainer", required=True)
     parser.add_argument("--mpirun", required=True)
     parser.add_argument("--mpi-flag", action="append", default=[])
-    parser.add_argument("--np", type=int, default=4)
-    parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--np", type=int, default=np)
+    parser.add_argument("--timeout", type=int, default=timeout)
+    parser.add_argument("trainer_args", nargs=argparse.REMAINDER)
+
+
+def trainer_args(args):
+    """The trainer's own arguments, after the "--"."""
+    return args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser, np=4, timeout=900)
     parser.add_argument("--min-accuracy", type=float)
     parser.add_argument("--versus", help="baseline trainer arguments (one string)")
     parser.add_argument("--max-drop", type=float, help="accuracy points below the baseline allowed")
     parser.add_argument("--min-bytes-ratio", type=float, help="baseline bytes/step over this run's, at least")
-    parser.add_argument("trainer_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    extra = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args
+    extra = trainer_args(args)
 
     run = train(args, extra)
     ok = True
