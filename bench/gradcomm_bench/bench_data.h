@@ -35,6 +35,10 @@ class DenseReference {
     for (int r = 0; r < world_size_; ++r) sum += gradient_value(seed_, r, index);
     return sum / world_size_;
   }
+  // Whose gradients: a check whose bound depends on each rank's input (the quantizer's
+  // per-bucket ranges) recomputes them with gradient_value().
+  std::uint64_t seed() const noexcept { return seed_; }
+  int world_size() const noexcept { return world_size_; }
 
  private:
   std::uint64_t seed_;

@@ -36,8 +36,12 @@ std::string bench_usage() {
          compressors +
          "  --model NAME            exchange one step of a real model's layers (" + known_models() + ")\n"
          "  --models-dir DIR        where the <model>.txt layer tables are (default: the source tree's bench/models)\n"
-         "  --density D             dgc: fraction of elements sent per layer (default 0.001)\n"
-         "  --bits B                quant: bits per element (default 4)\n"
+         "  --density D             dgc, dgc-fp16, lgreco-dgc: fraction of elements sent per layer, in (0, 1]\n"
+         "                          (default 0.001; lgreco-dgc: the uniform default it plans against)\n"
+         "  --bits B                quant, lgreco-quant: bits per element, 1 to 8 (default 4; lgreco-quant:\n"
+         "                          the uniform default it plans against)\n"
+         "  --lgreco-period F       lgreco-*: profile and re-plan every F steps (default: the F that puts one\n"
+         "                          re-plan in the middle of each row's timed iterations)\n"
          "  --bucket-bytes SIZE     Exchanger fusion bucket (default 4M)\n"
          "  --json FILE             also write the rows as a JSON array (rank 0)\n"
          "  --link TEXT             label of the network in the JSON rows (bench/netem/run sets it)\n"
@@ -123,7 +127,9 @@ BenchOptions parse_bench_options(int argc, char** argv, const std::string& defau
     else if (flag == "--link") o.link = value;
     else if (flag == "--seed") o.seed = static_cast<std::uint64_t>(parse_int(flag, value, 0, INT64_MAX));
     else if (flag == "--density") o.runner.density = parse_double(flag, value);
-    else if (flag == "--bits") o.runner.bits = static_cast<int>(parse_int(flag, value, 1, 32));
+    // The quantizer's widths (QuantizeOptions::bits).
+    else if (flag == "--bits") o.runner.bits = static_cast<int>(parse_int(flag, value, 1, 8));
+    else if (flag == "--lgreco-period") o.runner.lgreco_period = parse_int(flag, value, 1, 1 << 30);
     else if (flag == "--bucket-bytes") o.runner.bucket_bytes = parse_size(flag, value);
     else GRADCOMM_THROW(ErrorCode::kInvalidArgument, "gradcomm-bench: unknown flag '", flag, "' (see -h)");
   }
@@ -134,10 +140,20 @@ BenchOptions parse_bench_options(int argc, char** argv, const std::string& defau
                      " must be greater than 1");
   GRADCOMM_CHECK_ARG(o.step_factor > 0 || o.step_bytes > 0 || o.min_bytes == o.max_bytes,
                      "gradcomm-bench: -i 0 would never get from -b to -e");
+  GRADCOMM_CHECK_ARG(o.runner.density > 0 && o.runner.density <= 1, "gradcomm-bench: --density ", o.runner.density,
+                     " must be in (0, 1]");
+  if (o.runner.lgreco_period == 0) o.runner.lgreco_period = lgreco_period_for(o);
   GRADCOMM_CHECK_ARG(o.runner.bucket_bytes > 0, "gradcomm-bench: --bucket-bytes must be positive");
   GRADCOMM_CHECK_ARG(o.model.empty() || !o.models_dir.empty(), "gradcomm-bench: --model needs --models-dir");
   find_runner(o.compressor);  // rejects unknown and not-yet-built compressors before any work
   return o;
+}
+
+std::int64_t lgreco_period_for(const BenchOptions& o) {
+  // Steps 0 .. S-1, the timed ones the last n; profiling happens in step F-1, and
+  // S - n <= F - 1 = S - n/2 - 1 <= S - 1 for every n >= 1.
+  const std::int64_t steps = (o.check ? 1 : 0) + std::int64_t{o.warmup} + o.iters;
+  return steps - o.iters / 2;
 }
 
 std::vector<std::size_t> sweep_sizes(const BenchOptions& o) {

@@ -44,6 +44,12 @@ BenchOptions parse_bench_options(int argc, char** argv, const std::string& defau
 
 std::string bench_usage();
 
+// L-GreCo's period when --lgreco-period is absent: the one that puts a profiling step, and
+// the re-plan after it, in the middle of each row's timed iterations (-c and -w steps come
+// first), so that every row's time includes a re-plan and the steps after it run the new
+// plan. One re-plan, except with -c 0 -w 0 and an even -n: then the last step is a second.
+std::int64_t lgreco_period_for(const BenchOptions& options);
+
 // The message sizes of a sweep (bytes, multiples of 4), from -b, -e, -f / -i.
 std::vector<std::size_t> sweep_sizes(const BenchOptions& options);
 

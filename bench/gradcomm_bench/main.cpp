@@ -83,6 +83,7 @@ class Bench {
       column_titles();
       rows.push_back(measure(entry, model.layers, model.params));
       print_row(rows.back());
+      print_note();
       const std::uint64_t dense_wire = allreduce_wire_bytes(4ull * model.params, comm_.size());
       print0("#\n# %s with %s: %llu bytes per rank per step; a dense fp32 ring allreduce sends %llu (%.1fx)\n",
              model.name.c_str(), o_.compressor.c_str(), static_cast<unsigned long long>(rows.back().wire_bytes),
@@ -103,6 +104,7 @@ class Bench {
         const std::vector<LayerSpec> layers{LayerSpec{"sweep", bytes / 4, 2, false}};
         rows.push_back(measure(entry, layers, bytes / 4));
         print_row(rows.back());
+        print_note();
       }
     }
     return footer(rows);
@@ -139,6 +141,10 @@ class Bench {
     print0("  %10zu %13zu %7s %10s %12.1f %8.3f %8.3f %8s %14llu\n", r.bytes, r.count, "float",
            collective_name(r.collective), r.time_us, r.algbw_gbps, r.busbw_gbps, wrong.c_str(),
            static_cast<unsigned long long>(r.wire_bytes));
+  }
+
+  void print_note() {
+    if (!note_.empty()) print0("#   %s\n", note_.c_str());
   }
 
   long long footer(const std::vector<Row>& rows) {
@@ -222,6 +228,7 @@ class Bench {
     row.algbw_gbps = seconds > 0 ? static_cast<double>(row.bytes) / seconds / 1e9 : 0;
     row.busbw_gbps = row.algbw_gbps * bus_factor(row.collective, comm_.size());
     row.wire_bytes = reduce_u64((bytes_sent() - sent_before) / static_cast<std::uint64_t>(o_.iters), MPI_MAX);
+    note_ = runner->note();
     return row;
   }
 
@@ -273,6 +280,7 @@ class Bench {
   BenchOptions o_;
   std::optional<ModelTable> model_;
   std::vector<float> grad_, out_, chunk_;
+  std::string note_;  // the last row's Runner::note()
 };
 
 }  // namespace

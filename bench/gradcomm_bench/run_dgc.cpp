@@ -11,6 +11,10 @@
 
 namespace gradcomm::bench {
 
+CheckBound dgc_bound() {
+  return {1.0, 0.0, "DGC top-k: each element sums the ranks that sent it, / p: |out-avg| < 1"};
+}
+
 namespace {
 
 std::unique_ptr<Runner> make_dgc(Communicator& comm, std::vector<LayerSpec> layers,
@@ -20,10 +24,8 @@ std::unique_ptr<Runner> make_dgc(Communicator& comm, std::vector<LayerSpec> laye
   options.warmup_densities = {};
   options.value_dtype = wire;
   options.dense_dtype = wire;
-  CheckBound bound{1.0, 0.0,
-                   "DGC top-k: each element sums the ranks that sent it, / p: |out-avg| < 1"};
   return make_exchanger_runner(comm, std::make_unique<DgcCompressor>(options), std::move(layers),
-                               config, std::move(bound));
+                               config, dgc_bound());
 }
 
 }  // namespace

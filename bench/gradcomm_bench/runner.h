@@ -3,11 +3,14 @@
 // A runner exchanges a list of layers once per step over the benchmark's communicator
 // and states how far its result may be from the dense average (the -c check). A
 // compressor that plugs into the Exchanger needs only a factory calling
-// make_exchanger_runner(); one with its own collectives (two-phase 1-bit) implements
-// Runner directly. Each runner lives in run_<name>.cpp and has one line in runners.cpp.
+// make_exchanger_runner(); one that does more per step (L-GreCo's planner) or checks a
+// bound that differs by layer or element derives from ExchangerRunner; one with its own
+// collectives (two-phase 1-bit) implements Runner directly. Each runner lives in
+// run_<name>.cpp and has one line in runners.cpp.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -25,6 +28,9 @@ namespace gradcomm::bench {
 struct RunnerConfig {
   double density = 0.001;  // --density: fraction of a layer's elements sent (dgc, lgreco-dgc)
   int bits = 4;            // --bits: bits per element (quant, lgreco-quant)
+  // --lgreco-period: L-GreCo re-plans every this many steps. parse_bench_options() fills
+  // it from -c, -w and -n when the flag is absent (see lgreco_period_for()).
+  std::int64_t lgreco_period = 0;
   std::size_t bucket_bytes = ExchangerOptions{}.bucket_bytes;  // --bucket-bytes
 };
 
@@ -49,9 +55,30 @@ struct PayloadSplit {
 // the division; scaling by the rounded 1/p adds 2u relative.
 CheckBound fp32_average_bound(int world_size);
 
+// How many elements of `out`, whose first element is element `first` of the dense
+// reference, are outside b.abs + b.rel * |avg| (a NaN is outside).
+std::size_t count_outside(std::span<const float> out, std::uint64_t first, const DenseReference& dense,
+                          const CheckBound& b);
+
+// -c for the k-bit quantizer (run_quant.cpp), after the first step of a fresh runner:
+// layer l was quantized with bits[l] bits per element in buckets of `bucket_size`
+// (bits[l] == 0: allreduced in fp32). The bound of each element depends on every rank's
+// range in its bucket, recomputed from the generator.
+std::size_t count_wrong_quantized(std::span<const TensorView> outs, const DenseReference& dense,
+                                  std::span<const int> bits, std::size_t bucket_size);
+// The same bound as one statement, with the worst case of the benchmark's values as abs.
+CheckBound quantized_bound(int bits, int world_size);
+
+// DGC's bound after the first step, whatever the density (run_dgc.cpp).
+CheckBound dgc_bound();
+
 class Runner {
  public:
   virtual ~Runner() = default;
+
+  // A comment line rank 0 prints after the row (what the timed steps did that the columns
+  // do not show); empty: nothing.
+  virtual std::string note() const { return {}; }
 
   // For the --model summary; all zero when the runner does not know.
   virtual PayloadSplit payload_split() const { return {}; }
@@ -91,8 +118,29 @@ std::span<const RunnerEntry> runner_table();
 // kUnsupported for one not built yet) listing what is available.
 const RunnerEntry& find_runner(const std::string& name);
 
-// A runner that exchanges through gradcomm::Exchanger with `compressor`, as a user's
-// training loop does. The collective is the one carrying most payload bytes at step 0.
+// Exchanges through gradcomm::Exchanger with `compressor`, as a user's training loop does.
+// The collective is the one carrying most payload bytes at step 0.
+class ExchangerRunner : public Runner {
+ public:
+  ExchangerRunner(Communicator& comm, std::unique_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
+                  const RunnerConfig& config, CheckBound bound);
+
+  Collective collective() const override { return collective_; }
+  PayloadSplit payload_split() const override { return split_; }
+  CheckBound bound() const override { return bound_; }
+  void step(std::span<const TensorView> grads, std::span<const TensorView> outs) override;
+
+ protected:
+  Exchanger& exchanger() noexcept { return exchanger_; }
+  const Exchanger& exchanger() const noexcept { return exchanger_; }
+
+ private:
+  Exchanger exchanger_;
+  CheckBound bound_;
+  Collective collective_ = Collective::kAllreduce;
+  PayloadSplit split_;
+};
+
 std::unique_ptr<Runner> make_exchanger_runner(Communicator& comm, std::unique_ptr<Compressor> compressor,
                                               std::vector<LayerSpec> layers, const RunnerConfig& config,
                                               CheckBound bound);

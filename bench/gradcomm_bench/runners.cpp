@@ -12,6 +12,9 @@ std::unique_ptr<Runner> make_mpi_runner(Communicator&, std::vector<LayerSpec>, c
 std::unique_ptr<Runner> make_onebit_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
 std::unique_ptr<Runner> make_dgc_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
 std::unique_ptr<Runner> make_dgc_fp16_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
+std::unique_ptr<Runner> make_quant_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
+std::unique_ptr<Runner> make_lgreco_quant_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
+std::unique_ptr<Runner> make_lgreco_dgc_runner(Communicator&, std::vector<LayerSpec>, const RunnerConfig&);
 
 namespace {
 constexpr RunnerEntry kRunners[] = {
@@ -21,9 +24,10 @@ constexpr RunnerEntry kRunners[] = {
     {"dgc", "Deep Gradient Compression, top-k allgather with error feedback (--density)", make_dgc_runner},
     {"dgc-fp16", "DGC with fp16 values and fp16 dense tensors on the wire (--density)", make_dgc_fp16_runner},
     {"onebit", "1-bit compressed allreduce with error feedback (two-phase)", make_onebit_runner},
-    {"quant", "k-bit max-min quantization (--bits)", nullptr},
-    {"lgreco-dgc", "L-GreCo per-layer densities over DGC", nullptr},
-    {"lgreco-quant", "L-GreCo per-layer bit widths over quantization", nullptr},
+    {"quant", "k-bit max-min quantization with error feedback, allgather (--bits)", make_quant_runner},
+    {"lgreco-dgc", "L-GreCo per-layer densities over DGC (c0 --density, --lgreco-period)", make_lgreco_dgc_runner},
+    {"lgreco-quant", "L-GreCo per-layer bit widths over quantization (c0 --bits, --lgreco-period)",
+     make_lgreco_quant_runner},
 };
 }  // namespace
 
