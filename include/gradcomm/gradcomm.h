@@ -2,6 +2,7 @@
 #pragma once
 
 #include "gradcomm/agreement.h"
+#include "gradcomm/checkpoint.h"
 #include "gradcomm/communicator.h"
 #include "gradcomm/compressor.h"
 #include "gradcomm/dense.h"
@@ -9,6 +10,9 @@
 #include "gradcomm/error.h"
 #include "gradcomm/exchanger.h"
 #include "gradcomm/layer.h"
+#include "gradcomm/lgreco.h"
+#include "gradcomm/onebit.h"
+#include "gradcomm/quantize.h"
 #include "gradcomm/tensor.h"
 #if defined(GRADCOMM_HAVE_MPI)
 #include "gradcomm/mpi_communicator.h"
