@@ -60,6 +60,9 @@ struct DgcOptions {
   // Switch a layer to a dense allreduce when the sparse gather would move more bytes
   // (k/n > 1/p with fp32 values). Off: every layer not marked dense stays sparse.
   bool dense_fallback = true;
+  // The largest density set_layer_density() may give a layer (0: `density`). Only sizes
+  // the payload bound (max_payload_bytes), so the Exchanger's workspace covers it.
+  double max_layer_density = 0.0;
 };
 
 // What the last encode() of a sparse layer did (for logs, tests and benchmarks).
@@ -90,8 +93,18 @@ class DgcCompressor final : public Compressor {
   void load_state(std::span<const std::byte> blob) override;
 
   const DgcOptions& options() const noexcept { return options_; }
-  // The density in force for the current epoch.
+  // The density in force for the current epoch, for layers without their own.
   double density() const;
+  // Layer `layer`'s own density once warm-up is over (L-GreCo's per-layer plan); during
+  // warm-up every layer follows warmup_densities. Keeps u and v: nothing is lost, and
+  // nothing is allocated. At most max_layer_density (or density). A setting, not state:
+  // save_state() does not carry it; whoever sets it restores it (LgrecoCompressor does).
+  void set_layer_density(std::size_t layer, double density);
+  // The density `layer` uses this step.
+  double layer_density(std::size_t layer) const;
+  // The payload bytes per rank `layer` would send at `density` (no warm-up): the sparse
+  // gather, or the dense tensor where dense_fallback switches it.
+  std::size_t payload_bytes_at(std::size_t layer, double density) const;
   std::int64_t epoch() const noexcept { return epoch_; }
   // Slots per rank for `layer` now, and whether it goes sparse this step.
   std::size_t k(std::size_t layer) const;
@@ -107,6 +120,7 @@ class DgcCompressor final : public Compressor {
   struct Layer {
     std::size_t numel = 0;
     bool dense_always = false;
+    double target = 0;  // density after warm-up (options.density unless set per layer)
     std::vector<float> u, v;
     std::uint64_t rng_counter = 0;  // one draw per sparse encode
     // Bits of the last step's sample threshold (0: none yet): the next step collects
@@ -125,6 +139,7 @@ class DgcCompressor final : public Compressor {
 
   // The layer, after checking the index and that `tensor` has its size.
   Layer& checked_layer(const char* call, std::size_t layer, TensorView tensor, const char* role);
+  double density_of(const Layer& layer) const;
   std::size_t k_for(const Layer& layer, double density) const;
   bool sparse_for(const Layer& layer, std::size_t k) const;
   std::size_t sparse_payload_bytes(std::size_t k) const;

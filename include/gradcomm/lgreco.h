@@ -154,29 +154,20 @@ class LgrecoCompressor final : public Compressor {
   void apply_plan(std::span<const std::uint32_t> choice);
   double profile_seconds() const noexcept { return profile_seconds_; }  // cumulative
 
-  // The inner compressors: the quantizer (quant family), or layer l's DgcCompressor (DGC
-  // family; each holds one layer, index 0). Null for the other family.
+  // The inner compressor, which holds every layer: the quantizer (quant family; the plan
+  // sets per-layer bit widths) or DGC (DGC family; per-layer densities). Null for the
+  // other family.
   QuantizeCompressor* quantizer() noexcept { return quant_.get(); }
-  DgcCompressor* dgc(std::size_t layer);
+  DgcCompressor* dgc() noexcept { return dgc_.get(); }
 
  private:
   bool quant_family() const noexcept { return options_.family == LgrecoFamily::kQuantBits; }
-  Compressor& inner(std::size_t layer) const;
-  std::size_t inner_layer(std::size_t layer) const { return quant_family() ? layer : 0; }
-  template <typename F>
-  void for_each_inner(F f) {
-    if (quant_) f(*quant_);
-    for (auto& c : dgc_) f(*c);
-  }
-  // Layer `layer`'s DgcCompressor at `density`, with the warm-up schedule or without it.
-  std::unique_ptr<DgcCompressor> make_dgc(std::size_t layer, double density, bool warmup) const;
+  Compressor& inner() const;
   void profile(std::size_t layer, const float* grad);
 
   LgrecoOptions options_;
   std::unique_ptr<QuantizeCompressor> quant_;
-  std::vector<std::unique_ptr<DgcCompressor>> dgc_;  // by layer
-  std::vector<std::size_t> max_payload_;             // by layer, over all candidates
-  std::int64_t epoch_ = -1;                          // last set_epoch (-1: never)
+  std::unique_ptr<DgcCompressor> dgc_;
   std::vector<LayerSpec> layers_;
   std::vector<char> planned_;
   std::vector<std::uint32_t> default_choice_, choice_;

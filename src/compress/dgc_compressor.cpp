@@ -120,6 +120,9 @@ DgcCompressor::DgcCompressor(DgcOptions options) : options_(std::move(options)) 
   GRADCOMM_CHECK_ARG(wire_dtype_ok(o.value_dtype),
                      "DgcCompressor: value_dtype must be float32 or float16, got ",
                      dtype_name(o.value_dtype));
+  GRADCOMM_CHECK_ARG(o.max_layer_density == 0.0 || (density_ok(o.max_layer_density) && o.max_layer_density >= o.density),
+                     "DgcCompressor: max_layer_density must be 0 (off) or in [density, 1], got ",
+                     o.max_layer_density);
   GRADCOMM_CHECK_ARG(wire_dtype_ok(o.dense_dtype),
                      "DgcCompressor: dense_dtype must be float32 or float16, got ",
                      dtype_name(o.dense_dtype));
@@ -143,6 +146,7 @@ void DgcCompressor::setup(std::span<const LayerSpec> layers, int world_size, int
     Layer& layer = layers_[i];
     layer.numel = spec.numel;
     layer.dense_always = is_dense_by_default(spec) || spec.numel == 0;
+    layer.target = options_.density;
     layer.u.assign(spec.numel, 0.0f);
     if (!layer.dense_always) {
       layer.v.assign(spec.numel, 0.0f);
@@ -165,7 +169,8 @@ std::string DgcCompressor::settings_fingerprint() const {
     << " nesterov=" << o.nesterov << " masking=" << o.momentum_masking << " clip=" << o.clip_norm
     << " selection=" << dgc_selection_name(o.selection) << " sample=" << o.sample_fraction
     << " seed=" << o.seed << " values=" << dtype_name(o.value_dtype)
-    << " dense=" << dtype_name(o.dense_dtype) << " fallback=" << o.dense_fallback;
+    << " dense=" << dtype_name(o.dense_dtype) << " fallback=" << o.dense_fallback
+    << " max_layer_density=" << o.max_layer_density;
   return s.str();
 }
 
@@ -173,6 +178,28 @@ double DgcCompressor::density() const {
   const auto& w = options_.warmup_densities;
   return static_cast<std::size_t>(epoch_) < w.size() ? w[static_cast<std::size_t>(epoch_)]
                                                      : options_.density;
+}
+
+double DgcCompressor::density_of(const Layer& layer) const {
+  const auto& w = options_.warmup_densities;
+  return static_cast<std::size_t>(epoch_) < w.size() ? w[static_cast<std::size_t>(epoch_)] : layer.target;
+}
+
+double DgcCompressor::layer_density(std::size_t layer) const { return density_of(layers_.at(layer)); }
+
+void DgcCompressor::set_layer_density(std::size_t layer, double density) {
+  GRADCOMM_CHECK_ARG(layer < layers_.size(), "DgcCompressor::set_layer_density: layer ", layer,
+                     " out of range (", layers_.size(), " layers)");
+  const double most = options_.max_layer_density > 0.0 ? options_.max_layer_density : options_.density;
+  GRADCOMM_CHECK_ARG(density > 0.0 && density <= most, "DgcCompressor::set_layer_density: layer ", layer,
+                     " density ", density, " outside (0, ", most, "] (raise max_layer_density)");
+  layers_[layer].target = density;
+}
+
+std::size_t DgcCompressor::payload_bytes_at(std::size_t layer, double density) const {
+  const Layer& l = layers_.at(layer);
+  const std::size_t kk = k_for(l, density);
+  return sparse_for(l, kk) ? sparse_payload_bytes(kk) : l.numel * dtype_size(options_.dense_dtype);
 }
 
 std::size_t DgcCompressor::k_for(const Layer& layer, double d) const {
@@ -196,17 +223,18 @@ std::size_t DgcCompressor::sparse_payload_bytes(std::size_t k) const {
 }
 
 std::size_t DgcCompressor::k(std::size_t layer) const {
-  return k_for(layers_.at(layer), density());
+  const Layer& l = layers_.at(layer);
+  return k_for(l, density_of(l));
 }
 
 bool DgcCompressor::is_sparse(std::size_t layer) const {
   const Layer& l = layers_.at(layer);
-  return sparse_for(l, k_for(l, density()));
+  return sparse_for(l, k_for(l, density_of(l)));
 }
 
 LayerWire DgcCompressor::wire(std::size_t layer) const {
   const Layer& l = layers_.at(layer);
-  const std::size_t kk = k_for(l, density());
+  const std::size_t kk = k_for(l, density_of(l));
   if (sparse_for(l, kk)) return {Collective::kAllgather, DType::kUInt8, sparse_payload_bytes(kk)};
   return {Collective::kAllreduce, options_.dense_dtype, l.numel};
 }
@@ -219,6 +247,7 @@ std::size_t DgcCompressor::max_payload_bytes(std::size_t layer) const {
     if (sparse_for(l, kk)) most = std::max(most, sparse_payload_bytes(kk));
   };
   consider(options_.density);
+  consider(options_.max_layer_density > 0.0 ? options_.max_layer_density : options_.density);
   for (double d : options_.warmup_densities) consider(d);
   return most;
 }
@@ -261,9 +290,9 @@ EncodeResult DgcCompressor::encode(std::size_t layer, TensorView grad, TensorVie
   GRADCOMM_CHECK(payload.nbytes() == w.bytes() && payload.dtype() == w.dtype,
                  ErrorCode::kSizeMismatch, "DgcCompressor::encode rank ", rank_, " layer ", layer,
                  ": payload ", payload.describe(), ", expected ", w.count, " ", dtype_name(w.dtype),
-                 " (epoch ", epoch_, ", density ", density(), ")");
+                 " (epoch ", epoch_, ", density ", density_of(l), ")");
   if (w.collective == Collective::kAllreduce) return encode_dense(l, g, payload);
-  return encode_sparse(layer, l, g, k_for(l, density()), payload);
+  return encode_sparse(layer, l, g, k_for(l, density_of(l)), payload);
 }
 
 EncodeResult DgcCompressor::encode_dense(Layer& l, const float* g, TensorView payload) {
@@ -322,7 +351,7 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
   auto* indices = reinterpret_cast<std::uint32_t*>(base + kHeaderBytes);
   std::byte* values = base + kHeaderBytes + 4 * kk;
 
-  const double d = density();
+  const double d = density_of(l);
   const bool exact = options_.selection == DgcSelection::kExact || static_cast<double>(n) * d < 2.0;
   const std::size_t stride = sample_stride_;
   kernels::DgcAccumulateArgs args;
@@ -453,7 +482,7 @@ void DgcCompressor::on_step_skipped(std::size_t layer, TensorView own_payload) {
   GRADCOMM_CHECK(count <= kk, ErrorCode::kInvalidArgument, "DgcCompressor::on_step_skipped rank ", rank_,
                  " layer ", layer, ": count ", count, " over the payload's room for ", kk);
   // The layout is this step's: k slots of indices, then k values.
-  const std::size_t slots = k_for(l, density());
+  const std::size_t slots = k_for(l, density_of(l));
   const std::byte* idx = base + kHeaderBytes;
   const std::byte* val = idx + 4 * slots;
   for (std::size_t j = 0; j < count; ++j) {
@@ -496,7 +525,7 @@ void DgcCompressor::decode_dense(Layer& l, TensorView received, float* out) {
 
 void DgcCompressor::decode_sparse(std::size_t index, const Layer& l, TensorView received,
                                   float* out) {
-  const std::size_t kk = k_for(l, density());
+  const std::size_t kk = k_for(l, density_of(l));
   const std::size_t block = sparse_payload_bytes(kk);
   const std::size_t p = static_cast<std::size_t>(world_size_);
   GRADCOMM_CHECK(received.dtype() == DType::kUInt8 && received.numel() == p * block,

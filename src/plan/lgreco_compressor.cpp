@@ -71,32 +71,17 @@ LgrecoCompressor::LgrecoCompressor(LgrecoOptions options) : options_(std::move(o
     GRADCOMM_CHECK_ARG(options_.dgc.clip_norm <= 0.0f, "LgrecoCompressor: the DGC family does not support "
                        "clip_norm (", options_.dgc.clip_norm, ") yet");
     options_.dgc.density = options_.default_density;
+    options_.dgc.max_layer_density = *std::max_element(options_.densities.begin(), options_.densities.end());
     options_.dgc.dense_fallback = false;
-    DgcCompressor check(options_.dgc);  // validates the remaining DGC options now
+    dgc_ = std::make_unique<DgcCompressor>(options_.dgc);  // validates the remaining DGC options now
   }
 }
 
 LgrecoCompressor::~LgrecoCompressor() = default;
 
-Compressor& LgrecoCompressor::inner(std::size_t layer) const {
+Compressor& LgrecoCompressor::inner() const {
   if (quant_family()) return *quant_;
-  GRADCOMM_CHECK_ARG(layer < dgc_.size(), "LgrecoCompressor: layer ", layer, " out of range (",
-                     dgc_.size(), " layers set up)");
-  return *dgc_[layer];
-}
-
-DgcCompressor* LgrecoCompressor::dgc(std::size_t layer) {
-  return quant_family() || layer >= dgc_.size() ? nullptr : dgc_[layer].get();
-}
-
-std::unique_ptr<DgcCompressor> LgrecoCompressor::make_dgc(std::size_t layer, double density,
-                                                          bool warmup) const {
-  DgcOptions o = options_.dgc;
-  o.density = density;
-  if (!warmup) o.warmup_densities.clear();
-  auto c = std::make_unique<DgcCompressor>(o);
-  c->setup(std::span<const LayerSpec>(&layers_[layer], 1), world_size_, rank_);
-  return c;
+  return *dgc_;
 }
 
 std::string LgrecoCompressor::name() const {
@@ -119,14 +104,12 @@ void LgrecoCompressor::setup(std::span<const LayerSpec> layers, int world_size, 
   layers_.assign(layers.begin(), layers.end());
   const std::size_t L = layers.size(), C = num_candidates();
   std::uint32_t c0 = 0;
+  inner().setup(layers, world_size, rank);
   if (quant_family()) {
-    quant_->setup(layers, world_size, rank);
     c0 = static_cast<std::uint32_t>(
         std::find(options_.bit_widths.begin(), options_.bit_widths.end(), options_.default_bits) -
         options_.bit_widths.begin());
   } else {
-    dgc_.clear();
-    for (std::size_t l = 0; l < L; ++l) dgc_.push_back(make_dgc(l, options_.default_density, true));
     c0 = static_cast<std::uint32_t>(
         std::find(options_.densities.begin(), options_.densities.end(), options_.default_density) -
         options_.densities.begin());
@@ -134,14 +117,12 @@ void LgrecoCompressor::setup(std::span<const LayerSpec> layers, int world_size, 
   default_choice_.assign(L, c0);
   choice_ = default_choice_;
   planned_.assign(L, 0);
-  max_payload_.assign(L, 0);
   table_ = LgrecoTable(L, C);
   std::size_t largest = 0;
   const std::size_t bucket = options_.quantize.bucket_size;
   for (std::size_t l = 0; l < L; ++l) {
     const std::size_t n = layers[l].numel;
-    planned_[l] = quant_family() ? quant_->is_quantized(l) : dgc_[l]->is_sparse(0);
-    max_payload_[l] = inner(l).max_payload_bytes(inner_layer(l));
+    planned_[l] = quant_family() ? quant_->is_quantized(l) : dgc_->is_sparse(l);
     for (std::size_t c = 0; c < C; ++c) {
       // What the layer costs on the wire per step under each setting: the Exchanger's
       // allgather of its payload, or a dense layer's allreduce whatever the setting.
@@ -149,10 +130,8 @@ void LgrecoCompressor::setup(std::span<const LayerSpec> layers, int world_size, 
       if (planned_[l] && quant_family()) {
         payload = quantize_payload_bytes(n, options_.bit_widths[c], bucket);
       } else if (planned_[l]) {
-        // The wire at this density once warm-up is over (setup only).
-        payload = make_dgc(l, options_.densities[c], false)->wire(0).bytes();
+        payload = dgc_->payload_bytes_at(l, options_.densities[c]);  // once warm-up is over
       }
-      max_payload_[l] = std::max(max_payload_[l], payload);
       table_.bytes_at(l, c) = planned_[l] ? allgather_wire_bytes(payload, world_size)
                                           : allreduce_wire_bytes(n * sizeof(float), world_size);
       table_.error_at(l, c) = 0;
@@ -181,16 +160,14 @@ std::string LgrecoCompressor::settings_fingerprint() const {
                         " period=",
                         options_.period, " first=", options_.first_step, " bins=", options_.bins,
                         " sample=", options_.dgc_sample, " | ",
-                        quant_family() ? quant_->settings_fingerprint()
-                                       : DgcCompressor(options_.dgc).settings_fingerprint());
+                        inner().settings_fingerprint());
 }
 
-std::size_t LgrecoCompressor::max_payload_bytes(std::size_t layer) const {
-  GRADCOMM_CHECK_ARG(layer < max_payload_.size(), "LgrecoCompressor: layer ", layer, " of ", max_payload_.size());
-  return std::max(max_payload_[layer], inner(layer).max_payload_bytes(inner_layer(layer)));
-}
+// The inner compressors size their payload bounds for every candidate: the quantizer for
+// max_bits, DGC for max_layer_density (both set from the candidates).
+std::size_t LgrecoCompressor::max_payload_bytes(std::size_t layer) const { return inner().max_payload_bytes(layer); }
 
-LayerWire LgrecoCompressor::wire(std::size_t layer) const { return inner(layer).wire(inner_layer(layer)); }
+LayerWire LgrecoCompressor::wire(std::size_t layer) const { return inner().wire(layer); }
 
 bool LgrecoCompressor::profiles_step(std::int64_t step) const {
   return step >= options_.first_step && (step - options_.first_step + 1) % options_.period == 0;
@@ -208,13 +185,10 @@ bool LgrecoCompressor::table_ready() const noexcept {
 
 void LgrecoCompressor::set_step(std::int64_t step) {
   step_ = step;
-  for_each_inner([step](Compressor& c) { c.set_step(step); });
+  inner().set_step(step);
 }
 
-void LgrecoCompressor::set_epoch(std::int64_t epoch) {
-  epoch_ = epoch;
-  for_each_inner([epoch](Compressor& c) { c.set_epoch(epoch); });
-}
+void LgrecoCompressor::set_epoch(std::int64_t epoch) { inner().set_epoch(epoch); }
 
 // The error each candidate would make on the input the compressor is about to compress.
 // Quantization: x = gradient + residual; nearest rounding exactly, stochastic in
@@ -245,8 +219,7 @@ void LgrecoCompressor::profile(std::size_t layer, const float* grad) {
           x, n, bucket, options_.bit_widths[c], stochastic, mins_.data(), maxs_.data()));
     }
   } else {
-    const DgcCompressor& d = *dgc_[layer];
-    const std::span<const float> u = d.momentum(0), v = d.residual(0);
+    const std::span<const float> u = dgc_->momentum(layer), v = dgc_->residual(layer);
     const float m = options_.dgc.momentum;
     for (std::size_t i = 0; i < n; ++i) {
       const float g = x[i];
@@ -265,15 +238,15 @@ EncodeResult LgrecoCompressor::encode(std::size_t layer, TensorView grad, Tensor
       grad.numel() == layers_[layer].numel) {
     profile(layer, grad.span<const float>("gradient").data());
   }
-  return inner(layer).encode(inner_layer(layer), grad, payload);
+  return inner().encode(layer, grad, payload);
 }
 
 void LgrecoCompressor::decode(std::size_t layer, TensorView received, TensorView out) {
-  inner(layer).decode(inner_layer(layer), received, out);
+  inner().decode(layer, received, out);
 }
 
 void LgrecoCompressor::on_step_skipped(std::size_t layer, TensorView own_payload) {
-  inner(layer).on_step_skipped(inner_layer(layer), own_payload);
+  inner().on_step_skipped(layer, own_payload);
 }
 
 void LgrecoCompressor::apply_plan(std::span<const std::uint32_t> choice) {
@@ -288,17 +261,12 @@ void LgrecoCompressor::apply_plan(std::span<const std::uint32_t> choice) {
   }
   for (std::size_t l = 0; l < choice.size(); ++l) {
     if (planned_[l] && choice[l] != choice_[l]) {
+      // Either keeps the layer's state (residual; DGC's u and v) across the change and
+      // allocates nothing.
       if (quant_family()) {
-        // The quantizer keeps the layer's residual across a change of bits.
         quant_->set_layer_bits(l, options_.bit_widths[choice[l]]);
       } else {
-        // A DgcCompressor at the new density takes over u and v (its state blob holds no
-        // density): nothing is lost. Allocates, but only at a re-plan, every `period` steps.
-        auto next = make_dgc(l, options_.densities[choice[l]], true);
-        next->load_state(dgc_[l]->save_state());
-        next->set_step(step_);
-        if (epoch_ >= 0 && options_.dgc.steps_per_epoch == 0) next->set_epoch(epoch_);
-        dgc_[l] = std::move(next);
+        dgc_->set_layer_density(l, options_.densities[choice[l]]);
       }
     }
     choice_[l] = choice[l];
@@ -306,10 +274,10 @@ void LgrecoCompressor::apply_plan(std::span<const std::uint32_t> choice) {
 }
 
 // State: "GCLG", version, layer count, the plan (one candidate per layer), then the inner
-// compressors' blobs (one for the quantizer, one per layer for DGC), each length-prefixed.
+// compressor's blob, length-prefixed. Version 1 (one DGC blob per layer) is not read.
 namespace {
 constexpr std::uint32_t kStateMagic = 0x474c4347;  // "GCLG"
-constexpr std::uint32_t kStateVersion = 1;
+constexpr std::uint32_t kStateVersion = 2;
 
 void append(std::vector<std::byte>& out, const void* data, std::size_t bytes) {
   const std::size_t at = out.size();
@@ -325,13 +293,10 @@ std::vector<std::byte> LgrecoCompressor::save_state() const {
   const std::uint64_t count = choice_.size();
   append(out, &count, sizeof count);
   append(out, choice_.data(), choice_.size() * sizeof(std::uint32_t));
-  const std::size_t blobs = quant_family() ? 1 : dgc_.size();
-  for (std::size_t i = 0; i < blobs; ++i) {
-    const std::vector<std::byte> blob = inner(i).save_state();
-    const std::uint64_t size = blob.size();
-    append(out, &size, sizeof size);
-    append(out, blob.data(), blob.size());
-  }
+  const std::vector<std::byte> blob = inner().save_state();
+  const std::uint64_t size = blob.size();
+  append(out, &size, sizeof size);
+  append(out, blob.data(), blob.size());
   return out;
 }
 
@@ -353,20 +318,15 @@ void LgrecoCompressor::load_state(std::span<const std::byte> blob) {
                  rank_, ": blob has ", count, " layers, this compressor ", layers_.size());
   std::vector<std::uint32_t> choice(layers_.size());
   take(choice.data(), choice.size() * sizeof(std::uint32_t), "the plan");
-  std::vector<std::span<const std::byte>> inner_blobs;
-  const std::size_t blobs = quant_family() ? 1 : dgc_.size();
-  for (std::size_t i = 0; i < blobs; ++i) {
-    std::uint64_t size = 0;
-    take(&size, sizeof size, "an inner state's size");
-    GRADCOMM_CHECK(size <= blob.size() - at, ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state: inner state ",
-                   i, " of ", size, " bytes overruns the blob of ", blob.size());
-    inner_blobs.push_back(blob.subspan(at, size));
-    at += size;
-  }
-  GRADCOMM_CHECK(at == blob.size(), ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state: ",
-                 blob.size() - at, " trailing bytes");
-  apply_plan(choice);  // validates the plan; settings first, then the state they carry
-  for (std::size_t i = 0; i < blobs; ++i) inner(i).load_state(inner_blobs[i]);
+  std::uint64_t size = 0;
+  take(&size, sizeof size, "the inner state's size");
+  GRADCOMM_CHECK(size == blob.size() - at, ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state: inner state of ",
+                 size, " bytes in the ", blob.size() - at, " bytes left of the blob");
+  const std::span<const std::byte> inner_blob = blob.subspan(at, size);
+  // Validates the plan first. The inner load then leaves the state as it was if it throws;
+  // the plan, already applied, is a setting the caller reloads with a good blob.
+  apply_plan(choice);
+  inner().load_state(inner_blob);
 }
 
 }  // namespace gradcomm

@@ -207,8 +207,8 @@ TEST(LgrecoMpi, DgcFamilySamePlanEverywhereAndStateKept) {
     }
     std::vector<std::vector<float>> u, v;
     for (std::size_t l = 0; l < layers.size(); ++l) {
-      u.emplace_back(lg.dgc(l)->momentum(0).begin(), lg.dgc(l)->momentum(0).end());
-      v.emplace_back(lg.dgc(l)->residual(0).begin(), lg.dgc(l)->residual(0).end());
+      u.emplace_back(lg.dgc()->momentum(l).begin(), lg.dgc()->momentum(l).end());
+      v.emplace_back(lg.dgc()->residual(l).begin(), lg.dgc()->residual(l).end());
     }
     const std::vector<std::uint32_t> before(lg.choice().begin(), lg.choice().end());
     if (!planner.after_step()) continue;
@@ -219,10 +219,10 @@ TEST(LgrecoMpi, DgcFamilySamePlanEverywhereAndStateKept) {
     EXPECT_LE(plan.error, plan.budget * (1 + 1e-12));
     nonuniform += plan.choice != uniform;
     for (std::size_t l = 0; l < layers.size(); ++l) {
-      EXPECT_DOUBLE_EQ(lg.dgc(l)->density(), options.densities[plan.choice[l]]);
+      EXPECT_DOUBLE_EQ(lg.dgc()->layer_density(l), options.densities[plan.choice[l]]);
       if (plan.choice[l] == before[l]) continue;
-      EXPECT_EQ(std::vector<float>(lg.dgc(l)->momentum(0).begin(), lg.dgc(l)->momentum(0).end()), u[l]);
-      EXPECT_EQ(std::vector<float>(lg.dgc(l)->residual(0).begin(), lg.dgc(l)->residual(0).end()), v[l]);
+      EXPECT_EQ(std::vector<float>(lg.dgc()->momentum(l).begin(), lg.dgc()->momentum(l).end()), u[l]);
+      EXPECT_EQ(std::vector<float>(lg.dgc()->residual(l).begin(), lg.dgc()->residual(l).end()), v[l]);
     }
   }
   EXPECT_EQ(replans, 4);

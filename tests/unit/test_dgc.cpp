@@ -163,6 +163,52 @@ TEST(DgcWire, DenseForOneDimAndWhenGatherCostsMore) {
   EXPECT_EQ(half.wire(0).bytes(), (4 + 300 * 6u + 7) / 8 * 8);
 }
 
+// Per-layer densities (L-GreCo's plans): bounded by max_layer_density, covered by the
+// payload bound, in force after warm-up only, and u and v stay as they were.
+TEST(DgcWire, LayerDensityIsBoundedAndFollowsWarmup) {
+  DgcOptions o;
+  o.density = 0.01;
+  o.warmup_densities = {0.25};
+  o.steps_per_epoch = 1;
+  o.max_layer_density = 0.05;
+  o.dense_fallback = false;
+  const std::vector<LayerSpec> layers = {{"w", 1000, 2, false}, {"v", 2000, 2, false}};
+  DgcCompressor c(o);
+  c.setup(layers, 2, 0);
+  EXPECT_DOUBLE_EQ(c.layer_density(0), 0.25);  // warm-up: every layer follows the schedule
+  c.set_layer_density(1, 0.05);
+  EXPECT_DOUBLE_EQ(c.layer_density(1), 0.25);
+  c.set_step(1);  // warm-up over
+  EXPECT_DOUBLE_EQ(c.layer_density(0), 0.01);
+  EXPECT_DOUBLE_EQ(c.layer_density(1), 0.05);
+  EXPECT_EQ(c.k(1), 100u);
+  EXPECT_EQ(c.wire(1).bytes(), c.payload_bytes_at(1, 0.05));
+  EXPECT_GE(c.max_payload_bytes(1), c.payload_bytes_at(1, 0.05));
+  EXPECT_GE(c.max_payload_bytes(0), c.payload_bytes_at(0, 0.25));
+
+  std::vector<float> g(2000);
+  for (std::size_t i = 0; i < g.size(); ++i) g[i] = std::sin(0.37f * static_cast<float>(i));
+  std::vector<std::uint8_t> payload(c.wire(1).bytes());
+  c.encode(1, TensorView::of(std::span<float>(g)), TensorView(payload.data(), payload.size(), DType::kUInt8));
+  const std::vector<float> u(c.momentum(1).begin(), c.momentum(1).end());
+  const std::vector<float> v(c.residual(1).begin(), c.residual(1).end());
+  c.set_layer_density(1, 0.001);
+  EXPECT_EQ(std::vector<float>(c.momentum(1).begin(), c.momentum(1).end()), u);
+  EXPECT_EQ(std::vector<float>(c.residual(1).begin(), c.residual(1).end()), v);
+  EXPECT_EQ(c.k(1), 2u);
+
+  EXPECT_THROW(c.set_layer_density(0, 0.06), Error);  // over max_layer_density
+  EXPECT_THROW(c.set_layer_density(0, 0.0), Error);
+  EXPECT_THROW(c.set_layer_density(2, 0.01), Error);  // no such layer
+  o.max_layer_density = 0.005;                        // below density
+  EXPECT_THROW(DgcCompressor{o}, Error);
+  o.max_layer_density = 0;
+  DgcCompressor plain(o);
+  plain.setup(layers, 2, 0);
+  EXPECT_THROW(plain.set_layer_density(0, 0.02), Error);  // 0: at most density
+  plain.set_layer_density(0, 0.005);
+}
+
 TEST(DgcEncode, ExactSelectionMatchesReferenceAndLosesNothing) {
   const std::size_t n = 4099;  // prime: no chunk or block boundary lines up
   for (bool nesterov : {false, true}) {

@@ -405,7 +405,7 @@ TEST(LgrecoCompressor, DgcFamilyProfilesWhatDgcKeepsAndKeepsStateAcrossChanges) 
     }
     ASSERT_TRUE(c.table_ready());
     double kept = 0;
-    for (const float v : c.dgc(0)->residual(0)) kept += double{v} * v;
+    for (const float v : c.dgc()->residual(0)) kept += double{v} * v;
     EXPECT_NEAR(c.local_table().error_at(0, c_in_force), std::sqrt(kept), 1e-4 * std::sqrt(kept)) << step;
     for (std::size_t cand = 1; cand < c.num_candidates(); ++cand) {
       EXPECT_LE(c.local_table().error_at(0, cand), c.local_table().error_at(0, cand - 1));
@@ -413,13 +413,13 @@ TEST(LgrecoCompressor, DgcFamilyProfilesWhatDgcKeepsAndKeepsStateAcrossChanges) 
     }
     c.consume_table();
     // Switch density; u and v carry over unchanged.
-    const std::vector<float> u(c.dgc(0)->momentum(0).begin(), c.dgc(0)->momentum(0).end());
-    const std::vector<float> v(c.dgc(0)->residual(0).begin(), c.dgc(0)->residual(0).end());
+    const std::vector<float> u(c.dgc()->momentum(0).begin(), c.dgc()->momentum(0).end());
+    const std::vector<float> v(c.dgc()->residual(0).begin(), c.dgc()->residual(0).end());
     c_in_force = static_cast<std::size_t>(step) % c.num_candidates();
     c.apply_plan(std::vector<std::uint32_t>{static_cast<std::uint32_t>(c_in_force), 1});
-    EXPECT_DOUBLE_EQ(c.dgc(0)->density(), options.densities[c_in_force]);
-    EXPECT_EQ(std::vector<float>(c.dgc(0)->momentum(0).begin(), c.dgc(0)->momentum(0).end()), u);
-    EXPECT_EQ(std::vector<float>(c.dgc(0)->residual(0).begin(), c.dgc(0)->residual(0).end()), v);
+    EXPECT_DOUBLE_EQ(c.dgc()->layer_density(0), options.densities[c_in_force]);
+    EXPECT_EQ(std::vector<float>(c.dgc()->momentum(0).begin(), c.dgc()->momentum(0).end()), u);
+    EXPECT_EQ(std::vector<float>(c.dgc()->residual(0).begin(), c.dgc()->residual(0).end()), v);
   }
   // The whole state, plan included, round-trips.
   LgrecoCompressor d(options);
@@ -427,8 +427,8 @@ TEST(LgrecoCompressor, DgcFamilyProfilesWhatDgcKeepsAndKeepsStateAcrossChanges) 
   d.load_state(c.save_state());
   EXPECT_EQ(std::vector<std::uint32_t>(d.choice().begin(), d.choice().end()),
             std::vector<std::uint32_t>(c.choice().begin(), c.choice().end()));
-  EXPECT_EQ(std::vector<float>(d.dgc(0)->residual(0).begin(), d.dgc(0)->residual(0).end()),
-            std::vector<float>(c.dgc(0)->residual(0).begin(), c.dgc(0)->residual(0).end()));
+  EXPECT_EQ(std::vector<float>(d.dgc()->residual(0).begin(), d.dgc()->residual(0).end()),
+            std::vector<float>(c.dgc()->residual(0).begin(), c.dgc()->residual(0).end()));
   auto blob = c.save_state();
   blob.pop_back();
   EXPECT_THROW(d.load_state(blob), Error);
