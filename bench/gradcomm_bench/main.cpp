@@ -203,6 +203,10 @@ class Bench {
       offset += layer.numel;
     }
     std::unique_ptr<Runner> runner = entry.make(comm_, layers, o_.runner);
+    if (o_.check && !bound_printed_) {
+      print0("#   -c bound: %s\n", runner->bound().statement.c_str());
+      bound_printed_ = true;
+    }
     Row row;
     row.bytes = 4 * count;
     row.count = count;
@@ -281,6 +285,7 @@ class Bench {
   std::optional<ModelTable> model_;
   std::vector<float> grad_, out_, chunk_;
   std::string note_;  // the last row's Runner::note()
+  bool bound_printed_ = false;  // the -c bound is printed once, before the first row
 };
 
 }  // namespace
