@@ -37,7 +37,6 @@ std::size_t block_bytes(std::span<const std::size_t> numels, int p) {
   return block;
 }
 
-#if !defined(GRADCOMM_HAVE_CUDA)
 // A scale is the RMS of finite floats, so it is finite and >= 0 unless the RMS itself
 // overflowed float (+inf: values near FLT_MAX, e.g. a diverging momentum), which is a
 // non-finite input, not damage; anything else is a corrupt payload. Every rank receives
@@ -52,6 +51,7 @@ void check_received_scale(float scale, int rank, int from, const char* what, std
                  " (corrupt payload, or ranks out of step)");
 }
 
+#if !defined(GRADCOMM_HAVE_CUDA)
 [[noreturn]] void no_cuda(const char* what) {
   GRADCOMM_THROW(ErrorCode::kUnsupported, what,
                  ": CUDA tensors need gradcomm built with CUDA (GRADCOMM_WITH_CUDA=ON)");
