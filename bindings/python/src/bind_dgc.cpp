@@ -21,7 +21,7 @@ void bind_dgc(py::module_& m) {
          float momentum, bool nesterov, bool momentum_masking, float clip_norm,
          const std::string& selection, double sample_fraction, std::uint64_t seed,
          const std::string& value_dtype, const std::string& dense_dtype,
-         bool dense_fallback) -> std::unique_ptr<Compressor> {
+         bool dense_fallback, double max_layer_density) -> std::unique_ptr<Compressor> {
         DgcOptions o;
         o.density = density;
         o.warmup_densities = std::move(warmup_densities);
@@ -43,6 +43,7 @@ void bind_dgc(py::module_& m) {
         o.value_dtype = parse_dtype(value_dtype);
         o.dense_dtype = parse_dtype(dense_dtype);
         o.dense_fallback = dense_fallback;
+        o.max_layer_density = max_layer_density;
         return std::make_unique<DgcCompressor>(std::move(o));
       },
       py::arg("density") = defaults.density,
@@ -54,6 +55,7 @@ void bind_dgc(py::module_& m) {
       py::arg("sample_fraction") = defaults.sample_fraction, py::arg("seed") = defaults.seed,
       py::arg("value_dtype") = "float32", py::arg("dense_dtype") = "float32",
       py::arg("dense_fallback") = defaults.dense_fallback,
+      py::arg("max_layer_density") = defaults.max_layer_density,
       "Deep Gradient Compression with momentum correction, masking, warm-up and selection "
       "(see gradcomm/dgc.h for every option).");
 }

@@ -40,7 +40,12 @@ void bind_lgreco(py::module_& m) {
       }, py::arg("layer"), "This rank's velocity v of `layer`: what was not sent yet.")
       .def("k", &DgcCompressor::k, py::arg("layer"))
       .def("is_sparse", &DgcCompressor::is_sparse, py::arg("layer"))
-      .def_property_readonly("density", &DgcCompressor::density);
+      .def_property_readonly("density", &DgcCompressor::density)
+      .def("set_layer_density", &DgcCompressor::set_layer_density, py::arg("layer"), py::arg("density"),
+           "Layer `layer`'s density after warm-up (at most max_layer_density); u and v are kept.")
+      .def("layer_density", &DgcCompressor::layer_density, py::arg("layer"))
+      .def("payload_bytes_at", &DgcCompressor::payload_bytes_at, py::arg("layer"), py::arg("density"),
+           "Payload bytes per rank of `layer` at `density` (no warm-up).");
 
   const LgrecoOptions defaults;
   m.def(

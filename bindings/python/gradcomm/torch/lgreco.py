@@ -127,10 +127,12 @@ class LGreCoState(CompressedHookState):
         # dense path applies momentum after the average and ignores v, so a plan moving a
         # layer from sparse to dense would drop its residual and leave u different on each
         # rank. A density above 1/p just costs more bytes, which the knapsack sees.
+        # max_layer_density lets a re-plan change the density in place (_apply).
         return _native.DgcCompressor(
             density=density, warmup_densities=[], momentum=self.momentum,
             nesterov=self.nesterov, selection=self.selection, seed=self._key_seed(key),
-            value_dtype=wire, dense_dtype=wire, dense_fallback=False)
+            value_dtype=wire, dense_dtype=wire, dense_fallback=False,
+            max_layer_density=max(self.candidates))
 
     def _make_compressor(self, numel: int, ndim: int, key: str) -> gradcomm.Compressor:
         if self.family == "dgc":
@@ -156,17 +158,12 @@ class LGreCoState(CompressedHookState):
                 cached = [_native.allgather_wire_bytes(b, self.world_size)
                           for b in entry.compressor.local_table()[0]]
             else:
-                cached, sparse = [], []
-                for d in self.candidates:
-                    probe = self._dgc(d, entry.key)
-                    probe.setup([gradcomm.LayerSpec(entry.key, entry.numel, entry.ndim)],
-                                self.world_size, self.rank)
-                    w = probe.wire(0)
-                    model = (_native.allreduce_wire_bytes if w.collective == "allreduce"
-                             else _native.allgather_wire_bytes)
-                    cached.append(model(w.nbytes, self.world_size))
-                    sparse.append(w.collective == "allgather")
-                self._sparse[entry.key] = sparse
+                # Without dense fallback the collective does not depend on the density.
+                sparse = entry.compressor.is_sparse(0)
+                model = _native.allgather_wire_bytes if sparse else _native.allreduce_wire_bytes
+                cached = [model(entry.compressor.payload_bytes_at(0, d), self.world_size)
+                          for d in self.candidates]
+                self._sparse[entry.key] = [sparse] * len(self.candidates)
             self._wire_bytes[entry.key] = cached
         return cached
 
@@ -194,14 +191,8 @@ class LGreCoState(CompressedHookState):
             if self.family == "quant":
                 entry.compressor.apply_plan([choice])
             else:
-                # A fresh compressor at the new density takes over u and v unchanged (the
-                # DGC state blob holds no density): nothing is lost in the switch.
-                state = entry.compressor.save_state()
-                compressor = self._dgc(self.candidates[choice], entry.key)
-                compressor.setup([gradcomm.LayerSpec(entry.key, entry.numel, entry.ndim)],
-                                 self.world_size, self.rank)
-                compressor.load_state(state)
-                entry.compressor = compressor
+                # In place: u and v are kept, nothing is allocated.
+                entry.compressor.set_layer_density(0, self.candidates[choice])
         self.plan.update(plan)
 
     def _before_encode(self, entries, grads) -> None:
