@@ -115,6 +115,9 @@ class DgcCompressor final : public Compressor {
   std::span<const float> momentum(std::size_t layer) const;
   std::span<const float> residual(std::size_t layer) const;
   const DgcLayerStats& last_stats(std::size_t layer) const;
+  // Local clipping's factor (paper Eq. 8) for a layer's gradient of n elements: encode
+  // multiplies the gradient by it; 1 without clip_norm or when the norm is within bounds.
+  float clip_scale(const float* grad, std::size_t n) const;
 
  private:
   struct Layer {
@@ -148,7 +151,6 @@ class DgcCompressor final : public Compressor {
                              TensorView payload);
   void decode_dense(Layer& layer, TensorView received, float* out);
   void decode_sparse(std::size_t index, const Layer& layer, TensorView received, float* out);
-  float clip_scale(const float* grad, std::size_t n) const;
   static std::uint32_t predicted_threshold(const Layer& layer);
 
   DgcOptions options_;

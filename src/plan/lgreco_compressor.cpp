@@ -66,10 +66,6 @@ LgrecoCompressor::LgrecoCompressor(LgrecoOptions options) : options_(std::move(o
     check_candidates(options_.densities, options_.default_density, "densities",
                      [](double d) { return d > 0.0 && d <= 1.0; });
     GRADCOMM_CHECK_ARG(options_.dgc_sample >= 1, "LgrecoCompressor: dgc_sample must be positive");
-    // Profiling recomputes DGC's momentum correction (paper Eq. 7) from u and v; local
-    // clipping would scale the gradient first, which it does not model.
-    GRADCOMM_CHECK_ARG(options_.dgc.clip_norm <= 0.0f, "LgrecoCompressor: the DGC family does not support "
-                       "clip_norm (", options_.dgc.clip_norm, ") yet");
     options_.dgc.density = options_.default_density;
     options_.dgc.max_layer_density = *std::max_element(options_.densities.begin(), options_.densities.end());
     options_.dgc.dense_fallback = false;
@@ -221,8 +217,10 @@ void LgrecoCompressor::profile(std::size_t layer, const float* grad) {
   } else {
     const std::span<const float> u = dgc_->momentum(layer), v = dgc_->residual(layer);
     const float m = options_.dgc.momentum;
+    // As encode: local clipping scales the gradient first (the same float products).
+    const float s = dgc_->clip_scale(grad, n);
     for (std::size_t i = 0; i < n; ++i) {
-      const float g = x[i];
+      const float g = s != 1.0f ? x[i] * s : x[i];
       x[i] = options_.dgc.nesterov ? v[i] + m * (u[i] + g) + g : v[i] + (m * u[i] + g);
     }
     lgreco_topk_errors(std::span<const float>(x, n), options_.densities, options_.dgc_sample,

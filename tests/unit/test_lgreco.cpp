@@ -376,9 +376,11 @@ TEST(LgrecoTopkErrors, SampledEstimateIsAccurate) {
 // The DGC family profiles v' = v + m*u + g (paper Eq. 7) before selection: with exact top-k
 // selection and a layer small enough to be profiled exactly, the error it predicts for the
 // density in force is the norm of what DGC then keeps in v. A density change keeps u and v.
-TEST(LgrecoCompressor, DgcFamilyProfilesWhatDgcKeepsAndKeepsStateAcrossChanges) {
+// clip_norm > 0: profiling must scale the gradient as DGC's local clipping does.
+void check_dgc_family_profiles_what_dgc_keeps(float clip_norm) {
   LgrecoOptions options;
   options.family = LgrecoFamily::kDgcDensity;
+  options.dgc.clip_norm = clip_norm;
   options.period = 1;
   options.dgc.selection = DgcSelection::kExact;
   options.dgc.warmup_densities = {};
@@ -433,6 +435,13 @@ TEST(LgrecoCompressor, DgcFamilyProfilesWhatDgcKeepsAndKeepsStateAcrossChanges) 
   blob.pop_back();
   EXPECT_THROW(d.load_state(blob), Error);
 }
+
+TEST(LgrecoCompressor, DgcFamilyProfilesWhatDgcKeepsAndKeepsStateAcrossChanges) {
+  check_dgc_family_profiles_what_dgc_keeps(0.0f);
+}
+
+// Gradients of norm about 32 clipped to 5/sqrt(2): scaled by about 0.11 before DGC.
+TEST(LgrecoCompressor, DgcFamilyProfilesWithLocalClipping) { check_dgc_family_profiles_what_dgc_keeps(5.0f); }
 
 }  // namespace
 }  // namespace gradcomm
