@@ -58,6 +58,9 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
     p.add_argument("--adam-lr", type=float, default=1e-3, help="Adam and 1-bit Adam learning rate (default 1e-3)")
     p.add_argument("--density", type=float, default=0.001, help="DGC density after warm-up (default 0.001)")
+    p.add_argument("--adam-eps", type=float, default=1e-8,
+                   help="eps of Adam and 1-bit Adam (default 1e-8, torch's; 1-bit Adam diverges with it "
+                        "after the freeze on this model: docs/algorithms/onebit-adam.md)")
     p.add_argument("--onebit-freeze", type=float, default=0.2,
                    help="1-bit Adam: fraction of the steps run as plain Adam before the freeze (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
@@ -146,7 +149,7 @@ def setup_method(name, ddp, args, steps_per_epoch, total_steps):
     if name == "allreduce":
         return sgd(0.9), True
     if name == "adam":
-        return torch.optim.Adam(params, lr=args.adam_lr), True
+        return torch.optim.Adam(params, lr=args.adam_lr, eps=args.adam_eps), True
     if name == "fp16":
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
@@ -170,8 +173,8 @@ def setup_method(name, ddp, args, steps_per_epoch, total_steps):
     if name == "gradcomm-onebit":
         if not hasattr(gt, "OneBitAdam"):
             raise Skip("this gradcomm has no OneBitAdam yet")
-        opt = gt.OneBitAdam(params, lr=args.adam_lr, freeze_step=max(1, int(args.onebit_freeze * total_steps)),
-                            precondition=True)
+        opt = gt.OneBitAdam(params, lr=args.adam_lr, eps=args.adam_eps,
+                            freeze_step=max(1, int(args.onebit_freeze * total_steps)), precondition=True)
         ddp.register_comm_hook(opt, gt.onebit_adam_hook)
         return opt, False
     if name == "gradcomm-lgreco":
