@@ -17,10 +17,15 @@ jobs=$(nproc)
 
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || echo "run.sh: nvidia-smi not available" | tee -a "$out/nvidia-smi.txt"
 
-have_gtest=OFF
-if [ -f /usr/include/gtest/gtest.h ] || [ -n "${GTest_DIR:-}" ]; then have_gtest=ON; fi
+# GoogleTest: installed, or sources to build with the tests. A bare device machine has no
+# network: copy Debian's /usr/src/googletest into build-gtest-src (ignored by git) and
+# carry that path along, or point GRADCOMM_GTEST_SOURCE at a copy.
+have_gtest=OFF gtest_source=${GRADCOMM_GTEST_SOURCE:-}
+[ -z "$gtest_source" ] && [ -f build-gtest-src/CMakeLists.txt ] && gtest_source=$PWD/build-gtest-src
+if [ -f /usr/include/gtest/gtest.h ] || [ -n "${GTest_DIR:-}" ] || [ -n "$gtest_source" ]; then have_gtest=ON; fi
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRADCOMM_WITH_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}" -DGRADCOMM_BUILD_TESTS=$have_gtest \
+  -DGRADCOMM_GTEST_SOURCE="$gtest_source" \
   -DGRADCOMM_BUILD_EXAMPLES=OFF -DGRADCOMM_WITH_PYTHON=OFF > "$out/configure.log" 2>&1 \
   || { echo "run.sh: configure failed (see $out/configure.log)"; tail -20 "$out/configure.log"; exit 1; }
 
@@ -35,7 +40,7 @@ if [ "$have_gtest" = ON ]; then
   rc=${PIPESTATUS[0]}
   if [ "$rc" = 77 ]; then echo "run.sh: no CUDA device: GPU tests skipped"; elif [ "$rc" != 0 ]; then status=1; fi
 else
-  echo "run.sh: GoogleTest not found: GPU tests not built (install libgtest-dev or set GTest_DIR)" | tee "$out/gpu_tests.log"
+  echo "run.sh: GoogleTest not found: GPU tests not built (install libgtest-dev, set GTest_DIR, or carry its sources as build-gtest-src)" | tee "$out/gpu_tests.log"
 fi
 
 "$build/bench/gradcomm-gpubench" --json "$out/gpu_bench.json" --iters "${GPU_BENCH_ITERS:-20}" 2>&1 | tee "$out/gpu_bench.log"
