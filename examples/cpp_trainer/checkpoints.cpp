@@ -100,7 +100,7 @@ std::string resume_settings(const Options& o) {
   add("--density", number(o.density));
   add("--bits", std::to_string(o.bits));
   add("--seed", std::to_string(o.seed));
-  add("--lr", number(o.lr));
+  add("--lr", o.lr < 0 ? std::string("default") : number(o.lr));  // < 0: the optimizer's default
   add("--batch", std::to_string(o.batch));
   add("--momentum", number(o.momentum));
   add("--weight-decay", number(o.weight_decay));

@@ -135,7 +135,7 @@ def check_errors(runner, epochs):
         runner.train(args + ["--stop-after-epoch", "1"], tmp)
         expect_failure(runner, "a fresh run over a checkpoint", args, "already holds a checkpoint", every_rank=False)
         expect_failure(runner, "other settings", args + ["--resume", "--lr", "0.01"],
-                       "saved with other settings (--lr -1 there, 0.01 here)")
+                       "saved with other settings (--lr default there, 0.01 here)")
         expect_failure(runner, "another compressor", args + ["--resume", "--compressor", "dgc"],
                        "saved with compressor 'none'; this run uses 'dgc'")
         # More ranks: the extra ones have no shard, the others a shard of a smaller world.
