@@ -4,6 +4,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "core/state_blob.h"
 #include "gradcomm/dgc.h"
 #include "kernels/cpu/dense_kernels.h"
 #include "kernels/cpu/dgc_kernels.h"
@@ -56,43 +57,6 @@ std::uint32_t load_u32(const std::byte* p) {
 
 // Checkpoint blob: a fixed magic, then little fixed-size fields, then the arrays.
 constexpr char kMagic[8] = {'g', 'c', 'D', 'G', 'C', 's', 't', '1'};
-
-class BlobWriter {
- public:
-  explicit BlobWriter(std::vector<std::byte>& out) : out_(out) {}
-  void bytes(const void* p, std::size_t n) {
-    if (n == 0) return;
-    const std::size_t at = out_.size();
-    out_.resize(at + n);
-    std::memcpy(out_.data() + at, p, n);
-  }
-  void u64(std::uint64_t x) { bytes(&x, sizeof x); }
-
- private:
-  std::vector<std::byte>& out_;
-};
-
-class BlobReader {
- public:
-  explicit BlobReader(std::span<const std::byte> in) : in_(in) {}
-  void bytes(void* p, std::size_t n, const char* what) {
-    GRADCOMM_CHECK(n <= in_.size() - pos_, ErrorCode::kCorruptPayload,
-                   "DgcCompressor::load_state: blob of ", in_.size(), " bytes ends at ", pos_,
-                   " while reading ", what, " (", n, " bytes)");
-    if (n) std::memcpy(p, in_.data() + pos_, n);
-    pos_ += n;
-  }
-  std::uint64_t u64(const char* what) {
-    std::uint64_t x;
-    bytes(&x, sizeof x, what);
-    return x;
-  }
-  std::size_t left() const { return in_.size() - pos_; }
-
- private:
-  std::span<const std::byte> in_;
-  std::size_t pos_ = 0;
-};
 
 }  // namespace
 
@@ -592,18 +556,18 @@ const DgcLayerStats& DgcCompressor::last_stats(std::size_t layer) const {
 
 std::vector<std::byte> DgcCompressor::save_state() const {
   std::vector<std::byte> blob;
-  BlobWriter w(blob);
+  detail::StateBlobWriter w(blob);
   w.bytes(kMagic, sizeof kMagic);
-  w.u64(static_cast<std::uint64_t>(epoch_));
-  w.u64(static_cast<std::uint64_t>(step_));
-  w.u64(layers_.size());
+  w.value<std::uint64_t>(static_cast<std::uint64_t>(epoch_));
+  w.value<std::uint64_t>(static_cast<std::uint64_t>(step_));
+  w.value<std::uint64_t>(layers_.size());
   for (const Layer& l : layers_) {
-    w.u64(l.numel);
-    w.u64(l.v.size());
-    w.u64(l.rng_counter);
-    w.u64(l.threshold_cache);
-    w.u64(l.threshold_before);
-    w.u64(l.sparse_momentum ? 1 : 0);
+    w.value<std::uint64_t>(l.numel);
+    w.value<std::uint64_t>(l.v.size());
+    w.value<std::uint64_t>(l.rng_counter);
+    w.value<std::uint64_t>(l.threshold_cache);
+    w.value<std::uint64_t>(l.threshold_before);
+    w.value<std::uint64_t>(l.sparse_momentum ? 1 : 0);
     w.bytes(l.u.data(), l.u.size() * sizeof(float));
     w.bytes(l.v.data(), l.v.size() * sizeof(float));
   }
@@ -611,14 +575,14 @@ std::vector<std::byte> DgcCompressor::save_state() const {
 }
 
 void DgcCompressor::load_state(std::span<const std::byte> blob) {
-  BlobReader r(blob);
+  detail::StateBlobReader r(blob, detail::concat("DgcCompressor::load_state on rank ", rank_));
   char magic[sizeof kMagic];
   r.bytes(magic, sizeof magic, "the magic");
   GRADCOMM_CHECK(std::memcmp(magic, kMagic, sizeof kMagic) == 0, ErrorCode::kCorruptPayload,
                  "DgcCompressor::load_state on rank ", rank_, ": not a DGC state blob");
-  const auto epoch = static_cast<std::int64_t>(r.u64("the epoch"));
-  const auto step = static_cast<std::int64_t>(r.u64("the step"));
-  const std::uint64_t nlayers = r.u64("the layer count");
+  const auto epoch = static_cast<std::int64_t>(r.value<std::uint64_t>("the epoch"));
+  const auto step = static_cast<std::int64_t>(r.value<std::uint64_t>("the step"));
+  const std::uint64_t nlayers = r.value<std::uint64_t>("the layer count");
   GRADCOMM_CHECK(nlayers == layers_.size() && epoch >= 0 && step >= 0, ErrorCode::kCorruptPayload,
                  "DgcCompressor::load_state on rank ", rank_, ": blob has ", nlayers,
                  " layers (epoch ", epoch, ", step ", step, "), this compressor has ",
@@ -627,17 +591,17 @@ void DgcCompressor::load_state(std::span<const std::byte> blob) {
   std::vector<Layer> loaded = layers_;
   for (std::size_t i = 0; i < loaded.size(); ++i) {
     Layer& l = loaded[i];
-    const std::uint64_t numel = r.u64("a layer size");
-    const std::uint64_t vsize = r.u64("a residual size");
+    const std::uint64_t numel = r.value<std::uint64_t>("a layer size");
+    const std::uint64_t vsize = r.value<std::uint64_t>("a residual size");
     GRADCOMM_CHECK(numel == l.numel && vsize == l.v.size(), ErrorCode::kCorruptPayload,
                    "DgcCompressor::load_state on rank ", rank_, ": layer ", i, " has ", numel,
                    " elements and a residual of ", vsize, " in the blob, ", l.numel, " and ",
                    l.v.size(), " here");
-    l.rng_counter = r.u64("an RNG counter");
+    l.rng_counter = r.value<std::uint64_t>("an RNG counter");
     l.stats = {};
-    l.threshold_cache = static_cast<std::uint32_t>(r.u64("a threshold"));
-    l.threshold_before = static_cast<std::uint32_t>(r.u64("a threshold"));
-    const std::uint64_t mode = r.u64("a layer mode");
+    l.threshold_cache = static_cast<std::uint32_t>(r.value<std::uint64_t>("a threshold"));
+    l.threshold_before = static_cast<std::uint32_t>(r.value<std::uint64_t>("a threshold"));
+    const std::uint64_t mode = r.value<std::uint64_t>("a layer mode");
     GRADCOMM_CHECK(mode <= 1 && (mode == 0 || !l.dense_always), ErrorCode::kCorruptPayload,
                    "DgcCompressor::load_state on rank ", rank_, ": layer ", i, " has mode ", mode);
     l.sparse_momentum = mode == 1;
@@ -645,8 +609,7 @@ void DgcCompressor::load_state(std::span<const std::byte> blob) {
     r.bytes(l.u.data(), l.u.size() * sizeof(float), "a momentum");
     r.bytes(l.v.data(), l.v.size() * sizeof(float), "a residual");
   }
-  GRADCOMM_CHECK(r.left() == 0, ErrorCode::kCorruptPayload, "DgcCompressor::load_state on rank ",
-                 rank_, ": ", r.left(), " bytes left over after the last layer");
+  r.finish();
   layers_ = std::move(loaded);
   epoch_ = epoch;
   step_ = step;

@@ -1,5 +1,6 @@
 #include <cstring>
 
+#include "core/state_blob.h"
 #include "gradcomm/quantize.h"
 #include "kernels/cpu/dense_kernels.h"
 #include "kernels/cpu/quantize_kernels.h"
@@ -189,71 +190,44 @@ namespace {
 constexpr std::uint32_t kStateMagic = 0x5a514347;  // "GCQZ"
 constexpr std::uint32_t kStateVersion = 1;
 
-void put_bytes(std::vector<std::byte>& out, const void* data, std::size_t bytes) {
-  const std::size_t at = out.size();
-  out.resize(at + bytes);
-  if (bytes) std::memcpy(out.data() + at, data, bytes);
-}
-
-template <typename T>
-void put(std::vector<std::byte>& out, const T& value) {
-  put_bytes(out, &value, sizeof(T));
-}
-
-struct Reader {
-  std::span<const std::byte> blob;
-  std::size_t at = 0;
-  template <typename T>
-  T get(const char* what) {
-    T value;
-    take(&value, sizeof(T), what);
-    return value;
-  }
-  void take(void* dst, std::size_t bytes, const char* what) {
-    GRADCOMM_CHECK(bytes <= blob.size() - at, ErrorCode::kCorruptPayload,
-                   "QuantizeCompressor::load_state: blob of ", blob.size(), " bytes ends at ", at,
-                   " while reading ", what, " (", bytes, " bytes)");
-    if (bytes) std::memcpy(dst, blob.data() + at, bytes);
-    at += bytes;
-  }
-};
 }  // namespace
 
 std::vector<std::byte> QuantizeCompressor::save_state() const {
   std::vector<std::byte> out;
-  put(out, kStateMagic);
-  put(out, kStateVersion);
-  put(out, static_cast<std::uint64_t>(layers_.size()));
-  put(out, static_cast<std::int64_t>(step_));
+  detail::StateBlobWriter w(out);
+  w.value(kStateMagic);
+  w.value(kStateVersion);
+  w.value(static_cast<std::uint64_t>(layers_.size()));
+  w.value(static_cast<std::int64_t>(step_));
   for (const Layer& l : layers_) {
-    put(out, static_cast<std::uint64_t>(l.numel));
-    put(out, static_cast<std::int32_t>(l.bits));
-    put(out, static_cast<std::uint64_t>(l.residual.size()));
-    put_bytes(out, l.residual.data(), l.residual.size() * sizeof(float));
+    w.value(static_cast<std::uint64_t>(l.numel));
+    w.value(static_cast<std::int32_t>(l.bits));
+    w.value(static_cast<std::uint64_t>(l.residual.size()));
+    w.bytes(l.residual.data(), l.residual.size() * sizeof(float));
   }
   return out;
 }
 
 void QuantizeCompressor::load_state(std::span<const std::byte> blob) {
-  Reader in{blob};
-  const auto magic = in.get<std::uint32_t>("magic");
-  const auto version = in.get<std::uint32_t>("version");
+  detail::StateBlobReader in(blob, detail::concat("QuantizeCompressor::load_state on rank ", rank_));
+  const auto magic = in.value<std::uint32_t>("magic");
+  const auto version = in.value<std::uint32_t>("version");
   GRADCOMM_CHECK(magic == kStateMagic && version == kStateVersion, ErrorCode::kCorruptPayload,
                  "QuantizeCompressor::load_state: not a quantizer state (magic ", magic,
                  ", version ", version, ")");
-  const auto count = in.get<std::uint64_t>("layer count");
+  const auto count = in.value<std::uint64_t>("layer count");
   GRADCOMM_CHECK(count == layers_.size(), ErrorCode::kCorruptPayload,
                  "QuantizeCompressor::load_state on rank ", rank_, ": blob has ", count,
                  " layers, this compressor ", layers_.size());
-  const auto step = in.get<std::int64_t>("step");
+  const auto step = in.value<std::int64_t>("step");
   // Validate everything before changing anything: a bad blob leaves the state as it was.
   std::vector<int> bits(layers_.size());
-  std::vector<std::size_t> offsets(layers_.size());
+  std::vector<std::span<const std::byte>> residuals(layers_.size());
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const Layer& l = layers_[i];
-    const auto numel = in.get<std::uint64_t>("numel");
-    bits[i] = in.get<std::int32_t>("bits");
-    const auto residual = in.get<std::uint64_t>("residual size");
+    const auto numel = in.value<std::uint64_t>("numel");
+    bits[i] = in.value<std::int32_t>("bits");
+    const auto residual = in.value<std::uint64_t>("residual size");
     GRADCOMM_CHECK(numel == l.numel && residual == l.residual.size() &&
                        bits[i] >= quant::kMinBits && bits[i] <= options_.max_bits &&
                        (l.quantized || bits[i] == options_.bits),
@@ -261,21 +235,15 @@ void QuantizeCompressor::load_state(std::span<const std::byte> blob) {
                    ": layer ", i, " ('", l.name, "') has ", l.numel, " elements and a residual of ",
                    l.residual.size(), "; the blob says ", numel, " elements, residual ", residual,
                    ", bits ", bits[i], " (max ", options_.max_bits, ")");
-    offsets[i] = in.at;
-    in.at += residual * sizeof(float);
-    GRADCOMM_CHECK(in.at <= blob.size(), ErrorCode::kCorruptPayload,
-                   "QuantizeCompressor::load_state: blob of ", blob.size(),
-                   " bytes too short for layer ", i, "'s residual");
+    residuals[i] = in.view(residual * sizeof(float), "a layer's residual");
   }
-  GRADCOMM_CHECK(in.at == blob.size(), ErrorCode::kCorruptPayload,
-                 "QuantizeCompressor::load_state: ", blob.size() - in.at, " trailing bytes");
+  in.finish();
   step_ = step;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     layers_[i].bits = bits[i];
     // An empty residual (a dense layer) has data() == nullptr: memcpy must not see it (UBSan).
     if (layers_[i].residual.empty()) continue;
-    std::memcpy(layers_[i].residual.data(), blob.data() + offsets[i],
-                layers_[i].residual.size() * sizeof(float));
+    std::memcpy(layers_[i].residual.data(), residuals[i].data(), residuals[i].size());
   }
 }
 

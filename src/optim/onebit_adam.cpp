@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 
+#include "core/state_blob.h"
 #include "gradcomm/agreement.h"
 #include "gradcomm/layer.h"
 #include "gradcomm/onebit.h"
@@ -16,35 +17,6 @@ constexpr std::uint32_t kAdamMagic = 0x41314347u;  // "GC1A"
 constexpr std::uint32_t kAdamVersion = 1;
 
 bool finite_nonneg(float x) { return std::isfinite(x) && x >= 0.0f; }
-
-// Appends / reads plain values of a state blob, checking every read against the end.
-struct Writer {
-  std::vector<std::byte>& out;
-  void bytes(const void* data, std::size_t n) {
-    const std::size_t at = out.size();
-    out.resize(at + n);
-    if (n) std::memcpy(out.data() + at, data, n);
-  }
-  template <typename T>
-  void value(const T& v) { bytes(&v, sizeof v); }
-};
-
-struct Reader {
-  std::span<const std::byte> in;
-  std::size_t at = 0;
-  void bytes(void* data, std::size_t n, const char* what) {
-    GRADCOMM_CHECK(in.size() - at >= n, ErrorCode::kCorruptPayload, "OneBitAdam::load_state: blob of ",
-                   in.size(), " bytes ends at byte ", at, " while reading ", what, " (", n, " bytes)");
-    if (n) std::memcpy(data, in.data() + at, n);
-    at += n;
-  }
-  template <typename T>
-  T value(const char* what) {
-    T v{};
-    bytes(&v, sizeof v, what);
-    return v;
-  }
-};
 
 }  // namespace
 
@@ -288,7 +260,7 @@ void OneBitAdam::step(std::span<const TensorView> grads) {
 std::vector<std::byte> OneBitAdam::save_state() const {
   const Impl& s = *impl_;
   std::vector<std::byte> blob;
-  Writer w{blob};
+  detail::StateBlobWriter w(blob);
   w.value(kAdamMagic);
   w.value(kAdamVersion);
   w.value(static_cast<std::int32_t>(comm_.size()));
@@ -311,7 +283,7 @@ std::vector<std::byte> OneBitAdam::save_state() const {
 
 void OneBitAdam::load_state(std::span<const std::byte> blob) {
   Impl& s = *impl_;
-  Reader r{blob};
+  detail::StateBlobReader r(blob, detail::concat("OneBitAdam::load_state on rank ", comm_.rank()));
   GRADCOMM_CHECK(r.value<std::uint32_t>("magic") == kAdamMagic &&
                      r.value<std::uint32_t>("version") == kAdamVersion,
                  ErrorCode::kCorruptPayload, "OneBitAdam::load_state on rank ", comm_.rank(),
@@ -345,14 +317,11 @@ void OneBitAdam::load_state(std::span<const std::byte> blob) {
   std::vector<OneBitErrorState> states;
   for (const OneBitErrorState& existing : s.states) {
     const auto bytes = r.value<std::uint64_t>("error state size");
-    GRADCOMM_CHECK(bytes <= blob.size() - r.at, ErrorCode::kCorruptPayload,
-                   "OneBitAdam::load_state: error state of ", bytes, " bytes past the blob's end");
+    const std::span<const std::byte> error_blob = r.view(bytes, "an error state");
     states.emplace_back(existing.numel(), existing.world_size());
-    states.back().load(blob.subspan(r.at, bytes));
-    r.at += bytes;
+    states.back().load(error_blob);
   }
-  GRADCOMM_CHECK(r.at == blob.size(), ErrorCode::kCorruptPayload, "OneBitAdam::load_state: ",
-                 blob.size() - r.at, " trailing bytes");
+  r.finish();
   s.m = std::move(m);
   s.v = std::move(v);
   for (std::size_t c = 0; c < s.states.size(); ++c) std::swap(s.states[c], states[c]);

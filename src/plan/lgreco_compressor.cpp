@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/state_blob.h"
 #include "gradcomm/lgreco.h"
 #include "kernels/cpu/dense_kernels.h"
 #include "kernels/cpu/quantize_kernels.h"
@@ -276,51 +277,36 @@ void LgrecoCompressor::apply_plan(std::span<const std::uint32_t> choice) {
 namespace {
 constexpr std::uint32_t kStateMagic = 0x474c4347;  // "GCLG"
 constexpr std::uint32_t kStateVersion = 2;
-
-void append(std::vector<std::byte>& out, const void* data, std::size_t bytes) {
-  const std::size_t at = out.size();
-  out.resize(at + bytes);
-  if (bytes) std::memcpy(out.data() + at, data, bytes);
-}
 }  // namespace
 
 std::vector<std::byte> LgrecoCompressor::save_state() const {
   std::vector<std::byte> out;
-  const std::uint32_t head[2] = {kStateMagic, kStateVersion};
-  append(out, head, sizeof head);
-  const std::uint64_t count = choice_.size();
-  append(out, &count, sizeof count);
-  append(out, choice_.data(), choice_.size() * sizeof(std::uint32_t));
+  detail::StateBlobWriter w(out);
+  w.value(kStateMagic);
+  w.value(kStateVersion);
+  w.value(static_cast<std::uint64_t>(choice_.size()));
+  w.bytes(choice_.data(), choice_.size() * sizeof(std::uint32_t));
   const std::vector<std::byte> blob = inner().save_state();
-  const std::uint64_t size = blob.size();
-  append(out, &size, sizeof size);
-  append(out, blob.data(), blob.size());
+  w.value(static_cast<std::uint64_t>(blob.size()));
+  w.bytes(blob.data(), blob.size());
   return out;
 }
 
 void LgrecoCompressor::load_state(std::span<const std::byte> blob) {
-  std::size_t at = 0;
-  auto take = [&](void* dst, std::size_t bytes, const char* what) {
-    GRADCOMM_CHECK(bytes <= blob.size() - at, ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state on rank ",
-                   rank_, ": blob of ", blob.size(), " bytes ends at ", at, " reading ", what);
-    if (bytes) std::memcpy(dst, blob.data() + at, bytes);
-    at += bytes;
-  };
-  std::uint32_t head[2];
-  take(head, sizeof head, "the header");
-  GRADCOMM_CHECK(head[0] == kStateMagic && head[1] == kStateVersion, ErrorCode::kCorruptPayload,
-                 "LgrecoCompressor::load_state: not an L-GreCo state (magic ", head[0], ", version ", head[1], ")");
-  std::uint64_t count = 0;
-  take(&count, sizeof count, "the layer count");
+  detail::StateBlobReader r(blob, detail::concat("LgrecoCompressor::load_state on rank ", rank_));
+  const auto magic = r.value<std::uint32_t>("the magic");
+  const auto version = r.value<std::uint32_t>("the version");
+  GRADCOMM_CHECK(magic == kStateMagic && version == kStateVersion, ErrorCode::kCorruptPayload,
+                 "LgrecoCompressor::load_state: not an L-GreCo state (magic ", magic, ", version ", version, ")");
+  const auto count = r.value<std::uint64_t>("the layer count");
   GRADCOMM_CHECK(count == layers_.size(), ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state on rank ",
                  rank_, ": blob has ", count, " layers, this compressor ", layers_.size());
   std::vector<std::uint32_t> choice(layers_.size());
-  take(choice.data(), choice.size() * sizeof(std::uint32_t), "the plan");
-  std::uint64_t size = 0;
-  take(&size, sizeof size, "the inner state's size");
-  GRADCOMM_CHECK(size == blob.size() - at, ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state: inner state of ",
-                 size, " bytes in the ", blob.size() - at, " bytes left of the blob");
-  const std::span<const std::byte> inner_blob = blob.subspan(at, size);
+  r.bytes(choice.data(), choice.size() * sizeof(std::uint32_t), "the plan");
+  const auto size = r.value<std::uint64_t>("the inner state's size");
+  GRADCOMM_CHECK(size == r.left(), ErrorCode::kCorruptPayload, "LgrecoCompressor::load_state: inner state of ",
+                 size, " bytes in the ", r.left(), " bytes left of the blob");
+  const std::span<const std::byte> inner_blob = r.view(size, "the inner state");
   // Validates the plan first. The inner load then leaves the state as it was if it throws;
   // the plan, already applied, is a setting the caller reloads with a good blob.
   apply_plan(choice);
