@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "gaussian_values.h"
 #include "gradcomm/dgc.h"
 #include "kernels/cpu/dgc_kernels.h"
 #include "kernels/cuda/dgc_kernels.cuh"
@@ -29,13 +30,7 @@ struct DeviceArray {
   ~DeviceArray() { cudaFree(ptr); }
 };
 
-std::vector<float> random_grad(std::size_t n, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> g(n);
-  for (float& x : g) x = dist(gen);
-  return g;
-}
+using testing::gaussian_values;
 
 kernels::cuda::DgcEncodeArgs encode_args(const float* g, float* u, float* v, std::size_t n,
                                          std::size_t k, void* payload) {
@@ -74,7 +69,7 @@ TEST(DgcCuda, ExactMatchesCpuBitwise) {
     CUDA_OK(cudaMemset(v.ptr, 0, n * 4));
     kernels::cuda::DgcWorkspace workspace(n, 100);
     for (int step = 0; step < 4; ++step) {
-      std::vector<float> grad = random_grad(n, 11 + step);
+      std::vector<float> grad = gaussian_values(n, 11 + step);
       if (step == 2) std::fill(grad.begin() + 100, grad.begin() + 3000, 2.5f);  // ties
       std::vector<std::byte> expect(bytes);
       cpu.encode(0, TensorView::of(std::span<float>(grad)),
@@ -111,7 +106,7 @@ TEST(DgcCuda, SampledWithinCountBounds) {
   kernels::cuda::DgcWorkspace workspace(n, 100);
   std::vector<float> cu(n, 0.0f), cv(n, 0.0f);  // the CPU kernels on the same input
   for (int step = 0; step < 5; ++step) {
-    std::vector<float> grad = random_grad(n, 31 + step);
+    std::vector<float> grad = gaussian_values(n, 31 + step);
     kernels::DgcAccumulateArgs args;
     args.momentum = 0.9f;
     kernels::dgc_accumulate(grad.data(), cu.data(), cv.data(), n, args);

@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "gaussian_values.h"
 #include "kernels/cpu/quantize_kernels.h"
 #include "kernels/cuda/quantize_kernels.cuh"
 
@@ -30,13 +31,7 @@ struct DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 };
 
-std::vector<float> random_values(std::size_t n, unsigned seed, float scale) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
-}
+using testing::gaussian_values;
 
 TEST(QuantizeCuda, MatchesCpuBitwise) {
   const std::size_t lengths[] = {0, 1, 13, 512, 1031, 100003};
@@ -50,12 +45,12 @@ TEST(QuantizeCuda, MatchesCpuBitwise) {
           params.bucket = bucket;
           params.stochastic = stochastic;
           params.rng_key = quant::rng_key(9, 2, 5, 100 + bits);
-          std::vector<float> g = random_values(n, 17u * bits + n, 1.5f);
+          std::vector<float> g = gaussian_values(n, 17u * bits + n, 1.5f);
           if (n > 20) {
             g[3] = std::numeric_limits<float>::quiet_NaN();
             g[11] = -std::numeric_limits<float>::infinity();
           }
-          std::vector<float> residual = random_values(n, 31u * bits + n, 0.05f);
+          std::vector<float> residual = gaussian_values(n, 31u * bits + n, 0.05f);
           const std::size_t bytes = quant::payload_bytes(n, bits, bucket);
 
           // CPU reference.
@@ -93,7 +88,7 @@ TEST(QuantizeCuda, MatchesCpuBitwise) {
           // Decode three ranks' payloads (this one and two more) on both sides.
           std::vector<std::uint8_t> all(cpu_payload);
           for (int r = 1; r < 3; ++r) {
-            std::vector<float> other = random_values(n, 1000u * r + bits, 0.7f), none;
+            std::vector<float> other = gaussian_values(n, 1000u * r + bits, 0.7f), none;
             std::vector<std::uint8_t> p(bytes);
             kernels::quantize_error_feedback(other.data(), nullptr, n, params, p.data(), ws.data());
             all.insert(all.end(), p.begin(), p.end());

@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "gaussian_values.h"
 #include "gradcomm/dgc.h"
 #include "kernels/cpu/dgc_kernels.h"
 #include "kernels/cpu/fp16.h"
@@ -20,13 +21,7 @@ namespace {
 
 using gradcomm::testing::reference_topk;
 
-std::vector<float> random_grad(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> g(n);
-  for (float& x : g) x = dist(gen);
-  return g;
-}
+using testing::gaussian_values;
 
 struct Parsed {
   std::uint32_t count = 0;
@@ -221,7 +216,7 @@ TEST(DgcEncode, ExactSelectionMatchesReferenceAndLosesNothing) {
       ASSERT_EQ(k, 41u);
       std::vector<float> u(n, 0.0f), v(n, 0.0f);
       for (int step = 0; step < 5; ++step) {
-        std::vector<float> g = random_grad(n, 100 + step);
+        std::vector<float> g = gaussian_values(n, 100 + step);
         if (step == 2) std::fill(g.begin() + 7, g.begin() + 60, 0.5f);  // ties
         std::vector<float> before_v = v;
         for (std::size_t i = 0; i < n; ++i) {
@@ -271,7 +266,7 @@ TEST(DgcEncode, SampledSelectionKeepsLargestAndBoundsCount) {
   const std::size_t k = r.c.k(0);
   int fused = 0;  // steps whose candidates all came from the fused pass
   for (int step = 0; step < 8; ++step) {
-    std::vector<float> g = random_grad(n, 7 + step);
+    std::vector<float> g = gaussian_values(n, 7 + step);
     std::vector<float> accumulated(r.c.residual(0).begin(), r.c.residual(0).end());
     for (std::size_t i = 0; i < n; ++i) accumulated[i] += g[i];
     r.encode(0, g);
@@ -364,7 +359,7 @@ TEST(DgcDecode, RejectsCorruptPayloadsWithoutWriting) {
   std::vector<LayerSpec> layers = {{"w", n, 2, false}};
   DgcOptions o = no_warmup(0.125);
   Rank a(o, layers, p, 0), b(o, layers, p, 1);
-  std::vector<float> ga = random_grad(n, 1), gb = random_grad(n, 2);
+  std::vector<float> ga = gaussian_values(n, 1), gb = gaussian_values(n, 2);
   gb[10] = 0.0f;
   a.encode(0, ga);
   b.encode(0, gb);
@@ -454,7 +449,7 @@ TEST(DgcState, SaveLoadContinuesBitwise) {
   DgcCompressor a(o);
   a.setup(layers, 1, 0);
   auto step = [&](DgcCompressor& c, int s, std::vector<std::byte>& payload0) {
-    std::vector<float> g0 = random_grad(3000, 50 + s), g1 = random_grad(30, 90 + s);
+    std::vector<float> g0 = gaussian_values(3000, 50 + s), g1 = gaussian_values(30, 90 + s);
     payload0.assign(c.wire(0).bytes(), std::byte{0});
     c.encode(0, TensorView::of(std::span<float>(g0)),
              TensorView(payload0.data(), c.wire(0).count, c.wire(0).dtype));
@@ -499,7 +494,7 @@ TEST(DgcState, SaveLoadContinuesBitwise) {
 
 TEST(DgcKernels, CollectFindsExactlyThoseAtOrAboveThreshold) {
   const std::size_t n = 1237;
-  std::vector<float> v = random_grad(n, 3);
+  std::vector<float> v = gaussian_values(n, 3);
   v[0] = -3.0f;
   v[n - 1] = 3.0f;
   std::vector<std::uint64_t> keys(n);
@@ -516,7 +511,7 @@ TEST(DgcKernels, CollectFindsExactlyThoseAtOrAboveThreshold) {
 
 TEST(DgcKernels, AccumulateSamplesCollectsAndCountsNonFinite) {
   const std::size_t n = 5000;
-  std::vector<float> g = random_grad(n, 4), u(n, 0.5f), v(n, 0.25f);
+  std::vector<float> g = gaussian_values(n, 4), u(n, 0.5f), v(n, 0.25f);
   g[17] = std::numeric_limits<float>::infinity();
   std::vector<std::uint32_t> samples(kernels::dgc_sample_count(n, 13, 100));
   ASSERT_EQ(samples.size(), 50u);

@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "gaussian_values.h"
 #include "gradcomm/lgreco.h"
 #include "kernels/cpu/quantize_kernels.h"
 
@@ -208,13 +209,7 @@ TEST(LgrecoKnapsack, ExclusionsTiesAndErrors) {
   EXPECT_THROW(solver.solve(z, defaults, 0), Error);
 }
 
-std::vector<float> random_vector(std::size_t n, unsigned seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using testing::gaussian_values;
 
 TEST(LgrecoCompressor, RejectsBadOptions) {
   auto refused = [](auto change) {
@@ -258,15 +253,15 @@ TEST(LgrecoCompressor, ProfilesAndChangesSettingsWithoutLosingResidual) {
     c.decode(layer, TensorView(payload.data(), w.count, w.dtype), TensorView::of(std::span<float>(out)));
     return out;
   };
-  const std::vector<float> g0 = random_vector(500, 1, 1.0f);
+  const std::vector<float> g0 = gaussian_values(500, 1, 1.0f);
   run_step(0, 0, g0);
   EXPECT_FALSE(c.table_ready());
   const std::vector<float> kept(c.quantizer()->residual(0).begin(), c.quantizer()->residual(0).end());
-  const std::vector<float> g1 = random_vector(500, 2, 1.0f);
+  const std::vector<float> g1 = gaussian_values(500, 2, 1.0f);
   run_step(1, 0, g1);
-  run_step(1, 1, random_vector(10, 3, 1.0f));
+  run_step(1, 1, gaussian_values(10, 3, 1.0f));
   EXPECT_FALSE(c.table_ready());  // w2 not encoded yet
-  run_step(1, 2, random_vector(300, 4, 1.0f));
+  run_step(1, 2, gaussian_values(300, 4, 1.0f));
   ASSERT_TRUE(c.table_ready());
   // The table for w1 is the quantizer's own error on x = g1 + residual(step 0).
   std::vector<float> x(500);
@@ -293,7 +288,7 @@ TEST(LgrecoCompressor, ProfilesAndChangesSettingsWithoutLosingResidual) {
     c.apply_plan(std::vector<std::uint32_t>{choice, 2, 2});
     EXPECT_EQ(c.quantizer()->layer_bits(0), options.bit_widths[choice]);
     EXPECT_EQ(std::vector<float>(c.quantizer()->residual(0).begin(), c.quantizer()->residual(0).end()), before);
-    const std::vector<float> g = random_vector(500, 10 + choice, 1.0f);
+    const std::vector<float> g = gaussian_values(500, 10 + choice, 1.0f);
     const std::vector<float> sent = run_step(2, 0, g);
     for (std::size_t i = 0; i < 500; ++i) {
       const float in = g[i] + before[i];
@@ -338,7 +333,7 @@ std::vector<double> exact_topk_errors(const std::vector<float>& x) {
 TEST(LgrecoTopkErrors, ExactWhenTheSampleIsTheLayer) {
   std::vector<float> work;
   for (const std::size_t n : {std::size_t{1}, std::size_t{37}, std::size_t{5000}}) {
-    const std::vector<float> x = random_vector(n, static_cast<unsigned>(n), 1.0f);
+    const std::vector<float> x = gaussian_values(n, static_cast<unsigned>(n), 1.0f);
     std::vector<double> errors(kDensities.size());
     lgreco_topk_errors(x, kDensities, 16384, errors, work);
     const std::vector<double> exact = exact_topk_errors(x);
@@ -355,7 +350,7 @@ TEST(LgrecoTopkErrors, SampledEstimateIsAccurate) {
   const std::size_t n = 400000;
   std::vector<float> work;
   for (const bool heavy : {false, true}) {
-    std::vector<float> x = random_vector(n, heavy ? 8u : 9u, 1.0f);
+    std::vector<float> x = gaussian_values(n, heavy ? 8u : 9u, 1.0f);
     if (heavy) {
       for (float& v : x) v = v * v * v;
     }
@@ -394,7 +389,7 @@ void check_dgc_family_profiles_what_dgc_keeps(float clip_norm) {
   for (std::int64_t step = 0; step < 6; ++step) {
     c.set_step(step);
     for (std::size_t l = 0; l < 2; ++l) {
-      std::vector<float> g = random_vector(layers[l].numel, static_cast<unsigned>(10 * step + l), 1.0f);
+      std::vector<float> g = gaussian_values(layers[l].numel, static_cast<unsigned>(10 * step + l), 1.0f);
       const LayerWire w = c.wire(l);
       std::vector<std::uint8_t> payload(w.bytes());
       c.encode(l, TensorView::of(std::span<float>(g)), TensorView(payload.data(), w.count, w.dtype));

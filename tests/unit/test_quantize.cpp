@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "gaussian_values.h"
 #include "gradcomm/quantize.h"
 #include "kernels/cpu/quantize_kernels.h"
 
@@ -17,13 +18,7 @@ namespace {
 
 namespace quant = kernels::quant;
 
-std::vector<float> random_vector(std::size_t n, unsigned seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using testing::gaussian_values;
 
 LayerSpec matrix_layer(std::size_t n, const std::string& name = "w") {
   return LayerSpec{name, n, 2, false};
@@ -129,7 +124,7 @@ TEST(Quantize, NearestRoundTripWithinHalfUnit) {
         QuantizeCompressor c({.bits = bits, .bucket_size = bucket, .error_feedback = false});
         std::vector<LayerSpec> layers = {matrix_layer(n)};
         c.setup(layers, 1, 0);
-        const std::vector<float> x = random_vector(n, static_cast<unsigned>(n * 10 + bits), 3.0f);
+        const std::vector<float> x = gaussian_values(n, static_cast<unsigned>(n * 10 + bits), 3.0f);
         const auto payload = encode_once(c, 0, x);
         ASSERT_EQ(payload.size(), quantize_payload_bytes(n, bits, bucket));
         const std::vector<float> y = decode_one(c, 0, payload, n);
@@ -160,7 +155,7 @@ TEST(Quantize, StochasticRoundingIsUnbiased) {
                           .error_feedback = false, .seed = 7});
     std::vector<LayerSpec> layers = {matrix_layer(n)};
     c.setup(layers, 1, 0);
-    const std::vector<float> x = random_vector(n, 99u + bits);
+    const std::vector<float> x = gaussian_values(n, 99u + bits);
     std::vector<double> mean(n, 0.0);
     std::vector<float> units(quant::num_buckets(n, 64));
     for (int k = 0; k < kDraws; ++k) {
@@ -190,7 +185,7 @@ TEST(Quantize, StochasticIsAPureFunctionOfSeedRankLayerStep) {
   a.setup(layers, 2, 0);
   b.setup(layers, 2, 0);
   other_rank.setup(layers, 2, 1);
-  const std::vector<float> x = random_vector(n, 5);
+  const std::vector<float> x = gaussian_values(n, 5);
   a.set_step(3);
   b.set_step(3);
   other_rank.set_step(3);
@@ -212,7 +207,7 @@ TEST(Quantize, ErrorFeedbackLosesNothing) {
       c.setup(layers, 1, 0);
       for (int step = 0; step < 5; ++step) {
         c.set_step(step);
-        const std::vector<float> g = random_vector(n, 1000u * bits + step);
+        const std::vector<float> g = gaussian_values(n, 1000u * bits + step);
         const std::vector<float> before(c.residual(0).begin(), c.residual(0).end());
         const auto payload = encode_once(c, 0, g);
         const std::vector<float> sent = decode_one(c, 0, payload, n);
@@ -238,7 +233,7 @@ TEST(Quantize, AllRanksDecodeTheSameAverage) {
       const QuantizeOptions options{.bits = 3, .bucket_size = 64, .rounding = Rounding::kStochastic};
       Ranks sim(p, options, layers);
       std::vector<std::vector<float>> grads;
-      for (int r = 0; r < p; ++r) grads.push_back(random_vector(n, 77u + r, 1.0f + r));
+      for (int r = 0; r < p; ++r) grads.push_back(gaussian_values(n, 77u + r, 1.0f + r));
       // What each rank sent, from a single-rank decoder of its own payload.
       std::vector<std::vector<float>> sent;
       for (int r = 0; r < p; ++r) {
@@ -298,7 +293,7 @@ TEST(Quantize, NonFiniteInputsCountAsZero) {
   QuantizeCompressor c({.bits = 4, .bucket_size = 8});
   std::vector<LayerSpec> layers = {matrix_layer(n)};
   c.setup(layers, 1, 0);
-  std::vector<float> g = random_vector(n, 3);
+  std::vector<float> g = gaussian_values(n, 3);
   g[2] = std::nanf("");
   g[13] = -std::numeric_limits<float>::infinity();
   const LayerWire w = c.wire(0);
@@ -344,7 +339,7 @@ TEST(Quantize, CorruptPayloadsAreRefused) {
   const LayerWire w = c.wire(0);
   std::vector<std::uint8_t> good;
   for (int r = 0; r < p; ++r) {
-    const auto one = encode_once(c, 0, random_vector(n, 40u + r));
+    const auto one = encode_once(c, 0, gaussian_values(n, 40u + r));
     good.insert(good.end(), one.begin(), one.end());
   }
   std::vector<float> out(n, 123.0f);
@@ -418,13 +413,13 @@ TEST(Quantize, ChangingBitsKeepsTheResidual) {
   std::vector<LayerSpec> layers = {matrix_layer(n)};
   c.setup(layers, 1, 0);
   EXPECT_EQ(c.max_payload_bytes(0), quantize_payload_bytes(n, 8, 64));
-  encode_once(c, 0, random_vector(n, 1));
+  encode_once(c, 0, gaussian_values(n, 1));
   const std::vector<float> kept(c.residual(0).begin(), c.residual(0).end());
   c.set_layer_bits(0, 6);
   EXPECT_EQ(c.layer_bits(0), 6);
   EXPECT_EQ(std::vector<float>(c.residual(0).begin(), c.residual(0).end()), kept);
   EXPECT_EQ(c.wire(0).count, quantize_payload_bytes(n, 6, 64));
-  const std::vector<float> g = random_vector(n, 2);
+  const std::vector<float> g = gaussian_values(n, 2);
   const auto sent = decode_one(c, 0, encode_once(c, 0, g), n);
   for (std::size_t i = 0; i < n; ++i) {
     const float x = g[i] + kept[i];
@@ -440,13 +435,13 @@ TEST(Quantize, StateRoundTripsAndRejectsBadBlobs) {
   a.setup(layers, 1, 0);
   b.setup(layers, 1, 0);
   a.set_step(9);
-  encode_once(a, 0, random_vector(n, 4));
+  encode_once(a, 0, gaussian_values(n, 4));
   a.set_layer_bits(0, 5);
   const auto blob = a.save_state();
   b.load_state(blob);
   EXPECT_EQ(b.layer_bits(0), 5);
   EXPECT_TRUE(std::equal(a.residual(0).begin(), a.residual(0).end(), b.residual(0).begin()));
-  const std::vector<float> g = random_vector(n, 5);
+  const std::vector<float> g = gaussian_values(n, 5);
   EXPECT_EQ(encode_once(a, 0, g), encode_once(b, 0, g));
   auto truncated = blob;
   truncated.pop_back();
@@ -464,7 +459,7 @@ TEST(Quantize, StateRoundTripsAndRejectsBadBlobs) {
 // the encoder sends; for stochastic rounding its expectation matches the mean over draws.
 TEST(QuantizeKernels, SquaredErrorMatchesTheEncoder) {
   const std::size_t n = 1031, bucket = 128;
-  const std::vector<float> x = random_vector(n, 21, 2.0f);
+  const std::vector<float> x = gaussian_values(n, 21, 2.0f);
   std::vector<float> mins(quant::num_buckets(n, bucket)), maxs(mins.size());
   kernels::bucket_min_max(x.data(), n, bucket, mins.data(), maxs.data());
   for (int bits = 1; bits <= 8; ++bits) {
@@ -513,8 +508,8 @@ TEST(QuantizeKernels, Avx2AndBaselineAgreeBitwise) {
         params.bucket = 64;
         params.stochastic = stochastic;
         params.rng_key = quant::rng_key(3, 1, 2, bits);
-        const std::vector<float> g = random_vector(n, 500u + bits, 2.0f);
-        std::vector<float> r1 = random_vector(n, 600u + bits, 0.1f), r2 = r1;
+        const std::vector<float> g = gaussian_values(n, 500u + bits, 2.0f);
+        std::vector<float> r1 = gaussian_values(n, 600u + bits, 0.1f), r2 = r1;
         const std::size_t bytes = quant::payload_bytes(n, bits, 64);
         std::vector<std::uint8_t> p1(bytes), p2(bytes);
         std::vector<float> ws(2 * 64);
