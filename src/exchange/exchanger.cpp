@@ -80,11 +80,12 @@ struct Exchanger::Impl {
   Arena send, recv, scratch;
   StepStats stats;
 
-  // Where an allreduce group's sum lands: in place, or, when this rank's payloads must
-  // outlive the step (kSkipStep), in the recv arena.
-  std::byte* sum_of(const Group& g, bool out_of_place) {
-    return out_of_place ? recv.at(g.recv_offset) : send.at(g.send_offset);
-  }
+  // Under kSkipStep a skipped step gives every payload back to its compressor
+  // (on_step_skipped), so allreduce groups are summed out of place into the recv arena and
+  // this rank's payloads survive the sum. Set once, from the options.
+  bool sum_out_of_place = false;
+  // Where an allreduce group's sum lands.
+  std::byte* sum_of(const Group& g) { return sum_out_of_place ? recv.at(g.recv_offset) : send.at(g.send_offset); }
 };
 
 Exchanger::Exchanger(Communicator& comm, std::unique_ptr<Compressor> compressor,
@@ -116,6 +117,7 @@ Exchanger::Exchanger(Communicator& comm, std::unique_ptr<Compressor> compressor,
   s.outs.resize(n);
   s.local_nonfinite.resize(n);
   s.submitted.resize(n);
+  s.sum_out_of_place = options_.nonfinite == NonFinitePolicy::kSkipStep;
   s.groups.reserve(n);
   // Workspace from the compressor's bounds, so the steady state never allocates.
   std::size_t send_bound = 64, scratch_bound = 0;
@@ -194,9 +196,7 @@ void Exchanger::begin_step() {
       g.header_bytes = g.block_bytes;  // the status elements sit right after the payloads
       const std::size_t total = g.block_bytes + align_up(4 * (g.last - g.first));
       send_offset += total;
-      // A skipped step gives every payload back to its compressor (on_step_skipped), so
-      // under kSkipStep the sum goes out of place and this rank's payloads survive it.
-      if (options_.nonfinite == NonFinitePolicy::kSkipStep) recv_offset += total;
+      if (s.sum_out_of_place) recv_offset += total;
     }
   }
   s.send.reserve(send_offset);
@@ -253,7 +253,7 @@ void Exchanger::submit(std::size_t layer, TensorView grad, TensorView out) {
       }
       const std::size_t count = ready.header_bytes / esize + (ready.last - ready.first);
       TensorView send(block, count, ready.dtype);
-      TensorView sum(s.sum_of(ready, options_.nonfinite == NonFinitePolicy::kSkipStep), count, ready.dtype);
+      TensorView sum(s.sum_of(ready), count, ready.dtype);
       ready.work = comm_.allreduce(send, sum, ReduceOp::kSum);
     } else {
       auto* header = reinterpret_cast<std::uint32_t*>(block);
@@ -289,7 +289,7 @@ const StepStats& Exchanger::finish_step() {
     g.work->wait();
     g.work.reset();
     if (g.collective == Collective::kAllreduce) {
-      std::byte* block = s.sum_of(g, options_.nonfinite == NonFinitePolicy::kSkipStep);
+      std::byte* block = s.sum_of(g);
       const std::size_t esize = dtype_size(g.dtype);
       for (std::size_t pos = g.first; pos < g.last; ++pos) {
         const std::byte* status = block + g.header_bytes + (pos - g.first) * esize;
