@@ -55,6 +55,18 @@ std::uint32_t load_u32(const std::byte* p) {
   return x;
 }
 
+// Value j of a sparse payload's value array (fp16 or fp32 on the wire).
+float load_value(const std::byte* values, std::size_t j, bool half) {
+  if (half) {
+    std::uint16_t h;
+    std::memcpy(&h, values + sizeof h * j, sizeof h);
+    return kernels::half_to_float(h);
+  }
+  float x;
+  std::memcpy(&x, values + sizeof x * j, sizeof x);
+  return x;
+}
+
 // Checkpoint blob: a fixed magic, then little fixed-size fields, then the arrays.
 constexpr char kMagic[8] = {'g', 'c', 'D', 'G', 'C', 's', 't', '1'};
 
@@ -420,7 +432,6 @@ void DgcCompressor::on_step_skipped(std::size_t layer, TensorView own_payload) {
   Layer& l = layers_[layer];
   const Layer::Taken taken = l.taken;
   l.taken = Layer::Taken::kNothing;  // a second call must not add the values twice
-  const bool f16_values = options_.value_dtype == DType::kFloat16;
   if (taken == Layer::Taken::kAllOfV) {
     GRADCOMM_CHECK(own_payload.numel() == l.numel && own_payload.dtype() == options_.dense_dtype,
                    ErrorCode::kInvalidArgument, "DgcCompressor::on_step_skipped rank ", rank_, " layer ",
@@ -436,33 +447,23 @@ void DgcCompressor::on_step_skipped(std::size_t layer, TensorView own_payload) {
     return;
   }
   if (taken != Layer::Taken::kSelected) return;
-  const auto* base = static_cast<const std::byte*>(own_payload.data());
-  std::uint32_t count = 0;
-  GRADCOMM_CHECK(own_payload.nbytes() >= kHeaderBytes, ErrorCode::kInvalidArgument,
-                 "DgcCompressor::on_step_skipped rank ", rank_, " layer ", layer, ": payload ",
-                 own_payload.describe(), " has no header");
-  std::memcpy(&count, base, sizeof count);
-  const std::size_t kk = (own_payload.nbytes() - kHeaderBytes) / (4 + dtype_size(options_.value_dtype));
-  GRADCOMM_CHECK(count <= kk, ErrorCode::kInvalidArgument, "DgcCompressor::on_step_skipped rank ", rank_,
-                 " layer ", layer, ": count ", count, " over the payload's room for ", kk);
-  // The layout is this step's: k slots of indices, then k values.
+  // The layout is this step's: a count, k slots of indices, then k values.
   const std::size_t slots = k_for(l, density_of(l));
+  const auto* base = static_cast<const std::byte*>(own_payload.data());
+  GRADCOMM_CHECK(own_payload.nbytes() == sparse_payload_bytes(slots), ErrorCode::kInvalidArgument,
+                 "DgcCompressor::on_step_skipped rank ", rank_, " layer ", layer, ": payload ",
+                 own_payload.describe(), " is not this step's (", slots, " slots)");
+  const std::uint32_t count = load_u32(base);
+  GRADCOMM_CHECK(count <= slots, ErrorCode::kInvalidArgument, "DgcCompressor::on_step_skipped rank ", rank_,
+                 " layer ", layer, ": count ", count, " over ", slots, " slots");
   const std::byte* idx = base + kHeaderBytes;
   const std::byte* val = idx + 4 * slots;
+  const bool half = options_.value_dtype == DType::kFloat16;
   for (std::size_t j = 0; j < count; ++j) {
-    std::uint32_t i = 0;
-    std::memcpy(&i, idx + 4 * j, 4);
+    const std::uint32_t i = load_u32(idx + 4 * j);
     GRADCOMM_CHECK(i < l.numel, ErrorCode::kInvalidArgument, "DgcCompressor::on_step_skipped rank ", rank_,
                    " layer ", layer, ": index ", i, " of ", l.numel);
-    float value = 0;
-    if (f16_values) {
-      std::uint16_t h = 0;
-      std::memcpy(&h, val + 2 * j, 2);
-      value = kernels::half_to_float(h);
-    } else {
-      std::memcpy(&value, val + 4 * j, 4);
-    }
-    l.v[i] += value;
+    l.v[i] += load_value(val, j, half);
   }
 }
 
@@ -498,7 +499,6 @@ void DgcCompressor::decode_sparse(std::size_t index, const Layer& l, TensorView 
                  " bytes (k=", kk, " slots per rank)");
   const auto* all = static_cast<const std::byte*>(received.data());
   const bool half = options_.value_dtype == DType::kFloat16;
-  const std::size_t vsize = dtype_size(options_.value_dtype);
   // Validate every rank's block before the first write, so a bad payload leaves `out`
   // untouched and never writes out of bounds.
   for (std::size_t r = 0; r < p; ++r) {
@@ -530,17 +530,7 @@ void DgcCompressor::decode_sparse(std::size_t index, const Layer& l, TensorView 
     const std::uint32_t count = load_u32(b);
     const std::byte* idx = b + kHeaderBytes;
     const std::byte* val = idx + 4 * kk;
-    for (std::size_t j = 0; j < count; ++j) {
-      float x;
-      if (half) {
-        std::uint16_t h;
-        std::memcpy(&h, val + vsize * j, sizeof h);
-        x = kernels::half_to_float(h);
-      } else {
-        std::memcpy(&x, val + vsize * j, sizeof x);
-      }
-      out[load_u32(idx + 4 * j)] += x * inv;
-    }
+    for (std::size_t j = 0; j < count; ++j) out[load_u32(idx + 4 * j)] += load_value(val, j, half) * inv;
   }
 }
 
