@@ -142,6 +142,8 @@ class DgcCompressor final : public Compressor {
 
   // The layer, after checking the index and that `tensor` has its size.
   Layer& checked_layer(const char* call, std::size_t layer, TensorView tensor, const char* role);
+  // The warm-up density of this epoch, or `after_warmup` once warm-up is over.
+  double scheduled_density(double after_warmup) const;
   double density_of(const Layer& layer) const;
   std::size_t k_for(const Layer& layer, double density) const;
   bool sparse_for(const Layer& layer, std::size_t k) const;

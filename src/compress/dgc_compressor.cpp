@@ -150,16 +150,14 @@ std::string DgcCompressor::settings_fingerprint() const {
   return s.str();
 }
 
-double DgcCompressor::density() const {
+double DgcCompressor::scheduled_density(double after_warmup) const {
   const auto& w = options_.warmup_densities;
-  return static_cast<std::size_t>(epoch_) < w.size() ? w[static_cast<std::size_t>(epoch_)]
-                                                     : options_.density;
+  return static_cast<std::size_t>(epoch_) < w.size() ? w[static_cast<std::size_t>(epoch_)] : after_warmup;
 }
 
-double DgcCompressor::density_of(const Layer& layer) const {
-  const auto& w = options_.warmup_densities;
-  return static_cast<std::size_t>(epoch_) < w.size() ? w[static_cast<std::size_t>(epoch_)] : layer.target;
-}
+double DgcCompressor::density() const { return scheduled_density(options_.density); }
+
+double DgcCompressor::density_of(const Layer& layer) const { return scheduled_density(layer.target); }
 
 double DgcCompressor::layer_density(std::size_t layer) const { return density_of(layers_.at(layer)); }
 
