@@ -14,13 +14,10 @@
 #include "gradcomm/onebit.h"
 #include "gradcomm/quantize.h"
 #include "gradcomm/tensor.h"
+#include "gradcomm/version.h"
 #if defined(GRADCOMM_HAVE_MPI)
 #include "gradcomm/mpi_communicator.h"
 #endif
 #if defined(GRADCOMM_HAVE_NCCL)
 #include "gradcomm/nccl_communicator.h"
 #endif
-
-namespace gradcomm {
-const char* version() noexcept;  // "0.1.0"
-}  // namespace gradcomm

@@ -1,10 +1,6 @@
 #include "gradcomm/error.h"
 
-#include "gradcomm/gradcomm.h"
-
 namespace gradcomm {
-
-const char* version() noexcept { return "0.1.0"; }
 
 const char* error_code_name(ErrorCode code) noexcept {
   switch (code) {
