@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "kernels/cpu/fp16.h"
+#include "core/float16.h"
 
 namespace gradcomm::kernels {
 

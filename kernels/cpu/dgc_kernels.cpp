@@ -5,7 +5,7 @@
 #include <cstring>
 #include <functional>
 
-#include "kernels/cpu/fp16.h"
+#include "core/float16.h"
 
 namespace gradcomm::kernels {
 

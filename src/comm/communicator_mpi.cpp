@@ -1,5 +1,4 @@
 #include <algorithm>
-#include <bit>
 #include <chrono>
 #include <climits>
 #include <cstring>
@@ -7,8 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "core/float16.h"
 #include "gradcomm/mpi_communicator.h"
-#include "kernels/cpu/fp16.h"
 
 namespace gradcomm {
 namespace {
@@ -66,15 +65,6 @@ int checked_count(std::size_t count, const char* what, int rank) {
   return static_cast<int>(count);
 }
 
-// bfloat16 is the top half of a float32; round to nearest even.
-inline float bf16_to_float(std::uint16_t v) { return std::bit_cast<float>(std::uint32_t{v} << 16); }
-inline std::uint16_t float_to_bf16(float f) {
-  std::uint32_t bits = std::bit_cast<std::uint32_t>(f);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<std::uint16_t>(bits >> 16);
-}
-
 template <float (*ToFloat)(std::uint16_t), std::uint16_t (*FromFloat)(float), typename Combine>
 void reduce_16bit(void* in, void* inout, int* len, Combine combine) {
   auto* a = static_cast<const std::uint16_t*>(in);
@@ -83,25 +73,25 @@ void reduce_16bit(void* in, void* inout, int* len, Combine combine) {
 }
 
 void half_sum(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<kernels::half_to_float, kernels::float_to_half>(in, inout, len, std::plus<float>());
+  reduce_16bit<half_to_float, float_to_half>(in, inout, len, std::plus<float>());
 }
 void half_max(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<kernels::half_to_float, kernels::float_to_half>(
+  reduce_16bit<half_to_float, float_to_half>(
       in, inout, len, [](float x, float y) { return std::max(x, y); });
 }
 void half_min(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<kernels::half_to_float, kernels::float_to_half>(
+  reduce_16bit<half_to_float, float_to_half>(
       in, inout, len, [](float x, float y) { return std::min(x, y); });
 }
 void bfloat_sum(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<bf16_to_float, float_to_bf16>(in, inout, len, std::plus<float>());
+  reduce_16bit<bfloat16_to_float, float_to_bfloat16>(in, inout, len, std::plus<float>());
 }
 void bfloat_max(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<bf16_to_float, float_to_bf16>(in, inout, len,
+  reduce_16bit<bfloat16_to_float, float_to_bfloat16>(in, inout, len,
                                              [](float x, float y) { return std::max(x, y); });
 }
 void bfloat_min(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<bf16_to_float, float_to_bf16>(in, inout, len,
+  reduce_16bit<bfloat16_to_float, float_to_bfloat16>(in, inout, len,
                                              [](float x, float y) { return std::min(x, y); });
 }
 

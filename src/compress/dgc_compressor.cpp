@@ -4,11 +4,11 @@
 #include <cstring>
 #include <sstream>
 
+#include "core/float16.h"
 #include "core/state_blob.h"
 #include "gradcomm/dgc.h"
 #include "kernels/cpu/dense_kernels.h"
 #include "kernels/cpu/dgc_kernels.h"
-#include "kernels/cpu/fp16.h"
 
 namespace gradcomm {
 
@@ -60,7 +60,7 @@ float load_value(const std::byte* values, std::size_t j, bool half) {
   if (half) {
     std::uint16_t h;
     std::memcpy(&h, values + sizeof h * j, sizeof h);
-    return kernels::half_to_float(h);
+    return half_to_float(h);
   }
   float x;
   std::memcpy(&x, values + sizeof x * j, sizeof x);
@@ -436,7 +436,7 @@ void DgcCompressor::on_step_skipped(std::size_t layer, TensorView own_payload) {
                    layer, ": payload ", own_payload.describe(), " is not the flush of ", l.numel, " elements");
     if (options_.dense_dtype == DType::kFloat16) {
       const auto* sent = static_cast<const std::uint16_t*>(own_payload.data());
-      for (std::size_t i = 0; i < l.numel; ++i) l.v[i] += kernels::half_to_float(sent[i]);
+      for (std::size_t i = 0; i < l.numel; ++i) l.v[i] += half_to_float(sent[i]);
     } else {
       const auto* sent = static_cast<const float*>(own_payload.data());
       for (std::size_t i = 0; i < l.numel; ++i) l.v[i] += sent[i];

@@ -4,8 +4,8 @@
 #include <cstring>
 #include <string>
 
+#include "core/float16.h"
 #include "gradcomm/agreement.h"
-#include "kernels/cpu/fp16.h"
 
 namespace gradcomm {
 
@@ -245,7 +245,7 @@ void Exchanger::submit(std::size_t layer, TensorView grad, TensorView out) {
         const float flag = s.local_nonfinite[s.order[pos]] ? 1.0f : 0.0f;
         std::byte* status = block + ready.header_bytes + (pos - ready.first) * esize;
         if (ready.dtype == DType::kFloat16) {
-          const std::uint16_t h = kernels::float_to_half(flag);
+          const std::uint16_t h = float_to_half(flag);
           std::memcpy(status, &h, sizeof h);
         } else {
           std::memcpy(status, &flag, sizeof flag);
@@ -297,7 +297,7 @@ const StepStats& Exchanger::finish_step() {
         if (g.dtype == DType::kFloat16) {
           std::uint16_t h;
           std::memcpy(&h, status, sizeof h);
-          ranks_bad = kernels::half_to_float(h);
+          ranks_bad = half_to_float(h);
         } else {
           std::memcpy(&ranks_bad, status, sizeof ranks_bad);
         }

@@ -8,8 +8,8 @@
 #include <numeric>
 #include <vector>
 
+#include "core/float16.h"
 #include "gradcomm/mpi_communicator.h"
-#include "kernels/cpu/fp16.h"
 #include "mpi/mpi_test_util.h"
 
 namespace gradcomm {
@@ -94,7 +94,7 @@ TEST(MpiCommunicator, AllreduceHalfAndBfloat) {
   for (std::size_t n : kSizes) {
     std::vector<std::uint16_t> half(n), bf(n), half_max(n);
     for (std::size_t i = 0; i < n; ++i) {
-      half[i] = kernels::float_to_half(value_of(comm.rank(), i));
+      half[i] = float_to_half(value_of(comm.rank(), i));
       bf[i] = static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(value_of(comm.rank(), i)) >> 16);
     }
     comm.allreduce(view(half, DType::kFloat16), view(half_max, DType::kFloat16), ReduceOp::kMax)->wait();
@@ -106,8 +106,8 @@ TEST(MpiCommunicator, AllreduceHalfAndBfloat) {
         expected += value_of(r, i);
         largest = std::max(largest, value_of(r, i));
       }
-      ASSERT_EQ(kernels::half_to_float(half[i]), expected) << i;
-      ASSERT_EQ(kernels::half_to_float(half_max[i]), largest) << i;
+      ASSERT_EQ(half_to_float(half[i]), expected) << i;
+      ASSERT_EQ(half_to_float(half_max[i]), largest) << i;
       ASSERT_EQ(std::bit_cast<float>(std::uint32_t{bf[i]} << 16), expected) << i;
     }
     EXPECT_TRUE(same_on_all_ranks(half));

@@ -1,12 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "core/float16.h"
 #include "gradcomm/gradcomm.h"
 #include "kernels/cpu/dense_kernels.h"
-#include "kernels/cpu/fp16.h"
 
 namespace gradcomm {
 namespace {
@@ -45,8 +46,6 @@ TEST(TensorView, SizesAndDescribe) {
 }
 
 TEST(Half, RoundTripsAndRounds) {
-  using kernels::float_to_half;
-  using kernels::half_to_float;
   for (float x : {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 6.103515625e-05f, 5.9604644775390625e-08f}) {
     EXPECT_EQ(half_to_float(float_to_half(x)), x) << x;
   }
@@ -61,6 +60,24 @@ TEST(Half, RoundTripsAndRounds) {
     const float f = half_to_float(static_cast<std::uint16_t>(h));
     if (std::isnan(f)) continue;
     ASSERT_EQ(float_to_half(f), h) << h;
+  }
+}
+
+TEST(BFloat16, RoundTripsAndRounds) {
+  for (float x : {0.0f, -0.0f, 1.0f, -2.5f, 0x1p-133f, 3.3895313892515355e38f}) {
+    EXPECT_EQ(bfloat16_to_float(float_to_bfloat16(x)), x) << x;
+  }
+  EXPECT_EQ(float_to_bfloat16(1.0f), 0x3f80);
+  // 1 + 2^-8 is halfway between 1 and the next bfloat16: ties to even (1.0); above it rounds up.
+  EXPECT_EQ(bfloat16_to_float(float_to_bfloat16(1.0f + 0x1p-8f)), 1.0f);
+  EXPECT_EQ(bfloat16_to_float(float_to_bfloat16(1.0f + 0x1p-8f + 0x1p-20f)), 1.0f + 0x1p-7f);
+  EXPECT_TRUE(std::isinf(bfloat16_to_float(float_to_bfloat16(std::numeric_limits<float>::max()))));
+  // A NaN whose payload sits in the dropped bits stays NaN instead of becoming Inf.
+  EXPECT_TRUE(std::isnan(bfloat16_to_float(float_to_bfloat16(std::bit_cast<float>(0x7f800001u)))));
+  for (std::uint32_t b = 0; b < 0x10000; ++b) {
+    const float f = bfloat16_to_float(static_cast<std::uint16_t>(b));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(float_to_bfloat16(f), b) << b;
   }
 }
 

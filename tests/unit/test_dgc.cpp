@@ -10,10 +10,10 @@
 #include <random>
 #include <vector>
 
+#include "core/float16.h"
 #include "gaussian_values.h"
 #include "gradcomm/dgc.h"
 #include "kernels/cpu/dgc_kernels.h"
-#include "kernels/cpu/fp16.h"
 #include "unit/dgc_reference.h"
 
 namespace gradcomm {
@@ -40,7 +40,7 @@ Parsed parse(const std::vector<std::byte>& payload, std::size_t k, bool half) {
     if (half) {
       std::uint16_t h;
       std::memcpy(&h, vals + 2 * j, 2);
-      p.values[j] = kernels::half_to_float(h);
+      p.values[j] = half_to_float(h);
     } else {
       std::memcpy(&p.values[j], vals + 4 * j, 4);
     }
@@ -555,8 +555,8 @@ TEST(DgcKernels, Fp16PackKeepsRoundingInResidual) {
   std::vector<std::uint32_t> idx = {0, 1};
   std::vector<std::uint16_t> vals(2);
   kernels::dgc_pack_f16(idx.data(), 2, v.data(), u.data(), true, vals.data());
-  EXPECT_EQ(kernels::half_to_float(vals[0]) + v[0], 1.0001f);
-  EXPECT_EQ(kernels::half_to_float(vals[1]), -65504.0f);
+  EXPECT_EQ(half_to_float(vals[0]) + v[0], 1.0001f);
+  EXPECT_EQ(half_to_float(vals[1]), -65504.0f);
   EXPECT_EQ(v[1], -70000.0f + 65504.0f);
   EXPECT_EQ(v[2], 3.0f);
   EXPECT_EQ(u[0], 0.0f);

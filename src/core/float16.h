@@ -1,14 +1,19 @@
-// IEEE binary16 <-> binary32 conversion on the CPU, without relying on compiler
-// extensions (_Float16 support differs between GCC and clang versions).
-// Round to nearest even, overflow to Inf, NaN stays NaN: the same as CUDA's __float2half.
+// The 16-bit float formats gradcomm sends and reduces, converted to and from float32 in
+// one place for the CPU kernels, the compressors, the communicators and (through
+// GRADCOMM_HOST_DEVICE) CUDA kernels. Plain integer arithmetic, without compiler
+// extensions (_Float16 and __bf16 support differs between GCC and clang versions).
 #pragma once
 
 #include <bit>
 #include <cstdint>
 
-namespace gradcomm::kernels {
+#include "core/host_device.h"
 
-inline std::uint16_t float_to_half(float value) {
+namespace gradcomm {
+
+// IEEE binary16. Round to nearest even, overflow to Inf, NaN stays NaN: the same as
+// CUDA's __float2half.
+GRADCOMM_HOST_DEVICE inline std::uint16_t float_to_half(float value) {
   const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
   const std::uint32_t sign = (bits >> 16) & 0x8000u;
   std::uint32_t magnitude = bits & 0x7fffffffu;
@@ -26,7 +31,7 @@ inline std::uint16_t float_to_half(float value) {
   return static_cast<std::uint16_t>(sign | (magnitude >> 13));
 }
 
-inline float half_to_float(std::uint16_t half) {
+GRADCOMM_HOST_DEVICE inline float half_to_float(std::uint16_t half) {
   const std::uint32_t sign = static_cast<std::uint32_t>(half & 0x8000u) << 16;
   const std::uint32_t exponent = (half >> 10) & 0x1fu;
   const std::uint32_t mantissa = half & 0x3ffu;
@@ -39,4 +44,17 @@ inline float half_to_float(std::uint16_t half) {
   return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
 
-}  // namespace gradcomm::kernels
+// bfloat16 is the top half of a float32. Round to nearest even; NaN stays a (quiet) NaN
+// instead of rounding into Inf.
+GRADCOMM_HOST_DEVICE inline float bfloat16_to_float(std::uint16_t value) {
+  return std::bit_cast<float>(std::uint32_t{value} << 16);
+}
+
+GRADCOMM_HOST_DEVICE inline std::uint16_t float_to_bfloat16(float value) {
+  std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+
+}  // namespace gradcomm
