@@ -26,7 +26,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr std::uint32_t kSentinel = 0xffffffffu;
-// The same constants as the CPU path (src/compress/dgc_compressor.cpp).
+// The same constants as the CPU path (src/compress/dgc/dgc_encode.cpp).
 constexpr double kOversample = 1.3;
 constexpr double kLowFraction = 0.8;
 constexpr float kLowerFactor = 0.8f;

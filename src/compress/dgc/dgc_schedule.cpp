@@ -1,0 +1,109 @@
+// DgcCompressor: the warm-up density schedule, per-layer densities, k, and the wire each
+// layer uses at a density (sparse allgather or dense allreduce) with its payload size.
+
+#include <algorithm>
+#include <cmath>
+
+#include "compress/dgc/dgc_payload.h"
+#include "gradcomm/dgc.h"
+
+namespace gradcomm {
+
+using detail::kHeaderBytes;
+
+namespace {
+
+constexpr std::size_t align8(std::size_t n) { return (n + 7) / 8 * 8; }
+
+}  // namespace
+
+double DgcCompressor::scheduled_density(double after_warmup) const {
+  const auto& w = options_.warmup_densities;
+  return static_cast<std::size_t>(epoch_) < w.size() ? w[static_cast<std::size_t>(epoch_)] : after_warmup;
+}
+
+double DgcCompressor::density() const { return scheduled_density(options_.density); }
+
+double DgcCompressor::density_of(const Layer& layer) const { return scheduled_density(layer.target); }
+
+double DgcCompressor::layer_density(std::size_t layer) const { return density_of(layers_.at(layer)); }
+
+void DgcCompressor::set_layer_density(std::size_t layer, double density) {
+  GRADCOMM_CHECK_ARG(layer < layers_.size(), "DgcCompressor::set_layer_density: layer ", layer,
+                     " out of range (", layers_.size(), " layers)");
+  const double most = options_.max_layer_density > 0.0 ? options_.max_layer_density : options_.density;
+  GRADCOMM_CHECK_ARG(density > 0.0 && density <= most, "DgcCompressor::set_layer_density: layer ", layer,
+                     " density ", density, " outside (0, ", most, "] (raise max_layer_density)");
+  layers_[layer].target = density;
+}
+
+std::size_t DgcCompressor::payload_bytes_at(std::size_t layer, double density) const {
+  const Layer& l = layers_.at(layer);
+  const std::size_t kk = k_for(l, density);
+  return sparse_for(l, kk) ? sparse_payload_bytes(kk) : l.numel * dtype_size(options_.dense_dtype);
+}
+
+std::size_t DgcCompressor::k_for(const Layer& layer, double d) const {
+  if (layer.numel == 0) return 0;
+  const auto k = static_cast<std::size_t>(std::ceil(d * static_cast<double>(layer.numel)));
+  return std::clamp<std::size_t>(k, 1, layer.numel);
+}
+
+bool DgcCompressor::sparse_for(const Layer& layer, std::size_t k) const {
+  if (layer.dense_always) return false;
+  if (!options_.dense_fallback) return true;
+  // Bytes each rank receives: an allgather of k (index, value) slots from p ranks, against
+  // a ring allreduce's 2n elements. With fp32 on both sides this is k/n <= 1/p.
+  const std::size_t slot = 4 + dtype_size(options_.value_dtype);
+  return slot * k * static_cast<std::size_t>(world_size_) <=
+         2 * dtype_size(options_.dense_dtype) * layer.numel;
+}
+
+std::size_t DgcCompressor::sparse_payload_bytes(std::size_t k) const {
+  return align8(kHeaderBytes + k * (4 + dtype_size(options_.value_dtype)));
+}
+
+std::size_t DgcCompressor::k(std::size_t layer) const {
+  const Layer& l = layers_.at(layer);
+  return k_for(l, density_of(l));
+}
+
+bool DgcCompressor::is_sparse(std::size_t layer) const {
+  const Layer& l = layers_.at(layer);
+  return sparse_for(l, k_for(l, density_of(l)));
+}
+
+LayerWire DgcCompressor::wire(std::size_t layer) const {
+  const Layer& l = layers_.at(layer);
+  const std::size_t kk = k_for(l, density_of(l));
+  if (sparse_for(l, kk)) return {Collective::kAllgather, DType::kUInt8, sparse_payload_bytes(kk)};
+  return {Collective::kAllreduce, options_.dense_dtype, l.numel};
+}
+
+std::size_t DgcCompressor::max_payload_bytes(std::size_t layer) const {
+  const Layer& l = layers_.at(layer);
+  std::size_t most = l.numel * dtype_size(options_.dense_dtype);
+  auto consider = [&](double d) {
+    const std::size_t kk = k_for(l, d);
+    if (sparse_for(l, kk)) most = std::max(most, sparse_payload_bytes(kk));
+  };
+  consider(options_.density);
+  consider(options_.max_layer_density > 0.0 ? options_.max_layer_density : options_.density);
+  for (double d : options_.warmup_densities) consider(d);
+  return most;
+}
+
+void DgcCompressor::set_step(std::int64_t step) {
+  step_ = step;
+  if (options_.steps_per_epoch > 0) epoch_ = step / options_.steps_per_epoch;
+}
+
+void DgcCompressor::set_epoch(std::int64_t epoch) {
+  GRADCOMM_CHECK_ARG(options_.steps_per_epoch == 0, "DgcCompressor::set_epoch(", epoch,
+                     "): the warm-up follows the step (steps_per_epoch=", options_.steps_per_epoch,
+                     "); set steps_per_epoch=0 to drive it by epoch");
+  GRADCOMM_CHECK_ARG(epoch >= 0, "DgcCompressor::set_epoch: epoch ", epoch, " < 0");
+  epoch_ = epoch;
+}
+
+}  // namespace gradcomm

@@ -1,0 +1,88 @@
+// DgcCompressor: the momentum and residual it exposes, and its checkpoint blob.
+
+#include <cstring>
+
+#include "core/state_blob.h"
+#include "gradcomm/dgc.h"
+
+namespace gradcomm {
+
+namespace {
+
+// Checkpoint blob: a fixed magic, then little fixed-size fields, then the arrays.
+constexpr char kMagic[8] = {'g', 'c', 'D', 'G', 'C', 's', 't', '1'};
+
+}  // namespace
+
+std::span<const float> DgcCompressor::momentum(std::size_t layer) const {
+  return layers_.at(layer).u;
+}
+std::span<const float> DgcCompressor::residual(std::size_t layer) const {
+  return layers_.at(layer).v;
+}
+const DgcLayerStats& DgcCompressor::last_stats(std::size_t layer) const {
+  return layers_.at(layer).stats;
+}
+
+std::vector<std::byte> DgcCompressor::save_state() const {
+  std::vector<std::byte> blob;
+  detail::StateBlobWriter w(blob);
+  w.bytes(kMagic, sizeof kMagic);
+  w.value<std::uint64_t>(static_cast<std::uint64_t>(epoch_));
+  w.value<std::uint64_t>(static_cast<std::uint64_t>(step_));
+  w.value<std::uint64_t>(layers_.size());
+  for (const Layer& l : layers_) {
+    w.value<std::uint64_t>(l.numel);
+    w.value<std::uint64_t>(l.v.size());
+    w.value<std::uint64_t>(l.rng_counter);
+    w.value<std::uint64_t>(l.threshold_cache);
+    w.value<std::uint64_t>(l.threshold_before);
+    w.value<std::uint64_t>(l.sparse_momentum ? 1 : 0);
+    w.bytes(l.u.data(), l.u.size() * sizeof(float));
+    w.bytes(l.v.data(), l.v.size() * sizeof(float));
+  }
+  return blob;
+}
+
+void DgcCompressor::load_state(std::span<const std::byte> blob) {
+  detail::StateBlobReader r(blob, detail::concat("DgcCompressor::load_state on rank ", rank_));
+  char magic[sizeof kMagic];
+  r.bytes(magic, sizeof magic, "the magic");
+  GRADCOMM_CHECK(std::memcmp(magic, kMagic, sizeof kMagic) == 0, ErrorCode::kCorruptPayload,
+                 "DgcCompressor::load_state on rank ", rank_, ": not a DGC state blob");
+  const auto epoch = static_cast<std::int64_t>(r.value<std::uint64_t>("the epoch"));
+  const auto step = static_cast<std::int64_t>(r.value<std::uint64_t>("the step"));
+  const std::uint64_t nlayers = r.value<std::uint64_t>("the layer count");
+  GRADCOMM_CHECK(nlayers == layers_.size() && epoch >= 0 && step >= 0, ErrorCode::kCorruptPayload,
+                 "DgcCompressor::load_state on rank ", rank_, ": blob has ", nlayers,
+                 " layers (epoch ", epoch, ", step ", step, "), this compressor has ",
+                 layers_.size());
+  // Read into copies first so a truncated blob leaves the current state intact.
+  std::vector<Layer> loaded = layers_;
+  for (std::size_t i = 0; i < loaded.size(); ++i) {
+    Layer& l = loaded[i];
+    const std::uint64_t numel = r.value<std::uint64_t>("a layer size");
+    const std::uint64_t vsize = r.value<std::uint64_t>("a residual size");
+    GRADCOMM_CHECK(numel == l.numel && vsize == l.v.size(), ErrorCode::kCorruptPayload,
+                   "DgcCompressor::load_state on rank ", rank_, ": layer ", i, " has ", numel,
+                   " elements and a residual of ", vsize, " in the blob, ", l.numel, " and ",
+                   l.v.size(), " here");
+    l.rng_counter = r.value<std::uint64_t>("an RNG counter");
+    l.stats = {};
+    l.threshold_cache = static_cast<std::uint32_t>(r.value<std::uint64_t>("a threshold"));
+    l.threshold_before = static_cast<std::uint32_t>(r.value<std::uint64_t>("a threshold"));
+    const std::uint64_t mode = r.value<std::uint64_t>("a layer mode");
+    GRADCOMM_CHECK(mode <= 1 && (mode == 0 || !l.dense_always), ErrorCode::kCorruptPayload,
+                   "DgcCompressor::load_state on rank ", rank_, ": layer ", i, " has mode ", mode);
+    l.sparse_momentum = mode == 1;
+    l.flushing = false;
+    r.bytes(l.u.data(), l.u.size() * sizeof(float), "a momentum");
+    r.bytes(l.v.data(), l.v.size() * sizeof(float), "a residual");
+  }
+  r.finish();
+  layers_ = std::move(loaded);
+  epoch_ = epoch;
+  step_ = step;
+}
+
+}  // namespace gradcomm
