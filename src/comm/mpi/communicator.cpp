@@ -1,0 +1,219 @@
+// MpiCommunicator: setup and teardown, and each collective as one non-blocking MPI call,
+// except floating-point sums, which run as a ring (ring.cpp).
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "comm/mpi/mpi_call.h"
+#include "comm/mpi/reduce_16bit.h"
+#include "comm/mpi/work_pool.h"
+#include "gradcomm/mpi_communicator.h"
+
+namespace gradcomm {
+namespace {
+
+MPI_Datatype mpi_type(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return MPI_FLOAT;
+    case DType::kFloat16: case DType::kBFloat16: return MPI_UINT16_T;
+    case DType::kInt32: return MPI_INT32_T;
+    case DType::kUInt32: return MPI_UINT32_T;
+    case DType::kUInt8: return MPI_UINT8_T;
+  }
+  return MPI_DATATYPE_NULL;
+}
+
+int checked_count(std::size_t count, const char* what, int rank) {
+  GRADCOMM_CHECK(count <= static_cast<std::size_t>(INT_MAX), ErrorCode::kUnsupported, what,
+                 " on rank ", rank, ": ", count, " elements exceed MPI's int count");
+  return static_cast<int>(count);
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, MpiCommunicatorOptions options) : options_(options) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  GRADCOMM_CHECK(initialized, ErrorCode::kInvalidArgument,
+                 "MpiCommunicator(MPI_Comm): MPI is not initialized; call MPI_Init first or use "
+                 "MpiCommunicator() which initializes it");
+  init_from(comm);
+}
+
+MpiCommunicator::MpiCommunicator(MpiCommunicatorOptions options) : options_(options) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    int provided = 0;
+    const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+    GRADCOMM_CHECK(rc == MPI_SUCCESS, ErrorCode::kCommunication, "MPI_Init_thread failed: ",
+                   detail::mpi_error_text(rc));
+    finalize_on_destroy_ = true;
+  }
+  init_from(MPI_COMM_WORLD);
+}
+
+void MpiCommunicator::init_from(MPI_Comm comm) {
+  GRADCOMM_MPI_CALL(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup of the user's communicator");
+  // Failures come back as codes (turned into gradcomm::Error) instead of aborting the job.
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+  GRADCOMM_MPI_CALL(MPI_Comm_dup(comm_, &stage2_comm_), "MPI_Comm_dup for two-stage collectives");
+  MPI_Comm_set_errhandler(stage2_comm_, MPI_ERRORS_RETURN);
+  pool_ = std::make_shared<WorkPool>();
+  pool_->rank = rank_;
+  pool_->size = size_;
+  GRADCOMM_CHECK_ARG(options_.collective_timeout.count() >= 0, "MpiCommunicator: collective_timeout ",
+                     options_.collective_timeout.count(), " ms < 0");
+  pool_->timeout = options_.collective_timeout;
+  pool_->stage2 = stage2_comm_;
+  MPI_Op_create(&detail::half_sum, 1, &half_sum_);
+  MPI_Op_create(&detail::half_max, 1, &half_max_);
+  MPI_Op_create(&detail::half_min, 1, &half_min_);
+  MPI_Op_create(&detail::bfloat_sum, 1, &bfloat_sum_);
+  MPI_Op_create(&detail::bfloat_max, 1, &bfloat_max_);
+  MPI_Op_create(&detail::bfloat_min, 1, &bfloat_min_);
+}
+
+void MpiCommunicator::release() noexcept {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  for (MPI_Op* op : {&half_sum_, &half_max_, &half_min_, &bfloat_sum_, &bfloat_max_, &bfloat_min_}) {
+    if (*op != MPI_OP_NULL) MPI_Op_free(op);
+  }
+  if (pool_) pool_->progress_rings();
+  if (stage2_comm_ != MPI_COMM_NULL) MPI_Comm_free(&stage2_comm_);
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (finalize_on_destroy_) MPI_Finalize();
+}
+
+MpiCommunicator::~MpiCommunicator() { release(); }
+
+WorkHandle MpiCommunicator::single_request(const char* what, std::size_t numel, MPI_Request request) {
+  PooledWork* w = WorkPool::acquire(pool_, what, numel);
+  w->request = request;
+  return WorkHandle(w);
+}
+
+std::string MpiCommunicator::describe() const {
+  return "MpiCommunicator(rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ")";
+}
+
+void MpiCommunicator::verify_same_size(const char* collective, std::size_t numel, int extra) {
+  if (!options_.verify_sizes || size_ == 1) return;
+  // max of (x) and max of (-x) give max and min in one call.
+  long long local[4] = {static_cast<long long>(numel), -static_cast<long long>(numel), extra, -extra};
+  long long global[4];
+  GRADCOMM_MPI_CALL(MPI_Allreduce(local, global, 4, MPI_LONG_LONG, MPI_MAX, comm_),
+                    collective, " size agreement on rank ", rank_);
+  GRADCOMM_CHECK(global[0] == -global[1] && global[2] == -global[3], ErrorCode::kSizeMismatch,
+                 collective, " on rank ", rank_, " of ", size_, ": this rank passes ", numel,
+                 " elements, others pass between ", -global[1], " and ", global[0],
+                 (global[2] != -global[3] ? " (and the roots or dtypes differ)" : ""));
+}
+
+WorkHandle MpiCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp op) {
+  check_allreduce(send, recv);
+  verify_same_size("allreduce", send.numel(), static_cast<int>(send.dtype()) * 4 + static_cast<int>(op));
+  const int count = checked_count(send.numel(), "allreduce", rank_);
+  const MPI_Datatype type = mpi_type(send.dtype());
+  MPI_Op mpi_op = op == ReduceOp::kSum ? MPI_SUM : op == ReduceOp::kMax ? MPI_MAX : MPI_MIN;
+  if (send.dtype() == DType::kFloat16) {
+    mpi_op = op == ReduceOp::kSum ? half_sum_ : op == ReduceOp::kMax ? half_max_ : half_min_;
+  } else if (send.dtype() == DType::kBFloat16) {
+    mpi_op = op == ReduceOp::kSum ? bfloat_sum_ : op == ReduceOp::kMax ? bfloat_max_ : bfloat_min_;
+  }
+  count_traffic(allreduce_wire_bytes(send.nbytes(), size_));
+  const bool floating = send.dtype() == DType::kFloat32 || send.dtype() == DType::kFloat16 ||
+                        send.dtype() == DType::kBFloat16;
+  if (!floating || op != ReduceOp::kSum || size_ == 1 || count < size_) {
+    // Exact operations (integers, max, min) give the same bits on every rank whatever the
+    // order; so does a sum too small to split.
+    void* sendbuf = send.data() == recv.data() ? MPI_IN_PLACE : send.data();
+    MPI_Request request;
+    GRADCOMM_MPI_CALL(MPI_Iallreduce(sendbuf, recv.data(), count, type, mpi_op, comm_, &request),
+                      "allreduce of ", recv.describe(), " on rank ", rank_);
+    return single_request("allreduce", send.numel(), request);
+  }
+  // A floating-point sum is not associative, and MPI does not promise every rank the same
+  // bits: a ring over point-to-point messages (ring.cpp) sums each chunk once, then copies
+  // it to every rank.
+  return WorkPool::start_ring(pool_, send, recv, count, type, mpi_op);
+}
+
+WorkHandle MpiCommunicator::allgather(TensorView send, TensorView recv) {
+  check_allgather(send, recv);
+  verify_same_size("allgather", send.numel(), static_cast<int>(send.dtype()));
+  const int count = checked_count(send.numel(), "allgather", rank_);
+  checked_count(recv.numel(), "allgather", rank_);
+  count_traffic(allgather_wire_bytes(send.nbytes(), size_));
+  MPI_Request request;
+  GRADCOMM_MPI_CALL(MPI_Iallgather(send.data(), count, mpi_type(send.dtype()), recv.data(), count,
+                                   mpi_type(recv.dtype()), comm_, &request),
+                    "allgather of ", send.describe(), " per rank on rank ", rank_);
+  return single_request("allgather", send.numel(), request);
+}
+
+WorkHandle MpiCommunicator::allgatherv(TensorView send, TensorView recv,
+                                       std::span<const std::size_t> counts) {
+  check_allgatherv(send, recv, counts);
+  verify_same_size("allgatherv", recv.numel(), static_cast<int>(send.dtype()));
+  PooledWork* w = WorkPool::acquire(pool_, "allgatherv", recv.numel());
+  WorkHandle handle_of_w(w);
+  w->counts.resize(counts.size());
+  w->displs.resize(counts.size());
+  std::size_t offset = 0;
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    w->counts[r] = checked_count(counts[r], "allgatherv", rank_);
+    w->displs[r] = checked_count(offset, "allgatherv", rank_);
+    offset += counts[r];
+  }
+  count_traffic(send.nbytes() * static_cast<std::uint64_t>(size_ - 1));
+  GRADCOMM_MPI_CALL(MPI_Iallgatherv(send.data(), static_cast<int>(send.numel()), mpi_type(send.dtype()),
+                                    recv.data(), w->counts.data(), w->displs.data(),
+                                    mpi_type(recv.dtype()), comm_, &w->request),
+                    "allgatherv of ", send.describe(), " on rank ", rank_);
+  return handle_of_w;
+}
+
+WorkHandle MpiCommunicator::alltoall(TensorView send, TensorView recv) {
+  check_alltoall(send, recv);
+  verify_same_size("alltoall", send.numel(), static_cast<int>(send.dtype()));
+  const int count = checked_count(send.numel() / static_cast<std::size_t>(size_), "alltoall", rank_);
+  count_traffic(alltoall_wire_bytes(send.nbytes(), size_));
+  MPI_Request request;
+  GRADCOMM_MPI_CALL(MPI_Ialltoall(send.data(), count, mpi_type(send.dtype()), recv.data(), count,
+                                  mpi_type(recv.dtype()), comm_, &request),
+                    "alltoall of ", send.describe(), " on rank ", rank_);
+  return single_request("alltoall", send.numel(), request);
+}
+
+WorkHandle MpiCommunicator::broadcast(TensorView buffer, int root) {
+  check_broadcast(buffer, root);
+  verify_same_size("broadcast", buffer.numel(), root * 8 + static_cast<int>(buffer.dtype()));
+  const int count = checked_count(buffer.numel(), "broadcast", rank_);
+  if (rank_ == root) count_traffic(buffer.nbytes());
+  MPI_Request request;
+  GRADCOMM_MPI_CALL(MPI_Ibcast(buffer.data(), count, mpi_type(buffer.dtype()), root, comm_, &request),
+                    "broadcast of ", buffer.describe(), " from root ", root, " on rank ", rank_);
+  return single_request("broadcast", buffer.numel(), request);
+}
+
+WorkHandle MpiCommunicator::barrier() {
+  MPI_Request request;
+  GRADCOMM_MPI_CALL(MPI_Ibarrier(comm_, &request), "barrier on rank ", rank_);
+  return single_request("barrier", 0, request);
+}
+
+void MpiCommunicator::abort(const std::string& reason) {
+  std::fprintf(stderr, "gradcomm: rank %d aborts the MPI job: %s\n", rank_, reason.c_str());
+  std::fflush(stderr);
+  MPI_Abort(comm_, 1);
+}
+
+}  // namespace gradcomm
