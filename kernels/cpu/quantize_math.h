@@ -9,11 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define GRADCOMM_HD __host__ __device__ __forceinline__
-#else
-#define GRADCOMM_HD inline
-#endif
+#include "core/host_device.h"
 
 namespace gradcomm::kernels::quant {
 
@@ -29,36 +25,36 @@ constexpr std::size_t kHeaderBytes = 8;
 constexpr int kMinBits = 1;
 constexpr int kMaxBits = 8;
 
-GRADCOMM_HD std::size_t num_buckets(std::size_t n, std::size_t bucket) {
+GRADCOMM_HOST_DEVICE_INLINE std::size_t num_buckets(std::size_t n, std::size_t bucket) {
   return (n + bucket - 1) / bucket;
 }
 // Whole groups of 8 (the last one zero-filled), then zero bytes up to a multiple of 8.
-GRADCOMM_HD std::size_t code_bytes(std::size_t n, int bits) {
+GRADCOMM_HOST_DEVICE_INLINE std::size_t code_bytes(std::size_t n, int bits) {
   return ((n + 7) / 8 * static_cast<std::size_t>(bits) + 7) / 8 * 8;
 }
-GRADCOMM_HD std::size_t meta_offset() { return kHeaderBytes; }
-GRADCOMM_HD std::size_t codes_offset(std::size_t n, std::size_t bucket) {
+GRADCOMM_HOST_DEVICE_INLINE std::size_t meta_offset() { return kHeaderBytes; }
+GRADCOMM_HOST_DEVICE_INLINE std::size_t codes_offset(std::size_t n, std::size_t bucket) {
   return kHeaderBytes + 8 * num_buckets(n, bucket);
 }
-GRADCOMM_HD std::size_t payload_bytes(std::size_t n, int bits, std::size_t bucket) {
+GRADCOMM_HOST_DEVICE_INLINE std::size_t payload_bytes(std::size_t n, int bits, std::size_t bucket) {
   return codes_offset(n, bucket) + code_bytes(n, bits);
 }
-GRADCOMM_HD std::uint32_t header_word(int bits) {
+GRADCOMM_HOST_DEVICE_INLINE std::uint32_t header_word(int bits) {
   return kMagic | (static_cast<std::uint32_t>(bits) << 8) | (kVersion << 16);
 }
 
 #if defined(__CUDA_ARCH__)
-GRADCOMM_HD float add(float a, float b) { return __fadd_rn(a, b); }
-GRADCOMM_HD float sub(float a, float b) { return __fsub_rn(a, b); }
-GRADCOMM_HD float mul(float a, float b) { return __fmul_rn(a, b); }
+GRADCOMM_HOST_DEVICE_INLINE float add(float a, float b) { return __fadd_rn(a, b); }
+GRADCOMM_HOST_DEVICE_INLINE float sub(float a, float b) { return __fsub_rn(a, b); }
+GRADCOMM_HOST_DEVICE_INLINE float mul(float a, float b) { return __fmul_rn(a, b); }
 #else
-GRADCOMM_HD float add(float a, float b) { return a + b; }
-GRADCOMM_HD float sub(float a, float b) { return a - b; }
-GRADCOMM_HD float mul(float a, float b) { return a * b; }
+GRADCOMM_HOST_DEVICE_INLINE float add(float a, float b) { return a + b; }
+GRADCOMM_HOST_DEVICE_INLINE float sub(float a, float b) { return a - b; }
+GRADCOMM_HOST_DEVICE_INLINE float mul(float a, float b) { return a * b; }
 #endif
 
 // (x - x) is 0 for finite x and NaN otherwise; branch-free so loops vectorize.
-GRADCOMM_HD bool finite(float x) { return sub(x, x) == 0.0f; }
+GRADCOMM_HOST_DEVICE_INLINE bool finite(float x) { return sub(x, x) == 0.0f; }
 
 constexpr float kFloatMin = 1.17549435e-38f;  // smallest normal float
 
@@ -72,7 +68,7 @@ struct BucketMeta {
   float inv_unit;  // 0 when unit is 0
 };
 
-GRADCOMM_HD BucketMeta bucket_meta(float lo, float hi, int bits) {
+GRADCOMM_HOST_DEVICE_INLINE BucketMeta bucket_meta(float lo, float hi, int bits) {
   const int levels = (1 << bits) - 1;
   // -0 + 0 = +0: min/max reductions may return either zero; the payload must not differ.
   lo = add(lo, 0.0f);
@@ -87,7 +83,7 @@ GRADCOMM_HD BucketMeta bucket_meta(float lo, float hi, int bits) {
 
 // Metadata a decoder accepts: finite, unit >= 0, and a finite top level (so every level in
 // between is finite too).
-GRADCOMM_HD bool meta_valid(float min, float unit, int bits) {
+GRADCOMM_HOST_DEVICE_INLINE bool meta_valid(float min, float unit, int bits) {
   const int levels = (1 << bits) - 1;
   return finite(min) && finite(unit) && unit >= 0.0f &&
          finite(add(min, mul(static_cast<float>(levels), unit)));
@@ -97,14 +93,14 @@ GRADCOMM_HD bool meta_valid(float min, float unit, int bits) {
 // result never depends on threads or on the device. The key folds in (seed, rank, layer,
 // step, bucket) with splitmix64; per element a murmur3 finalizer of a Weyl sequence,
 // 32-bit only so SSE2 and GPUs run it at full width.
-GRADCOMM_HD std::uint64_t splitmix64(std::uint64_t z) {
+GRADCOMM_HOST_DEVICE_INLINE std::uint64_t splitmix64(std::uint64_t z) {
   z += 0x9e3779b97f4a7c15ull;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
 
-GRADCOMM_HD std::uint64_t rng_key(std::uint64_t seed, int rank, std::size_t layer,
+GRADCOMM_HOST_DEVICE_INLINE std::uint64_t rng_key(std::uint64_t seed, int rank, std::size_t layer,
                                   std::int64_t step) {
   std::uint64_t k = splitmix64(seed);
   k = splitmix64(k ^ static_cast<std::uint64_t>(static_cast<std::uint32_t>(rank)));
@@ -114,12 +110,12 @@ GRADCOMM_HD std::uint64_t rng_key(std::uint64_t seed, int rank, std::size_t laye
 
 // The key of one bucket; elements are then numbered within their bucket, so any bucket
 // size works and no counter wraps.
-GRADCOMM_HD std::uint64_t bucket_key(std::uint64_t key, std::size_t bucket_index) {
+GRADCOMM_HOST_DEVICE_INLINE std::uint64_t bucket_key(std::uint64_t key, std::size_t bucket_index) {
   return splitmix64(key ^ (static_cast<std::uint64_t>(bucket_index) * 0xd6e8feb86659fd93ull));
 }
 
 // Uniform in [0, 1) with 24 random bits.
-GRADCOMM_HD float uniform(std::uint64_t bucket_key, std::uint32_t index_in_bucket) {
+GRADCOMM_HOST_DEVICE_INLINE float uniform(std::uint64_t bucket_key, std::uint32_t index_in_bucket) {
   std::uint32_t h = index_in_bucket * 0x9e3779b1u + static_cast<std::uint32_t>(bucket_key);
   h ^= h >> 16;
   h *= 0x85ebca6bu;
@@ -132,15 +128,15 @@ GRADCOMM_HD float uniform(std::uint64_t bucket_key, std::uint32_t index_in_bucke
 
 // The code of x: floor((x - min) / unit + r), r = 0.5 (nearest) or uniform (stochastic),
 // clamped to the levels. x >= min, so truncation is floor.
-GRADCOMM_HD int encode_unclamped(float x, const BucketMeta& m, float r) {
+GRADCOMM_HOST_DEVICE_INLINE int encode_unclamped(float x, const BucketMeta& m, float r) {
   return static_cast<int>(add(mul(sub(x, m.min), m.inv_unit), r));
 }
-GRADCOMM_HD int encode_value(float x, const BucketMeta& m, float r, int levels) {
+GRADCOMM_HOST_DEVICE_INLINE int encode_value(float x, const BucketMeta& m, float r, int levels) {
   const int q = encode_unclamped(x, m, r);
   return q < levels ? q : levels;
 }
 
-GRADCOMM_HD float decode_value(int q, float min, float unit) {
+GRADCOMM_HOST_DEVICE_INLINE float decode_value(int q, float min, float unit) {
   return add(min, mul(static_cast<float>(q), unit));
 }
 

@@ -4,6 +4,10 @@
 
 #if defined(__CUDACC__)
 #define GRADCOMM_HOST_DEVICE __host__ __device__
+// For the small per-element steps of a kernel's inner loop, which nvcc must not leave as
+// calls.
+#define GRADCOMM_HOST_DEVICE_INLINE __host__ __device__ __forceinline__
 #else
 #define GRADCOMM_HOST_DEVICE
+#define GRADCOMM_HOST_DEVICE_INLINE inline
 #endif
