@@ -4,8 +4,9 @@
 //
 // BM_OneBitCompress reports `x_two_passes` = compress time / (2 x memory-pass time), with
 // the memory pass timed inside the same benchmark, interleaved with the compress, both by
-// thread CPU time (its reported time is that CPU time too): the goal is <= 2 (ALGORITHMS.md: the scale must be known before signs and errors are
-// written, so two passes is the floor). BM_OneBitMemoryPass is the standalone floor.
+// thread CPU time (its reported time is that CPU time too): the goal is <= 2 (the scale
+// must be known before signs and errors are written, so two passes is the floor:
+// docs/algorithms/onebit-adam.md). BM_OneBitMemoryPass is the standalone floor.
 #include <algorithm>
 #include <ctime>
 #include <cstdint>

@@ -5,7 +5,7 @@
 // A shard holds this rank's compressor state (Compressor::save_state) and any number of
 // named user blobs (parameters, optimizer state), all per rank: error-feedback residuals
 // differ between ranks, so saving rank 0's state for everyone loses information (the
-// 1-bit Adam reference did exactly that, ALGORITHMS.md section 2).
+// 1-bit Adam reference did exactly that, docs/algorithms/onebit-adam.md).
 //
 // Shard file format (version 1, all integers little-endian), see docs/reliability.md:
 //   offset  size  field

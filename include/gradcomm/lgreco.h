@@ -1,5 +1,5 @@
 // L-GreCo (Markov et al., MLSys 2024): per-layer compression levels chosen by dynamic
-// programming (ALGORITHMS.md section 3, docs/algorithms/lgreco.md).
+// programming (docs/algorithms/lgreco.md).
 //
 // Every `period` steps each rank measures, for each layer and candidate setting, the bytes
 // the layer would put on the wire and the L2 error the setting would make on the layer's

@@ -71,7 +71,7 @@ struct OneBitResult {
 };
 
 // out = the average over ranks of x, through 1-bit signs with worker and server error
-// feedback (ALGORITHMS.md section 2). Exactly two collectives on `comm`: an alltoall of
+// feedback (docs/algorithms/onebit-adam.md). Exactly two collectives on `comm`: an alltoall of
 // each rank's packed chunks (each headed by its fp32 scale), then an allgather of the
 // server-compressed chunks. Every rank ends with bitwise the same `out`. `out` may alias
 // `x`. Tensors are float32 on comm.device(); for CUDA tensors the kernels run on
@@ -104,7 +104,8 @@ struct OneBitAdamOptions {
   bool bias_correction = false;
   // Compress m / (sqrt(v) + eps) instead of m, and multiply back. Exact without
   // compression (v is frozen and identical on all ranks) and robust where the reference
-  // diverges (tiny frozen v_i blow up the tensor-wide sign scale; ALGORITHMS.md).
+  // diverges (tiny frozen v_i blow up the tensor-wide sign scale; docs/algorithms/onebit-adam.md,
+  // "Why `precondition`").
   bool precondition = false;
 };
 

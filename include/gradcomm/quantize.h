@@ -5,7 +5,8 @@
 // q = floor((x - min) / unit + r) with r = 1/2 (nearest) or uniform in [0, 1)
 // (stochastic, unbiased); the residual keeps x - (min + q * unit). Payloads are not
 // summable, so they travel by allgather; every rank dequantizes all of them and sums in
-// rank order, so every rank ends with bitwise the same update (ALGORITHMS.md section 4).
+// rank order, so every rank ends with bitwise the same update (docs/algorithms/lgreco.md,
+// "The k-bit quantizer").
 #pragma once
 
 #include <cstddef>

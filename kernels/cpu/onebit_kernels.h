@@ -1,4 +1,4 @@
-// CPU kernels of the 1-bit compressed allreduce (ALGORITHMS.md section 2). Plain
+// CPU kernels of the 1-bit compressed allreduce (docs/algorithms/onebit-adam.md). Plain
 // pointers and counts, no allocation, no communication. Packed signs are LSB first: bit
 // k of byte b is element 8b + k; a set bit means +scale (x >= 0), a clear bit -scale.
 #pragma once

@@ -208,8 +208,8 @@ void dequantize_impl(const std::uint8_t* payloads, std::size_t stride, int ranks
   }
 }
 
-// Bits dispatch: the inner loops are templated on the bit width (STYLE.md: kernels are
-// templated on what changes the inner loop, nothing else).
+// Bits dispatch: the inner loops are templated on the bit width, the one thing that
+// changes them (its shifts and masks become constants), and on nothing else.
 template <template <int> class F, typename... Args>
 auto dispatch_bits(int bits, Args&&... args) {
   switch (bits) {

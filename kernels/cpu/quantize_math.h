@@ -1,5 +1,6 @@
 // Scalar pieces of bucketed max-min quantization shared by the CPU and CUDA kernels, so
-// both produce bitwise the same payload and residual (ALGORITHMS.md section 4).
+// both produce bitwise the same payload and residual (docs/algorithms/lgreco.md, "The k-bit
+// quantizer").
 //
 // Every floating-point step is written out one operation at a time with explicit
 // rounding on CUDA (__fadd_rn, __fmul_rn): nvcc would otherwise contract a*b+c into an

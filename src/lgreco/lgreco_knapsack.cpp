@@ -1,4 +1,4 @@
-// The multiple-choice knapsack of L-GreCo (ALGORITHMS.md section 3):
+// The multiple-choice knapsack of L-GreCo (docs/algorithms/lgreco.md, "The DP"):
 //   DP[l][b] = min over c of DP[l-1][b - e[l][c]] + bytes[l][c],  DP[-1][b] = 0,
 // DP[l][b] the fewest bytes for layers 0..l with binned error at most b.
 #include <cmath>

@@ -1,4 +1,4 @@
-// OneBitAdam (ALGORITHMS.md section 2): dense Adam for freeze_step steps, then frozen
+// OneBitAdam (docs/algorithms/onebit-adam.md): dense Adam for freeze_step steps, then frozen
 // variance and 1-bit compressed momentum exchange.
 #include <cmath>
 #include <cstring>

@@ -1,4 +1,4 @@
-// The 1-bit compressed allreduce (ALGORITHMS.md section 2) and its error state.
+// The 1-bit compressed allreduce (docs/algorithms/onebit-adam.md) and its error state.
 //
 // Wire layout (docs/algorithms/onebit-adam.md): for one call over tensors t = 0..T-1
 // with padded lengths N_t (multiples of 8p), every rank's block for one peer is

@@ -33,7 +33,7 @@ std::vector<float> make_input(std::size_t n, int rank, int step, int tensor) {
   return x;
 }
 
-// The algorithm of ALGORITHMS.md section 2 for all ranks at once, in plain loops.
+// The algorithm of docs/algorithms/onebit-adam.md for all ranks at once, in plain loops.
 struct Simulation {
   int p;
   std::size_t n, padded, chunk;

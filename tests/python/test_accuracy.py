@@ -16,7 +16,7 @@ from ddp_harness import run_ranks
 
 # DGC at 0.1% needs its warm-up and then enough steps. 1-bit Adam freezes after 20% of the
 # steps: at 12 epochs that is 52 steps, before v settles, and it diverges (with or without
-# precondition, as ALGORITHMS.md reports for short warm-ups); at 20 epochs, 88 steps, it
+# precondition, as docs/algorithms/onebit-adam.md reports for short warm-ups); at 20 epochs, 88 steps, it
 # tracks Adam. L-GreCo needs neither.
 LONG, SHORT = 20, 12
 RUNS = {  # name: (epochs, options)

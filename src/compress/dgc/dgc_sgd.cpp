@@ -19,7 +19,7 @@ void DgcSgd::step(std::span<float> param, std::span<const float> update) const {
   GRADCOMM_CHECK(param.size() == update.size(), ErrorCode::kSizeMismatch,
                  "DgcSgd::step: ", param.size(), " parameters and ", update.size(),
                  " update elements");
-  // Weight decay is local (ALGORITHMS.md 1.8): every rank holds the same parameters, so the
+  // Weight decay is local (docs/algorithms/dgc.md): every rank holds the same parameters, so the
   // decay term is the same everywhere and needs no exchange, and keeping it out of the
   // compressor keeps it out of the sparsified velocity.
   const float lr = options_.lr, wd = options_.weight_decay;
