@@ -9,6 +9,7 @@
 #include "gradcomm/dgc.h"
 #include "gradcomm/error.h"
 #include "gradcomm/exchanger.h"
+#include "gradcomm/step_engine.h"
 #include "gradcomm/layer.h"
 #include "gradcomm/lgreco.h"
 #include "gradcomm/onebit.h"

@@ -1,0 +1,119 @@
+// StepEngine: one step of a gradient exchange, without a communicator.
+//
+// Given the layers and a compressor, the engine lays out a step (consecutive summable
+// payloads of one dtype fused into allreduce groups, opaque payloads into allgather
+// blocks), encodes each layer into flat buffers as it is submitted, says which collective
+// is ready to start next (in the order every rank agrees on), decodes what the collectives
+// delivered, applies the non-finite policy (giving a skipped step's payloads back to the
+// compressor) and reports the step's stats. It never communicates: the driver moves the
+// bytes. `Exchanger` drives it with a `Communicator`; the PyTorch hooks drive it with
+// torch.distributed through the same Exchanger (see docs/cpp-api.md, "Architecture").
+//
+// The framing it writes is the one wire format of gradcomm (docs/wire-format.md,
+// "Exchange framing"): every driver sends exactly these bytes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "gradcomm/compressor.h"
+#include "gradcomm/layer.h"
+#include "gradcomm/tensor.h"
+
+namespace gradcomm {
+
+enum class NonFinitePolicy : std::uint8_t {
+  kError,     // throw gradcomm::Error (kNonFinite) on every rank, naming layer and ranks
+  kSkipStep,  // every rank gets a zero update for the whole step
+  kZero,      // non-finite elements count as 0; the step goes on
+};
+const char* nonfinite_policy_name(NonFinitePolicy policy) noexcept;
+NonFinitePolicy parse_nonfinite_policy(const std::string& name);
+
+struct StepEngineOptions {
+  std::size_t bucket_bytes = 4u << 20;  // fuse summable payloads up to this size
+  NonFinitePolicy nonfinite = NonFinitePolicy::kError;
+};
+
+struct StepStats {
+  std::uint64_t wire_bytes = 0;     // bytes this rank sent in the step (algorithm model)
+  std::uint64_t payload_bytes = 0;  // bytes of payload this rank produced
+  std::uint64_t collectives = 0;
+  std::size_t nonfinite = 0;  // layers in which some rank saw a non-finite value this step
+  bool skipped = false;       // the step was skipped (NonFinitePolicy::kSkipStep)
+};
+
+// One collective of a step, for the driver to run on every rank in the same order.
+struct CollectiveRequest {
+  std::size_t id = 0;  // 0, 1, ... within the step; hand it back to complete()
+  Collective collective = Collective::kAllreduce;
+  // kAllreduce: sum `send` (float32 or float16) into `recv` (the same numel and dtype;
+  //   the same memory unless the policy keeps this rank's payloads for a skipped step).
+  // kAllgather: every rank's `send` bytes, concatenated in rank order, into `recv`
+  //   (world_size x send.numel() bytes).
+  TensorView send;
+  TensorView recv;
+};
+
+class StepEngine {
+ public:
+  // Validates the options, sets the compressor up for `layers` (forward order; a step
+  // submits them in reverse) and reserves every buffer a step can need, so steady-state
+  // steps never allocate.
+  StepEngine(std::unique_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
+             int world_size, int rank, StepEngineOptions options = {});
+  ~StepEngine();
+  StepEngine(const StepEngine&) = delete;
+  StepEngine& operator=(const StepEngine&) = delete;
+
+  // The text every rank must pass to the setup agreement: the compressor's settings and
+  // the engine's options (a rank with another bucket size would frame other collectives).
+  std::string settings_fingerprint() const;
+
+  // Starts step `step` (schedules follow it): lays out this step's collectives.
+  void begin_step(std::int64_t step);
+  // Encodes `layer` from `grad` into its slot. `out` receives the averaged update when the
+  // step finishes and may alias `grad`; both stay valid until finish_step() returns. The
+  // gradient and the update may be float32, float16 or bfloat16 (the layer's dtype);
+  // compressors see float32.
+  void submit(std::size_t layer, TensorView grad, TensorView out);
+  // Throws gradcomm::Error (kInvalidArgument) naming the first layer not submitted in
+  // this step: a driver checks before it waits for collectives that cannot start.
+  void check_all_submitted() const;
+  // The next collective whose layers are all encoded, in the agreed order, once each.
+  std::optional<CollectiveRequest> next_ready();
+  // Collective `id` has completed on this rank: decodes its layers into their outputs.
+  void complete(std::size_t id);
+  // After every collective completed: applies the non-finite policy and returns the stats.
+  // Throws gradcomm::Error (kNonFinite) under NonFinitePolicy::kError, on every rank alike.
+  const StepStats& finish_step();
+  // Abandons a step that failed half-way (a collective threw): the next begin_step()
+  // starts clean. Compressor state may hold a partly encoded step.
+  void abandon_step() noexcept;
+
+  bool in_step() const noexcept;
+  std::int64_t step() const noexcept;
+  std::size_t collectives_this_step() const noexcept;
+  std::span<const LayerSpec> layers() const noexcept { return layers_; }
+  int world_size() const noexcept { return world_size_; }
+  int rank() const noexcept { return rank_; }
+  const StepEngineOptions& options() const noexcept { return options_; }
+  Compressor& compressor() noexcept { return *compressor_; }
+  const Compressor& compressor() const noexcept { return *compressor_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Compressor> compressor_;
+  std::vector<LayerSpec> layers_;
+  int world_size_;
+  int rank_;
+  StepEngineOptions options_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace gradcomm

@@ -1,0 +1,423 @@
+#include "gradcomm/step_engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+#include <string>
+
+#include "gradcomm/communicator.h"
+#include "core/float16.h"
+
+namespace gradcomm {
+
+const char* nonfinite_policy_name(NonFinitePolicy policy) noexcept {
+  switch (policy) {
+    case NonFinitePolicy::kError: return "error";
+    case NonFinitePolicy::kSkipStep: return "skip_step";
+    case NonFinitePolicy::kZero: return "zero";
+  }
+  return "unknown";
+}
+
+NonFinitePolicy parse_nonfinite_policy(const std::string& name) {
+  if (name == "error") return NonFinitePolicy::kError;
+  if (name == "skip_step") return NonFinitePolicy::kSkipStep;
+  if (name == "zero") return NonFinitePolicy::kZero;
+  GRADCOMM_THROW(ErrorCode::kInvalidArgument, "unknown non-finite policy '", name,
+                 "' (expected error, skip_step or zero)");
+}
+
+namespace {
+
+constexpr std::size_t kAlign = 8;
+constexpr std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// A byte buffer sized once, at construction, from the compressor's payload bounds: a
+// step never allocates.
+struct Arena {
+  std::vector<std::byte> bytes;
+  std::byte* at(std::size_t offset) { return bytes.data() + offset; }
+};
+
+}  // namespace
+
+// Wire layout of one step (docs/wire-format.md, "Exchange framing"):
+// - layers are taken in backward order (the reverse of registration) and cut into groups:
+//   consecutive allreduce layers of one dtype up to bucket_bytes, and consecutive
+//   allgather layers up to bucket_bytes;
+// - an allreduce group is the layers' payloads (each padded to 8 bytes), then one status
+//   element per layer, of the group's dtype: each rank adds 1 where its layer met a
+//   non-finite value, so after the sum every rank sees how many ranks did, per layer;
+// - an allgather group sends, per rank, a header of uint32 words
+//   [layer count, non-finite count of each layer], padded to 8 bytes, then each layer's
+//   payload padded to 8 bytes; every rank receives all ranks' blocks in rank order.
+struct StepEngine::Impl {
+  struct Group {
+    Collective collective;
+    DType dtype;
+    std::size_t first, last;   // positions [first, last) in backward order
+    std::size_t send_offset;   // into the send arena
+    std::size_t block_bytes;   // per rank
+    std::size_t header_bytes;  // allgather: header size; allreduce: offset of the status elements
+    std::size_t recv_offset;   // into the recv arena: allgather, and allreduce summed out of place
+    std::size_t pending;       // layers not yet encoded
+    bool issued, completed;
+  };
+
+  std::vector<std::size_t> order;            // position -> layer (backward order)
+  std::vector<std::size_t> position;         // layer -> position
+  std::vector<LayerWire> wire;               // this step, by layer
+  std::vector<std::size_t> group_of;         // by layer
+  std::vector<std::size_t> offset_in_block;  // by layer: payload offset within its block
+  std::vector<TensorView> outs;              // by layer, this step
+  std::vector<std::size_t> local_nonfinite;  // by layer, this rank
+  std::vector<char> submitted;               // by layer
+  std::vector<Group> groups;
+  std::size_t next_to_issue = 0;
+  bool in_step = false;
+  std::int64_t step = 0;
+  Arena send, recv, scratch;
+  std::size_t send_capacity = 0, recv_capacity = 0;
+  // Non-finite findings of the completed groups, for the policy at finish_step().
+  std::size_t bad_layers = 0;
+  std::string first_bad;
+  StepStats stats;
+
+  // Under kSkipStep a skipped step gives every payload back to its compressor
+  // (on_step_skipped), so allreduce groups are summed out of place into the recv arena and
+  // this rank's payloads survive the sum. Set once, from the options.
+  bool sum_out_of_place = false;
+  // Where an allreduce group's sum lands.
+  std::byte* sum_of(const Group& g) {
+    return sum_out_of_place ? recv.at(g.recv_offset) : send.at(g.send_offset);
+  }
+  std::size_t allreduce_count(const Group& g) const {
+    return g.header_bytes / dtype_size(g.dtype) + (g.last - g.first);
+  }
+};
+
+StepEngine::StepEngine(std::unique_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
+                       int world_size, int rank, StepEngineOptions options)
+    : compressor_(std::move(compressor)), layers_(std::move(layers)), world_size_(world_size),
+      rank_(rank), options_(options), impl_(std::make_unique<Impl>()) {
+  GRADCOMM_CHECK_ARG(compressor_ != nullptr, "StepEngine: no compressor given");
+  GRADCOMM_CHECK_ARG(world_size_ >= 1 && rank_ >= 0 && rank_ < world_size_, "StepEngine: rank ",
+                     rank_, " of world size ", world_size_);
+  GRADCOMM_CHECK_ARG(options_.bucket_bytes > 0, "StepEngine: bucket_bytes must be positive");
+  compressor_->setup(layers_, world_size_, rank_);
+  Impl& s = *impl_;
+  const std::size_t n = layers_.size();
+  s.order.resize(n);
+  s.position.resize(n);
+  for (std::size_t pos = 0; pos < n; ++pos) {
+    s.order[pos] = n - 1 - pos;
+    s.position[n - 1 - pos] = pos;
+  }
+  s.wire.resize(n);
+  s.group_of.resize(n);
+  s.offset_in_block.resize(n);
+  s.outs.resize(n);
+  s.local_nonfinite.resize(n);
+  s.submitted.resize(n);
+  s.sum_out_of_place = options_.nonfinite == NonFinitePolicy::kSkipStep;
+  s.groups.reserve(n);
+  // Buffers from the compressor's bounds. Each layer may open a group of its own, which
+  // costs at most a header word per layer and the alignment of its group.
+  const auto p = static_cast<std::size_t>(world_size_);
+  std::size_t send_bound = 0, scratch_bound = 0;
+  for (std::size_t layer = 0; layer < n; ++layer) {
+    const std::size_t max_bytes = compressor_->max_payload_bytes(layer);
+    send_bound += align_up(max_bytes) + 3 * kAlign;
+    scratch_bound = std::max(scratch_bound, max_bytes * p);
+  }
+  s.send_capacity = send_bound;
+  s.recv_capacity = p * send_bound;
+  s.send.bytes.resize(s.send_capacity);
+  s.recv.bytes.resize(s.recv_capacity);
+  s.scratch.bytes.resize(scratch_bound);
+}
+
+StepEngine::~StepEngine() = default;
+
+std::string StepEngine::settings_fingerprint() const {
+  return compressor_->settings_fingerprint() + " bucket_bytes=" +
+         std::to_string(options_.bucket_bytes) + " nonfinite=" +
+         nonfinite_policy_name(options_.nonfinite);
+}
+
+bool StepEngine::in_step() const noexcept { return impl_->in_step; }
+std::int64_t StepEngine::step() const noexcept { return impl_->step; }
+std::size_t StepEngine::collectives_this_step() const noexcept { return impl_->groups.size(); }
+
+void StepEngine::begin_step(std::int64_t step) {
+  Impl& s = *impl_;
+  GRADCOMM_CHECK(!s.in_step, ErrorCode::kInvalidArgument, "StepEngine::begin_step(", step,
+                 ") on rank ", rank_, ": step ", s.step, " was begun and not finished");
+  GRADCOMM_CHECK_ARG(step >= 0, "StepEngine::begin_step: step ", step, " < 0");
+  s.step = step;
+  compressor_->set_step(step);
+  const std::size_t n = layers_.size();
+  const auto p = static_cast<std::size_t>(world_size_);
+  s.groups.clear();
+  for (std::size_t pos = 0; pos < n; ++pos) {
+    const std::size_t layer = s.order[pos];
+    const LayerWire w = compressor_->wire(layer);
+    GRADCOMM_CHECK(w.bytes() <= compressor_->max_payload_bytes(layer), ErrorCode::kInternal,
+                   compressor_->name(), ": layer ", layer, " wants ", w.bytes(),
+                   " payload bytes, over its declared maximum ",
+                   compressor_->max_payload_bytes(layer));
+    GRADCOMM_CHECK(w.collective == Collective::kAllgather
+                       ? w.dtype == DType::kUInt8
+                       : (w.dtype == DType::kFloat32 || w.dtype == DType::kFloat16),
+                   ErrorCode::kInternal, compressor_->name(), ": layer ", layer,
+                   " has an unsupported wire dtype ", dtype_name(w.dtype));
+    s.wire[layer] = w;
+    s.submitted[layer] = 0;
+    s.local_nonfinite[layer] = 0;
+    s.outs[layer] = {};
+    const std::size_t bytes = align_up(w.bytes());
+    bool join = false;
+    if (!s.groups.empty()) {
+      const Impl::Group& g = s.groups.back();
+      join = g.collective == w.collective && g.dtype == w.dtype &&
+             g.block_bytes + bytes <= options_.bucket_bytes;
+    }
+    if (!join) {
+      Impl::Group g{};
+      g.collective = w.collective;
+      g.dtype = w.dtype;
+      g.first = pos;
+      s.groups.push_back(g);
+    }
+    Impl::Group& g = s.groups.back();
+    g.last = pos + 1;
+    g.pending += 1;
+    s.group_of[layer] = s.groups.size() - 1;
+    s.offset_in_block[layer] = g.block_bytes;  // rebased below for allgather headers
+    g.block_bytes += bytes;
+  }
+  // Place the groups; allgather blocks start with a header, so shift their payloads.
+  std::size_t send_offset = 0, recv_offset = 0;
+  for (Impl::Group& g : s.groups) {
+    g.send_offset = send_offset;
+    g.recv_offset = recv_offset;
+    if (g.collective == Collective::kAllgather) {
+      g.header_bytes = align_up(4 * (1 + (g.last - g.first)));
+      for (std::size_t pos = g.first; pos < g.last; ++pos) {
+        s.offset_in_block[s.order[pos]] += g.header_bytes;
+      }
+      g.block_bytes += g.header_bytes;
+      send_offset += g.block_bytes;
+      recv_offset += p * g.block_bytes;
+    } else {
+      g.header_bytes = g.block_bytes;  // the status elements sit right after the payloads
+      const std::size_t total = g.block_bytes + align_up(4 * (g.last - g.first));
+      send_offset += total;
+      if (s.sum_out_of_place) recv_offset += total;
+    }
+  }
+  GRADCOMM_CHECK(send_offset <= s.send_capacity && recv_offset <= s.recv_capacity,
+                 ErrorCode::kInternal, "StepEngine: step ", step, " needs ", send_offset, " + ",
+                 recv_offset, " bytes, over the ", s.send_capacity, " + ", s.recv_capacity,
+                 " reserved from the compressor's bounds");
+  s.next_to_issue = 0;
+  s.bad_layers = 0;
+  s.first_bad.clear();
+  s.stats = {};
+  s.in_step = true;
+}
+
+void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
+  Impl& s = *impl_;
+  GRADCOMM_CHECK(s.in_step, ErrorCode::kInvalidArgument, "StepEngine::submit(layer ", layer,
+                 ") on rank ", rank_, " outside a step: call begin_step() first");
+  GRADCOMM_CHECK(layer < layers_.size(), ErrorCode::kInvalidArgument, "StepEngine::submit: layer ",
+                 layer, " out of range (", layers_.size(), " layers registered)");
+  const LayerSpec& spec = layers_[layer];
+  GRADCOMM_CHECK(!s.submitted[layer], ErrorCode::kInvalidArgument, "StepEngine::submit: layer ",
+                 layer, " ('", spec.name, "') submitted twice in step ", s.step);
+  GRADCOMM_CHECK(grad.numel() == spec.numel && out.numel() == spec.numel &&
+                     grad.dtype() == DType::kFloat32 && out.dtype() == DType::kFloat32,
+                 ErrorCode::kSizeMismatch, "StepEngine::submit on rank ", rank_, ": layer ",
+                 layer, " ('", spec.name, "') was registered with ", spec.numel,
+                 " float32 elements; got grad ", grad.describe(), " and out ", out.describe());
+  s.outs[layer] = out;
+  s.submitted[layer] = 1;
+
+  Impl::Group& g = s.groups[s.group_of[layer]];
+  const LayerWire& w = s.wire[layer];
+  TensorView payload(s.send.at(g.send_offset + s.offset_in_block[layer]), w.count, w.dtype);
+  s.local_nonfinite[layer] = compressor_->encode(layer, grad, payload).nonfinite;
+  s.stats.payload_bytes += w.bytes();
+  g.pending -= 1;
+}
+
+std::optional<CollectiveRequest> StepEngine::next_ready() {
+  Impl& s = *impl_;
+  if (!s.in_step || s.next_to_issue == s.groups.size()) return std::nullopt;
+  const std::size_t id = s.next_to_issue;
+  Impl::Group& g = s.groups[id];
+  if (g.pending != 0) return std::nullopt;
+  s.next_to_issue += 1;
+  g.issued = true;
+  const auto p = static_cast<std::size_t>(world_size_);
+  std::byte* block = s.send.at(g.send_offset);
+  CollectiveRequest request;
+  request.id = id;
+  request.collective = g.collective;
+  if (g.collective == Collective::kAllreduce) {
+    const std::size_t esize = dtype_size(g.dtype);
+    for (std::size_t pos = g.first; pos < g.last; ++pos) {
+      const float flag = s.local_nonfinite[s.order[pos]] ? 1.0f : 0.0f;
+      std::byte* status = block + g.header_bytes + (pos - g.first) * esize;
+      if (g.dtype == DType::kFloat16) {
+        const std::uint16_t h = float_to_half(flag);
+        std::memcpy(status, &h, sizeof h);
+      } else {
+        std::memcpy(status, &flag, sizeof flag);
+      }
+    }
+    const std::size_t count = s.allreduce_count(g);
+    request.send = TensorView(block, count, g.dtype);
+    request.recv = TensorView(s.sum_of(g), count, g.dtype);
+    s.stats.wire_bytes += allreduce_wire_bytes(count * esize, world_size_);
+  } else {
+    auto* header = reinterpret_cast<std::uint32_t*>(block);
+    header[0] = static_cast<std::uint32_t>(g.last - g.first);
+    for (std::size_t pos = g.first; pos < g.last; ++pos) {
+      header[1 + pos - g.first] = static_cast<std::uint32_t>(
+          std::min<std::size_t>(s.local_nonfinite[s.order[pos]], 0xffffffffu));
+    }
+    // The header's padding words are zero, so every byte on the wire is defined.
+    for (std::size_t w = 1 + (g.last - g.first); w < g.header_bytes / 4; ++w) header[w] = 0;
+    request.send = TensorView(block, g.block_bytes, DType::kUInt8);
+    request.recv = TensorView(s.recv.at(g.recv_offset), p * g.block_bytes, DType::kUInt8);
+    s.stats.wire_bytes += allgather_wire_bytes(g.block_bytes, world_size_);
+  }
+  s.stats.collectives += 1;
+  return request;
+}
+
+void StepEngine::complete(std::size_t id) {
+  Impl& s = *impl_;
+  GRADCOMM_CHECK(s.in_step && id < s.groups.size() && s.groups[id].issued &&
+                     !s.groups[id].completed,
+                 ErrorCode::kInvalidArgument, "StepEngine::complete(", id, ") on rank ", rank_,
+                 ": not a collective of step ", s.step, " that was issued and not completed (",
+                 s.next_to_issue, " of ", s.groups.size(), " issued)");
+  Impl::Group& g = s.groups[id];
+  g.completed = true;
+  const auto p = static_cast<std::size_t>(world_size_);
+  if (g.collective == Collective::kAllreduce) {
+    std::byte* block = s.sum_of(g);
+    const std::size_t esize = dtype_size(g.dtype);
+    for (std::size_t pos = g.first; pos < g.last; ++pos) {
+      const std::byte* status = block + g.header_bytes + (pos - g.first) * esize;
+      float ranks_bad = 0;
+      if (g.dtype == DType::kFloat16) {
+        std::uint16_t h;
+        std::memcpy(&h, status, sizeof h);
+        ranks_bad = half_to_float(h);
+      } else {
+        std::memcpy(&ranks_bad, status, sizeof ranks_bad);
+      }
+      if (ranks_bad == 0.0f) continue;
+      s.bad_layers += 1;
+      if (s.first_bad.empty()) {
+        s.first_bad = "layer '" + layers_[s.order[pos]].name + "' on " +
+                      std::to_string(static_cast<int>(ranks_bad)) + " rank(s)";
+      }
+    }
+    for (std::size_t pos = g.first; pos < g.last; ++pos) {
+      const std::size_t layer = s.order[pos];
+      TensorView received(block + s.offset_in_block[layer], s.wire[layer].count, g.dtype);
+      compressor_->decode(layer, received, s.outs[layer]);
+    }
+    return;
+  }
+  // Allgather: validate each rank's header, then give the compressor its layer's payloads
+  // contiguously, in rank order.
+  const std::byte* recv = s.recv.at(g.recv_offset);
+  const std::size_t nlayers = g.last - g.first;
+  for (std::size_t r = 0; r < p; ++r) {
+    const auto* header = reinterpret_cast<const std::uint32_t*>(recv + r * g.block_bytes);
+    GRADCOMM_CHECK(header[0] == nlayers, ErrorCode::kCorruptPayload, "StepEngine on rank ", rank_,
+                   ": rank ", r, " framed ", header[0], " layers in a group of ", nlayers,
+                   " (corrupt payload, or ranks out of step)");
+    for (std::size_t i = 0; i < nlayers; ++i) {
+      if (header[1 + i] == 0) continue;
+      s.bad_layers += 1;
+      if (s.first_bad.empty()) {
+        s.first_bad = "layer '" + layers_[s.order[g.first + i]].name + "' on rank " +
+                      std::to_string(r) + " (" + std::to_string(header[1 + i]) + " elements)";
+      }
+    }
+  }
+  for (std::size_t pos = g.first; pos < g.last; ++pos) {
+    const std::size_t layer = s.order[pos];
+    const std::size_t bytes = s.wire[layer].bytes();
+    for (std::size_t r = 0; r < p; ++r) {
+      std::memcpy(s.scratch.at(r * bytes), recv + r * g.block_bytes + s.offset_in_block[layer],
+                  bytes);
+    }
+    compressor_->decode(layer, TensorView(s.scratch.at(0), p * bytes, DType::kUInt8),
+                        s.outs[layer]);
+  }
+}
+
+void StepEngine::check_all_submitted() const {
+  const Impl& s = *impl_;
+  GRADCOMM_CHECK(s.in_step, ErrorCode::kInvalidArgument, "StepEngine on rank ", rank_,
+                 ": no step in progress: call begin_step() first");
+  for (std::size_t layer = 0; layer < layers_.size(); ++layer) {
+    GRADCOMM_CHECK(s.submitted[layer], ErrorCode::kInvalidArgument, "finish_step on rank ", rank_,
+                   ": layer ", layer, " ('", layers_[layer].name, "') was not submitted in step ",
+                   s.step);
+  }
+}
+
+const StepStats& StepEngine::finish_step() {
+  Impl& s = *impl_;
+  GRADCOMM_CHECK(s.in_step, ErrorCode::kInvalidArgument, "StepEngine::finish_step on rank ",
+                 rank_, " outside a step: call begin_step() first");
+  check_all_submitted();
+  for (std::size_t id = 0; id < s.groups.size(); ++id) {
+    GRADCOMM_CHECK(s.groups[id].completed, ErrorCode::kInvalidArgument,
+                   "StepEngine::finish_step on rank ", rank_, ": collective ", id, " of ",
+                   s.groups.size(), " in step ", s.step, " has not completed");
+  }
+  s.in_step = false;
+  s.stats.nonfinite = s.bad_layers;
+  if (s.bad_layers == 0) return s.stats;
+  switch (options_.nonfinite) {
+    case NonFinitePolicy::kError:
+      GRADCOMM_THROW(ErrorCode::kNonFinite, "step ", s.step, " on rank ", rank_,
+                     ": non-finite gradient values in ", s.bad_layers, " layer(s), first ",
+                     s.first_bad,
+                     " (policy: error; set NonFinitePolicy::kSkipStep or kZero to go on)");
+    case NonFinitePolicy::kSkipStep:
+      // Error feedback loses nothing: what each rank sent goes back into its residuals.
+      for (const Impl::Group& g : s.groups) {
+        for (std::size_t pos = g.first; pos < g.last; ++pos) {
+          const std::size_t layer = s.order[pos];
+          const LayerWire& w = s.wire[layer];
+          compressor_->on_step_skipped(
+              layer, TensorView(s.send.at(g.send_offset + s.offset_in_block[layer]), w.count,
+                                w.dtype));
+        }
+      }
+      for (const TensorView& out : s.outs) std::memset(out.data(), 0, out.nbytes());
+      s.stats.skipped = true;
+      break;
+    case NonFinitePolicy::kZero:
+      break;
+  }
+  return s.stats;
+}
+
+void StepEngine::abandon_step() noexcept {
+  impl_->in_step = false;
+  impl_->groups.clear();
+}
+
+}  // namespace gradcomm
