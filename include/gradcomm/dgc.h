@@ -31,6 +31,7 @@ enum class DgcSelection : std::uint8_t {
   kExact,    // the true top-k of |v|, ties broken by the lower index
 };
 const char* dgc_selection_name(DgcSelection selection) noexcept;
+DgcSelection parse_dgc_selection(const std::string& name);  // "sampled" or "exact"
 
 struct DgcOptions {
   // Density in force once warm-up is over: k = ceil(density * n) slots per rank.

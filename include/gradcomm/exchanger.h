@@ -25,7 +25,7 @@ class Exchanger {
   // Registers `layers` (in forward order; backward submits them in reverse) and checks
   // that every rank registered the same layers with the same settings: a mismatch throws
   // gradcomm::Error (kSizeMismatch) on every rank naming the first differing layer.
-  Exchanger(Communicator& comm, std::unique_ptr<Compressor> compressor,
+  Exchanger(Communicator& comm, std::shared_ptr<Compressor> compressor,
             std::vector<LayerSpec> layers, ExchangerOptions options = {});
   ~Exchanger();
   Exchanger(const Exchanger&) = delete;

@@ -104,6 +104,9 @@ struct LgrecoOptions {
   // counted from `first_step`, apply from the step after.
   std::int64_t period = 100;
   std::int64_t first_step = 0;  // no profiling before this step (e.g. DGC warm-up)
+  // false: never profile, keep the uniform default for good (the baseline L-GreCo is
+  // measured against: same compressor, same wire format).
+  bool adaptive = true;
   int bins = 10000;             // B of the DP
   // DGC family: the error of every density comes from one sorted sample of at most this
   // many |v| per layer (the whole layer when it is smaller: then exact).

@@ -65,7 +65,7 @@ class StepEngine {
   // Validates the options, sets the compressor up for `layers` (forward order; a step
   // submits them in reverse) and reserves every buffer a step can need, so steady-state
   // steps never allocate.
-  StepEngine(std::unique_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
+  StepEngine(std::shared_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
              int world_size, int rank, StepEngineOptions options = {});
   ~StepEngine();
   StepEngine(const StepEngine&) = delete;
@@ -104,11 +104,13 @@ class StepEngine {
   int rank() const noexcept { return rank_; }
   const StepEngineOptions& options() const noexcept { return options_; }
   Compressor& compressor() noexcept { return *compressor_; }
+  // Shared: the Python bindings keep a handle to the compressor next to the engine.
+  const std::shared_ptr<Compressor>& compressor_ptr() const noexcept { return compressor_; }
   const Compressor& compressor() const noexcept { return *compressor_; }
 
  private:
   struct Impl;
-  std::unique_ptr<Compressor> compressor_;
+  std::shared_ptr<Compressor> compressor_;
   std::vector<LayerSpec> layers_;
   int world_size_;
   int rank_;

@@ -30,6 +30,55 @@ bool same(const LayerRecord& a, const LayerRecord& b) {
          a.shape_flags == b.shape_flags;
 }
 
+// Settings texts are space-separated `key=value` words, led by the compressor's name: the
+// first key whose value differs, with both values.
+struct SettingDifference {
+  std::string key, first, second;
+};
+
+std::vector<std::pair<std::string, std::string>> setting_words(const std::string& text) {
+  std::vector<std::pair<std::string, std::string>> words;
+  std::size_t begin = 0;
+  while (begin < text.size()) {
+    std::size_t end = text.find(' ', begin);
+    if (end == std::string::npos) end = text.size();
+    if (end > begin) {
+      const std::string word = text.substr(begin, end - begin);
+      const std::size_t eq = word.find('=');
+      if (eq == std::string::npos) {
+        // A bare word names what the settings are of: the compressor (first), or a part.
+        words.emplace_back(words.empty() ? std::string("compressor")
+                                         : "word " + std::to_string(words.size() + 1),
+                           word);
+      } else {
+        words.emplace_back(word.substr(0, eq), word.substr(eq + 1));
+      }
+    }
+    begin = end + 1;
+  }
+  return words;
+}
+
+SettingDifference first_difference(const std::string& a, const std::string& b) {
+  const auto wa = setting_words(a), wb = setting_words(b);
+  for (const auto& [key, value] : wa) {
+    std::string other;
+    for (const auto& [k, v] : wb) {
+      if (k == key) {
+        other = v;
+        break;
+      }
+    }
+    if (other != value) return {key, value, other};
+  }
+  for (const auto& [key, value] : wb) {
+    bool found = false;
+    for (const auto& [k, v] : wa) found = found || k == key;
+    if (!found) return {key, "", value};
+  }
+  return {"(order of settings)", a, b};
+}
+
 TensorView u32(std::vector<std::uint32_t>& v) { return TensorView::of(std::span<std::uint32_t>(v)); }
 
 // Only on a mismatch: gathers every rank's layers and settings and names the first
@@ -102,10 +151,13 @@ TensorView u32(std::vector<std::uint32_t>& v) { return TensorView::of(std::span<
     }
   }
   for (int r = 1; r < p; ++r) {
-    if (settings_of(r) != settings_of(0)) {
-      GRADCOMM_THROW(ErrorCode::kSizeMismatch, what, ": the settings differ between ranks: rank 0 has '",
-                     settings_of(0), "', rank ", r, " has '", settings_of(r), "'");
-    }
+    const std::string mine = settings_of(0), theirs = settings_of(r);
+    if (theirs == mine) continue;
+    const SettingDifference d = first_difference(mine, theirs);
+    GRADCOMM_THROW(ErrorCode::kSizeMismatch, what, ": the settings differ between ranks: '",
+                   d.key, "' is ", d.first.empty() ? "(none)" : d.first, " on rank 0 and ",
+                   d.second.empty() ? "(none)" : d.second, " on rank ", r, " (rank 0 has '",
+                   mine, "', rank ", r, " has '", theirs, "')");
   }
   GRADCOMM_THROW(ErrorCode::kInternal, what, ": fingerprints differ but no difference was found");
 }

@@ -6,7 +6,7 @@
 
 namespace gradcomm {
 
-Exchanger::Exchanger(Communicator& comm, std::unique_ptr<Compressor> compressor,
+Exchanger::Exchanger(Communicator& comm, std::shared_ptr<Compressor> compressor,
                      std::vector<LayerSpec> layers, ExchangerOptions options)
     : comm_(comm),
       engine_(std::move(compressor), std::move(layers), comm.size(), comm.rank(), options) {

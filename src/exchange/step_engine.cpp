@@ -81,6 +81,14 @@ struct StepEngine::Impl {
   // Non-finite findings of the completed groups, for the policy at finish_step().
   std::size_t bad_layers = 0;
   std::string first_bad;
+  // Ranks known to have met one: the most any fused allreduce layer counted, and the
+  // ranks named by allgather headers (by rank).
+  std::size_t bad_ranks_counted = 0;
+  std::vector<char> bad_rank;
+  std::size_t bad_ranks() const {
+    return std::max<std::size_t>(bad_ranks_counted,
+                                 static_cast<std::size_t>(std::count(bad_rank.begin(), bad_rank.end(), 1)));
+  }
   StepStats stats;
 
   // Under kSkipStep a skipped step gives every payload back to its compressor
@@ -96,7 +104,7 @@ struct StepEngine::Impl {
   }
 };
 
-StepEngine::StepEngine(std::unique_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
+StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
                        int world_size, int rank, StepEngineOptions options)
     : compressor_(std::move(compressor)), layers_(std::move(layers)), world_size_(world_size),
       rank_(rank), options_(options), impl_(std::make_unique<Impl>()) {
@@ -223,6 +231,8 @@ void StepEngine::begin_step(std::int64_t step) {
   s.next_to_issue = 0;
   s.bad_layers = 0;
   s.first_bad.clear();
+  s.bad_ranks_counted = 0;
+  s.bad_rank.assign(p, 0);
   s.stats = {};
   s.in_step = true;
 }
@@ -323,6 +333,7 @@ void StepEngine::complete(std::size_t id) {
       }
       if (ranks_bad == 0.0f) continue;
       s.bad_layers += 1;
+      s.bad_ranks_counted = std::max(s.bad_ranks_counted, static_cast<std::size_t>(ranks_bad));
       if (s.first_bad.empty()) {
         s.first_bad = "layer '" + layers_[s.order[pos]].name + "' on " +
                       std::to_string(static_cast<int>(ranks_bad)) + " rank(s)";
@@ -347,6 +358,7 @@ void StepEngine::complete(std::size_t id) {
     for (std::size_t i = 0; i < nlayers; ++i) {
       if (header[1 + i] == 0) continue;
       s.bad_layers += 1;
+      s.bad_rank[r] = 1;
       if (s.first_bad.empty()) {
         s.first_bad = "layer '" + layers_[s.order[g.first + i]].name + "' on rank " +
                       std::to_string(r) + " (" + std::to_string(header[1 + i]) + " elements)";
@@ -392,8 +404,9 @@ const StepStats& StepEngine::finish_step() {
   switch (options_.nonfinite) {
     case NonFinitePolicy::kError:
       GRADCOMM_THROW(ErrorCode::kNonFinite, "step ", s.step, " on rank ", rank_,
-                     ": non-finite gradient values in ", s.bad_layers, " layer(s), first ",
-                     s.first_bad,
+                     ": ", s.bad_ranks(), " of ", world_size_,
+                     " ranks met NaN or Inf in the gradients of ", s.bad_layers,
+                     " layer(s), first ", s.first_bad,
                      " (policy: error; set NonFinitePolicy::kSkipStep or kZero to go on)");
     case NonFinitePolicy::kSkipStep:
       // Error feedback loses nothing: what each rank sent goes back into its residuals.

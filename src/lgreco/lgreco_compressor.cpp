@@ -154,7 +154,7 @@ std::string LgrecoCompressor::settings_fingerprint() const {
   return detail::concat("lgreco family=", lgreco_family_name(options_.family), " candidates=", candidates,
                         " default=", quant_family() ? detail::concat(options_.default_bits)
                                                     : detail::concat(options_.default_density),
-                        " period=",
+                        " adaptive=", options_.adaptive, " period=",
                         options_.period, " first=", options_.first_step, " bins=", options_.bins,
                         " sample=", options_.dgc_sample, " | ",
                         inner().settings_fingerprint());
@@ -167,7 +167,8 @@ std::size_t LgrecoCompressor::max_payload_bytes(std::size_t layer) const { retur
 LayerWire LgrecoCompressor::wire(std::size_t layer) const { return inner().wire(layer); }
 
 bool LgrecoCompressor::profiles_step(std::int64_t step) const {
-  return step >= options_.first_step && (step - options_.first_step + 1) % options_.period == 0;
+  return options_.adaptive && step >= options_.first_step &&
+         (step - options_.first_step + 1) % options_.period == 0;
 }
 
 bool LgrecoCompressor::is_planned(std::size_t layer) const {

@@ -182,7 +182,9 @@ TEST(Exchanger, DifferentLayerCountsAndSettingsFailOnEveryRank) {
     Exchanger ex(comm, std::make_unique<DenseCompressor>(DenseOptions{wire}), model_layers());
   } catch (const Error& e) {
     threw = true;
-    EXPECT_NE(e.message().find("settings differ"), std::string::npos) << e.what();
+    // Names the setting and both values.
+    EXPECT_NE(e.message().find("the settings differ between ranks: 'wire' is float16 on rank 0 and float32 on rank 1"),
+              std::string::npos) << e.what();
   }
   EXPECT_TRUE(all_ranks(threw));
 }

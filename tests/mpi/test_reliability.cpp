@@ -56,7 +56,7 @@ struct Mismatch {
 
 std::vector<Mismatch> mismatches() {
   return {
-      {"nonfinite_policy", "settings differ",
+      {"nonfinite_policy", "the settings differ between ranks: 'nonfinite' is",
        [](Communicator& comm, bool odd) {
          ExchangerOptions o;
          o.nonfinite = odd ? NonFinitePolicy::kZero : NonFinitePolicy::kError;
@@ -86,7 +86,7 @@ std::vector<Mismatch> mismatches() {
          if (odd) std::swap(layers[0], layers[2]);
          Exchanger(comm, std::make_unique<DenseCompressor>(), layers);
        }},
-      {"compressor", "settings differ",
+      {"compressor", "'compressor' is",
        [](Communicator& comm, bool odd) {
          std::unique_ptr<Compressor> c;
          if (odd) c = std::make_unique<QuantizeCompressor>();

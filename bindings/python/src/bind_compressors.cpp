@@ -33,7 +33,7 @@ void bind_compressors(py::module_& m) {
                dtype_name(w.dtype) + "[" + std::to_string(w.count) + "])";
       });
 
-  py::class_<Compressor>(m, "Compressor",
+  py::class_<Compressor, std::shared_ptr<Compressor>>(m, "Compressor",
                          "A gradient compressor with per-layer state (see compressor.h).")
       .def_property_readonly("name", &Compressor::name)
       .def("setup",
@@ -74,8 +74,8 @@ void bind_compressors(py::module_& m) {
 
   m.def(
       "DenseCompressor",
-      [](const std::string& wire_dtype) -> std::unique_ptr<Compressor> {
-        return std::make_unique<DenseCompressor>(DenseOptions{parse_dtype(wire_dtype)});
+      [](const std::string& wire_dtype) -> std::shared_ptr<Compressor> {
+        return std::make_shared<DenseCompressor>(DenseOptions{parse_dtype(wire_dtype)});
       },
       py::arg("wire_dtype") = "float32",
       "No compression: an allreduce of the gradient (float32 or float16 on the wire), averaged.");

@@ -19,60 +19,64 @@ namespace py = pybind11;
 namespace gradcomm::python {
 namespace {
 
-// A read-only numpy view of compressor state; `owner` (the compressor) stays alive with it.
-py::array state_view(std::span<const float> values, py::handle owner) {
-  py::array view(py::dtype::of<float>(), {static_cast<py::ssize_t>(values.size())},
-                 {static_cast<py::ssize_t>(sizeof(float))}, values.data(), owner);
-  py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-  return view;
+py::dict plan_dict(const LgrecoPlan& plan) {
+  py::dict out;
+  out["choice"] = plan.choice;
+  out["bytes"] = plan.bytes;
+  out["error"] = plan.error;
+  out["budget"] = plan.budget;
+  out["fallback"] = plan.fallback;
+  out["pinned"] = plan.pinned;
+  return out;
 }
 
 }  // namespace
 
 void bind_lgreco(py::module_& m) {
-  // DgcCompressor's state, for L-GreCo's DGC family (profiling reads u and v).
-  py::class_<DgcCompressor, Compressor>(m, "DgcCompressorState")
-      .def("momentum", [](py::object self, std::size_t layer) {
-        return state_view(self.cast<DgcCompressor&>().momentum(layer), self);
-      }, py::arg("layer"), "This rank's momentum u of `layer` (a read-only view).")
-      .def("residual", [](py::object self, std::size_t layer) {
-        return state_view(self.cast<DgcCompressor&>().residual(layer), self);
-      }, py::arg("layer"), "This rank's velocity v of `layer`: what was not sent yet.")
-      .def("k", &DgcCompressor::k, py::arg("layer"))
-      .def("is_sparse", &DgcCompressor::is_sparse, py::arg("layer"))
-      .def_property_readonly("density", &DgcCompressor::density)
-      .def("set_layer_density", &DgcCompressor::set_layer_density, py::arg("layer"), py::arg("density"),
-           "Layer `layer`'s density after warm-up (at most max_layer_density); u and v are kept.")
-      .def("layer_density", &DgcCompressor::layer_density, py::arg("layer"))
-      .def("payload_bytes_at", &DgcCompressor::payload_bytes_at, py::arg("layer"), py::arg("density"),
-           "Payload bytes per rank of `layer` at `density` (no warm-up).");
-
   const LgrecoOptions defaults;
-  m.def(
-      "LgrecoQuantCompressor",
-      [](std::vector<int> bit_widths, int default_bits, std::int64_t period,
-         std::int64_t first_step, int bins, std::size_t bucket_size,
-         const std::string& rounding, std::uint64_t seed) {
+  py::class_<LgrecoCompressor, Compressor, std::shared_ptr<LgrecoCompressor>> lgreco(
+      m, "LgrecoCompressor",
+      "L-GreCo: the quantizer (family 'quant': per-layer bit widths) or DGC (family 'dgc': "
+      "per-layer densities, no warm-up), profiling its own error every `period` steps; pair "
+      "it with an LgrecoPlanner (see gradcomm/lgreco.h).");
+  lgreco.def(
+      py::init([](const std::string& family, std::vector<int> bit_widths, int default_bits,
+         std::vector<double> densities, double default_density, std::int64_t period,
+         std::int64_t first_step, int bins, bool adaptive, std::size_t bucket_size,
+         const std::string& rounding, std::uint64_t seed, float momentum, bool nesterov,
+         const std::string& selection, const std::string& value_dtype) {
         LgrecoOptions o;
-        o.family = LgrecoFamily::kQuantBits;
+        o.family = parse_lgreco_family(family);
         o.bit_widths = std::move(bit_widths);
         o.default_bits = default_bits;
+        o.densities = std::move(densities);
+        o.default_density = default_density;
         o.period = period;
         o.first_step = first_step;
         o.bins = bins;
+        o.adaptive = adaptive;
         o.quantize.bucket_size = bucket_size;
         o.quantize.rounding = parse_rounding(rounding);
         o.quantize.seed = seed;
-        return std::make_unique<LgrecoCompressor>(std::move(o));
-      },
-      py::arg("bit_widths") = defaults.bit_widths, py::arg("default_bits") = defaults.default_bits,
-      py::arg("period") = defaults.period, py::arg("first_step") = defaults.first_step,
-      py::arg("bins") = defaults.bins, py::arg("bucket_size") = defaults.quantize.bucket_size,
-      py::arg("rounding") = "nearest", py::arg("seed") = defaults.quantize.seed,
-      "k-bit quantization with per-layer bit widths that profiles its error every `period` "
-      "steps (L-GreCo's quantization family).");
-
-  py::class_<LgrecoCompressor, Compressor>(m, "LgrecoCompressor")
+        o.dgc.warmup_densities.clear();  // planned densities from the first step
+        o.dgc.momentum = momentum;
+        o.dgc.nesterov = nesterov;
+        o.dgc.selection = parse_dgc_selection(selection);
+        o.dgc.seed = seed;
+        o.dgc.value_dtype = parse_dtype(value_dtype);
+        o.dgc.dense_dtype = o.dgc.value_dtype;
+        return std::make_shared<LgrecoCompressor>(std::move(o));
+      }),
+      py::arg("family") = "quant", py::arg("bit_widths") = defaults.bit_widths,
+      py::arg("default_bits") = defaults.default_bits, py::arg("densities") = defaults.densities,
+      py::arg("default_density") = defaults.default_density, py::arg("period") = defaults.period,
+      py::arg("first_step") = defaults.first_step, py::arg("bins") = defaults.bins,
+      py::arg("adaptive") = defaults.adaptive,
+      py::arg("bucket_size") = defaults.quantize.bucket_size, py::arg("rounding") = "nearest",
+      py::arg("seed") = defaults.quantize.seed, py::arg("momentum") = defaults.dgc.momentum,
+      py::arg("nesterov") = defaults.dgc.nesterov, py::arg("selection") = "sampled",
+      py::arg("value_dtype") = "float32");
+  lgreco
       .def_property_readonly("num_candidates", &LgrecoCompressor::num_candidates)
       .def("candidate_name", &LgrecoCompressor::candidate_name, py::arg("candidate"))
       .def("profiles_step", &LgrecoCompressor::profiles_step, py::arg("step"))
@@ -99,6 +103,26 @@ void bind_lgreco(py::module_& m) {
            [](LgrecoCompressor& c, const std::vector<std::uint32_t>& choice) { c.apply_plan(choice); },
            py::arg("choice"));
 
+  py::class_<LgrecoPlanner>(m, "LgrecoPlanner",
+                            "Agrees on the L-GreCo error table (one allreduce over the "
+                            "communicator) and solves the knapsack, identically on every rank.")
+      .def(py::init([](py::object communicator, std::shared_ptr<LgrecoCompressor> compressor) {
+             return std::make_unique<LgrecoPlanner>(communicator.cast<Communicator&>(), *compressor);
+           }),
+           py::arg("communicator"), py::arg("compressor"), py::keep_alive<1, 2>(),
+           py::keep_alive<1, 3>())
+      .def("after_step",
+           [](LgrecoPlanner& p) {
+             py::gil_scoped_release release;  // the table allreduce may be a Python collective
+             return p.after_step();
+           },
+           "Call on every rank after every step: on profiling steps it agrees on the table, "
+           "solves it and applies the plan from the next step; returns whether it re-planned.")
+      .def_property_readonly("plan", [](const LgrecoPlanner& p) { return plan_dict(p.plan()); })
+      .def_property_readonly("replans", [](const LgrecoPlanner& p) { return p.stats().replans; })
+      .def_property_readonly("changed_layers",
+                             [](const LgrecoPlanner& p) { return p.stats().changed_layers; });
+
   py::class_<LgrecoKnapsack>(m, "LgrecoKnapsack",
                              "L-GreCo's multiple-choice knapsack (deterministic on every rank).")
       .def(py::init<>())
@@ -115,15 +139,7 @@ void bind_lgreco(py::module_& m) {
             LgrecoTable table(layers, candidates);
             table.bytes = std::move(bytes);
             table.error = std::move(error);
-            const LgrecoPlan& plan = k.solve(table, default_choice, bins);
-            py::dict out;
-            out["choice"] = plan.choice;
-            out["bytes"] = plan.bytes;
-            out["error"] = plan.error;
-            out["budget"] = plan.budget;
-            out["fallback"] = plan.fallback;
-            out["pinned"] = plan.pinned;
-            return out;
+            return plan_dict(k.solve(table, default_choice, bins));
           },
           py::arg("layers"), py::arg("candidates"), py::arg("bytes"), py::arg("error"),
           py::arg("default_choice"), py::arg("bins") = 10000,

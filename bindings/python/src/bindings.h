@@ -19,6 +19,7 @@ void bind_dgc(pybind11::module_& m);          // DgcCompressor
 void bind_onebit(pybind11::module_& m);       // compressed_allreduce, OneBitErrorState
 void bind_lgreco(pybind11::module_& m);       // LgrecoCompressor, LgrecoKnapsack
 void bind_mpi(pybind11::module_& m);          // MpiCommunicator (MPI builds), HAVE_MPI
+void bind_exchanger(pybind11::module_& m);    // Exchanger: the step engine over a Communicator
 
 // DType <-> the names numpy and torch use ("float32", ...).
 DType parse_dtype(const std::string& name);

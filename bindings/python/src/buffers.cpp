@@ -135,6 +135,68 @@ Borrowed borrow(py::handle tensor, const char* what, std::optional<DType> expect
   return {std::move(capsule), TensorView(data, numel, *dtype, device, t.device.device_id)};
 }
 
+namespace {
+
+// The descriptor a capsule owns: the DLManagedTensor and the shape it points to.
+struct ExportedTensor {
+  DLManagedTensor managed{};
+  std::int64_t shape[1] = {0};
+};
+
+void delete_exported(DLManagedTensor* managed) {
+  delete static_cast<ExportedTensor*>(managed->manager_ctx);
+}
+
+// DLPack's dtype code and bits of a gradcomm dtype, as exported.
+std::pair<std::uint8_t, std::uint8_t> dlpack_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return {2, 32};
+    case DType::kFloat16: return {2, 16};
+    case DType::kBFloat16: return {4, 16};
+    case DType::kInt32: case DType::kUInt32: return {0, 32};
+    case DType::kUInt8: return {1, 8};
+  }
+  return {1, 8};
+}
+
+}  // namespace
+
+py::capsule export_dlpack(void* data, std::size_t numel, std::uint8_t code, std::uint8_t bits,
+                          Device device, int device_index) {
+  auto* exported = new ExportedTensor();
+  exported->shape[0] = static_cast<std::int64_t>(numel);
+  DLTensor& t = exported->managed.dl_tensor;
+  t.data = data;
+  t.device = {device == Device::kCuda ? kDLCUDA : kDLCPU, device == Device::kCuda ? device_index : 0};
+  t.ndim = 1;
+  t.dtype = {code, bits, 1};
+  t.shape = exported->shape;
+  t.strides = nullptr;
+  t.byte_offset = 0;
+  exported->managed.manager_ctx = exported;
+  exported->managed.deleter = &delete_exported;
+  // The consumer renames a capsule it takes to "used_dltensor" and calls the deleter
+  // itself; one never consumed (an error before import) is deleted here.
+  return py::capsule(&exported->managed, "dltensor", [](PyObject* capsule) {
+    if (PyCapsule_IsValid(capsule, "dltensor")) {
+      auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
+      if (managed != nullptr && managed->deleter != nullptr) managed->deleter(managed);
+    }
+  });
+}
+
+py::capsule export_dlpack(TensorView view) {
+  const auto [code, bits] = dlpack_dtype(view.dtype());
+  return export_dlpack(view.data(), view.numel(), code, bits, view.device(), view.device_index());
+}
+
+py::array state_view(std::span<const float> values, py::handle owner) {
+  py::array view(py::dtype::of<float>(), {static_cast<py::ssize_t>(values.size())},
+                 {static_cast<py::ssize_t>(sizeof(float))}, values.data(), owner);
+  py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  return view;
+}
+
 Borrowed borrow(py::handle tensor, const char* what, DType expected, std::size_t numel) {
   Borrowed b = borrow(tensor, what, expected);
   GRADCOMM_CHECK(b.view.numel() == numel, ErrorCode::kSizeMismatch, what, ": expected ", numel,

@@ -9,7 +9,10 @@
 
 #include <pybind11/pybind11.h>
 
+#include <pybind11/numpy.h>
+
 #include <optional>
+#include <span>
 
 #include "gradcomm/tensor.h"
 
@@ -28,5 +31,16 @@ Borrowed borrow(pybind11::handle tensor, const char* what,
 
 // The same, also checking the element count.
 Borrowed borrow(pybind11::handle tensor, const char* what, DType expected, std::size_t numel);
+
+// The other way: a DLPack capsule ("dltensor") over gradcomm's memory, which torch (and
+// numpy, cupy) import without a copy. The capsule owns only its small descriptor: the
+// memory must outlive every tensor made from it. uint32 is exported as int32 (torch has
+// no uint32 before 2.3; moving or summing bits is the same); `as` overrides the dtype.
+pybind11::capsule export_dlpack(TensorView view);
+pybind11::capsule export_dlpack(void* data, std::size_t numel, std::uint8_t code,
+                                std::uint8_t bits, Device device, int device_index);
+
+// A read-only numpy view of compressor state; `owner` (the compressor) stays alive with it.
+pybind11::array state_view(std::span<const float> values, pybind11::handle owner);
 
 }  // namespace gradcomm::python

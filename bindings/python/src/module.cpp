@@ -13,4 +13,5 @@ PYBIND11_MODULE(_gradcomm, m) {
   gradcomm::python::bind_onebit(m);
   gradcomm::python::bind_lgreco(m);
   gradcomm::python::bind_mpi(m);
+  gradcomm::python::bind_exchanger(m);
 }

@@ -1,6 +1,5 @@
 #include "python_communicator.h"
 
-#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -15,8 +14,8 @@ namespace py = pybind11;
 namespace gradcomm::python {
 namespace {
 
-// Every collective has completed when the backend returns, so all handles share one
-// finished Work that is never freed: no allocation per collective.
+// A collective the backend has already finished (it returned None): all such handles share
+// one object that is never freed.
 class DoneWork final : public Work {
  public:
   void wait() override {}
@@ -29,29 +28,45 @@ WorkHandle done() {
   return WorkHandle(&finished);
 }
 
-// numpy names the backend understands. uint32 travels as int32: torch has no uint32
-// tensors before 2.3, and moving or summing bits is the same for both.
-const char* numpy_name(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat16: return "float16";
-    case DType::kInt32: case DType::kUInt32: return "int32";
-    case DType::kUInt8: return "uint8";
-    case DType::kBFloat16: break;
+// A collective in flight in the backend: `work` is what it returned (a torch.distributed
+// Work with wait() and is_completed()). The GIL is taken for every call into it, so the
+// engine may run with the GIL released.
+class PendingWork final : public Work {
+ public:
+  PendingWork(py::object work, const char* what, int rank) : work_(std::move(work)), what_(what), rank_(rank) {}
+  ~PendingWork() override {
+    py::gil_scoped_acquire gil;
+    work_ = py::object();
   }
-  GRADCOMM_THROW(ErrorCode::kUnsupported, "PythonCommunicator: ", dtype_name(dtype),
-                 " buffers are not supported (numpy has no bfloat16)");
-}
+  void wait() override {
+    py::gil_scoped_acquire gil;
+    if (!work_) return;
+    try {
+      work_.attr("wait")();
+    } catch (py::error_already_set& e) {
+      work_ = py::object();
+      GRADCOMM_THROW(ErrorCode::kCommunication, "PythonCommunicator rank ", rank_, ": ", what_,
+                     " failed: ", py::str(e.value()).cast<std::string>());
+    }
+    work_ = py::object();
+  }
+  bool test() override {
+    py::gil_scoped_acquire gil;
+    return !work_ || work_.attr("is_completed")().cast<bool>();
+  }
+  void release() noexcept override {
+    try {
+      wait();
+    } catch (...) {  // the caller dropped the handle: nobody to tell
+    }
+    delete this;
+  }
 
-// A numpy array over the view's memory, without a copy: the `base` object stops numpy
-// from copying, and the caller keeps the memory alive for the (blocking) call.
-py::array as_numpy(TensorView view) {
-  GRADCOMM_CHECK(view.device() == Device::kCpu, ErrorCode::kUnsupported,
-                 "PythonCommunicator takes host buffers, got ", view.describe());
-  const py::dtype dtype(numpy_name(view.dtype()));
-  return py::array(dtype, {static_cast<py::ssize_t>(view.numel())}, {dtype.itemsize()},
-                   view.data(), py::none());
-}
+ private:
+  py::object work_;
+  const char* what_;
+  int rank_;
+};
 
 // A blocking Python method for a (send, recv) collective.
 auto blocking_pair(WorkHandle (Communicator::*collective)(TensorView, TensorView),
@@ -65,8 +80,8 @@ auto blocking_pair(WorkHandle (Communicator::*collective)(TensorView, TensorView
 
 }  // namespace
 
-PythonCommunicator::PythonCommunicator(py::object backend, int rank, int size)
-    : backend_(std::move(backend)), rank_(rank), size_(size) {
+PythonCommunicator::PythonCommunicator(py::object backend, int rank, int size, Device device)
+    : backend_(std::move(backend)), rank_(rank), size_(size), device_(device) {
   GRADCOMM_CHECK_ARG(size >= 1 && rank >= 0 && rank < size, "PythonCommunicator: rank ", rank,
                      " of size ", size);
   for (const char* method : {"allreduce", "allgather", "alltoall", "broadcast", "barrier"}) {
@@ -76,49 +91,81 @@ PythonCommunicator::PythonCommunicator(py::object backend, int rank, int size)
   }
 }
 
+PythonCommunicator::~PythonCommunicator() {
+  py::gil_scoped_acquire gil;
+  backend_ = py::object();
+}
+
 std::string PythonCommunicator::describe() const {
+  py::gil_scoped_acquire gil;
   return "python(" + py::str(backend_).cast<std::string>() + ", rank " + std::to_string(rank_) +
          " of " + std::to_string(size_) + ")";
 }
 
-py::object PythonCommunicator::call(const char* method, const py::args& args) {
+void PythonCommunicator::check_device(TensorView view, const char* what) const {
+  GRADCOMM_CHECK(view.device() == device_ || view.empty(), ErrorCode::kInvalidArgument,
+                 "PythonCommunicator rank ", rank_, ": ", what, " got ", view.describe(),
+                 "; this communicator carries ", device_name(device_), " buffers");
+}
+
+WorkHandle PythonCommunicator::call(const char* method, std::initializer_list<TensorView> buffers,
+                                    const py::object& extra) {
+  py::gil_scoped_acquire gil;
   GRADCOMM_CHECK(aborted_.empty(), ErrorCode::kCommunication, "PythonCommunicator rank ", rank_,
                  ": ", method, " after abort (", aborted_, ")");
+  py::list args;
+  for (const TensorView& view : buffers) args.append(export_dlpack(view));
+  if (extra) args.append(extra);
+  py::object work;
   try {
-    return backend_.attr(method)(*args);
+    work = backend_.attr(method)(*args);
   } catch (py::error_already_set& e) {
     GRADCOMM_THROW(ErrorCode::kCommunication, "PythonCommunicator rank ", rank_, " of ", size_,
                    ": ", method, " failed: ", py::str(e.value()).cast<std::string>());
   }
+  if (work.is_none()) return done();
+  return WorkHandle(new PendingWork(std::move(work), method, rank_));
 }
 
 WorkHandle PythonCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp op) {
   check_allreduce(send, recv);
+  check_device(send, "allreduce");
+  count_traffic(allreduce_wire_bytes(send.nbytes(), size_));
   if (op != ReduceOp::kSum && send.dtype() == DType::kUInt32) {
     // Ordering uint32 as int32 would be wrong above 2^31: widen to int64 (torch has no
-    // uint32). Only setup paths (the layer agreement) take max/min of uint32.
+    // uint32). Only setup paths (the layer agreement) take max/min of uint32, on the host.
+    GRADCOMM_CHECK(send.device() == Device::kCpu, ErrorCode::kUnsupported,
+                   "PythonCommunicator: max/min of uint32 on ", send.describe());
     const auto* in = static_cast<const std::uint32_t*>(send.data());
-    py::array_t<std::int64_t> wide(static_cast<py::ssize_t>(send.numel()));
-    std::copy_n(in, send.numel(), wide.mutable_data());
-    call("allreduce", py::make_tuple(wide, wide, reduce_op_name(op)));
-    std::copy_n(wide.data(), send.numel(), static_cast<std::uint32_t*>(recv.data()));
-  } else {
-    call("allreduce", py::make_tuple(as_numpy(send), as_numpy(recv), reduce_op_name(op)));
+    std::vector<std::int64_t> wide(in, in + send.numel());
+    py::gil_scoped_acquire gil;
+    py::capsule capsule = export_dlpack(wide.data(), wide.size(), 0, 64, Device::kCpu, 0);
+    try {
+      py::object work = backend_.attr("allreduce")(capsule, capsule, reduce_op_name(op));
+      if (!work.is_none()) work.attr("wait")();
+    } catch (py::error_already_set& e) {
+      GRADCOMM_THROW(ErrorCode::kCommunication, "PythonCommunicator rank ", rank_, " of ", size_,
+                     ": allreduce failed: ", py::str(e.value()).cast<std::string>());
+    }
+    std::copy(wide.begin(), wide.end(), static_cast<std::uint32_t*>(recv.data()));
+    return done();
   }
-  count_traffic(allreduce_wire_bytes(send.nbytes(), size_));
-  return done();
+  return call("allreduce", {send, recv}, py::str(reduce_op_name(op)));
 }
 
 WorkHandle PythonCommunicator::allgather(TensorView send, TensorView recv) {
   check_allgather(send, recv);
-  call("allgather", py::make_tuple(as_numpy(send), as_numpy(recv)));
+  check_device(send, "allgather");
   count_traffic(allgather_wire_bytes(send.nbytes(), size_));
-  return done();
+  return call("allgather", {send, recv});
 }
 
 WorkHandle PythonCommunicator::allgatherv(TensorView send, TensorView recv,
                                           std::span<const std::size_t> counts) {
   check_allgatherv(send, recv, counts);
+  GRADCOMM_CHECK(send.device() == Device::kCpu, ErrorCode::kUnsupported,
+                 "PythonCommunicator: allgatherv takes host buffers (a setup path), got ",
+                 send.describe());
   // Through the fixed-size allgather: pad every rank's part to the largest count. Only
   // setup paths use allgatherv, so the temporary is not on a per-step path.
   const std::size_t most = *std::max_element(counts.begin(), counts.end());
@@ -126,7 +173,8 @@ WorkHandle PythonCommunicator::allgatherv(TensorView send, TensorView recv,
   std::vector<std::byte> padded_send(most * elem), padded_recv(most * elem * size_);
   std::copy_n(static_cast<const std::byte*>(send.data()), send.nbytes(), padded_send.data());
   allgather(TensorView(padded_send.data(), padded_send.size(), DType::kUInt8),
-            TensorView(padded_recv.data(), padded_recv.size(), DType::kUInt8));
+            TensorView(padded_recv.data(), padded_recv.size(), DType::kUInt8))
+      ->wait();
   auto* out = static_cast<std::byte*>(recv.data());
   for (std::size_t r = 0; r < counts.size(); ++r) {
     out = std::copy_n(padded_recv.data() + r * most * elem, counts[r] * elem, out);
@@ -136,22 +184,19 @@ WorkHandle PythonCommunicator::allgatherv(TensorView send, TensorView recv,
 
 WorkHandle PythonCommunicator::alltoall(TensorView send, TensorView recv) {
   check_alltoall(send, recv);
-  call("alltoall", py::make_tuple(as_numpy(send), as_numpy(recv)));
+  check_device(send, "alltoall");
   count_traffic(alltoall_wire_bytes(send.nbytes(), size_));
-  return done();
+  return call("alltoall", {send, recv});
 }
 
 WorkHandle PythonCommunicator::broadcast(TensorView buffer, int root) {
   check_broadcast(buffer, root);
-  call("broadcast", py::make_tuple(as_numpy(buffer), root));
+  check_device(buffer, "broadcast");
   count_traffic(rank_ == root ? buffer.nbytes() : 0);
-  return done();
+  return call("broadcast", {buffer}, py::int_(root));
 }
 
-WorkHandle PythonCommunicator::barrier() {
-  call("barrier", py::make_tuple());
-  return done();
-}
+WorkHandle PythonCommunicator::barrier() { return call("barrier", {}); }
 
 void PythonCommunicator::abort(const std::string& reason) {
   aborted_ = reason.empty() ? "aborted" : reason;
@@ -208,8 +253,13 @@ void bind_python_communicator(py::module_& m) {
       m, "PythonCommunicator",
       "A Communicator whose collectives a Python backend runs (gradcomm.torch uses "
       "torch.distributed on DDP's process group).")
-      .def(py::init<py::object, int, int>(), py::arg("backend"), py::arg("rank"),
-           py::arg("size"));
+      .def(py::init([](py::object backend, int rank, int size, const std::string& device) {
+             GRADCOMM_CHECK_ARG(device == "cpu" || device == "cuda",
+                                "PythonCommunicator: device must be 'cpu' or 'cuda', got '", device, "'");
+             return std::make_unique<PythonCommunicator>(std::move(backend), rank, size,
+                                                         device == "cuda" ? Device::kCuda : Device::kCpu);
+           }),
+           py::arg("backend"), py::arg("rank"), py::arg("size"), py::arg("device") = "cpu");
 }
 
 }  // namespace gradcomm::python

@@ -26,6 +26,13 @@ const char* dgc_selection_name(DgcSelection selection) noexcept {
   return "unknown";
 }
 
+DgcSelection parse_dgc_selection(const std::string& name) {
+  if (name == "sampled") return DgcSelection::kSampled;
+  if (name == "exact") return DgcSelection::kExact;
+  GRADCOMM_THROW(ErrorCode::kInvalidArgument, "DgcCompressor: selection must be 'sampled' or 'exact', got '",
+                 name, "'");
+}
+
 DgcCompressor::DgcCompressor(DgcOptions options) : options_(std::move(options)) {
   const DgcOptions& o = options_;
   auto density_ok = [](double d) { return d > 0.0 && d <= 1.0; };

@@ -1,91 +1,68 @@
-"""The machinery every gradcomm DDP hook shares.
+"""What every gradcomm DDP hook shares: torch glue around gradcomm's C++ Exchanger.
 
-A hook state keeps one gradcomm ``Compressor`` per parameter, keyed by the parameter
-itself (never by ``bucket.index()``, which changes when DDP rebuilds its buckets after the
-first iteration). For each bucket and step it asks every parameter's compressor for its
-wire (a summable allreduce payload, or opaque bytes to allgather), encodes all of them into
-two flat buffers, runs at most one allreduce per wire dtype and one allgather through the
-process group DDP uses, and decodes into the bucket buffer, which the hook's future
-returns. Buffers are kept per bucket and only grow, so steady-state steps allocate no
-tensor storage.
+A hook state holds ONE gradcomm ``Compressor`` for the whole model, with every parameter
+DDP hands it registered as a layer, keyed by the parameter itself (never by
+``bucket.index()``, which changes when DDP rebuilds its buckets after the first
+iteration). The step is run by the C++ ``Exchanger`` - the same step engine, framing and
+non-finite policy a C++ trainer uses - over a ``PythonCommunicator`` whose collectives are
+``torch.distributed`` calls on DDP's process group (or over a gradcomm ``Communicator`` the
+user gives). Python only hands each bucket's gradient slices to ``submit()``, whose
+collectives start as soon as their layers are encoded, and calls ``finish_step()`` at the
+last bucket of the step, which decodes every update into the bucket buffers.
 
-Non-finite gradients: compressors count them and treat them as 0. Every rank adds a
-status (one element at the end of each allreduce buffer, a header word per rank in the
-allgather), so after the collectives every rank knows how many ranks met one and applies
-the same policy: ``"error"`` raises on every rank, ``"skip_step"`` returns a zero update,
-``"zero"`` carries on.
+The first backward learns the parameters: its buckets are held (their futures pending)
+until the last one, then the Exchanger is built - which checks that every rank registered
+the same layers with the same settings - and the whole step runs. From then on each bucket
+is encoded as it arrives. Bucket futures complete when the step finishes (DDP waits for
+them only after the last bucket), so an error under ``nonfinite="error"`` is raised by the
+last hook call itself, as a ``gradcomm.Error``, from ``loss.backward()``.
 """
 
-import dataclasses
-from typing import Dict, Iterable, Optional, Tuple
+import zlib
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
 import gradcomm
 import gradcomm._gradcomm as _native
+from gradcomm.torch._comm import communicator as torch_communicator
 
 _NONFINITE_POLICIES = ("error", "skip_step", "zero")
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
-_ALIGN = 8  # every payload starts 8-byte aligned: packed indices and values are read in place
-# The allgather block of each rank starts with [int32 non-finite count, int32 padding].
-_HEADER_BYTES = 8
+_GRADIENT_DTYPES = (torch.float32,)
+#: Version of ``state_dict()``: 2 keeps one compressor for the model (gradcomm 0.2);
+#: version 1 (gradcomm 0.1) kept one per parameter.
+STATE_VERSION = 2
 
 
-def _align(n: int) -> int:
-    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
-class _Arena:
-    """A grow-only flat buffer of one dtype; views are cut from its front."""
-
-    def __init__(self, dtype: torch.dtype, device: torch.device):
-        self.dtype = dtype
-        self.device = device
-        self.storage = torch.empty(0, dtype=dtype, device=device)
-
-    def take(self, numel: int) -> torch.Tensor:
-        if self.storage.numel() < numel:
-            # Grow with headroom so a schedule that raises payloads step by step (sparsity
-            # warm-up) reallocates a few times, not every step.
-            self.storage = torch.empty(max(numel, self.storage.numel() * 3 // 2),
-                                       dtype=self.dtype, device=self.device)
-        return self.storage[:numel]
-
-
-@dataclasses.dataclass
-class _Entry:
-    """One parameter: its key, its compressor (set up for a single layer), its size."""
-
-    key: str
-    compressor: gradcomm.Compressor
-    numel: int
-    ndim: int
-
-
-class _BucketBuffers:
-    """Per-bucket scratch: the allreduce payloads per dtype, the allgather send and receive
-    blocks, and the per-layer rank-ordered copy the allgather decoder reads."""
-
-    def __init__(self, device: torch.device):
-        self.allreduce = {name: _Arena(dtype, device) for name, dtype in _TORCH_DTYPES.items()
-                          if name != "uint8"}
-        self.send = _Arena(torch.uint8, device)
-        self.recv = _Arena(torch.uint8, device)
-        self.gathered = _Arena(torch.uint8, device)
+def _invalid(message: str) -> "gradcomm.InvalidArgumentError":
+    return gradcomm.InvalidArgumentError(message)
 
 
 def _nonfinite_policy(policy: str) -> str:
     if policy not in _NONFINITE_POLICIES:
-        raise ValueError(f"nonfinite must be one of {_NONFINITE_POLICIES}, got {policy!r}")
+        raise _invalid(f"nonfinite must be one of {_NONFINITE_POLICIES}, got {policy!r}")
     return policy
 
 
-class CompressedHookState:
-    """Base of the gradcomm hook states: the process group, the per-parameter compressors,
-    the step counter, and ``state_dict()`` / ``load_state_dict()`` of this rank's shard.
+def _completed(value: torch.Tensor) -> torch.futures.Future:
+    future = torch.futures.Future()
+    future.set_result(value)
+    return future
 
-    Subclasses define ``_make_compressor()`` and ``_settings()``.
+
+def blob_checksum(blob: bytes) -> int:
+    """The checksum state_dict() stores next to every blob (CRC-32)."""
+    return zlib.crc32(blob) & 0xFFFFFFFF
+
+
+class CompressedHookState:
+    """Base of the gradcomm hook states: the process group, the model's compressor and
+    Exchanger, the step counter, and ``state_dict()`` / ``load_state_dict()`` of this rank's
+    shard.
+
+    Subclasses define ``_make_compressor()`` (one compressor for every layer) and
+    ``_settings()``; they may override ``_after_step()``.
     """
 
     _kind = "base"
@@ -93,59 +70,63 @@ class CompressedHookState:
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
                  nonfinite: str = "error",
-                 communicator: Optional[gradcomm.Communicator] = None):
+                 communicator: Optional[gradcomm.Communicator] = None,
+                 bucket_bytes: int = 4 << 20):
         self.process_group = process_group
         # A gradcomm Communicator (gradcomm.MpiCommunicator under mpirun) that carries the
-        # hook's collectives instead of the process group; they are then blocking.
+        # hook's collectives instead of the process group.
         self.communicator = communicator
         self.nonfinite = _nonfinite_policy(nonfinite)
+        if int(bucket_bytes) != bucket_bytes or bucket_bytes < 1:
+            raise _invalid(f"bucket_bytes must be a positive integer, got {bucket_bytes!r}")
+        self.bucket_bytes = int(bucket_bytes)
         # Keys: parameter names when given (checkpoints then survive any change of bucket
         # layout); otherwise the order in which DDP's first iteration hands parameters to
         # the hook, which is deterministic for a given model and bucket_cap_mb.
         self._names: Optional[Dict[torch.Tensor, str]] = None
         if named_parameters is not None:
             self._names = {p: name for name, p in named_parameters}
-        self._entries: Dict[torch.Tensor, _Entry] = {}
-        self._pending: Dict[str, bytes] = {}
-        self._buffers: Dict[Tuple[str, ...], _BucketBuffers] = {}
+        self._exchanger = None
+        self._layer_of: Dict[torch.Tensor, int] = {}
+        self._held: List[Tuple[torch.Tensor, list, torch.futures.Future]] = []  # first step
+        self._waiting: List[Tuple[torch.futures.Future, torch.Tensor]] = []  # this step
+        self._pending_state: Optional[dict] = None  # loaded before the Exchanger exists
         self._expected_world_size: Optional[int] = None
         self._checked = False
         self._name = type(self).__name__  # in messages; OneBitAdam names itself here
         self._in_step = False
-        self._layouts_used: set = set()
+        self._agreed_epoch: Optional[int] = None
         self.iteration = 0
         self.epoch = 0
+        self.last_stats: Optional[dict] = None
         # Bytes this rank sent, all steps, by the algorithm model of gradcomm's
         # Communicator traffic counters (ring allreduce 2(p-1)/p * n, allgather (p-1) * n).
         self.bytes_sent = 0
 
     # ---- what subclasses provide ------------------------------------------------------
-    def _make_compressor(self, numel: int, ndim: int, key: str) -> gradcomm.Compressor:
+    def _make_compressor(self) -> gradcomm.Compressor:
         raise NotImplementedError
 
-    def _begin_step(self) -> None:
-        """Called before the first bucket of every step (L-GreCo applies its plan here)."""
+    def _settings(self) -> dict:
+        raise NotImplementedError
 
-    def _before_encode(self, entries, grads) -> None:
-        """Called with a bucket's parameters and local gradients before they are encoded."""
+    def _epoch_driven(self) -> bool:
+        """Whether set_epoch() is forwarded to the compressor (False when it follows the
+        step count instead)."""
+        return True
 
-    def _after_last_bucket(self) -> None:
-        """Called after the last bucket of a step has started its collectives; may run
-        its own (blocking) collectives, which every rank then issues in the same order."""
+    def _on_built(self) -> None:
+        """Called once the Exchanger exists (L-GreCo builds its planner here)."""
+
+    def _after_step(self) -> None:
+        """Called on every rank after each step's Exchanger.finish_step(); may run its own
+        blocking collectives, which every rank then issues in the same order."""
 
     def _extra_state(self) -> dict:
         return {}
 
     def _load_extra_state(self, extra: dict) -> None:
         pass
-
-    def _epoch_driven(self) -> bool:
-        """Whether set_epoch() is forwarded to the compressors (False when they follow the
-        step count instead)."""
-        return True
-
-    def _settings(self) -> dict:
-        raise NotImplementedError
 
     # ---- group ------------------------------------------------------------------------
     def _group(self):
@@ -163,21 +144,6 @@ class CompressedHookState:
             return self.communicator.rank
         return dist.get_rank(self._group())
 
-    def _allreduce(self, buf: torch.Tensor) -> torch.futures.Future:
-        """Sums `buf` across ranks in place."""
-        if self.communicator is None:
-            return dist.all_reduce(buf, group=self._group(), async_op=True).get_future()
-        self.communicator.allreduce(buf, buf)
-        return _completed(buf)
-
-    def _allgather(self, send: torch.Tensor, recv: torch.Tensor) -> torch.futures.Future:
-        """Row r of `recv` (world x len(send)) receives rank r's `send`."""
-        if self.communicator is None:
-            return dist.all_gather(list(recv.unbind(0)), send, group=self._group(),
-                                   async_op=True).get_future()
-        self.communicator.allgather(send, recv.view(-1))
-        return _completed(recv)
-
     def _check_group(self) -> None:
         """Before the first collective: the hook's group must be DDP's group. A subgroup
         would make some ranks wait in collectives the others never join; every rank
@@ -189,202 +155,238 @@ class CompressedHookState:
         rank = self.rank
         expected = self._expected_world_size or dist.get_world_size()
         if rank < 0:
-            raise ValueError(
+            raise _invalid(
                 f"{self._name}: global rank {dist.get_rank()} is not a member of the "
                 f"hook's process group, but DDP runs it (DDP world size {expected})")
         size = self.world_size
         if size != expected:
-            raise ValueError(
+            raise _invalid(
                 f"{self._name}: the hook's process group has {size} ranks but DDP's "
                 f"has {expected} (global rank {dist.get_rank()}); pass DDP's process group to "
                 "the state, or register with gradcomm.torch.register_comm_hook(model, state, "
                 "hook) when DDP itself runs on a subgroup")
         self._checked = True
 
-    # ---- per-parameter compressors ----------------------------------------------------
-    def _entry(self, param: torch.Tensor) -> _Entry:
-        entry = self._entries.get(param)
-        if entry is not None:
-            return entry
+    # ---- the model's layers --------------------------------------------------------------
+    @property
+    def compressor(self) -> Optional[gradcomm.Compressor]:
+        """The model's compressor (None before the first backward)."""
+        return None if self._exchanger is None else self._exchanger.compressor
+
+    @property
+    def layer_names(self) -> List[str]:
+        """The registered layers' keys, in registration order (empty before the first
+        backward)."""
+        return [] if self._exchanger is None else [l.name for l in self._exchanger.layers]
+
+    def _key(self, param: torch.Tensor, index: int) -> str:
+        if self._names is None:
+            return f"param{index}"
+        if param not in self._names:
+            raise _invalid(f"{self._name}: DDP holds a parameter of shape {tuple(param.shape)} "
+                           "that is not among named_parameters")
+        return self._names[param]
+
+    def _build(self, params_in_hook_order: list) -> None:
+        """Registers every parameter the first backward handed over, in forward order:
+        named_parameters' order when given, else the reverse of DDP's (backward) order."""
+        seen = list(params_in_hook_order)
         if self._names is not None:
-            if param not in self._names:
-                raise ValueError(f"{self._name}: a parameter of shape "
-                                 f"{tuple(param.shape)} is not among named_parameters")
-            key = self._names[param]
+            rank_of = {p: i for i, p in enumerate(self._names)}
+            for p in seen:
+                self._key(p, 0)  # raises for a parameter not among named_parameters
+            params = sorted(seen, key=lambda p: rank_of[p])
+            keys = [self._names[p] for p in params]
         else:
-            key = f"param{len(self._entries)}"
-        numel, ndim = param.numel(), param.dim()
-        compressor = self._make_compressor(numel, ndim, key)
-        compressor.setup([gradcomm.LayerSpec(key, numel, max(ndim, 1))], self.world_size,
-                         self.rank)
+            params = seen
+            keys = [self._key(p, i) for i, p in enumerate(params)]
+            params, keys = params[::-1], keys[::-1]
+        layers = [gradcomm.LayerSpec(key, p.numel(), max(p.dim(), 1))
+                  for key, p in zip(keys, params)]
+        comm = self.communicator
+        if comm is None:
+            comm = torch_communicator(self._group(), "cuda" if params[0].is_cuda else "cpu")
+        compressor = self._make_compressor()
+        self._exchanger = _native.Exchanger(comm, compressor, layers, self.bucket_bytes,
+                                            self.nonfinite)
+        self._layer_of = {p: i for i, p in enumerate(params)}
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self._restore(state)
+        self._exchanger.restore_step(self.iteration)
         if self._epoch_driven():
-            compressor.set_epoch(self.epoch)
-        blob = self._pending.pop(key, None)
-        if blob is not None:
-            compressor.load_state(blob)
-        entry = _Entry(key, compressor, numel, ndim)
-        self._entries[param] = entry
-        return entry
+            self._exchanger.compressor.set_epoch(self.epoch)
+        self._on_built()
 
     def set_epoch(self, epoch: int) -> None:
-        """Advances epoch-based schedules (DGC's sparsity warm-up) on every parameter.
-        Call it at the start of each epoch on every rank, like DistributedSampler.set_epoch."""
+        """Advances epoch-based schedules (DGC's sparsity warm-up). Call it at the start of
+        each epoch on every rank, like DistributedSampler.set_epoch."""
         self.epoch = int(epoch)
-        if self._epoch_driven():
-            for entry in self._entries.values():
-                entry.compressor.set_epoch(self.epoch)
+        if self._exchanger is not None and self._epoch_driven():
+            self._exchanger.compressor.set_epoch(self.epoch)
 
     # ---- checkpoints --------------------------------------------------------------------
+    def _layer_table(self) -> List[Tuple[str, int]]:
+        return [(l.name, l.numel) for l in self._exchanger.layers]
+
     def state_dict(self) -> dict:
-        """This rank's shard: the step and epoch, the settings, and every parameter's
-        compressor state (residuals, momenta, ...) as bytes. Save one file per rank."""
-        compressors = {e.key: e.compressor.save_state() for e in self._entries.values()}
-        compressors.update(self._pending)  # loaded but not yet seen: keep, don't drop
-        return {"kind": self._kind, "settings": self._settings(), "iteration": self.iteration,
-                "epoch": self.epoch, "rank": self.rank, "world_size": self.world_size,
-                "compressors": compressors, "extra": self._extra_state()}
+        """This rank's shard: the step and epoch, the settings, the registered layers and
+        the compressor's state (residuals, momenta, ...) as bytes with their checksum.
+        Save one file per rank."""
+        if self._exchanger is None:
+            if self._pending_state is not None:  # loaded, not yet applied: keep, don't drop
+                return dict(self._pending_state)
+            layers, blob = None, None
+        else:
+            layers, blob = self._layer_table(), self._exchanger.compressor.save_state()
+        return {"kind": self._kind, "version": STATE_VERSION, "settings": self._settings(),
+                "iteration": self.iteration, "epoch": self.epoch, "rank": self.rank,
+                "world_size": self.world_size, "layers": layers, "compressor": blob,
+                "checksum": None if blob is None else blob_checksum(blob),
+                "extra": self._extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a shard saved by ``state_dict()`` on the same rank of a job of the same
-        size with the same settings. Parameters not seen yet pick up their state when the
-        hook first meets them."""
+        size with the same settings and parameters. Before the first backward the layers
+        are checked against ``named_parameters`` (when given) and the state is applied when
+        the Exchanger is built."""
         name = self._name
+        if not isinstance(state, dict):
+            raise _invalid(f"{name}.load_state_dict: expected a dict from state_dict(), got "
+                           f"{type(state).__name__}")
+        version = state.get("version", 1)
+        if version != STATE_VERSION:
+            raise _invalid(
+                f"{name}.load_state_dict: the state_dict has version {version} (gradcomm 0.1 "
+                f"kept one compressor per parameter); this gradcomm reads version "
+                f"{STATE_VERSION} (one compressor per model). Residuals and momenta of a "
+                "version-1 shard cannot be carried over: start the hook state afresh")
         if state.get("kind") != self._kind:
-            raise ValueError(f"{name}.load_state_dict: a {state.get('kind')!r} state, "
-                             f"expected {self._kind!r}")
+            raise _invalid(f"{name}.load_state_dict: a {state.get('kind')!r} state, "
+                           f"expected {self._kind!r}")
         for field, mine in (("world_size", self.world_size), ("rank", self.rank)):
             if state.get(field) != mine:
-                raise ValueError(f"{name}.load_state_dict: the shard was saved with "
-                                 f"{field}={state.get(field)}, this process has {mine}")
+                raise _invalid(f"{name}.load_state_dict: the shard was saved with "
+                               f"{field}={state.get(field)}, this process has {mine}")
         if state.get("settings") != self._settings():
-            raise ValueError(f"{name}.load_state_dict: settings differ: saved "
-                             f"{state.get('settings')}, here {self._settings()}")
+            raise _invalid(f"{name}.load_state_dict: settings differ: saved "
+                           f"{state.get('settings')}, here {self._settings()}")
+        blob = state.get("compressor")
+        if blob is not None and blob_checksum(blob) != state.get("checksum"):
+            raise gradcomm.Error(
+                f"{name}.load_state_dict on rank {self.rank}: the compressor state fails its "
+                f"checksum (stored {state.get('checksum')}, computed {blob_checksum(blob)}): "
+                "the shard is damaged")
+        self._check_layers(state.get("layers"))
+        if self._exchanger is None:
+            self._pending_state = dict(state)
+            self.iteration = int(state["iteration"])
+            self.epoch = int(state["epoch"])
+            return
+        self._restore(state)
+
+    def _check_layers(self, saved) -> None:
+        """The saved layers against this model's: registered ones, or named_parameters
+        before the first backward."""
+        if saved is None:
+            return
+        if self._exchanger is not None:
+            here = self._layer_table()
+        elif self._names is not None:
+            here = [(n, p.numel()) for p, n in self._names.items() if p.requires_grad]
+        else:
+            return  # checked when the first backward registers the layers
+        saved = [tuple(x) for x in saved]
+        if saved != here:
+            diff = next((f"layer {i}: saved {a}, here {b}" for i, (a, b) in
+                         enumerate(zip(saved, here)) if a != b),
+                        f"saved {len(saved)} layers, here {len(here)}")
+            raise _invalid(f"{self._name}.load_state_dict on rank {self.rank}: the shard is of "
+                           f"another model ({diff})")
+
+    def _restore(self, state: dict) -> None:
+        self._check_layers(state.get("layers"))
         self.iteration = int(state["iteration"])
         self.epoch = int(state["epoch"])
         self._load_extra_state(state.get("extra", {}))
-        blobs = dict(state["compressors"])
-        for entry in self._entries.values():
-            if self._epoch_driven():
-                entry.compressor.set_epoch(self.epoch)
-            if entry.key in blobs:
-                entry.compressor.load_state(blobs.pop(entry.key))
-        self._pending = blobs
+        if state.get("compressor") is not None:
+            self._exchanger.compressor.load_state(state["compressor"])
+        self._exchanger.restore_step(self.iteration)
+        if self._epoch_driven():
+            self._exchanger.compressor.set_epoch(self.epoch)
 
     # ---- one bucket -----------------------------------------------------------------------
-    def _exchange(self, bucket) -> torch.futures.Future[torch.Tensor]:
-        self._check_group()
-        if not self._in_step:
-            self._in_step = True
-            # Buffers of bucket layouts the last step did not use (DDP's layout before its
-            # bucket rebuild) are freed; steady-state layouts keep theirs.
-            for stale in set(self._buffers) - self._layouts_used:
-                del self._buffers[stale]
-            self._layouts_used = set()
-            self._begin_step()
-        buffer = bucket.buffer()
-        if buffer.dtype != torch.float32:
-            raise TypeError(f"{self._name}: gradcomm hooks take float32 gradients, "
-                            f"the bucket holds {buffer.dtype} ({buffer.numel()} elements)")
-        params = bucket.parameters()
-        entries = [self._entry(p) for p in params]
-        if sum(e.numel for e in entries) != buffer.numel():
+    def _check_bucket(self, buffer: torch.Tensor, params: list) -> None:
+        if buffer.dtype not in _GRADIENT_DTYPES:
+            names = ", ".join(str(d).replace("torch.", "") for d in _GRADIENT_DTYPES)
+            raise _invalid(f"{self._name}: gradcomm hooks take {names} gradients, the bucket "
+                           f"holds {buffer.dtype} ({buffer.numel()} elements)")
+        total = sum(p.numel() for p in params)
+        if total != buffer.numel():
             raise RuntimeError(f"{self._name}: bucket of {buffer.numel()} elements "
-                               f"but its parameters have {sum(e.numel for e in entries)}")
-        world = self.world_size
-        keys = tuple(e.key for e in entries)
-        grads = []
+                               f"but its parameters have {total}")
+
+    def _submit(self, buffer: torch.Tensor, params: list) -> None:
         offset = 0
-        for e in entries:
-            grads.append(buffer[offset:offset + e.numel])
-            offset += e.numel
-        self._before_encode(entries, grads)
-        buffers = self._buffers.get(keys)
-        if buffers is None:
-            buffers = self._buffers[keys] = _BucketBuffers(buffer.device)
-        self._layouts_used.add(keys)
+        for p in params:
+            layer = self._layer_of.get(p)
+            if layer is None:
+                raise _invalid(f"{self._name}: a parameter of shape {tuple(p.shape)} was not "
+                               "in DDP's first backward, so it is not registered")
+            grad = buffer[offset:offset + p.numel()]
+            offset += p.numel()
+            self._exchanger.submit(layer, grad, grad)
 
-        # Layout of this step's payloads (the same on every rank: wires depend only on
-        # settings, step and layer).
-        wires = []
-        reduce_count = {"float32": 0, "float16": 0}
-        gather_bytes = _HEADER_BYTES
-        for e in entries:
-            e.compressor.set_step(self.iteration)
-            w = e.compressor.wire(0)
-            if w.collective == "allreduce":
-                wires.append((w, reduce_count[w.dtype]))
-                reduce_count[w.dtype] += w.count
-            else:
-                wires.append((w, gather_bytes))
-                gather_bytes += _align(w.nbytes)
-        reduce_bufs = {dt: buffers.allreduce[dt].take(n + 1)
-                       for dt, n in reduce_count.items() if n > 0}
-        gathering = gather_bytes > _HEADER_BYTES
-        send = buffers.send.take(gather_bytes) if gathering else None
+    def _begin_step(self) -> None:
+        self._in_step = True
+        self._exchanger.begin_step()
 
-        nonfinite = 0
-        for e, (w, at), grad in zip(entries, wires, grads):
-            if w.collective == "allreduce":
-                payload = reduce_bufs[w.dtype][at:at + w.count]
-            else:
-                payload = send[at:at + w.nbytes]
-            nonfinite += e.compressor.encode(0, grad, payload)
+    def _finish_step(self) -> None:
+        """At the last bucket: waits for the collectives, decodes every update into its
+        bucket and completes the step's futures; raises (every rank alike) on a non-finite
+        gradient under the 'error' policy."""
+        waiting, self._waiting = self._waiting, []
+        self._in_step = False
+        try:
+            stats = self._exchanger.finish_step()
+        except BaseException as error:
+            for future, _ in waiting:
+                future.set_exception(error)
+            raise
+        self.iteration = self._exchanger.step
+        self.bytes_sent += stats["wire_bytes"]
+        self.last_stats = stats
+        self._after_step()
+        for future, buffer in waiting:
+            future.set_result(buffer)
 
-        futures = []
-        for dt, buf in reduce_bufs.items():
-            buf[-1] = 1.0 if nonfinite else 0.0
-            futures.append(self._allreduce(buf))
-            self.bytes_sent += _native.allreduce_wire_bytes(buf.numel() * buf.element_size(),
-                                                            world)
-        recv = None
-        if gathering:
-            send[:_HEADER_BYTES].view(torch.int32)[0] = min(nonfinite, 2**31 - 1)
-            recv = buffers.recv.take(world * gather_bytes).view(world, gather_bytes)
-            futures.append(self._allgather(send, recv))
-            self.bytes_sent += _native.allgather_wire_bytes(gather_bytes, world)
-        step = self.iteration
+    def _exchange(self, bucket) -> torch.futures.Future:
+        self._check_group()
+        buffer = bucket.buffer()
+        params = list(bucket.parameters())
+        self._check_bucket(buffer, params)
+        if self._exchanger is None:
+            future = torch.futures.Future()
+            self._held.append((buffer, params, future))
+            if not bucket.is_last():
+                return future
+            held, self._held = self._held, []
+            self._build([p for _, ps, _ in held for p in ps])
+            self._begin_step()
+            for buf, ps, fut in held:
+                self._submit(buf, ps)
+                self._waiting.append((fut, buf))
+            self._finish_step()
+            return future
+        if not self._in_step:
+            self._begin_step()
+        self._submit(buffer, params)
         if bucket.is_last():
-            self._after_last_bucket()
-            self.iteration += 1
-            self._in_step = False
-
-        def finish(_):
-            bad_ranks = 0
-            for buf in reduce_bufs.values():
-                bad_ranks = max(bad_ranks, int(round(float(buf[-1]))))
-            if recv is not None:
-                counts = recv[:, :4].contiguous().view(torch.int32).flatten()
-                bad_ranks = max(bad_ranks, int((counts > 0).sum()))
-            if bad_ranks and self.nonfinite != "zero":
-                if self.nonfinite == "error":
-                    raise gradcomm.Error(
-                        f"gradcomm: non-finite value: {bad_ranks} of {world} ranks met NaN or "
-                        f"Inf in the gradients of {list(keys)} at step {step} (rank "
-                        f"{self.rank}); nonfinite='skip_step' or 'zero' tolerates it")
-                buffer.zero_()
-                return buffer
-            gathered = None
-            for e, (w, at), out in zip(entries, wires, grads):
-                if w.collective == "allreduce":
-                    e.compressor.decode(0, reduce_bufs[w.dtype][at:at + w.count], out)
-                else:
-                    if gathered is None:
-                        gathered = buffers.gathered.take(world * max(
-                            ww.nbytes for ww, _ in wires if ww.collective == "allgather"))
-                    rows = gathered[:world * w.nbytes].view(world, w.nbytes)
-                    rows.copy_(recv[:, at:at + w.nbytes])
-                    e.compressor.decode(0, rows.view(-1), out)
-            return buffer
-
-        if len(futures) == 1:
-            return futures[0].then(finish)
-        return torch.futures.collect_all(futures).then(finish)
-
-
-def _completed(value: torch.Tensor) -> torch.futures.Future:
-    future = torch.futures.Future()
-    future.set_result(value)
-    return future
+            self._finish_step()
+            return _completed(buffer)
+        future = torch.futures.Future()
+        self._waiting.append((future, buffer))
+        return future
 
 
 def register_comm_hook(model: torch.nn.parallel.DistributedDataParallel,
@@ -403,15 +405,14 @@ def register_comm_hook(model: torch.nn.parallel.DistributedDataParallel,
     mine = checked._group()
     if checked.communicator is not None:
         if checked.world_size != ddp_size:
-            raise ValueError(f"{checked._name}: its communicator has {checked.world_size} "
-                             f"ranks but DDP's group has {ddp_size}")
+            raise _invalid(f"{checked._name}: its communicator has {checked.world_size} "
+                           f"ranks but DDP's group has {ddp_size}")
     elif dist.get_rank(mine) < 0:
-        raise ValueError(f"{checked._name}: global rank {dist.get_rank()} is not a member "
-                         f"of the hook's process group, but DDP runs it ({ddp_size} ranks)")
+        raise _invalid(f"{checked._name}: global rank {dist.get_rank()} is not a member "
+                       f"of the hook's process group, but DDP runs it ({ddp_size} ranks)")
     elif dist.get_world_size(mine) != ddp_size:
-        raise ValueError(f"{checked._name}: the hook's process group has "
-                         f"{dist.get_world_size(mine)} ranks but DDP's has {ddp_size} "
-                         f"(global rank {dist.get_rank()})")
+        raise _invalid(f"{checked._name}: the hook's process group has "
+                       f"{dist.get_world_size(mine)} ranks but DDP's has {ddp_size} "
+                       f"(global rank {dist.get_rank()})")
     checked._expected_world_size = ddp_size
     model.register_comm_hook(state, hook)
-

@@ -1,6 +1,6 @@
-"""The dense baseline as a gradcomm hook: the same per-parameter machinery as the
-compressed hooks, with gradcomm's DenseCompressor (an allreduce in float32, or float16 on
-the wire). Used to measure what compression buys, and by the tests as the reference."""
+"""The dense baseline as a gradcomm hook: the same Exchanger as the compressed hooks, with
+gradcomm's DenseCompressor (an allreduce in float32, or float16 on the wire). Used to
+measure what compression buys, and by the tests as the reference."""
 
 from typing import Iterable, Optional, Tuple
 
@@ -20,20 +20,22 @@ class AllreduceState(CompressedHookState):
         named_parameters: ``model.named_parameters()``, to key state by name.
         nonfinite: ``"error"`` (default), ``"skip_step"`` or ``"zero"`` for NaN/Inf.
         communicator: a gradcomm Communicator to use instead of the process group.
+        bucket_bytes: summable payloads are fused into allreduces of up to this many bytes.
     """
 
     _kind = "allreduce"
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None, fp16: bool = False,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
-                 nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None):
-        super().__init__(process_group, named_parameters, nonfinite, communicator)
+                 nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None,
+                 bucket_bytes: int = 4 << 20):
+        super().__init__(process_group, named_parameters, nonfinite, communicator, bucket_bytes)
         self.fp16 = bool(fp16)
 
     def _settings(self) -> dict:
         return {"fp16": self.fp16}
 
-    def _make_compressor(self, numel: int, ndim: int, key: str) -> gradcomm.Compressor:
+    def _make_compressor(self) -> gradcomm.Compressor:
         return gradcomm.DenseCompressor("float16" if self.fp16 else "float32")
 
 

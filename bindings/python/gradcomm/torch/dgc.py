@@ -14,7 +14,6 @@ torch's momentum on top would apply momentum twice. Weight decay in the optimize
 fine: it is applied locally, never compressed (as in the paper).
 """
 
-import zlib
 from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
@@ -60,6 +59,8 @@ class DGCState(CompressedHookState):
             rank), ``"skip_step"`` (a zero update), ``"zero"`` (treated as 0).
         communicator: a gradcomm Communicator (``gradcomm.MpiCommunicator()`` in a job
             started by mpirun) to carry the collectives instead of the process group.
+        bucket_bytes: summable payloads are fused into allreduces, and sparse ones into
+            allgathers, of up to this many bytes.
     """
 
     _kind = "dgc"
@@ -72,8 +73,9 @@ class DGCState(CompressedHookState):
                  momentum_masking: bool = True, dense_fallback: bool = True,
                  sample_fraction: float = 0.01, seed: int = 0x5eed,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
-                 nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None):
-        super().__init__(process_group, named_parameters, nonfinite, communicator)
+                 nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None,
+                 bucket_bytes: int = 4 << 20):
+        super().__init__(process_group, named_parameters, nonfinite, communicator, bucket_bytes)
         self.density = float(density)
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
@@ -87,7 +89,7 @@ class DGCState(CompressedHookState):
         self.sample_fraction = float(sample_fraction)
         self.seed = int(seed)
         # Validate every setting once, here, rather than at the first backward.
-        self._make_compressor(1, 2, "validation")
+        self._make_compressor()
 
     def _settings(self) -> dict:
         return {"density": self.density, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -97,17 +99,14 @@ class DGCState(CompressedHookState):
                 "dense_fallback": self.dense_fallback,
                 "sample_fraction": self.sample_fraction, "seed": self.seed}
 
-    def _make_compressor(self, numel: int, ndim: int, key: str) -> gradcomm.Compressor:
+    def _make_compressor(self) -> gradcomm.Compressor:
         wire = "float16" if self.fp16 else "float32"
         return DgcCompressor(
             density=self.density, warmup_densities=list(self.warmup),
             steps_per_epoch=self.steps_per_epoch, momentum=self.momentum,
             nesterov=self.nesterov, momentum_masking=self.momentum_masking,
             clip_norm=self.clip or 0.0, selection=self.selection,
-            sample_fraction=self.sample_fraction,
-            # Each parameter is its own single-layer compressor: mix its key into the seed
-            # so tensors of one shape do not share sample offsets.
-            seed=(self.seed ^ zlib.crc32(key.encode())) & 0xFFFFFFFFFFFFFFFF,
+            sample_fraction=self.sample_fraction, seed=self.seed,
             value_dtype=wire, dense_dtype=wire, dense_fallback=self.dense_fallback)
 
     def _epoch_driven(self) -> bool:
