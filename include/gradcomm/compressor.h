@@ -34,7 +34,21 @@ struct LayerWire {
 struct EncodeResult {
   // Non-finite elements met in the input. Compressors treat them as 0 (they never enter
   // residuals or momenta); the Exchanger applies the NonFinitePolicy to the count.
+  // For a layer on a CUDA device this is 0: the count goes to the device (see
+  // ExecutionContext), so encode never waits for the device.
   std::size_t nonfinite = 0;
+};
+
+// Where a compressor's kernels run for layers on a CUDA device, set by the caller (the
+// StepEngine) before each step's first encode. Layers on the CPU ignore it.
+struct ExecutionContext {
+  // cudaStream_t of the step: every kernel and copy of encode, decode and
+  // on_step_skipped for a CUDA layer is ordered on it (nullptr: the legacy default stream).
+  void* cuda_stream = nullptr;
+  // Device array of one uint32 per layer, zeroed by the caller before the step: encode of
+  // CUDA layer l adds the non-finite elements it met to nonfinite_counts[l] on the stream
+  // (saturating at 2^32 - 1) instead of returning them. Null when no layer is on a device.
+  std::uint32_t* nonfinite_counts = nullptr;
 };
 
 class Compressor {
@@ -78,6 +92,10 @@ class Compressor {
     (void)layer;
     (void)own_payload;
   }
+
+  // The stream (and device status words) of the coming step's CUDA layers; the default,
+  // for compressors with host layers only, ignores it.
+  virtual void set_execution(const ExecutionContext& context) { (void)context; }
 
   // Schedules (sparsity warm-up, re-planning) advance with these; both default to no-op.
   virtual void set_step(std::int64_t step) { (void)step; }
