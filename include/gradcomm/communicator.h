@@ -49,6 +49,10 @@ struct TrafficCounters {
 // - allgatherv: recv.numel() == sum(counts); counts.size() == size(); this rank's
 //   count == send.numel().
 // - alltoall: send.numel() == recv.numel(), divisible by size().
+// - alltoallv: send_counts and recv_counts have size() entries; send holds the parts for
+//   ranks 0..p-1 back to back (sum(send_counts) elements), recv receives the parts from
+//   ranks 0..p-1 back to back (sum(recv_counts)); recv_counts[r] on this rank must equal
+//   send_counts[this rank] on rank r (a mismatch is a usage error, like a size mismatch).
 // - broadcast: the same numel on every rank.
 class Communicator {
  public:
@@ -64,6 +68,8 @@ class Communicator {
   virtual WorkHandle allgatherv(TensorView send, TensorView recv,
                                 std::span<const std::size_t> counts) = 0;
   virtual WorkHandle alltoall(TensorView send, TensorView recv) = 0;
+  virtual WorkHandle alltoallv(TensorView send, std::span<const std::size_t> send_counts,
+                               TensorView recv, std::span<const std::size_t> recv_counts) = 0;
   virtual WorkHandle broadcast(TensorView buffer, int root) = 0;
   virtual WorkHandle barrier() = 0;
 
@@ -89,6 +95,8 @@ class Communicator {
   void check_allgatherv(TensorView send, TensorView recv,
                         std::span<const std::size_t> counts) const;
   void check_alltoall(TensorView send, TensorView recv) const;
+  void check_alltoallv(TensorView send, std::span<const std::size_t> send_counts, TensorView recv,
+                       std::span<const std::size_t> recv_counts) const;
   void check_broadcast(TensorView buffer, int root) const;
 
  private:
@@ -99,5 +107,8 @@ class Communicator {
 std::uint64_t allreduce_wire_bytes(std::uint64_t bytes, int world_size);
 std::uint64_t allgather_wire_bytes(std::uint64_t bytes_per_rank, int world_size);
 std::uint64_t alltoall_wire_bytes(std::uint64_t total_bytes, int world_size);
+// alltoallv: the bytes of the parts this rank sends to other ranks (its own part stays).
+std::uint64_t alltoallv_wire_bytes(std::span<const std::size_t> send_counts, std::size_t element_bytes,
+                                   int rank);
 
 }  // namespace gradcomm

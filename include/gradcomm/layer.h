@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "gradcomm/tensor.h"
+
 namespace gradcomm {
 
 struct LayerSpec {
@@ -12,6 +14,14 @@ struct LayerSpec {
   std::size_t numel = 0;   // elements of the flattened gradient
   int ndim = 1;            // the tensor's rank: 1-D tensors (biases, norms) stay dense
   bool force_dense = false;  // never compress this layer, whatever its shape
+  // The gradient's element type (float32, float16 or bfloat16). Compressors see float32
+  // whatever it is: the StepEngine converts 16-bit gradients and updates at its edges, so
+  // momenta and residuals stay float32.
+  DType dtype = DType::kFloat32;
+  // Where the gradient lives: a compressor keeps its state for the layer there and runs
+  // its kernels there (on the stream of ExecutionContext for CUDA).
+  Device device = Device::kCpu;
+  int device_index = 0;
 };
 
 // A layer the compressor leaves dense: marked so, or 1-D (as in the DGC reference).

@@ -36,6 +36,8 @@ class NcclCommunicator final : public Communicator {
   WorkHandle allgatherv(TensorView send, TensorView recv,
                         std::span<const std::size_t> counts) override;
   WorkHandle alltoall(TensorView send, TensorView recv) override;
+  WorkHandle alltoallv(TensorView send, std::span<const std::size_t> send_counts, TensorView recv,
+                       std::span<const std::size_t> recv_counts) override;
   WorkHandle broadcast(TensorView buffer, int root) override;
   WorkHandle barrier() override;
   void abort(const std::string& reason) override;

@@ -21,7 +21,18 @@ LayerRecord record_of(const LayerSpec& layer) {
   const std::uint64_t numel = layer.numel;
   return {static_cast<std::uint32_t>(name_hash ^ (name_hash >> 32)),
           static_cast<std::uint32_t>(numel), static_cast<std::uint32_t>(numel >> 32),
-          static_cast<std::uint32_t>(layer.ndim) * 2u + (layer.force_dense ? 1u : 0u)};
+          // ndim, forced dense, and the gradient's dtype (ranks must update alike).
+          static_cast<std::uint32_t>(layer.ndim) * 2u + (layer.force_dense ? 1u : 0u) +
+              (static_cast<std::uint32_t>(layer.dtype) << 24)};
+}
+
+std::uint64_t numel_of(const LayerRecord& r);
+
+std::string describe_record(const LayerRecord& r) {
+  const std::uint32_t flags = r.shape_flags & 0xffffffu;
+  const auto dtype = static_cast<DType>(r.shape_flags >> 24);
+  return std::to_string(numel_of(r)) + " elements, ndim " + std::to_string(flags / 2) +
+         ((flags & 1) ? ", forced dense" : "") + ", " + dtype_name(dtype);
 }
 
 std::uint64_t numel_of(const LayerRecord& r) { return (std::uint64_t{r.numel_hi} << 32) | r.numel_lo; }
@@ -135,10 +146,7 @@ TensorView u32(std::vector<std::uint32_t>& v) { return TensorView::of(std::span<
       if (same(a, b)) continue;
       GRADCOMM_THROW(ErrorCode::kSizeMismatch, what, ": ranks disagree on layer ", i,
                      " (on rank ", comm.rank(), " it is ", local_name(i), "): rank 0 has ",
-                     numel_of(a), " elements, ndim ", a.shape_flags / 2,
-                     (a.shape_flags & 1 ? ", forced dense" : ""), "; rank ", r, " has ",
-                     numel_of(b), " elements, ndim ", b.shape_flags / 2,
-                     (b.shape_flags & 1 ? ", forced dense" : ""),
+                     describe_record(a), "; rank ", r, " has ", describe_record(b),
                      (a.name_hash != b.name_hash ? "; the names differ too" : ""));
     }
   }

@@ -22,6 +22,15 @@ std::uint64_t allgather_wire_bytes(std::uint64_t bytes_per_rank, int world_size)
   return world_size <= 1 ? 0 : bytes_per_rank * static_cast<std::uint64_t>(world_size - 1);
 }
 
+std::uint64_t alltoallv_wire_bytes(std::span<const std::size_t> send_counts, std::size_t element_bytes,
+                                   int rank) {
+  std::uint64_t bytes = 0;
+  for (std::size_t r = 0; r < send_counts.size(); ++r) {
+    if (static_cast<int>(r) != rank) bytes += send_counts[r] * element_bytes;
+  }
+  return bytes;
+}
+
 std::uint64_t alltoall_wire_bytes(std::uint64_t total_bytes, int world_size) {
   if (world_size <= 1) return 0;
   return total_bytes * static_cast<std::uint64_t>(world_size - 1) / static_cast<std::uint64_t>(world_size);
@@ -73,6 +82,25 @@ void Communicator::check_alltoall(TensorView send, TensorView recv) const {
                  ErrorCode::kSizeMismatch, "alltoall on rank ", rank(), " of ", size(),
                  ": send ", send.describe(), " and recv ", recv.describe(),
                  " must match and divide by the world size");
+}
+
+void Communicator::check_alltoallv(TensorView send, std::span<const std::size_t> send_counts,
+                                   TensorView recv, std::span<const std::size_t> recv_counts) const {
+  check_device(*this, send, "alltoallv send");
+  check_device(*this, recv, "alltoallv recv");
+  const auto p = static_cast<std::size_t>(size());
+  const std::size_t sent = std::accumulate(send_counts.begin(), send_counts.end(), std::size_t{0});
+  const std::size_t received = std::accumulate(recv_counts.begin(), recv_counts.end(), std::size_t{0});
+  GRADCOMM_CHECK(send_counts.size() == p && recv_counts.size() == p && sent == send.numel() &&
+                     received == recv.numel() && send.dtype() == recv.dtype(),
+                 ErrorCode::kSizeMismatch, "alltoallv on rank ", rank(), " of ", size(), ": ",
+                 send_counts.size(), " send counts summing to ", sent, " for send ", send.describe(),
+                 ", ", recv_counts.size(), " receive counts summing to ", received, " for recv ",
+                 recv.describe());
+  GRADCOMM_CHECK(recv_counts[static_cast<std::size_t>(rank())] == send_counts[static_cast<std::size_t>(rank())],
+                 ErrorCode::kSizeMismatch, "alltoallv on rank ", rank(), ": this rank sends itself ",
+                 send_counts[static_cast<std::size_t>(rank())], " elements but expects ",
+                 recv_counts[static_cast<std::size_t>(rank())]);
 }
 
 void Communicator::check_broadcast(TensorView buffer, int root) const {

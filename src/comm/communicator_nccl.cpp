@@ -221,6 +221,36 @@ WorkHandle NcclCommunicator::alltoall(TensorView send, TensorView recv) {
   return record("alltoall");
 }
 
+WorkHandle NcclCommunicator::alltoallv(TensorView send, std::span<const std::size_t> send_counts,
+                                       TensorView recv, std::span<const std::size_t> recv_counts) {
+  check_alltoallv(send, send_counts, recv, recv_counts);
+  count_traffic(alltoallv_wire_bytes(send_counts, dtype_size(send.dtype()), rank_));
+  const std::size_t esize = dtype_size(send.dtype());
+  GRADCOMM_NCCL_CALL(ncclGroupStart(), "alltoallv group start on rank ", rank_);
+  std::size_t sent = 0, received = 0;
+  for (int r = 0; r < size_; ++r) {
+    const auto i = static_cast<std::size_t>(r);
+    ncclResult_t a = ncclSuccess, b = ncclSuccess;
+    if (send_counts[i] > 0) {
+      a = ncclSend(static_cast<char*>(send.data()) + sent * esize, send_counts[i],
+                   nccl_type(send.dtype()), r, state_->comm, state_->stream);
+    }
+    if (recv_counts[i] > 0) {
+      b = ncclRecv(static_cast<char*>(recv.data()) + received * esize, recv_counts[i],
+                   nccl_type(recv.dtype()), r, state_->comm, state_->stream);
+    }
+    if (a != ncclSuccess || b != ncclSuccess) {
+      ncclGroupEnd();
+      GRADCOMM_THROW(ErrorCode::kCommunication, "alltoallv with rank ", r, " on rank ", rank_, ": ",
+                     ncclGetErrorString(a != ncclSuccess ? a : b));
+    }
+    sent += send_counts[i];
+    received += recv_counts[i];
+  }
+  GRADCOMM_NCCL_CALL(ncclGroupEnd(), "alltoallv on rank ", rank_);
+  return record("alltoallv");
+}
+
 WorkHandle NcclCommunicator::broadcast(TensorView buffer, int root) {
   check_broadcast(buffer, root);
   if (rank_ == root) count_traffic(buffer.nbytes());

@@ -55,6 +55,12 @@ class LoopbackCommunicator final : public Communicator {
     if (send.data() != recv.data() && send.nbytes()) std::memcpy(recv.data(), send.data(), send.nbytes());
     return done();
   }
+  WorkHandle alltoallv(TensorView send, std::span<const std::size_t> send_counts, TensorView recv,
+                       std::span<const std::size_t> recv_counts) override {
+    check_alltoallv(send, send_counts, recv, recv_counts);
+    if (recv.nbytes()) std::memset(recv.data(), 0, recv.nbytes());
+    return done();
+  }
   WorkHandle broadcast(TensorView, int) override { return done(); }
   WorkHandle barrier() override { return done(); }
   void abort(const std::string& reason) override { GRADCOMM_THROW(ErrorCode::kCommunication, "abort: ", reason); }

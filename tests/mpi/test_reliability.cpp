@@ -378,6 +378,10 @@ class CorruptingCommunicator final : public Communicator {
     return inner_.allgatherv(s, r, c);
   }
   WorkHandle alltoall(TensorView s, TensorView r) override { return inner_.alltoall(s, r); }
+  WorkHandle alltoallv(TensorView s, std::span<const std::size_t> sc, TensorView r,
+                       std::span<const std::size_t> rc) override {
+    return inner_.alltoallv(s, sc, r, rc);
+  }
   WorkHandle broadcast(TensorView b, int root) override { return inner_.broadcast(b, root); }
   WorkHandle barrier() override { return inner_.barrier(); }
   void abort(const std::string& reason) override { inner_.abort(reason); }

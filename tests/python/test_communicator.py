@@ -32,6 +32,14 @@ def _collectives(rank, world):
     recv = torch.empty(2 * world, dtype=torch.uint8)
     comm.alltoall(send, recv)
     out["alltoall"] = recv.tolist()
+    # Uneven parts, one of them empty: rank r sends (r + d) % 3 elements to rank d.
+    vsend_counts = [(rank + d) % 3 for d in range(world)]
+    vrecv_counts = [(s + rank) % 3 for s in range(world)]
+    vsend = torch.tensor([100 * rank + 10 * d + j for d in range(world)
+                          for j in range(vsend_counts[d])], dtype=torch.int32)
+    vrecv = torch.full((sum(vrecv_counts),), -1, dtype=torch.int32)
+    comm.alltoallv(vsend, vsend_counts, vrecv, vrecv_counts)
+    out["alltoallv"] = vrecv.tolist()
     b = torch.full((4,), float(rank))
     comm.broadcast(b, 2)
     out["broadcast"] = b.tolist()
@@ -51,5 +59,7 @@ def test_python_communicator_collectives():
         # Rank r receives chunk r of every rank's send, in rank order.
         assert out["alltoall"] == [(100 * src + 2 * rank + j) % 256
                                    for src in range(world) for j in range(2)]
+        assert out["alltoallv"] == [100 * src + 10 * rank + j for src in range(world)
+                                    for j in range((src + rank) % 3)]
         assert out["broadcast"] == [2.0] * 4
         assert out["collectives"] >= 6

@@ -189,6 +189,18 @@ WorkHandle PythonCommunicator::alltoall(TensorView send, TensorView recv) {
   return call("alltoall", {send, recv});
 }
 
+WorkHandle PythonCommunicator::alltoallv(TensorView send, std::span<const std::size_t> send_counts,
+                                         TensorView recv, std::span<const std::size_t> recv_counts) {
+  check_alltoallv(send, send_counts, recv, recv_counts);
+  check_device(send, "alltoallv");
+  count_traffic(alltoallv_wire_bytes(send_counts, dtype_size(send.dtype()), rank_));
+  py::gil_scoped_acquire gil;
+  py::list counts;
+  counts.append(py::cast(std::vector<std::size_t>(send_counts.begin(), send_counts.end())));
+  counts.append(py::cast(std::vector<std::size_t>(recv_counts.begin(), recv_counts.end())));
+  return call("alltoallv", {send, recv}, counts);
+}
+
 WorkHandle PythonCommunicator::broadcast(TensorView buffer, int root) {
   check_broadcast(buffer, root);
   check_device(buffer, "broadcast");
@@ -241,6 +253,15 @@ void bind_python_communicator(py::module_& m) {
           py::arg("send"), py::arg("recv"), py::arg("counts"))
       .def("alltoall", blocking_pair(&Communicator::alltoall, "alltoall"), py::arg("send"),
            py::arg("recv"))
+      .def(
+          "alltoallv",
+          [](Communicator& c, py::handle send, const std::vector<std::size_t>& send_counts,
+             py::handle recv, const std::vector<std::size_t>& recv_counts) {
+            const Borrowed s = borrow(send, "alltoallv: send");
+            const Borrowed r = borrow(recv, "alltoallv: recv");
+            c.alltoallv(s.view, send_counts, r.view, recv_counts)->wait();
+          },
+          py::arg("send"), py::arg("send_counts"), py::arg("recv"), py::arg("recv_counts"))
       .def(
           "broadcast",
           [](Communicator& c, py::handle buffer, int root) {

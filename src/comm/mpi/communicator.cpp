@@ -193,6 +193,34 @@ WorkHandle MpiCommunicator::alltoall(TensorView send, TensorView recv) {
   return single_request("alltoall", send.numel(), request);
 }
 
+WorkHandle MpiCommunicator::alltoallv(TensorView send, std::span<const std::size_t> send_counts,
+                                      TensorView recv, std::span<const std::size_t> recv_counts) {
+  check_alltoallv(send, send_counts, recv, recv_counts);
+  verify_same_size("alltoallv", static_cast<std::size_t>(size_), static_cast<int>(send.dtype()));
+  PooledWork* w = WorkPool::acquire(pool_, "alltoallv", recv.numel());
+  WorkHandle handle_of_w(w);
+  const auto p = static_cast<std::size_t>(size_);
+  w->counts.resize(p);
+  w->displs.resize(p);
+  w->send_counts.resize(p);
+  w->send_displs.resize(p);
+  std::size_t sent = 0, received = 0;
+  for (std::size_t r = 0; r < p; ++r) {
+    w->send_counts[r] = checked_count(send_counts[r], "alltoallv", rank_);
+    w->send_displs[r] = checked_count(sent, "alltoallv", rank_);
+    w->counts[r] = checked_count(recv_counts[r], "alltoallv", rank_);
+    w->displs[r] = checked_count(received, "alltoallv", rank_);
+    sent += send_counts[r];
+    received += recv_counts[r];
+  }
+  count_traffic(alltoallv_wire_bytes(send_counts, dtype_size(send.dtype()), rank_));
+  GRADCOMM_MPI_CALL(MPI_Ialltoallv(send.data(), w->send_counts.data(), w->send_displs.data(),
+                                   mpi_type(send.dtype()), recv.data(), w->counts.data(),
+                                   w->displs.data(), mpi_type(recv.dtype()), comm_, &w->request),
+                    "alltoallv of ", send.describe(), " on rank ", rank_);
+  return handle_of_w;
+}
+
 WorkHandle MpiCommunicator::broadcast(TensorView buffer, int root) {
   check_broadcast(buffer, root);
   verify_same_size("broadcast", buffer.numel(), root * 8 + static_cast<int>(buffer.dtype()));

@@ -27,6 +27,7 @@ class MpiCommunicator::PooledWork final : public Work {
   MPI_Op op = MPI_OP_NULL;
   MPI_Request ring_requests[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
   std::vector<int> counts, displs;    // the chunks, by element; MPI reads them while in flight
+  std::vector<int> send_counts, send_displs;  // alltoallv's send side, likewise
   std::vector<std::byte> incoming;    // one chunk received before it is added in
   MPI_Datatype type = MPI_DATATYPE_NULL;
   char* base = nullptr;

@@ -42,6 +42,13 @@ class TorchGroupBackend:
         return dist.all_to_all_single(from_dlpack(recv), from_dlpack(send), group=self.group,
                                       async_op=True)
 
+    def alltoallv(self, send, recv, counts):
+        send_counts, recv_counts = counts
+        return dist.all_to_all_single(from_dlpack(recv), from_dlpack(send),
+                                      output_split_sizes=list(recv_counts),
+                                      input_split_sizes=list(send_counts), group=self.group,
+                                      async_op=True)
+
     def broadcast(self, buffer, root):
         src = root
         if self.group is not dist.group.WORLD:  # torch wants the root's global rank
