@@ -109,6 +109,9 @@ class StepEngine {
   const Compressor& compressor() const noexcept { return *compressor_; }
 
  private:
+  // Decodes `layer`'s received payload into its output (through float32 for 16-bit layers).
+  void decode_layer(std::size_t layer, TensorView received);
+
   struct Impl;
   std::shared_ptr<Compressor> compressor_;
   std::vector<LayerSpec> layers_;

@@ -7,6 +7,7 @@
 
 #include "gradcomm/communicator.h"
 #include "core/float16.h"
+#include "kernels/cpu/convert_kernels.h"
 
 namespace gradcomm {
 
@@ -77,6 +78,9 @@ struct StepEngine::Impl {
   bool in_step = false;
   std::int64_t step = 0;
   Arena send, recv, scratch;
+  // float32 copies of a 16-bit layer's gradient (while it is encoded) and update (while it
+  // is decoded), for the largest 16-bit layer.
+  std::vector<float> wide_grad, wide_out;
   std::size_t send_capacity = 0, recv_capacity = 0;
   // Non-finite findings of the completed groups, for the policy at finish_step().
   std::size_t bad_layers = 0;
@@ -140,6 +144,16 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   }
   s.send_capacity = send_bound;
   s.recv_capacity = p * send_bound;
+  std::size_t widest = 0;
+  for (const LayerSpec& spec : layers_) {
+    GRADCOMM_CHECK_ARG(spec.dtype == DType::kFloat32 || spec.dtype == DType::kFloat16 ||
+                           spec.dtype == DType::kBFloat16,
+                       "StepEngine: layer '", spec.name, "' has ", dtype_name(spec.dtype),
+                       " gradients; gradcomm exchanges float32, float16 and bfloat16");
+    if (spec.dtype != DType::kFloat32) widest = std::max(widest, spec.numel);
+  }
+  s.wide_grad.resize(widest);
+  s.wide_out.resize(widest);
   s.send.bytes.resize(s.send_capacity);
   s.recv.bytes.resize(s.recv_capacity);
   s.scratch.bytes.resize(scratch_bound);
@@ -247,16 +261,22 @@ void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
   GRADCOMM_CHECK(!s.submitted[layer], ErrorCode::kInvalidArgument, "StepEngine::submit: layer ",
                  layer, " ('", spec.name, "') submitted twice in step ", s.step);
   GRADCOMM_CHECK(grad.numel() == spec.numel && out.numel() == spec.numel &&
-                     grad.dtype() == DType::kFloat32 && out.dtype() == DType::kFloat32,
+                     grad.dtype() == spec.dtype && out.dtype() == spec.dtype,
                  ErrorCode::kSizeMismatch, "StepEngine::submit on rank ", rank_, ": layer ",
-                 layer, " ('", spec.name, "') was registered with ", spec.numel,
-                 " float32 elements; got grad ", grad.describe(), " and out ", out.describe());
+                 layer, " ('", spec.name, "') was registered with ", spec.numel, " ",
+                 dtype_name(spec.dtype), " elements; got grad ", grad.describe(), " and out ",
+                 out.describe());
   s.outs[layer] = out;
   s.submitted[layer] = 1;
 
   Impl::Group& g = s.groups[s.group_of[layer]];
   const LayerWire& w = s.wire[layer];
   TensorView payload(s.send.at(g.send_offset + s.offset_in_block[layer]), w.count, w.dtype);
+  if (spec.dtype != DType::kFloat32) {
+    kernels::widen_to_f32(static_cast<const std::uint16_t*>(grad.data()), spec.dtype,
+                          s.wide_grad.data(), spec.numel);
+    grad = TensorView(s.wide_grad.data(), spec.numel, DType::kFloat32);
+  }
   s.local_nonfinite[layer] = compressor_->encode(layer, grad, payload).nonfinite;
   s.stats.payload_bytes += w.bytes();
   g.pending -= 1;
@@ -308,6 +328,19 @@ std::optional<CollectiveRequest> StepEngine::next_ready() {
   return request;
 }
 
+void StepEngine::decode_layer(std::size_t layer, TensorView received) {
+  Impl& s = *impl_;
+  const LayerSpec& spec = layers_[layer];
+  const TensorView out = s.outs[layer];
+  if (spec.dtype == DType::kFloat32) {
+    compressor_->decode(layer, received, out);
+    return;
+  }
+  compressor_->decode(layer, received, TensorView(s.wide_out.data(), spec.numel, DType::kFloat32));
+  kernels::narrow_from_f32(s.wide_out.data(), spec.dtype, static_cast<std::uint16_t*>(out.data()),
+                           spec.numel);
+}
+
 void StepEngine::complete(std::size_t id) {
   Impl& s = *impl_;
   GRADCOMM_CHECK(s.in_step && id < s.groups.size() && s.groups[id].issued &&
@@ -342,7 +375,7 @@ void StepEngine::complete(std::size_t id) {
     for (std::size_t pos = g.first; pos < g.last; ++pos) {
       const std::size_t layer = s.order[pos];
       TensorView received(block + s.offset_in_block[layer], s.wire[layer].count, g.dtype);
-      compressor_->decode(layer, received, s.outs[layer]);
+      decode_layer(layer, received);
     }
     return;
   }
@@ -372,8 +405,7 @@ void StepEngine::complete(std::size_t id) {
       std::memcpy(s.scratch.at(r * bytes), recv + r * g.block_bytes + s.offset_in_block[layer],
                   bytes);
     }
-    compressor_->decode(layer, TensorView(s.scratch.at(0), p * bytes, DType::kUInt8),
-                        s.outs[layer]);
+    decode_layer(layer, TensorView(s.scratch.at(0), p * bytes, DType::kUInt8));
   }
 }
 
