@@ -107,6 +107,9 @@ struct OneBitAdamOptions {
   // diverges (tiny frozen v_i blow up the tensor-wide sign scale; docs/algorithms/onebit-adam.md,
   // "Why `precondition`").
   bool precondition = false;
+  // The dense exchanges (warm-up gradients; uncompressed params after the freeze) run
+  // through an Exchanger fusing them into allreduces of up to this many bytes.
+  std::size_t bucket_bytes = 4u << 20;
 };
 
 // One parameter tensor the optimizer updates in place (float32, host memory).
@@ -131,10 +134,23 @@ class OneBitAdam {
   OneBitAdam& operator=(const OneBitAdam&) = delete;
 
   // One optimizer step from this rank's local (not averaged) gradients, one per param in
-  // registration order. Warm-up: one fused dense allreduce of all gradients. Compression
-  // stage: one dense allreduce for the uncompressed params (if any) and one fused 1-bit
-  // allreduce of all compressed momenta; no gradient allreduce for compressed params.
+  // registration order. Warm-up: the gradients averaged by an Exchanger (dense, fused
+  // allreduces of up to bucket_bytes). Compression stage: the same for the uncompressed
+  // params (if any) and one fused 1-bit allreduce of all compressed momenta; no gradient
+  // allreduce for compressed params. step() is exactly the three calls below.
   void step(std::span<const TensorView> grads);
+
+  // The same step in parts, for callers whose dense exchange runs elsewhere (a DDP hook
+  // averages the gradients; gradcomm.torch.OneBitAdam uses these):
+  // - warm-up: warmup_update() with every param's gradient averaged over the ranks;
+  // - after the freeze: exchange_momentum() with the compressed params' local gradients
+  //   (in registration order) runs the 1-bit allreduce of the momenta and writes the
+  //   averaged momenta into `momenta_out` (one per compressed param; may be empty), then
+  //   frozen_update() with the uncompressed params' averaged gradients applies the update.
+  void warmup_update(std::span<const TensorView> averaged);
+  OneBitResult exchange_momentum(std::span<const TensorView> local_grads,
+                                 std::span<const TensorView> momenta_out);
+  void frozen_update(std::span<const TensorView> uncompressed_averaged);
 
   std::int64_t steps_done() const noexcept { return step_; }
   bool frozen() const noexcept { return step_ >= options_.freeze_step; }
@@ -152,6 +168,13 @@ class OneBitAdam {
   void load_state(std::span<const std::byte> blob);
 
  private:
+  struct Corrections {
+    float m = 1.0f, sqrt_v_frozen = 1.0f, sqrt_v_live = 1.0f;
+  };
+  Corrections corrections() const;
+  void adam_update(std::size_t param, const float* averaged_grad, bool update_v, float sqrt_bc2);
+  void check_gradients(const char* call, std::span<const TensorView> grads, bool compressed_only) const;
+
   struct Impl;
   Communicator& comm_;
   OneBitAdamOptions options_;

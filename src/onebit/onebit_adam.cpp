@@ -7,6 +7,8 @@
 
 #include "core/state_blob.h"
 #include "gradcomm/agreement.h"
+#include "gradcomm/dense.h"
+#include "gradcomm/exchanger.h"
 #include "gradcomm/layer.h"
 #include "gradcomm/onebit.h"
 
@@ -23,11 +25,12 @@ bool finite_nonneg(float x) { return std::isfinite(x) && x >= 0.0f; }
 struct OneBitAdam::Impl {
   std::vector<OneBitParam> params;
   std::vector<std::vector<float>> m, v;
-  // Warm-up gradients of all params, uncompressed params first so that in the
-  // compression stage their allreduce is one prefix of the same buffer.
-  std::vector<float> dense;
-  std::vector<std::size_t> dense_offset;  // by param
-  std::size_t uncompressed_numel = 0;
+  // The dense exchanges: every parameter's gradient in the warm-up, the uncompressed ones'
+  // after the freeze. The same StepEngine and wire format as every Exchanger, so a DDP
+  // hook driving gradcomm's Exchanger over the same layers averages bitwise alike.
+  std::unique_ptr<Exchanger> warmup, uncompressed;
+  std::vector<std::vector<float>> averaged;  // by param: the dense exchange's output
+  std::vector<TensorView> averaged_views, uncompressed_in, uncompressed_out;
   // Compressed params, in registration order: their error states and the fused call.
   std::vector<std::size_t> compressed;  // index -> param
   std::vector<OneBitErrorState> states;
@@ -36,7 +39,23 @@ struct OneBitAdam::Impl {
   std::vector<std::vector<float>> preconditioned;  // by compressed index (precondition only)
   std::vector<std::size_t> state_of;     // param -> compressed index, or npos
   std::vector<std::byte> workspace;
+  std::vector<TensorView> exchanged_scratch;  // step(): the compressed params' gradients
+  // The step whose momenta exchange_momentum() averaged (-1: none yet).
+  std::int64_t exchanged_step = -1;
 };
+
+namespace {
+
+std::vector<LayerSpec> layers_of(const std::vector<OneBitParam>& params, bool only_uncompressed) {
+  std::vector<LayerSpec> layers;
+  for (const OneBitParam& param : params) {
+    if (only_uncompressed && param.compressed) continue;
+    layers.push_back({param.name, param.value.numel(), 1, !param.compressed});
+  }
+  return layers;
+}
+
+}  // namespace
 
 OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneBitAdamOptions options)
     : comm_(comm), options_(options), impl_(std::make_unique<Impl>()) {
@@ -50,7 +69,10 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
                      " must be finite and > 0");
   GRADCOMM_CHECK_ARG(finite_nonneg(o.weight_decay), "OneBitAdam: weight_decay ", o.weight_decay,
                      " must be finite and >= 0");
-  GRADCOMM_CHECK_ARG(o.freeze_step >= 0, "OneBitAdam: freeze_step ", o.freeze_step, " must be >= 0");
+  GRADCOMM_CHECK_ARG(o.freeze_step >= 1, "OneBitAdam: freeze_step ", o.freeze_step,
+                     " must be >= 1 (the variance must see at least one averaged gradient before "
+                     "it is frozen; a zero variance makes every compressed update explode)");
+  GRADCOMM_CHECK_ARG(o.bucket_bytes > 0, "OneBitAdam: bucket_bytes must be positive");
   GRADCOMM_CHECK_ARG(comm.device() == Device::kCpu, "OneBitAdam: ", comm.describe(),
                      " takes device buffers; OneBitAdam updates host parameters");
 
@@ -58,8 +80,6 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
   s.params = std::move(params);
   const std::size_t count = s.params.size();
   const int p = comm.size();
-  std::vector<LayerSpec> layers;
-  layers.reserve(count);
   for (std::size_t i = 0; i < count; ++i) {
     const OneBitParam& param = s.params[i];
     GRADCOMM_CHECK_ARG(param.value.dtype() == DType::kFloat32 && param.value.device() == Device::kCpu,
@@ -75,33 +95,27 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
       GRADCOMM_CHECK_ARG(param.mask[k] == 0.0f || param.mask[k] == 1.0f, "OneBitAdam: mask of '",
                          param.name, "' holds ", param.mask[k], " at ", k, "; only 0 and 1 are allowed");
     }
-    layers.push_back({param.name, param.value.numel(), 1, !param.compressed});
   }
-  check_agreement(comm, layers,
+  check_agreement(comm, layers_of(s.params, false),
                   "onebit-adam freeze_step=" + std::to_string(o.freeze_step) +
                       " bias_correction=" + std::to_string(o.bias_correction) +
                       " precondition=" + std::to_string(o.precondition),
                   "OneBitAdam setup");
+  const ExchangerOptions dense_options{.bucket_bytes = o.bucket_bytes};
+  s.warmup = std::make_unique<Exchanger>(comm, std::make_shared<DenseCompressor>(),
+                                         layers_of(s.params, false), dense_options);
 
   s.m.resize(count);
   s.v.resize(count);
-  s.dense_offset.resize(count);
+  s.averaged.resize(count);
   s.state_of.assign(count, std::numeric_limits<std::size_t>::max());
-  std::size_t offset = 0;
-  for (int pass = 0; pass < 2; ++pass) {  // uncompressed first, then compressed
-    for (std::size_t i = 0; i < count; ++i) {
-      if (s.params[i].compressed != (pass == 1)) continue;
-      s.dense_offset[i] = offset;
-      offset += s.params[i].value.numel();
-    }
-    if (pass == 0) s.uncompressed_numel = offset;
-  }
-  s.dense.assign(offset, 0.0f);
   std::vector<std::size_t> numels;
   for (std::size_t i = 0; i < count; ++i) {
     const std::size_t n = s.params[i].value.numel();
     s.m[i].assign(n, 0.0f);
     s.v[i].assign(n, 0.0f);
+    s.averaged[i].assign(n, 0.0f);
+    s.averaged_views.push_back(TensorView::of(std::span<float>(s.averaged[i])));
     if (!s.params[i].compressed) continue;
     s.state_of[i] = s.compressed.size();
     s.compressed.push_back(i);
@@ -109,12 +123,19 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
     numels.push_back(n);
     if (o.precondition) s.preconditioned.emplace_back(n, 0.0f);
   }
+  if (s.compressed.size() < count) {
+    s.uncompressed = std::make_unique<Exchanger>(comm, std::make_shared<DenseCompressor>(),
+                                                 layers_of(s.params, true), dense_options);
+  }
   for (std::size_t c = 0; c < s.compressed.size(); ++c) {
     s.state_ptrs.push_back(&s.states[c]);
     std::vector<float>& buffer = o.precondition ? s.preconditioned[c] : s.m[s.compressed[c]];
     s.exchanged.push_back(TensorView::of(std::span<float>(buffer)));
   }
   s.workspace.resize(onebit_workspace_bytes(numels, p));
+  s.uncompressed_in.reserve(count);
+  s.uncompressed_out.reserve(count);
+  s.exchanged_scratch.reserve(count);
 }
 
 OneBitAdam::~OneBitAdam() = default;
@@ -145,116 +166,200 @@ const OneBitErrorState& OneBitAdam::error_state(std::size_t param) const {
   return impl_->states[impl_->state_of[param]];
 }
 
-void OneBitAdam::step(std::span<const TensorView> grads) {
-  Impl& s = *impl_;
-  const std::size_t count = s.params.size();
-  GRADCOMM_CHECK(grads.size() == count, ErrorCode::kSizeMismatch, "OneBitAdam::step on rank ",
-                 comm_.rank(), ": ", grads.size(), " gradients for ", count, " parameters");
-  for (std::size_t i = 0; i < count; ++i) {
-    GRADCOMM_CHECK(grads[i].numel() == s.params[i].value.numel() && grads[i].dtype() == DType::kFloat32 &&
-                       grads[i].device() == Device::kCpu,
-                   ErrorCode::kSizeMismatch, "OneBitAdam::step on rank ", comm_.rank(), ": gradient ",
-                   i, " ('", s.params[i].name, "') is ", grads[i].describe(), "; expected float32[",
-                   s.params[i].value.numel(), "] on cpu");
+void OneBitAdam::check_gradients(const char* call, std::span<const TensorView> grads,
+                                 bool compressed_only) const {
+  const Impl& s = *impl_;
+  const std::size_t expected = compressed_only ? s.compressed.size() : s.params.size();
+  GRADCOMM_CHECK(grads.size() == expected, ErrorCode::kSizeMismatch, "OneBitAdam::", call, " on rank ",
+                 comm_.rank(), ": ", grads.size(), " gradients for ", expected,
+                 compressed_only ? " compressed parameters" : " parameters");
+  for (std::size_t j = 0; j < expected; ++j) {
+    const std::size_t i = compressed_only ? s.compressed[j] : j;
+    GRADCOMM_CHECK(grads[j].numel() == s.params[i].value.numel() && grads[j].dtype() == DType::kFloat32 &&
+                       grads[j].device() == Device::kCpu,
+                   ErrorCode::kSizeMismatch, "OneBitAdam::", call, " on rank ", comm_.rank(),
+                   ": gradient ", j, " ('", s.params[i].name, "') is ", grads[j].describe(),
+                   "; expected float32[", s.params[i].value.numel(), "] on cpu");
   }
+}
+
+// Bias corrections of step t: m's (1 - b1^t), and v's: sqrt(1 - b2^t) for a variance
+// still updated (warm-up, uncompressed params), with t stopped at the freeze for a frozen
+// one. All 1 without bias correction.
+OneBitAdam::Corrections OneBitAdam::corrections() const {
   const OneBitAdamOptions& o = options_;
-  const bool compress = frozen();
   const std::int64_t t = step_ + 1;
-  const float one_minus_b1 = 1.0f - o.beta1;
-  const float one_minus_b2 = 1.0f - o.beta2;
-  // Bias corrections; the variance's stops with the freeze (it is frozen too).
-  const double t_v = static_cast<double>(compress ? o.freeze_step : t);
-  const float bc1 = o.bias_correction ? static_cast<float>(1.0 - std::pow(double(o.beta1), double(t))) : 1.0f;
-  const float bc2_frozen = o.bias_correction ? static_cast<float>(1.0 - std::pow(double(o.beta2), t_v)) : 1.0f;
-  const float bc2_live = o.bias_correction ? static_cast<float>(1.0 - std::pow(double(o.beta2), double(t))) : 1.0f;
-  const float sqrt_bc2_frozen = std::sqrt(bc2_frozen);
-  const float sqrt_bc2_live = std::sqrt(bc2_live);
-  const float inv_p = 1.0f / static_cast<float>(comm_.size());
+  Corrections c;
+  if (!o.bias_correction) return c;
+  const double t_v = static_cast<double>(frozen() ? o.freeze_step : t);
+  c.m = static_cast<float>(1.0 - std::pow(double(o.beta1), double(t)));
+  c.sqrt_v_frozen = std::sqrt(static_cast<float>(1.0 - std::pow(double(o.beta2), t_v)));
+  c.sqrt_v_live = std::sqrt(static_cast<float>(1.0 - std::pow(double(o.beta2), double(t))));
+  return c;
+}
 
-  // Dense part: every gradient in the warm-up, only the uncompressed groups afterwards.
-  const std::size_t dense_numel = compress ? s.uncompressed_numel : s.dense.size();
-  for (std::size_t i = 0; i < count; ++i) {
-    if ((!compress || !s.params[i].compressed) && grads[i].numel() > 0) {
-      std::memcpy(s.dense.data() + s.dense_offset[i], grads[i].data(), grads[i].nbytes());
+// Plain Adam on an averaged gradient (or, with g null, on the exchanged m): m and v
+// updated, then `p += -lr * (m / (sqrt(v) + eps) + wd * p)`, in the reference's order of
+// fp32 operations.
+void OneBitAdam::adam_update(std::size_t i, const float* g, bool update_v, float sqrt_bc2) {
+  Impl& s = *impl_;
+  const OneBitAdamOptions& o = options_;
+  const float bc1 = corrections().m;
+  float* m = s.m[i].data();
+  float* v = s.v[i].data();
+  float* w = static_cast<float*>(s.params[i].value.data());
+  const std::size_t n = s.m[i].size();
+  for (std::size_t k = 0; k < n; ++k) {
+    if (g) {
+      const float gk = g[k];
+      m[k] = m[k] * o.beta1 + (1.0f - o.beta1) * gk;
+      if (update_v) v[k] = v[k] * o.beta2 + (1.0f - o.beta2) * gk * gk;
     }
+    float update = (m[k] / bc1) / (std::sqrt(v[k]) / sqrt_bc2 + o.eps);
+    if (o.weight_decay > 0.0f) update += o.weight_decay * w[k];
+    w[k] += -o.lr * update;
   }
-  if (dense_numel > 0) {
-    comm_.allreduce_inplace(TensorView(s.dense.data(), dense_numel, DType::kFloat32), ReduceOp::kSum);
-  }
+}
 
-  // Plain Adam on the averaged gradient: `update = m / (sqrt(v) + eps) (+ wd * p)`,
-  // `p += -lr * update`, in the reference's order of fp32 operations.
-  auto apply = [&](std::size_t i, float sqrt_bc2, bool update_v, const float* g) {
-    float* m = s.m[i].data();
-    float* v = s.v[i].data();
-    float* w = static_cast<float*>(s.params[i].value.data());
-    const std::size_t n = s.m[i].size();
-    for (std::size_t k = 0; k < n; ++k) {
-      if (g) {
-        const float gk = g[k] * inv_p;
-        m[k] = m[k] * o.beta1 + one_minus_b1 * gk;
-        if (update_v) v[k] = v[k] * o.beta2 + one_minus_b2 * gk * gk;
-      }
-      float update = (m[k] / bc1) / (std::sqrt(v[k]) / sqrt_bc2 + o.eps);
-      if (o.weight_decay > 0.0f) update += o.weight_decay * w[k];
-      w[k] += -o.lr * update;
-    }
-  };
-
-  if (!compress) {
-    for (std::size_t i = 0; i < count; ++i) apply(i, sqrt_bc2_live, true, s.dense.data() + s.dense_offset[i]);
-    step_ = t;
-    last_nonfinite_ = 0;
-    return;
+void OneBitAdam::warmup_update(std::span<const TensorView> averaged) {
+  GRADCOMM_CHECK(!frozen(), ErrorCode::kInvalidArgument, "OneBitAdam::warmup_update on rank ",
+                 comm_.rank(), ": step ", step_, " is past freeze_step=", options_.freeze_step,
+                 " (use exchange_momentum and frozen_update)");
+  check_gradients("warmup_update", averaged, false);
+  const float sqrt_bc2 = corrections().sqrt_v_live;
+  for (std::size_t i = 0; i < averaged.size(); ++i) {
+    adam_update(i, static_cast<const float*>(averaged[i].data()), true, sqrt_bc2);
   }
+  step_ += 1;
+  last_nonfinite_ = 0;
+}
 
-  for (std::size_t i = 0; i < count; ++i) {
-    if (!s.params[i].compressed) apply(i, sqrt_bc2_live, true, s.dense.data() + s.dense_offset[i]);
-  }
-  // Compressed params: local momentum, then one fused 1-bit allreduce of all of them.
+OneBitResult OneBitAdam::exchange_momentum(std::span<const TensorView> local_grads,
+                                           std::span<const TensorView> momenta_out) {
+  Impl& s = *impl_;
+  const OneBitAdamOptions& o = options_;
+  GRADCOMM_CHECK(frozen(), ErrorCode::kInvalidArgument, "OneBitAdam::exchange_momentum on rank ",
+                 comm_.rank(), ": step ", step_, " is before freeze_step=", o.freeze_step,
+                 " (warm-up steps average the gradients densely)");
+  GRADCOMM_CHECK(s.exchanged_step != step_, ErrorCode::kInvalidArgument,
+                 "OneBitAdam::exchange_momentum on rank ", comm_.rank(), ": step ", step_,
+                 " was exchanged already; call frozen_update() first");
+  check_gradients("exchange_momentum", local_grads, true);
+  GRADCOMM_CHECK(momenta_out.empty() || momenta_out.size() == s.compressed.size(), ErrorCode::kSizeMismatch,
+                 "OneBitAdam::exchange_momentum: ", momenta_out.size(), " outputs for ",
+                 s.compressed.size(), " compressed parameters");
+  const float sqrt_bc2 = corrections().sqrt_v_frozen;
+  // Local momentum, then one fused 1-bit allreduce of all of them.
   for (std::size_t c = 0; c < s.compressed.size(); ++c) {
     const std::size_t i = s.compressed[c];
     float* m = s.m[i].data();
-    const float* g = static_cast<const float*>(grads[i].data());
+    const auto* g = static_cast<const float*>(local_grads[c].data());
     const std::size_t n = s.m[i].size();
-    for (std::size_t k = 0; k < n; ++k) m[k] = m[k] * o.beta1 + one_minus_b1 * g[k];
+    for (std::size_t k = 0; k < n; ++k) m[k] = m[k] * o.beta1 + (1.0f - o.beta1) * g[k];
     if (o.precondition) {
       const float* v = s.v[i].data();
       float* u = s.preconditioned[c].data();
-      for (std::size_t k = 0; k < n; ++k) u[k] = m[k] / (std::sqrt(v[k]) / sqrt_bc2_frozen + o.eps);
+      for (std::size_t k = 0; k < n; ++k) u[k] = m[k] / (std::sqrt(v[k]) / sqrt_bc2 + o.eps);
     }
   }
+  OneBitResult result;
   if (!s.compressed.empty()) {
-    last_nonfinite_ =
-        compressed_allreduce(comm_, s.exchanged, s.state_ptrs, s.exchanged,
-                             TensorView(s.workspace.data(), s.workspace.size(), DType::kUInt8))
-            .nonfinite;
+    result = compressed_allreduce(comm_, s.exchanged, s.state_ptrs, s.exchanged,
+                                  TensorView(s.workspace.data(), s.workspace.size(), DType::kUInt8));
   }
+  last_nonfinite_ = result.nonfinite;
+  // m from the exchange: the mask, and with precondition m = u * (sqrt(v) + eps), so the
+  // exchanged value stays the update itself and m stays consistent with it.
   for (std::size_t c = 0; c < s.compressed.size(); ++c) {
     const std::size_t i = s.compressed[c];
     const std::vector<float>& mask = s.params[i].mask;
     float* m = s.m[i].data();
     const std::size_t n = s.m[i].size();
-    if (!o.precondition) {
-      if (!mask.empty()) {
-        for (std::size_t k = 0; k < n; ++k) m[k] *= mask[k];
+    if (o.precondition) {
+      float* u = s.preconditioned[c].data();
+      const float* v = s.v[i].data();
+      for (std::size_t k = 0; k < n; ++k) {
+        if (!mask.empty()) u[k] *= mask[k];
+        m[k] = u[k] * (std::sqrt(v[k]) / sqrt_bc2 + o.eps);
       }
-      apply(i, sqrt_bc2_frozen, false, nullptr);
+    } else if (!mask.empty()) {
+      for (std::size_t k = 0; k < n; ++k) m[k] *= mask[k];
+    }
+    if (!momenta_out.empty()) {
+      GRADCOMM_CHECK(momenta_out[c].numel() == n && momenta_out[c].dtype() == DType::kFloat32 &&
+                         momenta_out[c].device() == Device::kCpu,
+                     ErrorCode::kSizeMismatch, "OneBitAdam::exchange_momentum: output ", c, " is ",
+                     momenta_out[c].describe(), "; expected float32[", n, "] on cpu");
+      std::copy(m, m + n, static_cast<float*>(momenta_out[c].data()));
+    }
+  }
+  s.exchanged_step = step_;
+  return result;
+}
+
+void OneBitAdam::frozen_update(std::span<const TensorView> uncompressed_averaged) {
+  Impl& s = *impl_;
+  const OneBitAdamOptions& o = options_;
+  GRADCOMM_CHECK(frozen() && s.exchanged_step == step_, ErrorCode::kInvalidArgument,
+                 "OneBitAdam::frozen_update on rank ", comm_.rank(), ": step ", step_,
+                 (frozen() ? " has no exchanged momentum: call exchange_momentum() first (in a DDP "
+                             "hook: register the optimizer as the hook's state)"
+                           : " is before the freeze"));
+  const std::size_t uncompressed = s.params.size() - s.compressed.size();
+  GRADCOMM_CHECK(uncompressed_averaged.size() == uncompressed, ErrorCode::kSizeMismatch,
+                 "OneBitAdam::frozen_update on rank ", comm_.rank(), ": ", uncompressed_averaged.size(),
+                 " averaged gradients for ", uncompressed, " uncompressed parameters");
+  const Corrections bc = corrections();
+  std::size_t next_uncompressed = 0;
+  for (std::size_t i = 0; i < s.params.size(); ++i) {
+    if (!s.params[i].compressed) {
+      const TensorView& g = uncompressed_averaged[next_uncompressed++];
+      GRADCOMM_CHECK(g.numel() == s.params[i].value.numel() && g.dtype() == DType::kFloat32,
+                     ErrorCode::kSizeMismatch, "OneBitAdam::frozen_update: gradient of '",
+                     s.params[i].name, "' is ", g.describe());
+      adam_update(i, static_cast<const float*>(g.data()), true, bc.sqrt_v_live);
       continue;
     }
-    // The exchanged value is the update itself; m is kept consistent with it.
-    float* u = s.preconditioned[c].data();
-    const float* v = s.v[i].data();
+    if (!o.precondition) {
+      adam_update(i, nullptr, false, bc.sqrt_v_frozen);
+      continue;
+    }
+    // The exchanged value is the update itself.
+    const float* u = s.preconditioned[s.state_of[i]].data();
     float* w = static_cast<float*>(s.params[i].value.data());
+    const std::size_t n = s.m[i].size();
     for (std::size_t k = 0; k < n; ++k) {
-      if (!mask.empty()) u[k] *= mask[k];
-      m[k] = u[k] * (std::sqrt(v[k]) / sqrt_bc2_frozen + o.eps);
-      float update = u[k] / bc1;
+      float update = u[k] / bc.m;
       if (o.weight_decay > 0.0f) update += o.weight_decay * w[k];
       w[k] += -o.lr * update;
     }
   }
-  step_ = t;
+  step_ += 1;
+}
+
+void OneBitAdam::step(std::span<const TensorView> grads) {
+  Impl& s = *impl_;
+  check_gradients("step", grads, false);
+  if (!frozen()) {
+    s.warmup->exchange(grads, s.averaged_views);
+    warmup_update(s.averaged_views);
+    return;
+  }
+  s.uncompressed_in.clear();
+  s.uncompressed_out.clear();
+  std::vector<TensorView>& local = s.exchanged_scratch;
+  local.clear();
+  for (std::size_t i = 0; i < s.params.size(); ++i) {
+    if (s.params[i].compressed) {
+      local.push_back(grads[i]);
+    } else {
+      s.uncompressed_in.push_back(grads[i]);
+      s.uncompressed_out.push_back(s.averaged_views[i]);
+    }
+  }
+  if (s.uncompressed) s.uncompressed->exchange(s.uncompressed_in, s.uncompressed_out);
+  exchange_momentum(local, {});
+  frozen_update(s.uncompressed_out);
 }
 
 std::vector<std::byte> OneBitAdam::save_state() const {

@@ -83,7 +83,7 @@ def _float64_model(rank, world):
 
 
 def test_wrong_gradient_dtype_is_a_clear_error():
-    with pytest.raises(RankFailed, match="take float32 gradients, the bucket holds torch.float64"):
+    with pytest.raises(RankFailed, match="take float32, float16, bfloat16 gradients, the bucket holds torch.float64"):
         run_ranks(_float64_model, 2)
 
 

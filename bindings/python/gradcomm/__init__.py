@@ -16,6 +16,7 @@ from gradcomm._gradcomm import (  # noqa: F401  (re-exported)
     InvalidArgumentError,
     LayerSpec,
     LayerWire,
+    QuantizeCompressor,
     describe_buffer,
     version,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidArgumentError",
     "LayerSpec",
     "LayerWire",
+    "QuantizeCompressor",
     "describe_buffer",
     "version",
 ]

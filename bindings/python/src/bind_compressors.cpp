@@ -12,6 +12,7 @@
 #include "buffers.h"
 #include "gradcomm/compressor.h"
 #include "gradcomm/dense.h"
+#include "gradcomm/quantize.h"
 
 namespace py = pybind11;
 
@@ -79,6 +80,29 @@ void bind_compressors(py::module_& m) {
       },
       py::arg("wire_dtype") = "float32",
       "No compression: an allreduce of the gradient (float32 or float16 on the wire), averaged.");
+
+  const QuantizeOptions quantize;
+  py::class_<QuantizeCompressor, Compressor, std::shared_ptr<QuantizeCompressor>>(
+      m, "QuantizeCompressor",
+      "Bucketed max-min k-bit quantization with error feedback (see gradcomm/quantize.h).")
+      .def(py::init([](int bits, std::size_t bucket_size, const std::string& rounding,
+                       bool error_feedback, std::uint64_t seed, bool quantize_1d) {
+             QuantizeOptions o;
+             o.bits = bits;
+             o.bucket_size = bucket_size;
+             o.rounding = parse_rounding(rounding);
+             o.error_feedback = error_feedback;
+             o.seed = seed;
+             o.quantize_1d = quantize_1d;
+             return std::make_shared<QuantizeCompressor>(o);
+           }),
+           py::arg("bits") = quantize.bits, py::arg("bucket_size") = quantize.bucket_size,
+           py::arg("rounding") = "nearest", py::arg("error_feedback") = quantize.error_feedback,
+           py::arg("seed") = quantize.seed, py::arg("quantize_1d") = quantize.quantize_1d)
+      .def("is_quantized", &QuantizeCompressor::is_quantized, py::arg("layer"))
+      .def("residual", [](py::object self, std::size_t layer) {
+        return state_view(self.cast<QuantizeCompressor&>().residual(layer), self);
+      }, py::arg("layer"), "What error feedback holds for `layer` (a read-only view).");
 }
 
 }  // namespace gradcomm::python

@@ -48,17 +48,29 @@ void bind_core(py::module_& m) {
   m.def("version", [] { return std::string(version()); }, "The C++ library's version.");
 
   py::class_<LayerSpec>(m, "LayerSpec", "One gradient tensor as the compressors see it.")
-      .def(py::init([](std::string name, std::size_t numel, int ndim, bool force_dense) {
-             return LayerSpec{std::move(name), numel, ndim, force_dense};
+      .def(py::init([](std::string name, std::size_t numel, int ndim, bool force_dense,
+                       const std::string& dtype, const std::string& device, int device_index) {
+             GRADCOMM_CHECK_ARG(device == "cpu" || device == "cuda", "LayerSpec: device must be ",
+                                "'cpu' or 'cuda', got '", device, "'");
+             LayerSpec spec{std::move(name), numel, ndim, force_dense};
+             spec.dtype = parse_dtype(dtype);
+             spec.device = device == "cuda" ? Device::kCuda : Device::kCpu;
+             spec.device_index = device_index;
+             return spec;
            }),
-           py::arg("name"), py::arg("numel"), py::arg("ndim") = 1, py::arg("force_dense") = false)
+           py::arg("name"), py::arg("numel"), py::arg("ndim") = 1, py::arg("force_dense") = false,
+           py::arg("dtype") = "float32", py::arg("device") = "cpu", py::arg("device_index") = 0)
       .def_readwrite("name", &LayerSpec::name)
       .def_readwrite("numel", &LayerSpec::numel)
       .def_readwrite("ndim", &LayerSpec::ndim)
       .def_readwrite("force_dense", &LayerSpec::force_dense)
+      .def_property_readonly("dtype", [](const LayerSpec& l) { return dtype_name(l.dtype); })
+      .def_property_readonly("device", [](const LayerSpec& l) { return device_name(l.device); })
+      .def_readonly("device_index", &LayerSpec::device_index)
       .def("__repr__", [](const LayerSpec& l) {
         return "LayerSpec(name='" + l.name + "', numel=" + std::to_string(l.numel) +
-               ", ndim=" + std::to_string(l.ndim) + (l.force_dense ? ", force_dense=True)" : ")");
+               ", ndim=" + std::to_string(l.ndim) + (l.force_dense ? ", force_dense=True" : "") +
+               ", dtype='" + dtype_name(l.dtype) + "', device='" + device_name(l.device) + "')";
       });
 
   m.def("allreduce_wire_bytes", &allreduce_wire_bytes, py::arg("nbytes"), py::arg("world_size"),

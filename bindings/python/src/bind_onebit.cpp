@@ -20,6 +20,23 @@ namespace {
 struct NativeOneBitAdam {
   std::vector<Borrowed> params;
   std::unique_ptr<OneBitAdam> optimizer;
+
+  // Float32 views of one tensor per parameter (all of them, or the compressed ones), in
+  // registration order; `held` keeps their buffers alive for the call.
+  std::vector<TensorView> gradients(const py::list& tensors, std::vector<Borrowed>& held,
+                                    bool compressed_only, const char* call) const {
+    std::vector<TensorView> views;
+    std::size_t index = 0;
+    for (std::size_t i = 0; i < params.size() && index < tensors.size(); ++i) {
+      if (compressed_only && !compressed[i]) continue;
+      held.push_back(borrow(tensors[index++], call, DType::kFloat32, params[i].view.numel()));
+      views.push_back(held.back().view);
+    }
+    GRADCOMM_CHECK(index == tensors.size(), ErrorCode::kSizeMismatch, "NativeOneBitAdam.", call, ": ",
+                   tensors.size(), " tensors for ", params.size(), " parameters");
+    return views;
+  }
+  std::vector<char> compressed;
 };
 
 }  // namespace
@@ -47,12 +64,14 @@ void bind_onebit(py::module_& m) {
       "is the DDP form).")
       .def(py::init([](Communicator& comm, const std::vector<std::pair<std::string, py::object>>& params,
                        float lr, float beta1, float beta2, float eps, float weight_decay,
-                       std::int64_t freeze_step, bool bias_correction, bool precondition) {
+                       std::int64_t freeze_step, bool bias_correction, bool precondition,
+                       std::size_t bucket_bytes) {
              auto self = std::make_unique<NativeOneBitAdam>();
              std::vector<OneBitParam> views;
              for (const auto& [name, tensor] : params) {
                self->params.push_back(borrow(tensor, "NativeOneBitAdam: parameter", DType::kFloat32));
                views.push_back(OneBitParam{name, self->params.back().view, true, {}});
+               self->compressed.push_back(1);
              }
              OneBitAdamOptions o;
              o.lr = lr;
@@ -63,6 +82,7 @@ void bind_onebit(py::module_& m) {
              o.freeze_step = freeze_step;
              o.bias_correction = bias_correction;
              o.precondition = precondition;
+             o.bucket_bytes = bucket_bytes;
              self->optimizer = std::make_unique<OneBitAdam>(comm, std::move(views), o);
              return self;
            }),
@@ -71,7 +91,8 @@ void bind_onebit(py::module_& m) {
            py::arg("eps") = defaults.eps, py::arg("weight_decay") = defaults.weight_decay,
            py::arg("freeze_step") = defaults.freeze_step,
            py::arg("bias_correction") = defaults.bias_correction,
-           py::arg("precondition") = defaults.precondition, py::keep_alive<1, 2>())
+           py::arg("precondition") = defaults.precondition,
+           py::arg("bucket_bytes") = defaults.bucket_bytes, py::keep_alive<1, 2>())
       .def("step",
            [](NativeOneBitAdam& self, const py::list& grads) {
              std::vector<Borrowed> held;
@@ -84,6 +105,34 @@ void bind_onebit(py::module_& m) {
              self.optimizer->step(views);  // the GIL stays held: collectives may be Python
            },
            py::arg("grads"))
+      .def("warmup_update",
+           [](NativeOneBitAdam& self, const py::list& averaged) {
+             std::vector<Borrowed> held;
+             const std::vector<TensorView> views = self.gradients(averaged, held, false, "warmup_update");
+             self.optimizer->warmup_update(views);
+           },
+           py::arg("averaged"),
+           "Warm-up step from every parameter's gradient already averaged over the ranks.")
+      .def("exchange_momentum",
+           [](NativeOneBitAdam& self, const py::list& local, const py::list& momenta_out) {
+             std::vector<Borrowed> held;
+             const std::vector<TensorView> in = self.gradients(local, held, true, "exchange_momentum");
+             const std::vector<TensorView> out = self.gradients(momenta_out, held, true, "exchange_momentum");
+             // The GIL stays held: a PythonCommunicator runs its collectives in Python.
+             return self.optimizer->exchange_momentum(in, out).nonfinite;
+           },
+           py::arg("local_grads"), py::arg("momenta_out"),
+           "After the freeze: local momenta from this rank's gradients, their fused 1-bit "
+           "allreduce, and the averaged momenta written into momenta_out; returns the "
+           "non-finite elements this rank met (sent as 0).")
+      .def("frozen_update", [](NativeOneBitAdam& self) { self.optimizer->frozen_update({}); },
+           "After the freeze: the update from the exchanged momenta.")
+      .def("set_lr", [](NativeOneBitAdam& self, float lr) { self.optimizer->set_lr(lr); },
+           py::arg("lr"))
+      .def("save_state", [](const NativeOneBitAdam& self) { return blob_to_bytes(self.optimizer->save_state()); })
+      .def("load_state", [](NativeOneBitAdam& self, const py::bytes& blob) {
+        self.optimizer->load_state(bytes_as_blob(blob));
+      })
       .def_property_readonly("steps_done", [](const NativeOneBitAdam& s) { return s.optimizer->steps_done(); })
       .def_property_readonly("frozen", [](const NativeOneBitAdam& s) { return s.optimizer->frozen(); });
 

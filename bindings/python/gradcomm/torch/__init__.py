@@ -16,6 +16,7 @@ from gradcomm.torch.dense import AllreduceState, allreduce_hook
 from gradcomm.torch.dgc import PAPER_WARMUP, DGCState, dgc_hook
 from gradcomm.torch.lgreco import DGC_DENSITIES, QUANT_BITS, LGreCoState, lgreco_hook
 from gradcomm.torch.onebit import OneBitAdam, onebit_adam_hook
+from gradcomm.torch.quant import QuantState, quant_hook
 
 __all__ = [
     "AllreduceState",
@@ -26,9 +27,11 @@ __all__ = [
     "OneBitAdam",
     "PAPER_WARMUP",
     "QUANT_BITS",
+    "QuantState",
     "allreduce_hook",
     "dgc_hook",
     "lgreco_hook",
     "onebit_adam_hook",
+    "quant_hook",
     "register_comm_hook",
 ]

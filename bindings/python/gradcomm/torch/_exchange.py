@@ -29,7 +29,9 @@ import gradcomm._gradcomm as _native
 from gradcomm.torch._comm import communicator as torch_communicator
 
 _NONFINITE_POLICIES = ("error", "skip_step", "zero")
-_GRADIENT_DTYPES = (torch.float32,)
+#: Gradient dtypes the hooks take: compressors, momenta and residuals stay float32; the
+#: update is written back in the bucket's dtype.
+_GRADIENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Version of ``state_dict()``: 2 keeps one compressor for the model (gradcomm 0.2);
 #: version 1 (gradcomm 0.1) kept one per parameter.
 STATE_VERSION = 2
@@ -201,7 +203,9 @@ class CompressedHookState:
             params = seen
             keys = [self._key(p, i) for i, p in enumerate(params)]
             params, keys = params[::-1], keys[::-1]
-        layers = [gradcomm.LayerSpec(key, p.numel(), max(p.dim(), 1))
+        layers = [gradcomm.LayerSpec(key, p.numel(), max(p.dim(), 1),
+                                     dtype=str(p.dtype).replace("torch.", ""),
+                                     device=p.device.type, device_index=p.device.index or 0)
                   for key, p in zip(keys, params)]
         comm = self.communicator
         if comm is None:
