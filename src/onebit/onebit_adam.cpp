@@ -97,9 +97,11 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
     }
   }
   check_agreement(comm, layers_of(s.params, false),
-                  "onebit-adam freeze_step=" + std::to_string(o.freeze_step) +
-                      " bias_correction=" + std::to_string(o.bias_correction) +
-                      " precondition=" + std::to_string(o.precondition),
+                  detail::concat("onebit-adam lr=", o.lr, " beta1=", o.beta1, " beta2=", o.beta2,
+                                 " eps=", o.eps, " weight_decay=", o.weight_decay,
+                                 " freeze_step=", o.freeze_step, " bias_correction=",
+                                 o.bias_correction, " precondition=", o.precondition,
+                                 " bucket_bytes=", o.bucket_bytes),
                   "OneBitAdam setup");
   const ExchangerOptions dense_options{.bucket_bytes = o.bucket_bytes};
   s.warmup = std::make_unique<Exchanger>(comm, std::make_shared<DenseCompressor>(),

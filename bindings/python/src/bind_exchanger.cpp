@@ -10,6 +10,7 @@
 
 #include "bindings.h"
 #include "buffers.h"
+#include "gradcomm/agreement.h"
 #include "gradcomm/exchanger.h"
 
 namespace py = pybind11;
@@ -68,6 +69,16 @@ void bind_exchanger(py::module_& m) {
            py::arg("communicator"), py::arg("compressor"), py::arg("layers"),
            py::arg("bucket_bytes") = defaults.bucket_bytes, py::arg("nonfinite") = "error")
       .def("begin_step", [](PyExchanger& self) { self.get().begin_step(); })
+      .def(
+          "check_agreement",
+          [](PyExchanger& self, const std::string& settings, const std::string& what) {
+            Exchanger& ex = self.get();
+            py::gil_scoped_release release;
+            check_agreement(ex.communicator(), {}, settings, what);
+          },
+          py::arg("settings"), py::arg("what"),
+          "Raises on every rank (naming the first differing key and both values) unless every "
+          "rank passes the same `key=value ...` text: two small allreduces.")
       .def(
           "submit",
           [](PyExchanger& self, std::size_t layer, py::handle grad, py::handle out) {

@@ -13,7 +13,7 @@ buffers cross into gradcomm's kernels through DLPack.
 
 from gradcomm.torch._exchange import CompressedHookState, register_comm_hook
 from gradcomm.torch.dense import AllreduceState, allreduce_hook
-from gradcomm.torch.dgc import PAPER_WARMUP, DGCState, dgc_hook
+from gradcomm.torch.dgc import PAPER_WARMUP, DGCState, WarmupWarning, dgc_hook
 from gradcomm.torch.lgreco import DGC_DENSITIES, QUANT_BITS, LGreCoState, lgreco_hook
 from gradcomm.torch.onebit import OneBitAdam, onebit_adam_hook
 from gradcomm.torch.quant import QuantState, quant_hook
@@ -28,6 +28,7 @@ __all__ = [
     "PAPER_WARMUP",
     "QUANT_BITS",
     "QuantState",
+    "WarmupWarning",
     "allreduce_hook",
     "dgc_hook",
     "lgreco_hook",

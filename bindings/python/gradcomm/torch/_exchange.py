@@ -18,6 +18,7 @@ them only after the last bucket), so an error under ``nonfinite="error"`` is rai
 last hook call itself, as a ``gradcomm.Error``, from ``loss.backward()``.
 """
 
+import math
 import zlib
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -39,6 +40,25 @@ STATE_VERSION = 2
 
 def _invalid(message: str) -> "gradcomm.InvalidArgumentError":
     return gradcomm.InvalidArgumentError(message)
+
+
+def _number(owner: str, name: str, value, kind=float):
+    """`value` as a finite float (or int), or an InvalidArgumentError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _invalid(f"{owner}: {name} must be a number, got {value!r}")
+    if kind is int:
+        if int(value) != value:
+            raise _invalid(f"{owner}: {name} must be an integer, got {value!r}")
+        return int(value)
+    if not math.isfinite(value):
+        raise _invalid(f"{owner}: {name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _choice(owner: str, name: str, value, choices: tuple):
+    if value not in choices:
+        raise _invalid(f"{owner}: {name} must be one of {choices}, got {value!r}")
+    return value
 
 
 def _nonfinite_policy(policy: str) -> str:
@@ -97,7 +117,7 @@ class CompressedHookState:
         self._checked = False
         self._name = type(self).__name__  # in messages; OneBitAdam names itself here
         self._in_step = False
-        self._agreed_epoch: Optional[int] = None
+        self._agreed_position: Optional[str] = None
         self.iteration = 0
         self.epoch = 0
         self.last_stats: Optional[dict] = None
@@ -341,7 +361,19 @@ class CompressedHookState:
             offset += p.numel()
             self._exchanger.submit(layer, grad, grad)
 
+    def _schedule_text(self) -> str:
+        """Where this rank's schedules are: every rank must be at the same place."""
+        return f"step={self.iteration} epoch={self.epoch}"
+
     def _begin_step(self) -> None:
+        # The schedules' position (DGC's warm-up, L-GreCo's re-plans) is agreed when the step
+        # counter starts and whenever set_epoch() or load_state_dict() moved it: a rank whose
+        # epoch differs would frame other collectives and hang or corrupt the others.
+        position = self._schedule_text()
+        if position != self._agreed_position:
+            self._exchanger.check_agreement(position, f"{self._name} schedule (set_epoch / "
+                                            "load_state_dict called alike on every rank?)")
+        self._agreed_position = None
         self._in_step = True
         self._exchanger.begin_step()
 
@@ -358,6 +390,7 @@ class CompressedHookState:
                 future.set_exception(error)
             raise
         self.iteration = self._exchanger.step
+        self._agreed_position = self._schedule_text()  # moved in step with every rank
         self.bytes_sent += stats["wire_bytes"]
         self.last_stats = stats
         self._after_step()

@@ -4,6 +4,14 @@
     ddp_model.register_comm_hook(state, dgc_hook)
     optimizer = torch.optim.SGD(ddp_model.parameters(), lr=0.1, momentum=0)  # momentum=0!
     state.check_optimizer(optimizer)
+    for epoch in range(epochs):
+        state.set_epoch(epoch)   # advances the sparsity warm-up (25%, 6.25%, ... per epoch)
+        for x, y in loader: ...
+
+The warm-up advances only with ``set_epoch()`` (or every ``steps_per_epoch`` steps when
+that is given; ``warmup=None`` turns it off). A state still in its first warm-up epoch
+after ``warmup_check_steps`` steps says so once, on rank 0, as a ``gradcomm.torch.
+WarmupWarning``: it would otherwise send 25% of every tensor for the whole run.
 
 THE HOOK'S OUTPUT ALREADY CONTAINS MOMENTUM. Each rank keeps DGC's momentum u and
 velocity v per parameter (paper Eq. 7), sends only the largest ~density of |v|, masks
@@ -14,6 +22,7 @@ torch's momentum on top would apply momentum twice. Weight decay in the optimize
 fine: it is applied locally, never compressed (as in the paper).
 """
 
+import warnings
 from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
@@ -21,7 +30,11 @@ import torch.distributed as dist
 
 import gradcomm
 from gradcomm._gradcomm import DGC_PAPER_WARMUP, DgcCompressor
-from gradcomm.torch._exchange import CompressedHookState
+from gradcomm.torch._exchange import CompressedHookState, _choice, _number
+
+class WarmupWarning(UserWarning):
+    """DGC's warm-up has not advanced: set_epoch() was not called."""
+
 
 #: The paper's sparsity warm-up: densities 25%, 6.25%, 1.5625%, 0.4% over the first four
 #: epochs (4^-(e+1)), then the target density.
@@ -59,6 +72,8 @@ class DGCState(CompressedHookState):
             rank), ``"skip_step"`` (a zero update), ``"zero"`` (treated as 0).
         communicator: a gradcomm Communicator (``gradcomm.MpiCommunicator()`` in a job
             started by mpirun) to carry the collectives instead of the process group.
+        warmup_check_steps: after this many steps still in the first warm-up epoch, warn
+            once (rank 0) that the warm-up is not advancing. Default 1000; 0: never.
         bucket_bytes: summable payloads are fused into allreduces, and sparse ones into
             allgathers, of up to this many bytes.
     """
@@ -74,20 +89,23 @@ class DGCState(CompressedHookState):
                  sample_fraction: float = 0.01, seed: int = 0x5eed,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
                  nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None,
-                 bucket_bytes: int = 4 << 20):
+                 bucket_bytes: int = 4 << 20, warmup_check_steps: int = 1000):
         super().__init__(process_group, named_parameters, nonfinite, communicator, bucket_bytes)
-        self.density = float(density)
-        self.momentum = float(momentum)
+        self.warmup_check_steps = int(warmup_check_steps)
+        self._warned_warmup = False
+        name = type(self).__name__
+        self.density = _number(name, "density", density)
+        self.momentum = _number(name, "momentum", momentum)
         self.nesterov = bool(nesterov)
-        self.selection = selection
-        self.warmup = tuple(float(d) for d in (warmup or ()))
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.clip = None if clip is None else float(clip)
+        self.selection = _choice(name, "selection", selection, ("sampled", "exact"))
+        self.warmup = tuple(_number(name, "warmup", d) for d in (warmup or ()))
+        self.steps_per_epoch = _number(name, "steps_per_epoch", steps_per_epoch, int)
+        self.clip = None if clip is None else _number(name, "clip", clip)
         self.fp16 = bool(fp16)
         self.momentum_masking = bool(momentum_masking)
         self.dense_fallback = bool(dense_fallback)
-        self.sample_fraction = float(sample_fraction)
-        self.seed = int(seed)
+        self.sample_fraction = _number(name, "sample_fraction", sample_fraction)
+        self.seed = _number(name, "seed", seed, int)
         # Validate every setting once, here, rather than at the first backward.
         self._make_compressor()
 
@@ -111,6 +129,22 @@ class DGCState(CompressedHookState):
 
     def _epoch_driven(self) -> bool:
         return self.steps_per_epoch == 0
+
+    def _after_step(self) -> None:
+        if (self._warned_warmup or not self.warmup or not self._epoch_driven()
+                or self.warmup_check_steps <= 0 or self.epoch != 0
+                or self.iteration < self.warmup_check_steps):
+            return
+        self._warned_warmup = True
+        if self.rank == 0:
+            warnings.warn(
+                f"DGCState: {self.iteration} steps and still in the first warm-up epoch, "
+                f"sending {self.warmup[0]:.4g} of every tensor instead of density "
+                f"{self.density:g}: the warm-up advances only with state.set_epoch(epoch) at "
+                "the start of each epoch (or every steps_per_epoch steps when given). Call "
+                "set_epoch, pass steps_per_epoch=..., or warmup=None to start at the target "
+                "density (warmup_check_steps=0 silences this when epochs are really that long)",
+                WarmupWarning, stacklevel=2)
 
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Raises ValueError unless ``optimizer`` is SGD without momentum: the hook's output

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 import gradcomm
 import gradcomm._gradcomm as _native
-from gradcomm.torch._exchange import CompressedHookState, _invalid
+from gradcomm.torch._exchange import CompressedHookState, _choice, _invalid, _number
 from gradcomm.torch.dgc import _require_plain_sgd
 
 DGC_DENSITIES: Tuple[float, ...] = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
@@ -72,9 +72,7 @@ class LGreCoState(CompressedHookState):
                  nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None,
                  bucket_bytes: int = 4 << 20):
         super().__init__(process_group, named_parameters, nonfinite, communicator, bucket_bytes)
-        if family not in ("dgc", "quant"):
-            raise _invalid(f"LGreCoState: family must be 'dgc' or 'quant', got {family!r}")
-        self.family = family
+        self.family = _choice("LGreCoState", "family", family, ("dgc", "quant"))
         if family == "dgc":
             self.candidates = tuple(float(c) for c in (candidates or DGC_DENSITIES))
             self.default = float(0.001 if default is None else default)
@@ -85,17 +83,18 @@ class LGreCoState(CompressedHookState):
             raise _invalid(f"LGreCoState: the default {self.default} is not among the "
                            f"candidates {self.candidates}")
         self.default_index = self.candidates.index(self.default)
-        self.replan_every = int(replan_every)
-        self.first_step = int(first_step)
-        self.bins = int(bins)
+        name = "LGreCoState"
+        self.replan_every = _number(name, "replan_every", replan_every, int)
+        self.first_step = _number(name, "first_step", first_step, int)
+        self.bins = _number(name, "bins", bins, int)
         self.adaptive = bool(adaptive)
-        self.momentum = float(momentum)
+        self.momentum = _number(name, "momentum", momentum)
         self.nesterov = bool(nesterov)
-        self.selection = selection
-        self.bucket_size = int(bucket_size)
-        self.rounding = rounding
+        self.selection = _choice(name, "selection", selection, ("sampled", "exact"))
+        self.bucket_size = _number(name, "bucket_size", bucket_size, int)
+        self.rounding = _choice(name, "rounding", rounding, ("nearest", "stochastic"))
         self.fp16 = bool(fp16)
-        self.seed = int(seed)
+        self.seed = _number(name, "seed", seed, int)
         self._planner = None
         self._replans_before = 0  # re-plans of the run this state was resumed from
         self._make_compressor()  # validates every setting now, not at the first backward

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 import gradcomm
 from gradcomm._gradcomm import QuantizeCompressor
-from gradcomm.torch._exchange import CompressedHookState, _invalid
+from gradcomm.torch._exchange import CompressedHookState, _choice, _number
 
 
 class QuantState(CompressedHookState):
@@ -49,15 +49,12 @@ class QuantState(CompressedHookState):
                  nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None,
                  bucket_bytes: int = 4 << 20):
         super().__init__(process_group, named_parameters, nonfinite, communicator, bucket_bytes)
-        if rounding not in ("nearest", "stochastic"):
-            raise _invalid(f"QuantState: rounding must be 'nearest' or 'stochastic', got "
-                           f"{rounding!r}")
-        self.bits = int(bits)
-        self.bucket_size = int(bucket_size)
-        self.rounding = rounding
+        self.bits = _number("QuantState", "bits", bits, int)
+        self.bucket_size = _number("QuantState", "bucket_size", bucket_size, int)
+        self.rounding = _choice("QuantState", "rounding", rounding, ("nearest", "stochastic"))
         self.error_feedback = bool(error_feedback)
         self.quantize_1d = bool(quantize_1d)
-        self.seed = int(seed)
+        self.seed = _number("QuantState", "seed", seed, int)
         self._make_compressor()  # validates every setting now, not at the first backward
 
     def _settings(self) -> dict:
