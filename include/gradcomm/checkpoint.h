@@ -113,6 +113,10 @@ struct ShardContents {
 // and gradcomm::Error (kIo) says which call failed on which file and why.
 void write_checkpoint_shard(const std::string& path, const ShardContents& contents);
 
+// The same shard as bytes in memory, for callers that store it themselves (the PyTorch
+// hooks' state_dict); CheckpointShard::parse reads it back with every check.
+std::vector<std::byte> checkpoint_shard_bytes(const ShardContents& contents);
+
 // Reads and validates one shard (see CheckpointShard::parse). A missing or unreadable
 // file is an Error (kIo) naming the path and errno's text.
 CheckpointShard read_checkpoint_shard(const std::string& path, const ShardExpectation& expect);

@@ -129,7 +129,25 @@ std::string checkpoint_shard_path(const std::string& prefix, int rank) {
   return prefix + ".rank" + std::to_string(rank) + ".ckpt";
 }
 
-void write_checkpoint_shard(const std::string& path, const ShardContents& c) {
+namespace {
+
+// A shard in memory, for callers that keep it themselves (the PyTorch hooks' state_dict).
+class MemorySink {
+ public:
+  void write(std::span<const std::byte> bytes) { bytes_.insert(bytes_.end(), bytes.begin(), bytes.end()); }
+  void write_at(std::size_t offset, std::span<const std::byte> bytes) {
+    std::copy(bytes.begin(), bytes.end(), bytes_.begin() + static_cast<std::ptrdiff_t>(offset));
+  }
+  std::vector<std::byte> take() { return std::move(bytes_); }
+
+ private:
+  std::vector<std::byte> bytes_;
+};
+
+// Writes the shard of `c` into `sink` (a file or memory); `where` names it in errors.
+template <typename Sink>
+void emit_shard(Sink& sink, const ShardContents& c, const std::string& where) {
+  const std::string& path = where;
   GRADCOMM_CHECK_ARG(c.rank >= 0 && c.world_size >= 1 && c.rank < c.world_size, "checkpoint ", path,
                      ": rank ", c.rank, " is not in a world of ", c.world_size);
   GRADCOMM_CHECK_ARG(c.compressor.size() <= kMaxName, "checkpoint ", path, ": compressor name of ",
@@ -143,11 +161,9 @@ void write_checkpoint_shard(const std::string& path, const ShardContents& c) {
   }
   const std::size_t header_length = kFixedHeader + c.compressor.size() + 4;
   std::vector<std::byte> header(header_length);
+  sink.write(header);  // a placeholder; the real header goes in once the payload CRC is known
 
-  TempFile file(path + ".tmp." + std::to_string(::getpid()));
-  file.write(header);  // a placeholder; the real header goes in once the payload CRC is known
-
-  // Stream each section through the checksum and into the file in slices, so the payload
+  // Stream each section through the checksum and into the sink in slices, so the payload
   // is read once, and a crash mid-way leaves only a partial temp file behind.
   std::uint32_t crc = 0;
   std::uint64_t payload_length = 0;
@@ -156,7 +172,7 @@ void write_checkpoint_shard(const std::string& path, const ShardContents& c) {
     for (std::size_t at = 0; at < bytes.size(); at += kSlice) {
       const auto slice = bytes.subspan(at, std::min(kSlice, bytes.size() - at));
       crc = crc32c(slice, crc);
-      file.write(slice);
+      sink.write(slice);
     }
     payload_length += bytes.size();
   };
@@ -186,9 +202,22 @@ void write_checkpoint_shard(const std::string& path, const ShardContents& c) {
   std::memcpy(&header[kFixedHeader], c.compressor.data(), c.compressor.size());
   const std::size_t covered = header_length - 4;
   put_u32(&header[covered], crc32c(std::span<const std::byte>(header.data(), covered)));
-  file.write_at(0, header);
+  sink.write_at(0, header);
+}
+
+}  // namespace
+
+void write_checkpoint_shard(const std::string& path, const ShardContents& c) {
+  TempFile file(path + ".tmp." + std::to_string(::getpid()));
+  emit_shard(file, c, path);
   file.commit(path);
   sync_directory_of(path);
+}
+
+std::vector<std::byte> checkpoint_shard_bytes(const ShardContents& contents) {
+  MemorySink sink;
+  emit_shard(sink, contents, "(in memory)");
+  return sink.take();
 }
 
 CheckpointShard CheckpointShard::parse(std::vector<std::byte> bytes, const ShardExpectation& expect,

@@ -11,6 +11,7 @@
 #include "bindings.h"
 #include "buffers.h"
 #include "gradcomm/agreement.h"
+#include "gradcomm/checkpoint.h"
 #include "gradcomm/exchanger.h"
 
 namespace py = pybind11;
@@ -41,9 +42,89 @@ py::dict stats_dict(const StepStats& s) {
   return d;
 }
 
+// The registered layers as the "gradcomm.layers" section of a shard: one line per layer,
+// "name<TAB>numel<TAB>dtype".
+constexpr const char* kLayersSection = "gradcomm.layers";
+
+std::string layer_table(std::span<const LayerSpec> layers) {
+  std::string text;
+  for (const LayerSpec& l : layers) {
+    text += l.name + '\t' + std::to_string(l.numel) + '\t' + dtype_name(l.dtype) + '\n';
+  }
+  return text;
+}
+
+std::span<const std::byte> bytes_of(const std::string& text) {
+  return {reinterpret_cast<const std::byte*>(text.data()), text.size()};
+}
+
+// A shard from Python bytes, checked against this rank, world and compressor.
+CheckpointShard parse_shard(const py::bytes& shard, int rank, int world_size,
+                            const std::string& compressor, const std::string& source) {
+  const std::span<const std::byte> view = bytes_as_blob(shard);
+  return CheckpointShard::parse(std::vector<std::byte>(view.begin(), view.end()),
+                                ShardExpectation{rank, world_size, compressor}, source);
+}
+
+py::bytes shard_bytes(int rank, int world_size, std::int64_t step, const std::string& compressor,
+                      std::span<const std::byte> state, const std::string& layers) {
+  const CheckpointBlob blobs[] = {{kLayersSection, bytes_of(layers)}};
+  ShardContents contents;
+  contents.rank = rank;
+  contents.world_size = world_size;
+  contents.step = step;
+  contents.compressor = compressor;
+  contents.compressor_state = state;
+  contents.blobs = blobs;
+  return blob_to_bytes(checkpoint_shard_bytes(contents));
+}
+
+py::list layers_of_shard(const CheckpointShard& shard) {
+  const std::span<const std::byte> table = shard.blob(kLayersSection);
+  const std::string text(reinterpret_cast<const char*>(table.data()), table.size());
+  py::list layers;
+  std::size_t at = 0;
+  while (at < text.size()) {
+    const std::size_t end = text.find('\n', at);
+    const std::size_t tab1 = text.find('\t', at), tab2 = text.find('\t', tab1 + 1);
+    GRADCOMM_CHECK(end != std::string::npos && tab1 < end && tab2 < end, ErrorCode::kCorruptPayload,
+                   "the shard's layer table is malformed at byte ", at);
+    layers.append(py::make_tuple(text.substr(at, tab1 - at),
+                                 std::stoull(text.substr(tab1 + 1, tab2 - tab1 - 1)),
+                                 text.substr(tab2 + 1, end - tab2 - 1)));
+    at = end + 1;
+  }
+  return layers;
+}
+
 }  // namespace
 
 void bind_exchanger(py::module_& m) {
+  m.def(
+      "read_shard",
+      [](const py::bytes& shard, int rank, int world_size, const std::string& compressor,
+         const std::string& source) {
+        const CheckpointShard parsed = parse_shard(shard, rank, world_size, compressor, source);
+        py::dict out;
+        out["step"] = parsed.step;
+        out["layers"] = layers_of_shard(parsed);
+        out["state"] = py::bytes(reinterpret_cast<const char*>(parsed.compressor_state().data()),
+                                 parsed.compressor_state().size());
+        return out;
+      },
+      py::arg("shard"), py::arg("rank"), py::arg("world_size"), py::arg("compressor"),
+      py::arg("source") = "state_dict",
+      "Checks a shard (checksums, rank, world size, compressor name) and returns its step, "
+      "layer table [(name, numel, dtype)] and state bytes.");
+  m.def(
+      "write_shard",
+      [](int rank, int world_size, std::int64_t step, const std::string& compressor,
+         const py::bytes& state) {
+        return shard_bytes(rank, world_size, step, compressor, bytes_as_blob(state), "");
+      },
+      py::arg("rank"), py::arg("world_size"), py::arg("step"), py::arg("compressor"),
+      py::arg("state"),
+      "A state blob wrapped as a checkpoint shard (checksummed header and payload).");
   const StepEngineOptions defaults;
   py::class_<PyExchanger>(
       m, "Exchanger",
@@ -110,6 +191,36 @@ void bind_exchanger(py::module_& m) {
           },
           "Waits for the step's collectives, decodes every layer's update into its output "
           "and applies the non-finite policy; returns the step's stats.")
+      .def(
+          "save_shard",
+          [](PyExchanger& self) {
+            Exchanger& ex = self.get();
+            const std::vector<std::byte> state = ex.compressor().save_state();
+            return shard_bytes(ex.communicator().rank(), ex.communicator().size(), ex.step(),
+                               ex.compressor().name(), state, layer_table(ex.layers()));
+          },
+          "This rank's state as a checkpoint shard (the C++ checkpoint format: checksummed "
+          "header and payload, the step, the compressor state, the layer table).")
+      .def(
+          "load_shard",
+          [](PyExchanger& self, const py::bytes& shard, const std::string& source) {
+            Exchanger& ex = self.get();
+            const CheckpointShard parsed = parse_shard(shard, ex.communicator().rank(),
+                                                       ex.communicator().size(),
+                                                       ex.compressor().name(), source);
+            const std::span<const std::byte> table = parsed.blob(kLayersSection);
+            const std::string mine = layer_table(ex.layers());
+            GRADCOMM_CHECK(std::string(reinterpret_cast<const char*>(table.data()), table.size()) == mine,
+                           ErrorCode::kInvalidArgument, source, " on rank ", ex.communicator().rank(),
+                           ": the shard is of other layers than this model's (saved:\n",
+                           std::string(reinterpret_cast<const char*>(table.data()), table.size()),
+                           "here:\n", mine, ")");
+            ex.compressor().load_state(parsed.compressor_state());
+            ex.restore_step(parsed.step);
+          },
+          py::arg("shard"), py::arg("source") = "state_dict",
+          "Validates a shard (checksums, rank, world size, compressor, layers) and restores the "
+          "compressor state and the step from it.")
       .def_property_readonly("step", [](PyExchanger& self) { return self.get().step(); })
       .def("restore_step", [](PyExchanger& self, std::int64_t step) { self.get().restore_step(step); },
            py::arg("step"))

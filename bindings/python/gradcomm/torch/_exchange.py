@@ -19,7 +19,6 @@ last hook call itself, as a ``gradcomm.Error``, from ``loss.backward()``.
 """
 
 import math
-import zlib
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -71,11 +70,6 @@ def _completed(value: torch.Tensor) -> torch.futures.Future:
     future = torch.futures.Future()
     future.set_result(value)
     return future
-
-
-def blob_checksum(blob: bytes) -> int:
-    """The checksum state_dict() stores next to every blob (CRC-32)."""
-    return zlib.crc32(blob) & 0xFFFFFFFF
 
 
 class CompressedHookState:
@@ -174,19 +168,7 @@ class CompressedHookState:
             return
         if not dist.is_initialized():
             raise RuntimeError(f"{self._name}: torch.distributed is not initialized")
-        rank = self.rank
-        expected = self._expected_world_size or dist.get_world_size()
-        if rank < 0:
-            raise _invalid(
-                f"{self._name}: global rank {dist.get_rank()} is not a member of the "
-                f"hook's process group, but DDP runs it (DDP world size {expected})")
-        size = self.world_size
-        if size != expected:
-            raise _invalid(
-                f"{self._name}: the hook's process group has {size} ranks but DDP's "
-                f"has {expected} (global rank {dist.get_rank()}); pass DDP's process group to "
-                "the state, or register with gradcomm.torch.register_comm_hook(model, state, "
-                "hook) when DDP itself runs on a subgroup")
+        _check_group_size(self, self._expected_world_size or dist.get_world_size())
         self._checked = True
 
     # ---- the model's layers --------------------------------------------------------------
@@ -250,35 +232,24 @@ class CompressedHookState:
             self._exchanger.compressor.set_epoch(self.epoch)
 
     # ---- checkpoints --------------------------------------------------------------------
-    def _layer_table(self) -> List[Tuple[str, int]]:
-        return [(l.name, l.numel) for l in self._exchanger.layers]
-
     def state_dict(self) -> dict:
-        """This rank's shard: the step and epoch, the settings, the registered layers and
-        the compressor's state (residuals, momenta, ...) as bytes with their checksum.
-        Save one file per rank."""
-        if self._exchanger is None:
-            if self._pending_state is not None:  # loaded, not yet applied: keep, don't drop
-                return dict(self._pending_state)
-            layers, blob = None, None
-        else:
-            layers, blob = self._layer_table(), self._exchanger.compressor.save_state()
+        """This rank's shard: the settings, the epoch, and the C++ checkpoint shard (the
+        step, the compressor's state - residuals, momenta, plan - and the registered
+        layers, under CRC32C checksums). Save one file per rank."""
+        if self._exchanger is not None:
+            shard = self._exchanger.save_shard()
+        else:  # before the first backward: what was loaded, if anything
+            shard = None if self._pending_state is None else self._pending_state["shard"]
         return {"kind": self._kind, "version": STATE_VERSION, "settings": self._settings(),
-                "iteration": self.iteration, "epoch": self.epoch, "rank": self.rank,
-                "world_size": self.world_size, "layers": layers, "compressor": blob,
-                "checksum": None if blob is None else blob_checksum(blob),
-                "extra": self._extra_state()}
+                "epoch": self.epoch, "shard": shard, "extra": self._extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a shard saved by ``state_dict()`` on the same rank of a job of the same
-        size with the same settings and parameters. Before the first backward the layers
-        are checked against ``named_parameters`` (when given) and the state is applied when
-        the Exchanger is built."""
+        size with the same settings and layers. The shard's checksums, rank, world size,
+        compressor and layers are checked now (the layers against ``named_parameters``
+        before the first backward, when given); it is applied when the Exchanger exists."""
         name = self._name
-        if not isinstance(state, dict):
-            raise _invalid(f"{name}.load_state_dict: expected a dict from state_dict(), got "
-                           f"{type(state).__name__}")
-        version = state.get("version", 1)
+        version = state.get("version", 1) if isinstance(state, dict) else None
         if version != STATE_VERSION:
             raise _invalid(
                 f"{name}.load_state_dict: the state_dict has version {version} (gradcomm 0.1 "
@@ -288,54 +259,30 @@ class CompressedHookState:
         if state.get("kind") != self._kind:
             raise _invalid(f"{name}.load_state_dict: a {state.get('kind')!r} state, "
                            f"expected {self._kind!r}")
-        for field, mine in (("world_size", self.world_size), ("rank", self.rank)):
-            if state.get(field) != mine:
-                raise _invalid(f"{name}.load_state_dict: the shard was saved with "
-                               f"{field}={state.get(field)}, this process has {mine}")
         if state.get("settings") != self._settings():
             raise _invalid(f"{name}.load_state_dict: settings differ: saved "
                            f"{state.get('settings')}, here {self._settings()}")
-        blob = state.get("compressor")
-        if blob is not None and blob_checksum(blob) != state.get("checksum"):
-            raise gradcomm.Error(
-                f"{name}.load_state_dict on rank {self.rank}: the compressor state fails its "
-                f"checksum (stored {state.get('checksum')}, computed {blob_checksum(blob)}): "
-                "the shard is damaged")
-        self._check_layers(state.get("layers"))
-        if self._exchanger is None:
-            self._pending_state = dict(state)
-            self.iteration = int(state["iteration"])
-            self.epoch = int(state["epoch"])
-            return
-        self._restore(state)
-
-    def _check_layers(self, saved) -> None:
-        """The saved layers against this model's: registered ones, or named_parameters
-        before the first backward."""
-        if saved is None:
-            return
         if self._exchanger is not None:
-            here = self._layer_table()
-        elif self._names is not None:
-            here = [(n, p.numel()) for p, n in self._names.items() if p.requires_grad]
-        else:
-            return  # checked when the first backward registers the layers
-        saved = [tuple(x) for x in saved]
-        if saved != here:
-            diff = next((f"layer {i}: saved {a}, here {b}" for i, (a, b) in
-                         enumerate(zip(saved, here)) if a != b),
-                        f"saved {len(saved)} layers, here {len(here)}")
-            raise _invalid(f"{self._name}.load_state_dict on rank {self.rank}: the shard is of "
-                           f"another model ({diff})")
+            self._restore(state)
+            return
+        step = 0
+        if state["shard"] is not None:
+            shard = _native.read_shard(state["shard"], self.rank, self.world_size,
+                                       self._make_compressor().name, f"{name}.load_state_dict")
+            step = shard["step"]
+            here = [(n, p.numel(), str(p.dtype).replace("torch.", ""))
+                    for p, n in (self._names or {}).items() if p.requires_grad]
+            if self._names is not None and [tuple(x) for x in shard["layers"]] != here:
+                raise _invalid(f"{name}.load_state_dict on rank {self.rank}: the shard is of "
+                               f"other layers: saved {shard['layers']}, here {here}")
+        self._pending_state = dict(state)
+        self.iteration, self.epoch = step, int(state["epoch"])
 
     def _restore(self, state: dict) -> None:
-        self._check_layers(state.get("layers"))
-        self.iteration = int(state["iteration"])
-        self.epoch = int(state["epoch"])
         self._load_extra_state(state.get("extra", {}))
-        if state.get("compressor") is not None:
-            self._exchanger.compressor.load_state(state["compressor"])
-        self._exchanger.restore_step(self.iteration)
+        if state["shard"] is not None:
+            self._exchanger.load_shard(state["shard"], f"{self._name}.load_state_dict")
+        self.iteration, self.epoch = self._exchanger.step, int(state["epoch"])
         if self._epoch_driven():
             self._exchanger.compressor.set_epoch(self.epoch)
 
@@ -437,19 +384,21 @@ def register_comm_hook(model: torch.nn.parallel.DistributedDataParallel,
     OneBitAdam included."""
     if optimizer is not None and hasattr(state, "check_optimizer"):
         state.check_optimizer(optimizer)
-    ddp_size = model.process_group.size()
     checked = getattr(state, "_hook_state", state)  # OneBitAdam checks through its dense part
-    mine = checked._group()
-    if checked.communicator is not None:
-        if checked.world_size != ddp_size:
-            raise _invalid(f"{checked._name}: its communicator has {checked.world_size} "
-                           f"ranks but DDP's group has {ddp_size}")
-    elif dist.get_rank(mine) < 0:
-        raise _invalid(f"{checked._name}: global rank {dist.get_rank()} is not a member "
-                       f"of the hook's process group, but DDP runs it ({ddp_size} ranks)")
-    elif dist.get_world_size(mine) != ddp_size:
-        raise _invalid(f"{checked._name}: the hook's process group has "
-                       f"{dist.get_world_size(mine)} ranks but DDP's has {ddp_size} "
-                       f"(global rank {dist.get_rank()})")
-    checked._expected_world_size = ddp_size
+    checked._expected_world_size = _check_group_size(checked, model.process_group.size())
     model.register_comm_hook(state, hook)
+
+
+def _check_group_size(state: CompressedHookState, ddp_size: int) -> int:
+    """Raises unless this rank is in the state's group (or communicator) and it has DDP's
+    number of ranks; returns that number."""
+    if state.communicator is None and dist.get_rank(state._group()) < 0:
+        raise _invalid(f"{state._name}: global rank {dist.get_rank()} is not a member of the "
+                       f"hook's process group, but DDP runs it ({ddp_size} ranks)")
+    if state.world_size != ddp_size:
+        raise _invalid(
+            f"{state._name}: the hook's process group has {state.world_size} ranks but DDP's "
+            f"has {ddp_size} (global rank {dist.get_rank()}); pass DDP's process group to the "
+            "state, or register with gradcomm.torch.register_comm_hook(model, state, hook) "
+            "when DDP itself runs on a subgroup")
+    return ddp_size

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import gradcomm
 import gradcomm._gradcomm as _native
 from gradcomm.torch._comm import communicator as torch_communicator
-from gradcomm.torch._exchange import STATE_VERSION, _invalid, blob_checksum
+from gradcomm.torch._exchange import STATE_VERSION, _invalid
 from gradcomm.torch.dense import AllreduceState
 
 
@@ -92,7 +92,7 @@ class OneBitAdam(torch.optim.Optimizer):
         self._dense._name = "OneBitAdam"
         self._comm = communicator  # None: a communicator over the process group, made lazily
         self._native = None
-        self._pending: Optional[dict] = None  # loaded before the native optimizer exists
+        self._pending: Optional[bytes] = None  # a shard loaded before the optimizer exists
         self._held: List[Tuple[torch.Tensor, list, torch.futures.Future]] = []
         self._exchanged_at: Optional[int] = None
         self._compressed_bytes = 0
@@ -134,7 +134,8 @@ class OneBitAdam(torch.optim.Optimizer):
                 precondition=self.precondition, bucket_bytes=self.bucket_bytes)
             if self._pending is not None:
                 pending, self._pending = self._pending, None
-                self._native.load_state(pending["blob"])
+                self._native.load_state(_native.read_shard(
+                    pending, self._dense.rank, self._dense.world_size, "onebit-adam")["state"])
         return self._native
 
     @property
@@ -156,18 +157,16 @@ class OneBitAdam(torch.optim.Optimizer):
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """torch's param groups plus this rank's C++ optimizer state (step, m, v and its own
-        1-bit worker and server errors, with their checksum): one shard per rank."""
+        1-bit worker and server errors) as a checksummed shard: one per rank."""
         state = super().state_dict()
-        if self._native is not None:
-            blob = self._native.save_state()
-        elif self._pending is not None:
-            blob = self._pending["blob"]
+        if self._native is None and self._pending is not None:
+            shard = self._pending
         else:
-            blob = self._native_optimizer().save_state()
-        state["gradcomm"] = {"version": STATE_VERSION, "steps": self.steps,
-                             "world_size": self._dense.world_size, "rank": self._dense.rank,
-                             "nonfinite_seen": self.nonfinite_seen, "blob": blob,
-                             "checksum": blob_checksum(blob)}
+            native = self._native_optimizer()
+            shard = _native.write_shard(self._dense.rank, self._dense.world_size,
+                                        native.steps_done, "onebit-adam", native.save_state())
+        state["gradcomm"] = {"version": STATE_VERSION, "nonfinite_seen": self.nonfinite_seen,
+                             "shard": shard}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -180,21 +179,15 @@ class OneBitAdam(torch.optim.Optimizer):
             raise _invalid(f"OneBitAdam.load_state_dict: the state has version "
                            f"{extra.get('version', 1)} (gradcomm 0.1 kept m and v in torch); this "
                            f"gradcomm reads version {STATE_VERSION} (the C++ optimizer's state)")
-        for field, mine in (("world_size", self._dense.world_size), ("rank", self._dense.rank)):
-            if extra[field] != mine:
-                raise _invalid(f"OneBitAdam.load_state_dict: the shard was saved with "
-                               f"{field}={extra[field]}, this process has {mine}")
-        if blob_checksum(extra["blob"]) != extra["checksum"]:
-            raise gradcomm.Error(f"OneBitAdam.load_state_dict on rank {self._dense.rank}: the "
-                                 "optimizer state fails its checksum: the shard is damaged")
+        shard = _native.read_shard(extra["shard"], self._dense.rank, self._dense.world_size,
+                                   "onebit-adam", "OneBitAdam.load_state_dict")
         super().load_state_dict(state_dict)
         self._settings = self._shared_settings()
         self.nonfinite_seen = int(extra["nonfinite_seen"])
         if self._native is not None:
-            self._native.load_state(extra["blob"])
+            self._native.load_state(shard["state"])
         else:
-            self._pending = extra
-            self._steps = int(extra["steps"])
+            self._pending, self._steps = extra["shard"], shard["step"]
 
     # ---- the hook's half --------------------------------------------------------------------
     def _exchange(self, bucket) -> torch.futures.Future:
