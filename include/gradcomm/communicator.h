@@ -26,6 +26,13 @@ class Work {
   // Called when the handle goes away, instead of delete: implementations may complete
   // the collective and recycle the object (no allocation per collective in the hot loop).
   virtual void release() noexcept { delete this; }
+  // Orders work enqueued later on `cuda_stream` (a cudaStream_t) after this collective.
+  // Stream-ordered transports (NCCL) make the stream wait on the device and return at
+  // once; the default waits on the host, after which anything enqueued later is ordered.
+  virtual void wait_stream(void* cuda_stream) {
+    (void)cuda_stream;
+    wait();
+  }
 };
 struct WorkRelease {
   void operator()(Work* work) const noexcept { work->release(); }
@@ -72,6 +79,13 @@ class Communicator {
                                TensorView recv, std::span<const std::size_t> recv_counts) = 0;
   virtual WorkHandle broadcast(TensorView buffer, int root) = 0;
   virtual WorkHandle barrier() = 0;
+
+  // Collectives issued from now on read their buffers only after the work already enqueued
+  // on `cuda_stream` (a cudaStream_t): the Exchanger calls it before each collective of a
+  // step whose kernels run on that stream. Host transports need nothing (the default);
+  // NCCL makes its stream wait on an event; a transport that copies device buffers to the
+  // host orders its copies after the stream.
+  virtual void follow_stream(void* cuda_stream) { (void)cuda_stream; }
 
   // Ends every pending and future collective with an Error instead of a hang
   // (NCCL: ncclCommAbort; MPI: MPI_Abort of the duplicated communicator's job).

@@ -49,6 +49,11 @@ struct ExecutionContext {
   // CUDA layer l adds the non-finite elements it met to nonfinite_counts[l] on the stream
   // (saturating at 2^32 - 1) instead of returning them. Null when no layer is on a device.
   std::uint32_t* nonfinite_counts = nullptr;
+  // Device word, zeroed by the caller before the step: decode of CUDA layer l that finds
+  // its payload invalid writes l + 1 here (on the stream) instead of throwing, and writes
+  // nothing out of bounds; the caller reads it at its one synchronisation of the step and
+  // throws kCorruptPayload naming the layer. Null when no layer is on a device.
+  std::uint32_t* corrupt_layer = nullptr;
 };
 
 class Compressor {

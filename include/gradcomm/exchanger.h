@@ -34,6 +34,11 @@ class Exchanger {
   // Starts a step. Layers are then submitted once each; `grad` is read, `out` receives
   // the averaged update after finish_step() and may alias `grad`. Both must stay valid
   // until finish_step() returns.
+  // Layers on a CUDA device: the stream (cudaStream_t) the step's kernels run on; the
+  // collectives are ordered after them and the decodes after the collectives by events
+  // (NCCL) or host waits (host transports). finish_step() synchronises the host with the
+  // stream once per step. Between steps only.
+  void set_stream(void* cuda_stream);
   void begin_step();
   void submit(std::size_t layer, TensorView grad, TensorView out);
   // Waits for the step's collectives, decodes, applies the non-finite policy.

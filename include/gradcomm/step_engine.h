@@ -11,6 +11,12 @@
 //
 // The framing it writes is the one wire format of gradcomm (docs/wire-format.md,
 // "Exchange framing"): every driver sends exactly these bytes.
+//
+// Layers may all live on the CPU or all on one CUDA device (LayerSpec::device). On a
+// device, the engine's buffers are device memory allocated once, every kernel and copy of
+// a step is enqueued on the stream of set_stream() (the compressors' too, through
+// Compressor::set_execution), nothing is allocated, and the host waits for the stream once
+// per step, in finish_step(), to read the status words for the non-finite policy.
 #pragma once
 
 #include <cstddef>
@@ -75,6 +81,11 @@ class StepEngine {
   // the engine's options (a rank with another bucket size would frame other collectives).
   std::string settings_fingerprint() const;
 
+  // Layers on a CUDA device: the stream (a cudaStream_t) every kernel and copy of the
+  // following steps is enqueued on (nullptr, the default: the legacy default stream).
+  // Between steps only. Host layers ignore it.
+  void set_stream(void* cuda_stream);
+
   // Starts step `step` (schedules follow it): lays out this step's collectives.
   void begin_step(std::int64_t step);
   // Encodes `layer` from `grad` into its slot. `out` receives the averaged update when the
@@ -97,6 +108,10 @@ class StepEngine {
   void abandon_step() noexcept;
 
   bool in_step() const noexcept;
+  // Where the layers (and so the engine's buffers and the collectives' buffers) live.
+  Device device() const noexcept;
+  int device_index() const noexcept;
+  void* stream() const noexcept;
   std::int64_t step() const noexcept;
   std::size_t collectives_this_step() const noexcept;
   std::span<const LayerSpec> layers() const noexcept { return layers_; }
@@ -111,6 +126,9 @@ class StepEngine {
  private:
   // Decodes `layer`'s received payload into its output (through float32 for 16-bit layers).
   void decode_layer(std::size_t layer, TensorView received);
+  // Adds a group's non-finite findings from its status words (host-readable memory).
+  void count_allreduce_status(std::size_t id, const std::byte* status);
+  void count_allgather_headers(std::size_t id, const std::byte* headers, std::size_t pitch);
 
   struct Impl;
   std::shared_ptr<Compressor> compressor_;

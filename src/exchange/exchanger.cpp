@@ -10,8 +10,11 @@ Exchanger::Exchanger(Communicator& comm, std::shared_ptr<Compressor> compressor,
                      std::vector<LayerSpec> layers, ExchangerOptions options)
     : comm_(comm),
       engine_(std::move(compressor), std::move(layers), comm.size(), comm.rank(), options) {
-  GRADCOMM_CHECK_ARG(comm_.device() == Device::kCpu, "Exchanger: ", comm_.describe(),
-                     " takes device buffers; this Exchanger stages payloads on the host");
+  GRADCOMM_CHECK_ARG(comm_.device() == engine_.device(), "Exchanger: the layers are on ",
+                     device_name(engine_.device()), " but ", comm_.describe(), " takes ",
+                     device_name(comm_.device()),
+                     " buffers (CUDA layers need a communicator for device buffers: "
+                     "NcclCommunicator, or MpiCommunicator staging through host memory)");
   check_agreement(comm_, engine_.layers(), engine_.settings_fingerprint(),
                   "Exchanger setup (" + engine_.compressor().name() + ")");
   works_.resize(engine_.layers().size());
@@ -29,8 +32,12 @@ void Exchanger::restore_step(std::int64_t step) {
 
 void Exchanger::begin_step() { engine_.begin_step(step_); }
 
+void Exchanger::set_stream(void* cuda_stream) { engine_.set_stream(cuda_stream); }
+
 void Exchanger::issue_ready() {
   while (std::optional<CollectiveRequest> r = engine_.next_ready()) {
+    // Device layers: the collective reads what the kernels on the step's stream wrote.
+    if (engine_.device() != Device::kCpu) comm_.follow_stream(engine_.stream());
     works_[r->id] = r->collective == Collective::kAllreduce
                         ? comm_.allreduce(r->send, r->recv, ReduceOp::kSum)
                         : comm_.allgather(r->send, r->recv);
@@ -52,7 +59,9 @@ const StepStats& Exchanger::finish_step() {
   issue_ready();
   try {
     for (std::size_t id = 0; id < engine_.collectives_this_step(); ++id) {
-      works_[id]->wait();
+      // Device layers: the decode kernels wait for the collective on the stream (NCCL), or
+      // the host waits first (host transports); host layers: the host waits.
+      works_[id]->wait_stream(engine_.stream());
       works_[id].reset();
       engine_.complete(id);
     }

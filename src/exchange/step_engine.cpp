@@ -2,12 +2,17 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
+#include <utility>
 #include <sstream>
 #include <string>
 
 #include "gradcomm/communicator.h"
 #include "core/float16.h"
-#include "kernels/cpu/convert_kernels.h"
+#include "exchange/step_memory.h"
+#if defined(GRADCOMM_HAVE_CUDA)
+#include "kernels/cuda/engine_kernels.cuh"
+#endif
 
 namespace gradcomm {
 
@@ -33,12 +38,18 @@ namespace {
 constexpr std::size_t kAlign = 8;
 constexpr std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-// A byte buffer sized once, at construction, from the compressor's payload bounds: a
-// step never allocates.
-struct Arena {
-  std::vector<std::byte> bytes;
-  std::byte* at(std::size_t offset) { return bytes.data() + offset; }
-};
+// Where the layers live: every layer on the CPU, or every layer on one CUDA device.
+std::pair<Device, int> placement_of(std::span<const LayerSpec> layers) {
+  if (layers.empty()) return {Device::kCpu, 0};
+  const LayerSpec& first = layers.front();
+  for (const LayerSpec& l : layers) {
+    GRADCOMM_CHECK_ARG(l.device == first.device && l.device_index == first.device_index,
+                       "StepEngine: layer '", l.name, "' is on ", device_name(l.device), ":",
+                       l.device_index, " but layer '", first.name, "' on ", device_name(first.device),
+                       ":", first.device_index, "; one engine exchanges layers of one device");
+  }
+  return {first.device, first.device_index};
+}
 
 }  // namespace
 
@@ -52,36 +63,49 @@ struct Arena {
 // - an allgather group sends, per rank, a header of uint32 words
 //   [layer count, non-finite count of each layer], padded to 8 bytes, then each layer's
 //   payload padded to 8 bytes; every rank receives all ranks' blocks in rank order.
+//
+// Layers on a CUDA device: the same bytes, written by kernels on the step's stream. The
+// compressors add their non-finite counts to a device word per layer, the framing kernels
+// read them, and the status words each group brings back are copied to pinned host memory
+// after its collective; finish_step() waits for the stream once and evaluates them there.
 struct StepEngine::Impl {
   struct Group {
     Collective collective;
     DType dtype;
     std::size_t first, last;   // positions [first, last) in backward order
-    std::size_t send_offset;   // into the send arena
+    std::size_t send_offset;   // into the send buffer
     std::size_t block_bytes;   // per rank
     std::size_t header_bytes;  // allgather: header size; allreduce: offset of the status elements
-    std::size_t recv_offset;   // into the recv arena: allgather, and allreduce summed out of place
+    std::size_t recv_offset;   // into the recv buffer: allgather, and allreduce summed out of place
+    std::size_t status_offset; // into the host staging of status words (device layers)
     std::size_t pending;       // layers not yet encoded
     bool issued, completed;
   };
 
+  Device device = Device::kCpu;
+  int device_index = 0;
+  detail::StepMover mover;  // the step's stream, for device layers
   std::vector<std::size_t> order;            // position -> layer (backward order)
   std::vector<std::size_t> position;         // layer -> position
   std::vector<LayerWire> wire;               // this step, by layer
   std::vector<std::size_t> group_of;         // by layer
   std::vector<std::size_t> offset_in_block;  // by layer: payload offset within its block
   std::vector<TensorView> outs;              // by layer, this step
-  std::vector<std::size_t> local_nonfinite;  // by layer, this rank
+  std::vector<std::size_t> local_nonfinite;  // by layer, this rank (host layers)
   std::vector<char> submitted;               // by layer
   std::vector<Group> groups;
   std::size_t next_to_issue = 0;
   bool in_step = false;
   std::int64_t step = 0;
-  Arena send, recv, scratch;
+  detail::StepBuffer send, recv, scratch;
+  std::size_t send_capacity = 0, recv_capacity = 0, status_capacity = 0;
   // float32 copies of a 16-bit layer's gradient (while it is encoded) and update (while it
   // is decoded), for the largest 16-bit layer.
-  std::vector<float> wide_grad, wide_out;
-  std::size_t send_capacity = 0, recv_capacity = 0;
+  detail::StepBuffer wide_grad, wide_out;
+  // Device layers: the compressors' non-finite counts and corrupt-payload word, and the
+  // pinned copies of the status words and of that word.
+  detail::StepBuffer device_words;  // [corrupt layer + 1, count of layer 0, 1, ...]
+  detail::HostStaging status_host;
   // Non-finite findings of the completed groups, for the policy at finish_step().
   std::size_t bad_layers = 0;
   std::string first_bad;
@@ -96,16 +120,19 @@ struct StepEngine::Impl {
   StepStats stats;
 
   // Under kSkipStep a skipped step gives every payload back to its compressor
-  // (on_step_skipped), so allreduce groups are summed out of place into the recv arena and
+  // (on_step_skipped), so allreduce groups are summed out of place into the recv buffer and
   // this rank's payloads survive the sum. Set once, from the options.
   bool sum_out_of_place = false;
   // Where an allreduce group's sum lands.
-  std::byte* sum_of(const Group& g) {
+  std::byte* sum_of(const Group& g) const {
     return sum_out_of_place ? recv.at(g.recv_offset) : send.at(g.send_offset);
   }
   std::size_t allreduce_count(const Group& g) const {
     return g.header_bytes / dtype_size(g.dtype) + (g.last - g.first);
   }
+  bool on_device() const { return device == Device::kCuda; }
+  std::uint32_t* nonfinite_counts() const { return reinterpret_cast<std::uint32_t*>(device_words.at(4)); }
+  std::uint32_t* corrupt_word() const { return reinterpret_cast<std::uint32_t*>(device_words.at(0)); }
 };
 
 StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
@@ -116,8 +143,18 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   GRADCOMM_CHECK_ARG(world_size_ >= 1 && rank_ >= 0 && rank_ < world_size_, "StepEngine: rank ",
                      rank_, " of world size ", world_size_);
   GRADCOMM_CHECK_ARG(options_.bucket_bytes > 0, "StepEngine: bucket_bytes must be positive");
-  compressor_->setup(layers_, world_size_, rank_);
   Impl& s = *impl_;
+  std::tie(s.device, s.device_index) = placement_of(layers_);
+  s.mover.device = s.device;
+  std::size_t widest = 0;
+  for (const LayerSpec& spec : layers_) {
+    GRADCOMM_CHECK_ARG(spec.dtype == DType::kFloat32 || spec.dtype == DType::kFloat16 ||
+                           spec.dtype == DType::kBFloat16,
+                       "StepEngine: layer '", spec.name, "' has ", dtype_name(spec.dtype),
+                       " gradients; gradcomm exchanges float32, float16 and bfloat16");
+    if (spec.dtype != DType::kFloat32) widest = std::max(widest, spec.numel);
+  }
+  compressor_->setup(layers_, world_size_, rank_);
   const std::size_t n = layers_.size();
   s.order.resize(n);
   s.position.resize(n);
@@ -144,19 +181,18 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   }
   s.send_capacity = send_bound;
   s.recv_capacity = p * send_bound;
-  std::size_t widest = 0;
-  for (const LayerSpec& spec : layers_) {
-    GRADCOMM_CHECK_ARG(spec.dtype == DType::kFloat32 || spec.dtype == DType::kFloat16 ||
-                           spec.dtype == DType::kBFloat16,
-                       "StepEngine: layer '", spec.name, "' has ", dtype_name(spec.dtype),
-                       " gradients; gradcomm exchanges float32, float16 and bfloat16");
-    if (spec.dtype != DType::kFloat32) widest = std::max(widest, spec.numel);
+  // Status words per group: an element per layer, or every rank's header (at most 16 bytes
+  // per layer and rank: a count word, and the header's padding and layer-count words).
+  s.status_capacity = n * (4 + 16 * p) + 64;
+  s.send = detail::StepBuffer(s.device, s.send_capacity);
+  s.recv = detail::StepBuffer(s.device, s.recv_capacity);
+  s.scratch = detail::StepBuffer(s.device, scratch_bound);
+  s.wide_grad = detail::StepBuffer(s.device, widest * sizeof(float));
+  s.wide_out = detail::StepBuffer(s.device, widest * sizeof(float));
+  if (s.on_device()) {
+    s.device_words = detail::StepBuffer(s.device, 4 * (1 + n));
+    s.status_host = detail::HostStaging(s.device, s.status_capacity + 4);
   }
-  s.wide_grad.resize(widest);
-  s.wide_out.resize(widest);
-  s.send.bytes.resize(s.send_capacity);
-  s.recv.bytes.resize(s.recv_capacity);
-  s.scratch.bytes.resize(scratch_bound);
 }
 
 StepEngine::~StepEngine() = default;
@@ -170,6 +206,15 @@ std::string StepEngine::settings_fingerprint() const {
 bool StepEngine::in_step() const noexcept { return impl_->in_step; }
 std::int64_t StepEngine::step() const noexcept { return impl_->step; }
 std::size_t StepEngine::collectives_this_step() const noexcept { return impl_->groups.size(); }
+Device StepEngine::device() const noexcept { return impl_->device; }
+int StepEngine::device_index() const noexcept { return impl_->device_index; }
+void* StepEngine::stream() const noexcept { return impl_->mover.stream; }
+
+void StepEngine::set_stream(void* cuda_stream) {
+  GRADCOMM_CHECK(!impl_->in_step, ErrorCode::kInvalidArgument, "StepEngine::set_stream on rank ",
+                 rank_, " inside step ", impl_->step, ": change the stream between steps");
+  impl_->mover.stream = cuda_stream;
+}
 
 void StepEngine::begin_step(std::int64_t step) {
   Impl& s = *impl_;
@@ -178,6 +223,10 @@ void StepEngine::begin_step(std::int64_t step) {
   GRADCOMM_CHECK_ARG(step >= 0, "StepEngine::begin_step: step ", step, " < 0");
   s.step = step;
   compressor_->set_step(step);
+  if (s.on_device()) {
+    s.mover.zero(s.device_words.at(0), s.device_words.size());
+    compressor_->set_execution(ExecutionContext{s.mover.stream, s.nonfinite_counts(), s.corrupt_word()});
+  }
   const std::size_t n = layers_.size();
   const auto p = static_cast<std::size_t>(world_size_);
   s.groups.clear();
@@ -219,10 +268,11 @@ void StepEngine::begin_step(std::int64_t step) {
     g.block_bytes += bytes;
   }
   // Place the groups; allgather blocks start with a header, so shift their payloads.
-  std::size_t send_offset = 0, recv_offset = 0;
+  std::size_t send_offset = 0, recv_offset = 0, status_offset = 0;
   for (Impl::Group& g : s.groups) {
     g.send_offset = send_offset;
     g.recv_offset = recv_offset;
+    g.status_offset = status_offset;
     if (g.collective == Collective::kAllgather) {
       g.header_bytes = align_up(4 * (1 + (g.last - g.first)));
       for (std::size_t pos = g.first; pos < g.last; ++pos) {
@@ -231,14 +281,17 @@ void StepEngine::begin_step(std::int64_t step) {
       g.block_bytes += g.header_bytes;
       send_offset += g.block_bytes;
       recv_offset += p * g.block_bytes;
+      status_offset += p * g.header_bytes;
     } else {
       g.header_bytes = g.block_bytes;  // the status elements sit right after the payloads
       const std::size_t total = g.block_bytes + align_up(4 * (g.last - g.first));
       send_offset += total;
       if (s.sum_out_of_place) recv_offset += total;
+      status_offset += align_up(dtype_size(g.dtype) * (g.last - g.first));
     }
   }
-  GRADCOMM_CHECK(send_offset <= s.send_capacity && recv_offset <= s.recv_capacity,
+  GRADCOMM_CHECK(send_offset <= s.send_capacity && recv_offset <= s.recv_capacity &&
+                     status_offset <= s.status_capacity,
                  ErrorCode::kInternal, "StepEngine: step ", step, " needs ", send_offset, " + ",
                  recv_offset, " bytes, over the ", s.send_capacity, " + ", s.recv_capacity,
                  " reserved from the compressor's bounds");
@@ -266,16 +319,24 @@ void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
                  layer, " ('", spec.name, "') was registered with ", spec.numel, " ",
                  dtype_name(spec.dtype), " elements; got grad ", grad.describe(), " and out ",
                  out.describe());
+  GRADCOMM_CHECK(grad.device() == s.device && out.device() == s.device &&
+                     (s.device == Device::kCpu ||
+                      (grad.device_index() == s.device_index && out.device_index() == s.device_index)),
+                 ErrorCode::kInvalidArgument, "StepEngine::submit on rank ", rank_, ": layer ", layer,
+                 " ('", spec.name, "') was registered on ", device_name(s.device), ":", s.device_index,
+                 "; got grad on ", device_name(grad.device()), ":", grad.device_index(), " and out on ",
+                 device_name(out.device()), ":", out.device_index());
   s.outs[layer] = out;
   s.submitted[layer] = 1;
 
   Impl::Group& g = s.groups[s.group_of[layer]];
   const LayerWire& w = s.wire[layer];
-  TensorView payload(s.send.at(g.send_offset + s.offset_in_block[layer]), w.count, w.dtype);
+  TensorView payload(s.send.at(g.send_offset + s.offset_in_block[layer]), w.count, w.dtype, s.device,
+                     s.device_index);
   if (spec.dtype != DType::kFloat32) {
-    kernels::widen_to_f32(static_cast<const std::uint16_t*>(grad.data()), spec.dtype,
-                          s.wide_grad.data(), spec.numel);
-    grad = TensorView(s.wide_grad.data(), spec.numel, DType::kFloat32);
+    auto* wide = reinterpret_cast<float*>(s.wide_grad.at(0));
+    s.mover.widen(grad.data(), spec.dtype, wide, spec.numel);
+    grad = TensorView(wide, spec.numel, DType::kFloat32, s.device, s.device_index);
   }
   s.local_nonfinite[layer] = compressor_->encode(layer, grad, payload).nonfinite;
   s.stats.payload_bytes += w.bytes();
@@ -291,37 +352,54 @@ std::optional<CollectiveRequest> StepEngine::next_ready() {
   s.next_to_issue += 1;
   g.issued = true;
   const auto p = static_cast<std::size_t>(world_size_);
+  const std::size_t nlayers = g.last - g.first;
   std::byte* block = s.send.at(g.send_offset);
   CollectiveRequest request;
   request.id = id;
   request.collective = g.collective;
   if (g.collective == Collective::kAllreduce) {
     const std::size_t esize = dtype_size(g.dtype);
-    for (std::size_t pos = g.first; pos < g.last; ++pos) {
-      const float flag = s.local_nonfinite[s.order[pos]] ? 1.0f : 0.0f;
-      std::byte* status = block + g.header_bytes + (pos - g.first) * esize;
-      if (g.dtype == DType::kFloat16) {
-        const std::uint16_t h = float_to_half(flag);
-        std::memcpy(status, &h, sizeof h);
-      } else {
-        std::memcpy(status, &flag, sizeof flag);
+    std::byte* status = block + g.header_bytes;
+    if (s.on_device()) {
+#if defined(GRADCOMM_HAVE_CUDA)
+      kernels::cuda::frame_allreduce_status(s.nonfinite_counts(), s.order[g.first], nlayers, status,
+                                            g.dtype == DType::kFloat16, s.mover.stream);
+#endif
+    } else {
+      for (std::size_t pos = g.first; pos < g.last; ++pos) {
+        const float flag = s.local_nonfinite[s.order[pos]] ? 1.0f : 0.0f;
+        std::byte* at = status + (pos - g.first) * esize;
+        if (g.dtype == DType::kFloat16) {
+          const std::uint16_t h = float_to_half(flag);
+          std::memcpy(at, &h, sizeof h);
+        } else {
+          std::memcpy(at, &flag, sizeof flag);
+        }
       }
     }
     const std::size_t count = s.allreduce_count(g);
-    request.send = TensorView(block, count, g.dtype);
-    request.recv = TensorView(s.sum_of(g), count, g.dtype);
+    request.send = TensorView(block, count, g.dtype, s.device, s.device_index);
+    request.recv = TensorView(s.sum_of(g), count, g.dtype, s.device, s.device_index);
     s.stats.wire_bytes += allreduce_wire_bytes(count * esize, world_size_);
   } else {
     auto* header = reinterpret_cast<std::uint32_t*>(block);
-    header[0] = static_cast<std::uint32_t>(g.last - g.first);
-    for (std::size_t pos = g.first; pos < g.last; ++pos) {
-      header[1 + pos - g.first] = static_cast<std::uint32_t>(
-          std::min<std::size_t>(s.local_nonfinite[s.order[pos]], 0xffffffffu));
+    if (s.on_device()) {
+#if defined(GRADCOMM_HAVE_CUDA)
+      kernels::cuda::frame_allgather_header(s.nonfinite_counts(), s.order[g.first], nlayers, header,
+                                            g.header_bytes / 4, s.mover.stream);
+#endif
+    } else {
+      header[0] = static_cast<std::uint32_t>(nlayers);
+      for (std::size_t pos = g.first; pos < g.last; ++pos) {
+        header[1 + pos - g.first] = static_cast<std::uint32_t>(
+            std::min<std::size_t>(s.local_nonfinite[s.order[pos]], 0xffffffffu));
+      }
+      // The header's padding words are zero, so every byte on the wire is defined.
+      for (std::size_t w = 1 + nlayers; w < g.header_bytes / 4; ++w) header[w] = 0;
     }
-    // The header's padding words are zero, so every byte on the wire is defined.
-    for (std::size_t w = 1 + (g.last - g.first); w < g.header_bytes / 4; ++w) header[w] = 0;
-    request.send = TensorView(block, g.block_bytes, DType::kUInt8);
-    request.recv = TensorView(s.recv.at(g.recv_offset), p * g.block_bytes, DType::kUInt8);
+    request.send = TensorView(block, g.block_bytes, DType::kUInt8, s.device, s.device_index);
+    request.recv = TensorView(s.recv.at(g.recv_offset), p * g.block_bytes, DType::kUInt8, s.device,
+                              s.device_index);
     s.stats.wire_bytes += allgather_wire_bytes(g.block_bytes, world_size_);
   }
   s.stats.collectives += 1;
@@ -336,55 +414,41 @@ void StepEngine::decode_layer(std::size_t layer, TensorView received) {
     compressor_->decode(layer, received, out);
     return;
   }
-  compressor_->decode(layer, received, TensorView(s.wide_out.data(), spec.numel, DType::kFloat32));
-  kernels::narrow_from_f32(s.wide_out.data(), spec.dtype, static_cast<std::uint16_t*>(out.data()),
-                           spec.numel);
+  auto* wide = reinterpret_cast<float*>(s.wide_out.at(0));
+  compressor_->decode(layer, received, TensorView(wide, spec.numel, DType::kFloat32, s.device, s.device_index));
+  s.mover.narrow(wide, spec.dtype, out.data(), spec.numel);
 }
 
-void StepEngine::complete(std::size_t id) {
+void StepEngine::count_allreduce_status(std::size_t id, const std::byte* status) {
   Impl& s = *impl_;
-  GRADCOMM_CHECK(s.in_step && id < s.groups.size() && s.groups[id].issued &&
-                     !s.groups[id].completed,
-                 ErrorCode::kInvalidArgument, "StepEngine::complete(", id, ") on rank ", rank_,
-                 ": not a collective of step ", s.step, " that was issued and not completed (",
-                 s.next_to_issue, " of ", s.groups.size(), " issued)");
-  Impl::Group& g = s.groups[id];
-  g.completed = true;
-  const auto p = static_cast<std::size_t>(world_size_);
-  if (g.collective == Collective::kAllreduce) {
-    std::byte* block = s.sum_of(g);
-    const std::size_t esize = dtype_size(g.dtype);
-    for (std::size_t pos = g.first; pos < g.last; ++pos) {
-      const std::byte* status = block + g.header_bytes + (pos - g.first) * esize;
-      float ranks_bad = 0;
-      if (g.dtype == DType::kFloat16) {
-        std::uint16_t h;
-        std::memcpy(&h, status, sizeof h);
-        ranks_bad = half_to_float(h);
-      } else {
-        std::memcpy(&ranks_bad, status, sizeof ranks_bad);
-      }
-      if (ranks_bad == 0.0f) continue;
-      s.bad_layers += 1;
-      s.bad_ranks_counted = std::max(s.bad_ranks_counted, static_cast<std::size_t>(ranks_bad));
-      if (s.first_bad.empty()) {
-        s.first_bad = "layer '" + layers_[s.order[pos]].name + "' on " +
-                      std::to_string(static_cast<int>(ranks_bad)) + " rank(s)";
-      }
+  const Impl::Group& g = s.groups[id];
+  const std::size_t esize = dtype_size(g.dtype);
+  for (std::size_t pos = g.first; pos < g.last; ++pos) {
+    const std::byte* at = status + (pos - g.first) * esize;
+    float ranks_bad = 0;
+    if (g.dtype == DType::kFloat16) {
+      std::uint16_t h;
+      std::memcpy(&h, at, sizeof h);
+      ranks_bad = half_to_float(h);
+    } else {
+      std::memcpy(&ranks_bad, at, sizeof ranks_bad);
     }
-    for (std::size_t pos = g.first; pos < g.last; ++pos) {
-      const std::size_t layer = s.order[pos];
-      TensorView received(block + s.offset_in_block[layer], s.wire[layer].count, g.dtype);
-      decode_layer(layer, received);
+    if (ranks_bad == 0.0f) continue;
+    s.bad_layers += 1;
+    s.bad_ranks_counted = std::max(s.bad_ranks_counted, static_cast<std::size_t>(ranks_bad));
+    if (s.first_bad.empty()) {
+      s.first_bad = "layer '" + layers_[s.order[pos]].name + "' on " +
+                    std::to_string(static_cast<int>(ranks_bad)) + " rank(s)";
     }
-    return;
   }
-  // Allgather: validate each rank's header, then give the compressor its layer's payloads
-  // contiguously, in rank order.
-  const std::byte* recv = s.recv.at(g.recv_offset);
+}
+
+void StepEngine::count_allgather_headers(std::size_t id, const std::byte* headers, std::size_t pitch) {
+  Impl& s = *impl_;
+  const Impl::Group& g = s.groups[id];
   const std::size_t nlayers = g.last - g.first;
-  for (std::size_t r = 0; r < p; ++r) {
-    const auto* header = reinterpret_cast<const std::uint32_t*>(recv + r * g.block_bytes);
+  for (std::size_t r = 0; r < static_cast<std::size_t>(world_size_); ++r) {
+    const auto* header = reinterpret_cast<const std::uint32_t*>(headers + r * pitch);
     GRADCOMM_CHECK(header[0] == nlayers, ErrorCode::kCorruptPayload, "StepEngine on rank ", rank_,
                    ": rank ", r, " framed ", header[0], " layers in a group of ", nlayers,
                    " (corrupt payload, or ranks out of step)");
@@ -398,14 +462,48 @@ void StepEngine::complete(std::size_t id) {
       }
     }
   }
+}
+
+void StepEngine::complete(std::size_t id) {
+  Impl& s = *impl_;
+  GRADCOMM_CHECK(s.in_step && id < s.groups.size() && s.groups[id].issued &&
+                     !s.groups[id].completed,
+                 ErrorCode::kInvalidArgument, "StepEngine::complete(", id, ") on rank ", rank_,
+                 ": not a collective of step ", s.step, " that was issued and not completed (",
+                 s.next_to_issue, " of ", s.groups.size(), " issued)");
+  Impl::Group& g = s.groups[id];
+  g.completed = true;
+  const auto p = static_cast<std::size_t>(world_size_);
+  const std::size_t nlayers = g.last - g.first;
+  if (g.collective == Collective::kAllreduce) {
+    std::byte* block = s.sum_of(g);
+    if (s.on_device()) {  // evaluated after the step's one synchronisation
+      s.mover.copy(s.status_host.at(g.status_offset), block + g.header_bytes, nlayers * dtype_size(g.dtype));
+    } else {
+      count_allreduce_status(id, block + g.header_bytes);
+    }
+    for (std::size_t pos = g.first; pos < g.last; ++pos) {
+      const std::size_t layer = s.order[pos];
+      decode_layer(layer, TensorView(block + s.offset_in_block[layer], s.wire[layer].count, g.dtype,
+                                     s.device, s.device_index));
+    }
+    return;
+  }
+  // Allgather: validate each rank's header (on the host now; for device layers after the
+  // step's synchronisation: the decoders validate what they read on the device), then give
+  // the compressor its layer's payloads contiguously, in rank order.
+  const std::byte* recv = s.recv.at(g.recv_offset);
+  if (s.on_device()) {
+    s.mover.copy_rows(s.status_host.at(g.status_offset), g.header_bytes, recv, g.block_bytes,
+                      g.header_bytes, p);
+  } else {
+    count_allgather_headers(id, recv, g.block_bytes);
+  }
   for (std::size_t pos = g.first; pos < g.last; ++pos) {
     const std::size_t layer = s.order[pos];
     const std::size_t bytes = s.wire[layer].bytes();
-    for (std::size_t r = 0; r < p; ++r) {
-      std::memcpy(s.scratch.at(r * bytes), recv + r * g.block_bytes + s.offset_in_block[layer],
-                  bytes);
-    }
-    decode_layer(layer, TensorView(s.scratch.at(0), p * bytes, DType::kUInt8));
+    s.mover.copy_rows(s.scratch.at(0), bytes, recv + s.offset_in_block[layer], g.block_bytes, bytes, p);
+    decode_layer(layer, TensorView(s.scratch.at(0), p * bytes, DType::kUInt8, s.device, s.device_index));
   }
 }
 
@@ -431,6 +529,27 @@ const StepStats& StepEngine::finish_step() {
                    s.groups.size(), " in step ", s.step, " has not completed");
   }
   s.in_step = false;
+  if (s.on_device()) {
+    // The step's one host synchronisation: the status words of every group and the
+    // decoders' verdict are in pinned memory once the stream has drained.
+    const std::size_t corrupt_at = s.status_capacity;
+    s.mover.copy(s.status_host.at(corrupt_at), s.corrupt_word(), 4);
+    s.mover.synchronize();
+    std::uint32_t corrupt = 0;
+    std::memcpy(&corrupt, s.status_host.at(corrupt_at), 4);
+    GRADCOMM_CHECK(corrupt == 0, ErrorCode::kCorruptPayload, "StepEngine on rank ", rank_, ": step ",
+                   s.step, ": the payload of layer ", corrupt - 1, " ('",
+                   layers_[std::min<std::size_t>(corrupt - 1, layers_.size() - 1)].name,
+                   "') failed validation on the device (corrupt payload, or ranks out of step)");
+    for (std::size_t id = 0; id < s.groups.size(); ++id) {
+      const Impl::Group& g = s.groups[id];
+      if (g.collective == Collective::kAllreduce) {
+        count_allreduce_status(id, s.status_host.at(g.status_offset));
+      } else {
+        count_allgather_headers(id, s.status_host.at(g.status_offset), g.header_bytes);
+      }
+    }
+  }
   s.stats.nonfinite = s.bad_layers;
   if (s.bad_layers == 0) return s.stats;
   switch (options_.nonfinite) {
@@ -448,10 +567,10 @@ const StepStats& StepEngine::finish_step() {
           const LayerWire& w = s.wire[layer];
           compressor_->on_step_skipped(
               layer, TensorView(s.send.at(g.send_offset + s.offset_in_block[layer]), w.count,
-                                w.dtype));
+                                w.dtype, s.device, s.device_index));
         }
       }
-      for (const TensorView& out : s.outs) std::memset(out.data(), 0, out.nbytes());
+      for (const TensorView& out : s.outs) s.mover.zero(out.data(), out.nbytes());
       s.stats.skipped = true;
       break;
     case NonFinitePolicy::kZero:
