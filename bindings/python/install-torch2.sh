@@ -33,5 +33,5 @@ pip=("${venv}/bin/python" -m pip install --quiet)
 "${pip[@]}" "${wheel}"
 # -I: no current directory, PYTHONPATH or user site on sys.path, so only the venv's
 # site-packages can supply gradcomm.
-(cd / && "${venv}/bin/python" -I "${repo}/bindings/python/check_installed.py" "${wheel}")
+(cd / && "${venv}/bin/python" -I "${repo}/tests/python/check_installed_wheel.py" "${wheel}")
 "${pip[@]}" pytest scikit-learn

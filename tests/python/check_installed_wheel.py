@@ -1,7 +1,7 @@
 """Checks that `gradcomm` and `gradcomm.torch` import in this interpreter from the given
 wheel's installed files: from this environment's site-packages (not a source tree on
 sys.path), each module file byte-identical to the wheel's copy. install-torch2.sh runs it
-with `python -I WHEEL`; exits non-zero with the reason otherwise."""
+with `python -I check_installed_wheel.py WHEEL`; exits non-zero with the reason otherwise."""
 
 import base64
 import csv
@@ -52,5 +52,5 @@ def main(wheel_path):
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -I check_installed.py WHEEL")
+        sys.exit("usage: python -I check_installed_wheel.py WHEEL")
     main(sys.argv[1])
