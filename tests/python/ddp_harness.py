@@ -14,6 +14,13 @@ import torch.multiprocessing as mp
 
 from torch_ddp_digits import free_port, init_local_gloo  # examples/, on sys.path via conftest
 
+try:
+    # torch 2.x's DDP constructor imports torch._dynamo: seconds per forked rank, every job,
+    # unless the parent has it already (the import starts no threads, so forking stays safe).
+    import torch._dynamo  # noqa: F401
+except ImportError:  # torch 1.x has none
+    pass
+
 
 class RankFailed(AssertionError):
     pass
