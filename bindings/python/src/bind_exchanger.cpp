@@ -151,6 +151,17 @@ void bind_exchanger(py::module_& m) {
            py::arg("bucket_bytes") = defaults.bucket_bytes, py::arg("nonfinite") = "error")
       .def("begin_step", [](PyExchanger& self) { self.get().begin_step(); })
       .def(
+          "set_stream",
+          [](PyExchanger& self, std::uintptr_t cuda_stream) {
+            self.get().set_stream(reinterpret_cast<void*>(cuda_stream));
+          },
+          py::arg("cuda_stream"),
+          "Layers on a CUDA device: the raw cudaStream_t (torch.cuda.Stream.cuda_stream) the "
+          "next steps' kernels run on. Between steps only.")
+      .def_property_readonly("device", [](PyExchanger& self) {
+        return std::string(device_name(self.get().engine().device()));
+      })
+      .def(
           "check_agreement",
           [](PyExchanger& self, const std::string& settings, const std::string& what) {
             Exchanger& ex = self.get();

@@ -15,13 +15,54 @@ import gradcomm._gradcomm as _native
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
+class _StagedWork:
+    """A collective run on pinned host copies of device buffers: waiting copies the result
+    back to the device (on torch's current stream) once the host collective is done."""
+
+    def __init__(self, work, copy_back):
+        self._work, self._copy_back = work, copy_back
+
+    def wait(self):
+        self._work.wait()
+        if self._copy_back is not None:
+            copy_back, self._copy_back = self._copy_back, None
+            copy_back()
+        return True
+
+    def is_completed(self):
+        return self._work.is_completed() and self._copy_back is None
+
+
 class TorchGroupBackend:
     """The collectives PythonCommunicator calls, on one process group. Each returns the
-    torch.distributed Work of the collective it started."""
+    torch.distributed Work of the collective it started. On a gloo group, collectives gloo
+    cannot run on CUDA tensors (allgather, alltoall) go through pinned host copies; the
+    staging buffers are kept and only grow, so steady steps allocate nothing."""
 
     def __init__(self, group):
         self.group = group
         self.size = dist.get_world_size(group)
+        self._stage_on_host = dist.get_backend(group) == "gloo"
+        self._pinned = {}  # role -> pinned uint8 staging buffer
+
+    def _host(self, role: str, like: torch.Tensor) -> torch.Tensor:
+        """A pinned host tensor shaped like `like`, from a grow-only buffer per role."""
+        nbytes = like.numel() * like.element_size()
+        buffer = self._pinned.get(role)
+        if buffer is None or buffer.numel() < nbytes:
+            buffer = self._pinned[role] = torch.empty(max(nbytes, 1), dtype=torch.uint8,
+                                                      pin_memory=True)
+        return buffer[:nbytes].view(like.dtype).view(like.shape)
+
+    def _staged(self, send: torch.Tensor, recv: torch.Tensor, run):
+        """Runs `run(host_send, host_recv)` on pinned copies when gloo cannot take the
+        device tensors; returns its Work, which copies the result back when waited."""
+        if not (self._stage_on_host and recv.is_cuda):
+            return run(send, recv)
+        host_send = self._host("send", send)
+        host_send.copy_(send)  # a synchronous copy: the data is on the host before gloo reads it
+        host_recv = self._host("recv", recv)
+        return _StagedWork(run(host_send, host_recv), lambda: recv.copy_(host_recv))
 
     def __repr__(self):
         return f"torch.distributed {dist.get_backend(self.group)}, {self.size} ranks"
@@ -35,19 +76,24 @@ class TorchGroupBackend:
         return dist.all_reduce(out, op=_OPS[op], group=self.group, async_op=True)
 
     def allgather(self, send, recv):
-        outs = list(from_dlpack(recv).view(self.size, -1).unbind(0))
-        return dist.all_gather(outs, from_dlpack(send), group=self.group, async_op=True)
+        def run(send, recv):
+            outs = list(recv.view(self.size, -1).unbind(0))
+            return dist.all_gather(outs, send, group=self.group, async_op=True)
+        return self._staged(from_dlpack(send), from_dlpack(recv), run)
 
     def alltoall(self, send, recv):
-        return dist.all_to_all_single(from_dlpack(recv), from_dlpack(send), group=self.group,
-                                      async_op=True)
+        def run(send, recv):
+            return dist.all_to_all_single(recv, send, group=self.group, async_op=True)
+        return self._staged(from_dlpack(send), from_dlpack(recv), run)
 
     def alltoallv(self, send, recv, counts):
         send_counts, recv_counts = counts
-        return dist.all_to_all_single(from_dlpack(recv), from_dlpack(send),
-                                      output_split_sizes=list(recv_counts),
-                                      input_split_sizes=list(send_counts), group=self.group,
-                                      async_op=True)
+
+        def run(send, recv):
+            return dist.all_to_all_single(recv, send, output_split_sizes=list(recv_counts),
+                                          input_split_sizes=list(send_counts), group=self.group,
+                                          async_op=True)
+        return self._staged(from_dlpack(send), from_dlpack(recv), run)
 
     def broadcast(self, buffer, root):
         src = root

@@ -66,6 +66,19 @@ def _nonfinite_policy(policy: str) -> str:
     return policy
 
 
+def _check_bucket_object(bucket, owner: str) -> None:
+    """torch.compile(DDP(model)) with optimize_ddp="python_reducer" (compiled autograd)
+    bypasses DDP's bucketed reducer and calls the hook once per parameter with a
+    (grad, param) pair, ignoring what it returns: gradcomm's engine needs the buckets."""
+    if isinstance(bucket, tuple):
+        raise _invalid(
+            f"{owner}: the hook was called with a (grad, param) pair, which is how "
+            "torch.compile(DDP(model)) calls comm hooks under "
+            "torch._dynamo.config.optimize_ddp='python_reducer' (compiled autograd): gradcomm "
+            "hooks need DDP's bucketed reducer. Use DDP(torch.compile(model)), or keep "
+            "torch.compile(DDP(model)) with the default optimize_ddp setting")
+
+
 def _completed(value: torch.Tensor) -> torch.futures.Future:
     future = torch.futures.Future()
     future.set_result(value)
@@ -322,6 +335,8 @@ class CompressedHookState:
                                             "load_state_dict called alike on every rank?)")
         self._agreed_position = None
         self._in_step = True
+        if self._exchanger.device == "cuda":  # kernels on torch's stream, as DDP's own work
+            self._exchanger.set_stream(torch.cuda.current_stream().cuda_stream)
         self._exchanger.begin_step()
 
     def _finish_step(self) -> None:
@@ -345,6 +360,7 @@ class CompressedHookState:
             future.set_result(buffer)
 
     def _exchange(self, bucket) -> torch.futures.Future:
+        _check_bucket_object(bucket, self._name)
         self._check_group()
         buffer = bucket.buffer()
         params = list(bucket.parameters())

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import gradcomm
 import gradcomm._gradcomm as _native
 from gradcomm.torch._comm import communicator as torch_communicator
-from gradcomm.torch._exchange import STATE_VERSION, _invalid
+from gradcomm.torch._exchange import STATE_VERSION, _check_bucket_object, _invalid
 from gradcomm.torch.dense import AllreduceState
 
 
@@ -191,6 +191,7 @@ class OneBitAdam(torch.optim.Optimizer):
 
     # ---- the hook's half --------------------------------------------------------------------
     def _exchange(self, bucket) -> torch.futures.Future:
+        _check_bucket_object(bucket, "OneBitAdam")
         native = self._native_optimizer()
         if not native.frozen:
             return self._dense._exchange(bucket)
