@@ -49,7 +49,7 @@ int run(const Options& options, gradcomm::Communicator& comm) {
   if (steps_per_epoch == 0) throw std::invalid_argument("batch too large for the training set");
   const std::size_t total_steps = steps_per_epoch * static_cast<std::size_t>(options.epochs);
 
-  CompressorSetup setup = make_compressor(options, p, steps_per_epoch);
+  CompressorSetup setup = make_compressor(options, steps_per_epoch);
   std::unique_ptr<Optimizer> optimizer = make_optimizer(options, setup.compressor_has_momentum, comm, total_steps);
 
   std::vector<Parameter> params = model->parameters();
@@ -118,7 +118,7 @@ int run(const Options& options, gradcomm::Communicator& comm) {
         const auto exchange_start = std::chrono::steady_clock::now();
         bytes = exchanger->finish_step().wire_bytes;
         exchange_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - exchange_start).count();
-        if (setup.after_step) setup.after_step(comm, *exchanger, step);
+        if (setup.after_step) setup.after_step(comm, step);
       }
       optimizer->step(params, step);
       if (!exchanger) bytes = optimizer->last_step_wire_bytes();
