@@ -40,8 +40,8 @@ CompressorSetup make_compressor(const Options& options, std::size_t steps_per_ep
   if (options.compressor == "lgreco-quant" || options.compressor == "lgreco-dgc") {
     return make_lgreco_compressor(options, steps_per_epoch);
   }
-  throw std::invalid_argument("unknown --compressor '" + options.compressor +
-                              "' (expected none, dgc, quant, lgreco-dgc or lgreco-quant)");
+  // parse_options() refused other names.
+  throw std::logic_error("make_compressor: unknown --compressor '" + options.compressor + "'");
 }
 
 }  // namespace trainer

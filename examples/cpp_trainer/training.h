@@ -48,7 +48,8 @@ struct CompressorSetup {
   std::function<void(gradcomm::Communicator&, std::int64_t step)> after_step;
 };
 
-// Throws std::invalid_argument for names that are unknown or not built in this version.
+// For options that parse_options() accepted; the library may still refuse a combination
+// (gradcomm::Error, kInvalidArgument), alike on every rank.
 CompressorSetup make_compressor(const Options& options, std::size_t steps_per_epoch);
 std::unique_ptr<Optimizer> make_optimizer(const Options& options, bool compressor_has_momentum,
                                           gradcomm::Communicator& comm, std::size_t total_steps);
