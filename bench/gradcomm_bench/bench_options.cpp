@@ -1,10 +1,11 @@
 #include "gradcomm_bench/bench_options.h"
 
-#include <cerrno>
-#include <cstdlib>
-#include <string_view>
+#include <cmath>
+#include <limits>
 
 #include "gradcomm_bench/models.h"
+#include "launch/flags.h"
+#include "launch/settings.h"
 
 namespace gradcomm::bench {
 
@@ -24,6 +25,7 @@ std::string bench_usage() {
     compressors += std::string("      ") + e.name + (e.make ? "" : " (not built yet)") + ": " + e.summary + "\n";
   }
   return "usage: mpirun -np N gradcomm-bench [flags]\n"
+         "  Every rank must be given the same flags: the ranks check that they agree before the first row.\n"
          "  -b, --minbytes SIZE     smallest message (default 32M; suffixes K, M, G are powers of 1024)\n"
          "  -e, --maxbytes SIZE     largest message (default 32M)\n"
          "  -f, --stepfactor F      multiply the size by F between rows\n"
@@ -46,53 +48,15 @@ std::string bench_usage() {
          "  --json FILE             also write the rows as a JSON array (rank 0)\n"
          "  --link TEXT             label of the network in the JSON rows (bench/netem/run sets it)\n"
          "  --seed S                seed of the generated gradients (default 1)\n"
+         "  --timeout SECONDS       a collective that has not completed after this long ends the job with an\n"
+         "                          error naming it (a stopped or dead peer); 0 waits forever (default 300)\n"
          "  -h, --help              this text\n";
 }
 
-namespace {
-
-[[noreturn]] void bad_value(const std::string& flag, const std::string& value, const char* expected) {
-  GRADCOMM_THROW(ErrorCode::kInvalidArgument, "gradcomm-bench: ", flag, " '", value, "': expected ", expected);
-}
-
-std::size_t parse_size(const std::string& flag, const std::string& value) {
-  errno = 0;
-  char* end = nullptr;
-  const unsigned long long n = std::strtoull(value.c_str(), &end, 10);
-  if (value.empty() || value[0] == '-' || end == value.c_str() || errno != 0) bad_value(flag, value, "a byte count");
-  std::size_t scale = 1;
-  const std::string_view suffix(end);
-  if (suffix == "K" || suffix == "k") scale = 1ull << 10;
-  else if (suffix == "M" || suffix == "m") scale = 1ull << 20;
-  else if (suffix == "G" || suffix == "g") scale = 1ull << 30;
-  else if (!suffix.empty()) bad_value(flag, value, "a byte count with an optional K, M or G suffix");
-  if (n > SIZE_MAX / scale) bad_value(flag, value, "a byte count that fits in 64 bits");
-  return static_cast<std::size_t>(n) * scale;
-}
-
-long long parse_int(const std::string& flag, const std::string& value, long long lo, long long hi) {
-  errno = 0;
-  char* end = nullptr;
-  const long long n = std::strtoll(value.c_str(), &end, 10);
-  if (value.empty() || *end != '\0' || errno != 0 || n < lo || n > hi) {
-    GRADCOMM_THROW(ErrorCode::kInvalidArgument, "gradcomm-bench: ", flag, " '", value, "': expected an integer in [",
-                   lo, ", ", hi, "]");
-  }
-  return n;
-}
-
-double parse_double(const std::string& flag, const std::string& value) {
-  errno = 0;
-  char* end = nullptr;
-  const double x = std::strtod(value.c_str(), &end);
-  if (value.empty() || *end != '\0' || errno != 0) bad_value(flag, value, "a number");
-  return x;
-}
-
-}  // namespace
-
 BenchOptions parse_bench_options(int argc, char** argv, const std::string& default_models_dir,
                                  const std::string& default_link) {
+  using launch::parse_bytes;
+  using launch::parse_integer;
   BenchOptions o;
   o.models_dir = default_models_dir;
   o.link = default_link;
@@ -109,44 +73,69 @@ BenchOptions parse_bench_options(int argc, char** argv, const std::string& defau
       continue;
     }
     if (!inline_value) {
-      GRADCOMM_CHECK_ARG(i + 1 < argc, "gradcomm-bench: ", flag, " needs a value (see -h)");
+      GRADCOMM_CHECK_ARG(i + 1 < argc, flag, " needs a value (see -h)");
       value = argv[++i];
     }
-    if (flag == "-b" || flag == "--minbytes") o.min_bytes = parse_size(flag, value);
-    else if (flag == "-e" || flag == "--maxbytes") o.max_bytes = parse_size(flag, value);
-    else if (flag == "-i" || flag == "--stepbytes") o.step_bytes = parse_size(flag, value);
-    else if (flag == "-f" || flag == "--stepfactor") o.step_factor = parse_double(flag, value);
-    else if (flag == "-n" || flag == "--iters") o.iters = static_cast<int>(parse_int(flag, value, 1, 1 << 30));
-    else if (flag == "-w" || flag == "--warmup_iters") o.warmup = static_cast<int>(parse_int(flag, value, 0, 1 << 30));
-    else if (flag == "-c" || flag == "--check") o.check = parse_int(flag, value, 0, 1) == 1;
-    else if (flag == "-a" || flag == "--average") o.time_across_ranks = static_cast<TimeAcrossRanks>(parse_int(flag, value, 0, 3));
+    if (flag == "-b" || flag == "--minbytes") o.min_bytes = parse_bytes(flag, value);
+    else if (flag == "-e" || flag == "--maxbytes") o.max_bytes = parse_bytes(flag, value);
+    else if (flag == "-i" || flag == "--stepbytes") o.step_bytes = parse_bytes(flag, value);
+    else if (flag == "-f" || flag == "--stepfactor") o.step_factor = launch::parse_real(flag, value, {.lo = 0.0});
+    else if (flag == "-n" || flag == "--iters") o.iters = static_cast<int>(parse_integer(flag, value, 1, 1 << 30));
+    else if (flag == "-w" || flag == "--warmup_iters") o.warmup = static_cast<int>(parse_integer(flag, value, 0, 1 << 30));
+    else if (flag == "-c" || flag == "--check") o.check = parse_integer(flag, value, 0, 1) == 1;
+    else if (flag == "-a" || flag == "--average") o.time_across_ranks = static_cast<TimeAcrossRanks>(parse_integer(flag, value, 0, 3));
     else if (flag == "--compressor") o.compressor = value;
     else if (flag == "--model") o.model = value;
     else if (flag == "--models-dir") o.models_dir = value;
     else if (flag == "--json") o.json_path = value;
     else if (flag == "--link") o.link = value;
-    else if (flag == "--seed") o.seed = static_cast<std::uint64_t>(parse_int(flag, value, 0, INT64_MAX));
-    else if (flag == "--density") o.runner.density = parse_double(flag, value);
+    else if (flag == "--seed") o.seed = launch::parse_unsigned(flag, value);
+    else if (flag == "--timeout") o.timeout = launch::parse_seconds(flag, value);
+    else if (flag == "--density") o.runner.density = launch::parse_real(flag, value, {0.0, 1.0, true, false});
     // The quantizer's widths (QuantizeOptions::bits).
-    else if (flag == "--bits") o.runner.bits = static_cast<int>(parse_int(flag, value, 1, 8));
-    else if (flag == "--lgreco-period") o.runner.lgreco_period = parse_int(flag, value, 1, 1 << 30);
-    else if (flag == "--bucket-bytes") o.runner.bucket_bytes = parse_size(flag, value);
-    else GRADCOMM_THROW(ErrorCode::kInvalidArgument, "gradcomm-bench: unknown flag '", flag, "' (see -h)");
+    else if (flag == "--bits") o.runner.bits = static_cast<int>(parse_integer(flag, value, 1, 8));
+    else if (flag == "--lgreco-period") o.runner.lgreco_period = parse_integer(flag, value, 1, 1 << 30);
+    else if (flag == "--bucket-bytes") o.runner.bucket_bytes = parse_bytes(flag, value);
+    else GRADCOMM_THROW(ErrorCode::kInvalidArgument, "unknown flag '", flag, "' (see -h)");
   }
   if (o.help) return o;
-  GRADCOMM_CHECK_ARG(o.min_bytes >= 4, "gradcomm-bench: -b ", o.min_bytes, " is below one float32 element (4 bytes)");
-  GRADCOMM_CHECK_ARG(o.min_bytes <= o.max_bytes, "gradcomm-bench: -b ", o.min_bytes, " is larger than -e ", o.max_bytes);
-  GRADCOMM_CHECK_ARG(o.step_factor == 0 || o.step_factor > 1, "gradcomm-bench: -f ", o.step_factor,
-                     " must be greater than 1");
+  GRADCOMM_CHECK_ARG(o.min_bytes >= 4, "-b ", o.min_bytes, " is below one float32 element (4 bytes)");
+  GRADCOMM_CHECK_ARG(o.min_bytes <= o.max_bytes, "-b ", o.min_bytes, " is larger than -e ", o.max_bytes);
+  GRADCOMM_CHECK_ARG(o.step_factor == 0 || o.step_factor > 1, "-f ", o.step_factor, " must be greater than 1");
   GRADCOMM_CHECK_ARG(o.step_factor > 0 || o.step_bytes > 0 || o.min_bytes == o.max_bytes,
-                     "gradcomm-bench: -i 0 would never get from -b to -e");
-  GRADCOMM_CHECK_ARG(o.runner.density > 0 && o.runner.density <= 1, "gradcomm-bench: --density ", o.runner.density,
-                     " must be in (0, 1]");
+                     "-i 0 would never get from -b to -e");
+  const double rows = sweep_rows(o);
+  GRADCOMM_CHECK_ARG(rows <= kMaxSweepRows, "-b ", o.min_bytes, " to -e ", o.max_bytes, " by ",
+                     o.step_factor > 0 ? "-f " + launch::shortest(o.step_factor) : "-i " + std::to_string(o.step_bytes),
+                     " makes ", launch::shortest(std::floor(rows)), " rows; at most ", kMaxSweepRows,
+                     " (raise -f or -i)");
   if (o.runner.lgreco_period == 0) o.runner.lgreco_period = lgreco_period_for(o);
-  GRADCOMM_CHECK_ARG(o.runner.bucket_bytes > 0, "gradcomm-bench: --bucket-bytes must be positive");
-  GRADCOMM_CHECK_ARG(o.model.empty() || !o.models_dir.empty(), "gradcomm-bench: --model needs --models-dir");
+  GRADCOMM_CHECK_ARG(o.runner.bucket_bytes > 0, "--bucket-bytes must be positive");
+  GRADCOMM_CHECK_ARG(o.model.empty() || !o.models_dir.empty(), "--model needs --models-dir");
   find_runner(o.compressor);  // rejects unknown and not-yet-built compressors before any work
+  // The runner's own MPI_Allreduce takes an int count.
+  GRADCOMM_CHECK_ARG(o.compressor != "mpi" || o.max_bytes / 4 <= static_cast<std::size_t>(INT32_MAX),
+                     "-e ", o.max_bytes, " with --compressor mpi: over MPI's int count of floats (at most ",
+                     4ull * INT32_MAX, " bytes)");
   return o;
+}
+
+double sweep_rows(const BenchOptions& o) {
+  const double lo = static_cast<double>(o.min_bytes), hi = static_cast<double>(o.max_bytes);
+  if (hi <= lo) return 1;
+  if (o.step_factor > 0) return std::floor(std::log(hi / lo) / std::log(o.step_factor)) + 1;
+  return o.step_bytes > 0 ? std::floor((hi - lo) / static_cast<double>(o.step_bytes)) + 1
+                          : std::numeric_limits<double>::infinity();
+}
+
+std::string bench_settings(const BenchOptions& o, const std::string& model_fingerprint) {
+  launch::SettingsText s;
+  s.add("-b", o.min_bytes).add("-e", o.max_bytes).add("-i", o.step_bytes).add("-f", o.step_factor);
+  s.add("-n", o.iters).add("-w", o.warmup).add("-c", o.check).add("-a", static_cast<int>(o.time_across_ranks));
+  s.add("--compressor", o.compressor).add("--model", o.model).add("model-table", model_fingerprint);
+  s.add("--seed", o.seed).add("--density", o.runner.density).add("--bits", o.runner.bits);
+  s.add("--lgreco-period", o.runner.lgreco_period).add("--bucket-bytes", o.runner.bucket_bytes);
+  return s.add("--timeout", static_cast<double>(o.timeout.count()) / 1e3).text();
 }
 
 std::int64_t lgreco_period_for(const BenchOptions& o) {

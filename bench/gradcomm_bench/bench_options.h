@@ -1,6 +1,7 @@
 // gradcomm-bench's command line: nccl-tests' flags plus the compressor's.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -32,13 +33,22 @@ struct BenchOptions {
   std::string json_path;            // --json FILE
   std::string link;                 // --link: a label for the JSON rows (default: set by bench/netem/run)
   std::uint64_t seed = 1;           // --seed: of the generated gradients
+  // --timeout: the watchdog of every collective (MpiCommunicatorOptions::collective_timeout).
+  // The longest legitimate wait is one collective of the largest row on a slow link: a
+  // dense ring allreduce of BERT-large (1.34 GB) sends about 2.3 GB per rank, 40 s at
+  // bench/netem's 500 Mbit/s and several times that where ranks share a host's link; the
+  // -c check of such a row adds seconds on the slowest rank. 300 s covers these, and a
+  // stopped peer still ends the job in 5 minutes. Larger rows on slower links need a
+  // larger --timeout (0: wait forever).
+  std::chrono::milliseconds timeout{kDefaultTimeout};
+  static constexpr std::chrono::milliseconds kDefaultTimeout{300'000};
   RunnerConfig runner;
   bool help = false;                // -h
 };
 
-// Parses argv (all ranks get the same); throws gradcomm::Error (kInvalidArgument) naming
-// the flag for anything malformed or out of range. `default_link` fills `link` when
-// --link is absent.
+// Parses and checks argv on this rank alone; throws gradcomm::Error (kInvalidArgument) or
+// std::invalid_argument naming the flag for anything malformed, out of range, NaN or
+// overflowing. `default_link` fills `link` when --link is absent.
 BenchOptions parse_bench_options(int argc, char** argv, const std::string& default_models_dir,
                                  const std::string& default_link);
 
@@ -52,5 +62,15 @@ std::int64_t lgreco_period_for(const BenchOptions& options);
 
 // The message sizes of a sweep (bytes, multiples of 4), from -b, -e, -f / -i.
 std::vector<std::size_t> sweep_sizes(const BenchOptions& options);
+
+// How many rows -b, -e, -f / -i make (at least; computed without making them), and the
+// most a sweep may have: more is a typo (-i 4 up to -e 1G), not a benchmark.
+double sweep_rows(const BenchOptions& options);
+inline constexpr double kMaxSweepRows = 1000;
+
+// What every rank must agree on: every flag that changes which collectives run or what
+// they carry (launch/settings.h), and the --model table read. Not here: --json, --link
+// (rank 0's output only) and --models-dir (the table's fingerprint instead).
+std::string bench_settings(const BenchOptions& options, const std::string& model_fingerprint);
 
 }  // namespace gradcomm::bench

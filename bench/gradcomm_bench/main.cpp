@@ -25,6 +25,8 @@
 #include "gradcomm_bench/bench_options.h"
 #include "gradcomm_bench/models.h"
 #include "gradcomm_bench/runner.h"
+#include "launch/node.h"
+#include "launch/start.h"
 
 #ifndef GRADCOMM_BENCH_MODELS_DIR
 #define GRADCOMM_BENCH_MODELS_DIR ""
@@ -162,7 +164,7 @@ class Bench {
 
   void write_json(const std::vector<Row>& rows) const {
     std::ofstream out(o_.json_path);
-    GRADCOMM_CHECK_ARG(out.good(), "gradcomm-bench: cannot write --json ", o_.json_path);
+    GRADCOMM_CHECK_ARG(out.good(), "cannot write --json ", o_.json_path);
     out << "[\n";
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
@@ -181,7 +183,7 @@ class Bench {
           << (i + 1 < rows.size() ? "," : "") << "\n";
     }
     out << "]\n";
-    GRADCOMM_CHECK(out.good(), ErrorCode::kInvalidArgument, "gradcomm-bench: writing ", o_.json_path, " failed");
+    GRADCOMM_CHECK(out.good(), ErrorCode::kIo, "writing ", o_.json_path, " failed");
   }
 
   // Grows the flat buffers (never shrinks: a sweep's rows reuse them) and fills the
@@ -288,37 +290,84 @@ class Bench {
   bool bound_printed_ = false;  // the -c bound is printed once, before the first row
 };
 
+const std::string kProgram = "gradcomm-bench";
+
+std::string message_of(const std::exception& e) {
+  const auto* error = dynamic_cast<const Error*>(&e);
+  return error ? error->message() : e.what();
+}
+
+// This rank's command line and --model table, read before it talks to any other rank.
+void prepare_locally(int argc, char** argv, BenchOptions& options, std::optional<ModelTable>& model,
+                     launch::LocalStart& start) {
+  // Read once: bench/netem/run describes the emulated link it runs us under.
+  const char* netem_link = std::getenv("GRADCOMM_NETEM_LINK");
+  try {
+    options = parse_bench_options(argc, argv, GRADCOMM_BENCH_MODELS_DIR, netem_link ? netem_link : "unshaped");
+    if (options.help) start.ask_help();
+    else if (!options.model.empty()) model = load_model(options.model, options.models_dir);
+  } catch (const std::exception& e) {
+    start.fail(message_of(e));
+  }
+}
+
+// Whether the largest row fits in this node's memory next to the node's other ranks, and
+// whether rank 0 can write --json. ranks_on_this_node() runs on every rank.
+void check_node(const MpiCommunicator& comm, const BenchOptions& o, const std::optional<ModelTable>& model,
+                launch::LocalStart& start) {
+  const int ranks_here = launch::ranks_on_this_node(comm);
+  if (start.failed() || start.wants_help()) return;
+  const double bytes = model ? 4.0 * static_cast<double>(model->params) : static_cast<double>(o.max_bytes);
+  const std::string what = model ? "--model " + model->name : "a row of " + launch::human_bytes(bytes) + " (-e)";
+  // Open MPI and the program's own buffers take about 64 MiB per rank besides the row.
+  const double per_rank = bytes / 4 * find_runner(o.compressor).bytes_per_element + 64.0 * (1 << 20);
+  const std::string shortfall = launch::memory_shortfall(per_rank, ranks_here, launch::available_memory(),
+                                                         what + " with --compressor " + o.compressor);
+  if (!shortfall.empty()) start.fail(shortfall + (model ? "; run fewer ranks per node" : "; lower -e, or run fewer ranks per node"));
+  if (comm.rank() == 0 && !o.json_path.empty()) {
+    const std::string unwritable = launch::unwritable_output("--json", o.json_path);
+    if (!unwritable.empty()) start.fail(unwritable);
+  }
+}
+
 }  // namespace
 }  // namespace gradcomm::bench
 
 int main(int argc, char** argv) {
   using namespace gradcomm;
   using namespace gradcomm::bench;
-  // Read once: bench/netem/run describes the emulated link it runs us under.
-  const char* netem_link = std::getenv("GRADCOMM_NETEM_LINK");
-  MpiCommunicator comm;
   BenchOptions options;
   std::optional<ModelTable> model;
+  launch::LocalStart start;
+  prepare_locally(argc, argv, options, model, start);
+  // A rank that failed above still initializes MPI, to tell the others in
+  // agree_to_start() instead of leaving them waiting.
+  std::unique_ptr<MpiCommunicator> mpi;
   try {
-    options = parse_bench_options(argc, argv, GRADCOMM_BENCH_MODELS_DIR, netem_link ? netem_link : "unshaped");
-    if (!options.help && !options.model.empty()) model = load_model(options.model, options.models_dir);
-  } catch (const Error& e) {
-    // Every rank read the same arguments and files and failed the same way, before any
-    // collective: each can return.
-    if (comm.rank() == 0) std::fprintf(stderr, "%s\n", e.message().c_str());
-    return 2;
-  }
-  if (options.help) {
-    if (comm.rank() == 0) std::fputs(bench_usage().c_str(), stdout);
-    return 0;
-  }
-  try {
-    return Bench(comm, std::move(options), std::move(model)).run() == 0 ? 0 : 1;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "gradcomm-bench rank %d: %s [%s] (at %s)\n", comm.rank(), e.message().c_str(),
-                 error_code_name(e.code()), e.where().c_str());
-    // This may have happened on this rank alone; the others would wait for it forever.
-    if (comm.size() > 1) comm.abort(e.message());
+    mpi = std::make_unique<MpiCommunicator>(MpiCommunicatorOptions{.collective_timeout = options.timeout});
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", kProgram.c_str(), message_of(e).c_str());
     return 1;
+  }
+  MpiCommunicator& comm = *mpi;
+  try {
+    check_node(comm, options, model, start);
+    launch::Verdict verdict = launch::agree_to_start(comm, start, kProgram);
+    if (verdict.go) {
+      verdict = launch::agree_on_settings(comm, bench_settings(options, model ? table_fingerprint(*model) : ""),
+                                          kProgram);
+    }
+    if (!verdict.go) {
+      if (verdict.print_usage) std::fputs(bench_usage().c_str(), stdout);
+      if (!verdict.message.empty()) std::fprintf(stderr, "%s\n", verdict.message.c_str());
+      return verdict.exit_status;
+    }
+    return Bench(comm, std::move(options), std::move(model)).run() == 0 ? 0 : 1;
+  } catch (const std::exception& e) {
+    // This may have happened on this rank alone; the others would wait for it.
+    const auto* error = dynamic_cast<const Error*>(&e);
+    launch::abort_job(comm, kProgram,
+                      error ? error->message() + " [" + error_code_name(error->code()) + "] (at " + error->where() + ")"
+                            : std::string(e.what()));
   }
 }

@@ -3,6 +3,9 @@
 #include <fstream>
 #include <sstream>
 
+#include <cstdio>
+
+#include "gradcomm/agreement.h"
 #include "gradcomm/error.h"
 
 namespace gradcomm::bench {
@@ -36,10 +39,10 @@ ModelTable load_model(const std::string& name, const std::string& dir) {
   for (const KnownModel& m : kKnownModels) {
     if (name == m.name) known = &m;
   }
-  GRADCOMM_CHECK_ARG(known != nullptr, "gradcomm-bench: unknown model '", name, "' (known: ", known_models(), ")");
+  GRADCOMM_CHECK_ARG(known != nullptr, "unknown model '", name, "' (known: ", known_models(), ")");
   const std::string path = dir + "/" + name + ".txt";
   std::ifstream in(path);
-  GRADCOMM_CHECK_ARG(in.good(), "gradcomm-bench: cannot read the layer table ", path,
+  GRADCOMM_CHECK_ARG(in.good(), "cannot read the layer table ", path,
                      " (pass --models-dir DIR pointing at bench/models)");
   ModelTable table{name, known->source, {}, 0, 0};
   std::string line;
@@ -68,6 +71,18 @@ ModelTable load_model(const std::string& name, const std::string& dir) {
                      table.params_1d, " in 1-D tensors); ", name, " has ", known->tensors, ", ", known->params,
                      " (", known->params_1d, ")");
   return table;
+}
+
+std::string table_fingerprint(const ModelTable& table) {
+  std::uint64_t h = kFingerprintSeed;
+  for (const LayerSpec& layer : table.layers) {
+    h = fingerprint_bytes(layer.name.data(), layer.name.size(), h);
+    h = fingerprint_bytes(&layer.numel, sizeof layer.numel, h);
+    h = fingerprint_bytes(&layer.ndim, sizeof layer.ndim, h);
+  }
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(h));
+  return std::to_string(table.layers.size()) + "-tensors-" + text;
 }
 
 }  // namespace gradcomm::bench

@@ -26,4 +26,7 @@ std::string known_models();
 // malformed file, or totals that differ from the architecture's.
 ModelTable load_model(const std::string& name, const std::string& dir);
 
+// Its layers' names and shapes as a word for the settings agreement ("161-tensors-<hash>").
+std::string table_fingerprint(const ModelTable& table);
+
 }  // namespace gradcomm::bench

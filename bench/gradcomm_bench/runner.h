@@ -109,6 +109,10 @@ struct RunnerEntry {
   const char* name;
   const char* summary;
   RunnerFactory make;  // nullptr: the compressor is not built into gradcomm yet
+  // About the bytes a rank holds per fp32 element of a row (the benchmark's gradient and
+  // output, the compressor's state, the exchange buffers), measured on 2 ranks: a row
+  // that cannot fit is refused before anything is allocated.
+  double bytes_per_element;
 };
 
 // Every compressor name gradcomm-bench knows, built or not (runners.cpp).

@@ -11,6 +11,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "launch/start.h"
+
 namespace trainer {
 
 void StateWriter::u64(std::uint64_t value) {
@@ -78,39 +80,11 @@ constexpr const char* kProgress = "trainer.progress";
 constexpr const char* kParameters = "trainer.parameters";
 constexpr const char* kOptimizer = "trainer.optimizer";
 
-std::string number(double x) {
-  char buf[64];
-  const auto end = std::to_chars(buf, buf + sizeof buf, x).ptr;  // shortest exact form
-  return std::string(buf, end);
-}
-
-// "flag value" lines of every option the run's trajectory depends on. --epochs is not one
-// (a resumed run may go on longer) except for onebit-adam, whose freeze step is a fraction
-// of all steps.
+// "flag value" lines of every option the run's trajectory depends on (run_settings()).
 std::string resume_settings(const Options& o) {
-  std::string s, hidden;
-  const auto add = [&s](const char* flag, const std::string& value) {
-    s.append(flag).append(" ").append(value).append("\n");
-  };
-  for (std::size_t w : o.hidden) hidden.append(hidden.empty() ? "" : ",").append(std::to_string(w));
-  add("--model", o.model);
-  add("--hidden", hidden);
-  add("--compressor", o.compressor);
-  add("--optimizer", o.optimizer);
-  add("--density", number(o.density));
-  add("--bits", std::to_string(o.bits));
-  add("--seed", std::to_string(o.seed));
-  add("--lr", o.lr < 0 ? std::string("default") : number(o.lr));  // < 0: the optimizer's default
-  add("--batch", std::to_string(o.batch));
-  add("--momentum", number(o.momentum));
-  add("--weight-decay", number(o.weight_decay));
-  add("--fp16-wire", o.fp16_wire ? "1" : "0");
-  add("--nonfinite", o.nonfinite);
-  if (o.optimizer == "onebit-adam") {
-    add("--epochs", std::to_string(o.epochs));
-    add("--freeze-fraction", number(o.freeze_fraction));
-    add("--onebit-precondition", o.onebit_precondition ? "1" : "0");
-    add("--onebit-eps", number(o.onebit_eps));
+  std::string s;
+  for (const Setting& setting : run_settings(o)) {
+    if (setting.trajectory) s.append(setting.flag).append(" ").append(setting.value).append("\n");
   }
   return s;
 }
@@ -129,8 +103,8 @@ std::map<std::string, std::string> parse_settings(const std::string& text) {
 // Throws naming every option that differs between the checkpoint and this run.
 void check_settings(std::span<const std::byte> saved_blob, const std::string& now) {
   const std::string saved(reinterpret_cast<const char*>(saved_blob.data()), saved_blob.size());
-  if (saved == now) return;
   const auto before = parse_settings(saved), after = parse_settings(now);
+  if (before == after) return;
   std::string diff;
   for (const auto& [flag, value] : after) {
     const auto it = before.find(flag);
@@ -161,9 +135,21 @@ void fail_together(gradcomm::Communicator& comm, const std::string& error, const
     if (failed[r]) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
   }
   if (ranks.empty()) return;
-  const std::string me = "rank " + std::to_string(comm.rank());
-  if (!error.empty()) throw std::runtime_error(what + " failed on " + me + ": " + error);
-  throw std::runtime_error(what + ": " + me + " succeeded, but rank(s) " + ranks + " failed (their messages say why)");
+  // The catcher names this rank.
+  if (!error.empty()) throw launch::RaisedOnEveryRank(what + " failed: " + error);
+  throw launch::RaisedOnEveryRank(what + ": rank(s) " + ranks + " failed (their messages say why)");
+}
+
+// save_checkpoint and load_checkpoint agree on their outcome, so their errors are raised
+// on every rank alike; only a collective that timed out is this rank's alone.
+template <typename Call>
+auto on_every_rank(Call&& call) {
+  try {
+    return call();
+  } catch (const gradcomm::Error& e) {
+    if (e.code() == gradcomm::ErrorCode::kCommunication) throw;
+    throw launch::RaisedOnEveryRank(e.message());
+  }
 }
 
 // What the library appends to a checkpoint's prefix for `rank`'s shard: ".rank<r>.ckpt".
@@ -255,8 +241,10 @@ Progress TrainerCheckpoints::resume(std::size_t steps_per_epoch) {
   // rank which shard is missing or from which world size.
   const int epoch = *lo >= 0 ? *lo : *hi;
   const std::string from = prefix(epoch);
-  const gradcomm::CheckpointShard shard = exchanger_ ? gradcomm::load_checkpoint(from, comm_, *exchanger_)
-                                                     : gradcomm::load_checkpoint(from, comm_, compressor_);
+  const gradcomm::CheckpointShard shard = on_every_rank([&] {
+    return exchanger_ ? gradcomm::load_checkpoint(from, comm_, *exchanger_)
+                      : gradcomm::load_checkpoint(from, comm_, compressor_);
+  });
   Progress progress;
   std::string error;
   try {
@@ -282,6 +270,12 @@ Progress TrainerCheckpoints::resume(std::size_t steps_per_epoch) {
     error = e.what();
   }
   fail_together(comm_, error.empty() ? error : error + " (" + from + ")", "--resume");
+  if (progress.epochs_done >= options_.last_epoch()) {
+    throw std::invalid_argument("--resume: the checkpoint " + from + " was saved after epoch " +
+                                std::to_string(progress.epochs_done) + ", and this run would end after epoch " +
+                                std::to_string(options_.last_epoch()) +
+                                ": nothing is left to train (raise --epochs or --stop-after-epoch)");
+  }
   return progress;
 }
 
@@ -300,11 +294,13 @@ void TrainerCheckpoints::save(const Progress& progress) {
       {kOptimizer, optimizer},
   };
   const std::string to = prefix(progress.epochs_done);
-  if (exchanger_) {
-    gradcomm::save_checkpoint(to, comm_, *exchanger_, blobs);
-  } else {
-    gradcomm::save_checkpoint(to, comm_, compressor_, progress.step, blobs);
-  }
+  on_every_rank([&] {
+    if (exchanger_) {
+      gradcomm::save_checkpoint(to, comm_, *exchanger_, blobs);
+    } else {
+      gradcomm::save_checkpoint(to, comm_, compressor_, progress.step, blobs);
+    }
+  });
   // Every rank's shard of this save is on disk (save_checkpoint agreed on it): this rank's
   // older shards are no longer needed.
   for (const auto& [epoch, path] : local_shards()) {

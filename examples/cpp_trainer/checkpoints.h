@@ -71,14 +71,15 @@ class TrainerCheckpoints {
 
   // Collective. Without --checkpoint-dir: a fresh start. A fresh run creates the directory
   // and refuses one that holds a checkpoint already; --resume loads the newest
-  // checkpoint and returns its progress. Errors are thrown on every rank:
-  // std::invalid_argument for a wrong command line, else std::runtime_error or
-  // gradcomm::Error.
+  // checkpoint and returns its progress. Errors are thrown on every rank alike:
+  // std::invalid_argument for a wrong command line (no checkpoint, nothing left to train),
+  // else launch::RaisedOnEveryRank; only a collective that timed out (gradcomm::Error,
+  // kCommunication) is this rank's alone.
   Progress begin(std::size_t steps_per_epoch);
   // Whether the end of epoch `epochs_done` (counted from 1) saves; `last` is the last
   // epoch this process runs.
   bool due(int epochs_done, int last) const;
-  // Collective: saves `progress`, then removes this rank's older shards.
+  // Collective: saves `progress`, then removes this rank's older shards. Throws as begin().
   void save(const Progress& progress);
 
  private:

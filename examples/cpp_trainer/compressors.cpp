@@ -1,17 +1,27 @@
-// --compressor: one branch per compressor.
+// --compressor: one branch per compressor (L-GreCo's in compressors_lgreco.cpp).
+#include "compressors.h"
+
 #include <stdexcept>
-
-#include <gradcomm/dgc.h>
-
-#include "training.h"
 
 namespace trainer {
 
-CompressorSetup make_quantize_or_lgreco_compressor(const Options& options, std::size_t steps_per_epoch);
+gradcomm::DgcOptions dgc_options(const Options& options) {
+  gradcomm::DgcOptions dgc;
+  dgc.density = options.density;
+  dgc.momentum = static_cast<float>(options.momentum);
+  dgc.value_dtype = dgc.dense_dtype = options.fp16_wire ? gradcomm::DType::kFloat16 : gradcomm::DType::kFloat32;
+  dgc.seed = options.seed;
+  return dgc;
+}
 
-CompressorSetup make_compressor(const Options& options, int world_size, std::size_t steps_per_epoch) {
-  (void)world_size;
-  (void)steps_per_epoch;
+gradcomm::QuantizeOptions quantize_options(const Options& options) {
+  gradcomm::QuantizeOptions quantize;
+  quantize.bits = options.bits;
+  quantize.seed = options.seed;
+  return quantize;
+}
+
+CompressorSetup make_compressor(const Options& options, std::size_t steps_per_epoch) {
   CompressorSetup setup;
   if (options.compressor == "none") {
     setup.compressor = std::make_unique<gradcomm::DenseCompressor>(
@@ -19,24 +29,19 @@ CompressorSetup make_compressor(const Options& options, int world_size, std::siz
     return setup;
   }
   if (options.compressor == "dgc") {
-    // Epoch-driven warm-up (the trainer calls set_epoch); the paper's schedule, keeping only
-    // the warm-up densities above the target. Momentum moves into the compressor.
-    gradcomm::DgcOptions dgc;
-    dgc.density = options.density;
-    std::erase_if(dgc.warmup_densities, [&](double d) { return d <= options.density; });
-    dgc.momentum = static_cast<float>(options.momentum);
-    dgc.value_dtype = dgc.dense_dtype = options.fp16_wire ? gradcomm::DType::kFloat16 : gradcomm::DType::kFloat32;
-    dgc.seed = options.seed;
-    setup.compressor = std::make_unique<gradcomm::DgcCompressor>(dgc);
-    setup.compressor_has_momentum = true;
+    setup.compressor = std::make_unique<gradcomm::DgcCompressor>(dgc_options(options));
+    setup.compressor_has_momentum = true;  // momentum moves into the compressor
     return setup;
   }
-  if (options.compressor == "quant" || options.compressor == "lgreco-quant" ||
-      options.compressor == "lgreco-dgc") {
-    return make_quantize_or_lgreco_compressor(options, steps_per_epoch);  // compressors_lgreco.cpp
+  if (options.compressor == "quant") {
+    setup.compressor = std::make_unique<gradcomm::QuantizeCompressor>(quantize_options(options));
+    return setup;
   }
-  throw std::invalid_argument("unknown --compressor '" + options.compressor +
-                              "' (expected none, dgc, quant, lgreco-dgc or lgreco-quant)");
+  if (options.compressor == "lgreco-quant" || options.compressor == "lgreco-dgc") {
+    return make_lgreco_compressor(options, steps_per_epoch);
+  }
+  // parse_options() refused other names.
+  throw std::logic_error("make_compressor: unknown --compressor '" + options.compressor + "'");
 }
 
 }  // namespace trainer

@@ -1,8 +1,7 @@
-// --compressor quant | lgreco-quant | lgreco-dgc: the k-bit quantizer, and L-GreCo over
-// either family, re-planned every 100 steps by an LgrecoPlanner run after each exchange.
-// The uniform default of each family (c0) is --bits or --density.
+// --compressor lgreco-quant | lgreco-dgc: L-GreCo over the quantizer's bit widths or DGC's
+// densities, re-planned every 100 steps by an LgrecoPlanner run after each exchange. The
+// uniform default of each family (c0) is --bits or --density.
 #include <gradcomm/lgreco.h>
-#include <gradcomm/quantize.h>
 
 #include <chrono>
 #include <cstdio>
@@ -10,7 +9,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "training.h"
+#include "compressors.h"
 
 namespace trainer {
 namespace {
@@ -55,29 +54,18 @@ struct LgrecoRun {
 
 }  // namespace
 
-CompressorSetup make_quantize_or_lgreco_compressor(const Options& options, std::size_t steps_per_epoch) {
+CompressorSetup make_lgreco_compressor(const Options& options, std::size_t steps_per_epoch) {
   CompressorSetup setup;
-  gradcomm::QuantizeOptions quantize;
-  quantize.bits = options.bits;
-  quantize.seed = options.seed;
-  if (options.compressor == "quant") {
-    setup.compressor = std::make_unique<gradcomm::QuantizeCompressor>(quantize);
-    return setup;
-  }
   gradcomm::LgrecoOptions lgreco;
-  lgreco.quantize = quantize;
+  lgreco.quantize = quantize_options(options);
   lgreco.default_bits = options.bits;
   lgreco.family = gradcomm::parse_lgreco_family(options.compressor.substr(std::string("lgreco-").size()));
   if (lgreco.family == gradcomm::LgrecoFamily::kDgcDensity) {
-    // As --compressor dgc: the epoch-driven warm-up above the target, momentum inside the
-    // compressor; --density is the uniform default c0. Planning starts after the warm-up.
-    gradcomm::DgcOptions& dgc = lgreco.dgc;
-    std::erase_if(dgc.warmup_densities, [&](double d) { return d <= options.density; });
-    dgc.momentum = static_cast<float>(options.momentum);
-    dgc.value_dtype = dgc.dense_dtype = options.fp16_wire ? gradcomm::DType::kFloat16 : gradcomm::DType::kFloat32;
-    dgc.seed = options.seed;
+    // As --compressor dgc, with --density as the uniform default c0; planning starts once
+    // the warm-up is over.
+    lgreco.dgc = dgc_options(options);
     lgreco.default_density = options.density;
-    lgreco.first_step = static_cast<std::int64_t>(dgc.warmup_densities.size() * steps_per_epoch);
+    lgreco.first_step = static_cast<std::int64_t>(gradcomm::dgc_warmup_epochs(lgreco.dgc) * steps_per_epoch);
     setup.compressor_has_momentum = true;
   }
   auto compressor = std::make_unique<gradcomm::LgrecoCompressor>(lgreco);
@@ -86,7 +74,7 @@ CompressorSetup make_quantize_or_lgreco_compressor(const Options& options, std::
   run->quiet = options.quiet;
   run->family = gradcomm::lgreco_family_name(lgreco.family);
   setup.compressor = std::move(compressor);
-  setup.after_step = [run](gradcomm::Communicator& comm, gradcomm::Exchanger&, std::int64_t step) {
+  setup.after_step = [run](gradcomm::Communicator& comm, std::int64_t step) {
     if (run->uniform_bytes == 0) {
       const gradcomm::LgrecoTable& t = run->compressor->local_table();
       const auto defaults = run->compressor->default_choice();

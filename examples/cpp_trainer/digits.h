@@ -19,7 +19,11 @@ struct Dataset {
 // Where python3-sklearn puts the file; GRADCOMM_DIGITS overrides it (read once, here).
 std::string default_digits_path();
 
+// Throws std::runtime_error naming the file, and the line and value that are wrong.
 Dataset load_digits(const std::string& path);
+
+// A hash of every sample: ranks compare it to check that they read the same data.
+std::uint64_t fingerprint(const Dataset& data);
 
 // Deterministic split: a seeded shuffle, the first `test_fraction` of it is the test set.
 void split(const Dataset& all, double test_fraction, std::uint64_t seed, Dataset& train, Dataset& test);

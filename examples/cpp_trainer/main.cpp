@@ -13,6 +13,9 @@
 
 #include "checkpoints.h"
 #include "digits.h"
+#include "launch/node.h"
+#include "launch/settings.h"
+#include "launch/start.h"
 #include "model.h"
 #include "options.h"
 #include "training.h"
@@ -35,22 +38,84 @@ float global_mean(gradcomm::Communicator& comm, float local) {
   return value / static_cast<float>(comm.size());
 }
 
-int run(const Options& options, gradcomm::Communicator& comm) {
+const std::string kProgram = "gradcomm-train";
+
+// What a rank reads alone, before it talks to any other: its command line and its data.
+struct Prepared {
+  Options options;
+  Dataset data;
+};
+
+void prepare_locally(int argc, char** argv, Prepared& prepared, launch::LocalStart& start) {
+  try {
+    if (!parse_options(argc, argv, prepared.options)) {
+      start.ask_help();
+      return;
+    }
+    const Options& o = prepared.options;
+    prepared.data = load_digits(o.digits.empty() ? default_digits_path() : o.digits);
+  } catch (const std::exception& e) {
+    start.fail(e.what());
+  }
+}
+
+// After MPI is up (the node's ranks share its memory), still without a collective that
+// could wait for a failed rank: ranks_on_this_node() runs on every rank at the same point.
+void check_node(const gradcomm::MpiCommunicator& comm, const Options& o, launch::LocalStart& start) {
+  const int ranks_here = launch::ranks_on_this_node(comm);
+  if (start.failed() || start.wants_help()) return;
+  const std::string shortfall = launch::memory_shortfall(
+      estimated_bytes_per_rank(o), ranks_here, launch::available_memory(),
+      "--model " + o.model + (o.model == "mlp" ? " --hidden " + hidden_text(o) : "") + " --batch " +
+          std::to_string(o.batch));
+  if (!shortfall.empty()) start.fail(shortfall + "; lower --hidden or --batch, or run fewer ranks per node");
+  if (comm.rank() == 0 && !o.json.empty()) {
+    const std::string unwritable = launch::unwritable_output("--json", o.json);
+    if (!unwritable.empty()) start.fail(unwritable);
+  }
+}
+
+// Every setting of run_settings(), and the data every rank read.
+std::string agreed_settings(const Options& o, const Dataset& data) {
+  launch::SettingsText text;
+  for (const Setting& s : run_settings(o)) text.add(s.flag, s.value);
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(fingerprint(data)));
+  return text.add("data", std::to_string(data.size()) + "-samples-" + hash).text();
+}
+
+// What the agreed settings build, before any collective: whatever fails here fails alike
+// on every rank, so it is reported as std::invalid_argument (exit 2 on every rank).
+template <typename Build>
+auto agreed(Build&& build) {
+  try {
+    return build();
+  } catch (const gradcomm::Error& e) {
+    if (e.code() != gradcomm::ErrorCode::kInvalidArgument && e.code() != gradcomm::ErrorCode::kUnsupported) throw;
+    throw std::invalid_argument(e.message());
+  }
+}
+
+int run(const Options& options, const Dataset& all, gradcomm::Communicator& comm) {
   const int rank = comm.rank(), p = comm.size();
-  Dataset all = load_digits(options.digits.empty() ? default_digits_path() : options.digits);
   Dataset train, test;
   split(all, 0.2, /*seed=*/12345, train, test);  // fixed split: runs compare on the same test set
 
-  std::unique_ptr<Model> model = make_model(options);
-
   // One global batch is p * batch samples; rank r takes its slice of it.
+  if (options.batch > train.size() / static_cast<std::size_t>(p)) {
+    throw std::invalid_argument("--batch " + std::to_string(options.batch) + " on " + std::to_string(p) +
+                                " ranks takes more than the " + std::to_string(train.size()) +
+                                " training samples per step; use at most --batch " +
+                                std::to_string(train.size() / static_cast<std::size_t>(p)));
+  }
   const std::size_t global_batch = options.batch * static_cast<std::size_t>(p);
   const std::size_t steps_per_epoch = train.size() / global_batch;
-  if (steps_per_epoch == 0) throw std::invalid_argument("batch too large for the training set");
   const std::size_t total_steps = steps_per_epoch * static_cast<std::size_t>(options.epochs);
 
-  CompressorSetup setup = make_compressor(options, p, steps_per_epoch);
-  std::unique_ptr<Optimizer> optimizer = make_optimizer(options, setup.compressor_has_momentum, comm, total_steps);
+  std::unique_ptr<Model> model = make_model(options);
+  CompressorSetup setup = agreed([&] { return make_compressor(options, steps_per_epoch); });
+  std::unique_ptr<Optimizer> optimizer =
+      agreed([&] { return make_optimizer(options, setup.compressor_has_momentum, comm, total_steps); });
 
   std::vector<Parameter> params = model->parameters();
   std::vector<gradcomm::LayerSpec> specs;
@@ -66,7 +131,7 @@ int run(const Options& options, gradcomm::Communicator& comm) {
   gradcomm::Compressor& compressor = exchanger ? exchanger->compressor() : *setup.compressor;
   TrainerCheckpoints checkpoints(options, comm, exchanger.get(), compressor, params, *optimizer);
   Progress progress = checkpoints.begin(steps_per_epoch);
-  const int last_epoch = options.stop_after_epoch > 0 ? std::min(options.stop_after_epoch, options.epochs) : options.epochs;
+  const int last_epoch = options.last_epoch();
   if (rank == 0 && !options.quiet) {
     std::size_t n = 0;
     for (const auto& s : specs) n += s.numel;
@@ -118,7 +183,7 @@ int run(const Options& options, gradcomm::Communicator& comm) {
         const auto exchange_start = std::chrono::steady_clock::now();
         bytes = exchanger->finish_step().wire_bytes;
         exchange_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - exchange_start).count();
-        if (setup.after_step) setup.after_step(comm, *exchanger, step);
+        if (setup.after_step) setup.after_step(comm, step);
       }
       optimizer->step(params, step);
       if (!exchanger) bytes = optimizer->last_step_wire_bytes();
@@ -170,26 +235,49 @@ int run(const Options& options, gradcomm::Communicator& comm) {
 }  // namespace trainer
 
 int main(int argc, char** argv) {
-  trainer::Options options;
+  using trainer::kProgram;
+  trainer::Prepared prepared;
+  launch::LocalStart start;
+  trainer::prepare_locally(argc, argv, prepared, start);
+  const trainer::Options& options = prepared.options;
+  // Initializes (and finalizes) MPI. A rank that failed above still comes here, to tell
+  // the others in agree_to_start() instead of leaving them waiting.
+  std::unique_ptr<gradcomm::MpiCommunicator> mpi;
   try {
-    if (!trainer::parse_options(argc, argv, options)) return 0;
+    mpi = std::make_unique<gradcomm::MpiCommunicator>(
+        gradcomm::MpiCommunicatorOptions{.collective_timeout = options.timeout});
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "gradcomm-train: %s\n", e.what());
-    return 2;
-  }
-  try {
-    gradcomm::MpiCommunicator comm;  // initializes (and finalizes) MPI
-    int status = 0;
-    try {
-      status = trainer::run(options, comm);
-    } catch (const std::invalid_argument& e) {
-      // Settings errors are raised identically on every rank, before any exchange.
-      if (comm.rank() == 0) std::fprintf(stderr, "gradcomm-train: %s\n", e.what());
-      return 2;
-    }
-    return status;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "gradcomm-train: %s\n", e.what());
+    std::fprintf(stderr, "%s: %s\n", kProgram.c_str(), e.what());
     return 1;
+  }
+  gradcomm::MpiCommunicator& comm = *mpi;
+  try {
+    trainer::check_node(comm, options, start);
+    launch::Verdict verdict = launch::agree_to_start(comm, start, kProgram);
+    if (verdict.go) verdict = launch::agree_on_settings(comm, trainer::agreed_settings(options, prepared.data), kProgram);
+    if (!verdict.go) {
+      if (verdict.print_usage) std::fputs(trainer::usage().c_str(), stdout);
+      if (!verdict.message.empty()) std::fprintf(stderr, "%s\n", verdict.message.c_str());
+      return verdict.exit_status;
+    }
+    return trainer::run(options, prepared.data, comm);
+  } catch (const std::invalid_argument& e) {
+    // From the agreed settings and data alone: the same on every rank, before training.
+    if (comm.rank() == 0) std::fprintf(stderr, "%s: %s\n", kProgram.c_str(), e.what());
+    return launch::kRefusedToStart;
+  } catch (const launch::RaisedOnEveryRank& e) {
+    std::fprintf(stderr, "%s: rank %d: %s\n", kProgram.c_str(), comm.rank(), e.what());
+    return 1;
+  } catch (const gradcomm::Error& e) {
+    // The Exchanger raises a non-finite gradient on every rank (its count travels with the
+    // payloads). Anything else may be this rank's alone, with the others waiting in a
+    // collective (a timeout, a corrupt payload): end the job.
+    if (e.code() != gradcomm::ErrorCode::kNonFinite) {
+      launch::abort_job(comm, kProgram, e.message() + " [" + gradcomm::error_code_name(e.code()) + "]");
+    }
+    if (comm.rank() == 0) std::fprintf(stderr, "%s: %s\n", kProgram.c_str(), e.message().c_str());
+    return 1;
+  } catch (const std::exception& e) {
+    launch::abort_job(comm, kProgram, e.what());
   }
 }

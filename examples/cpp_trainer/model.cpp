@@ -1,5 +1,6 @@
 #include "model.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "cnn.h"
@@ -45,6 +46,31 @@ std::unique_ptr<Model> make_model(const Options& options) {
   }
   if (options.model == "cnn") return std::make_unique<Cnn>(options.seed);
   throw std::invalid_argument("--model: unknown model '" + options.model + "' (mlp | cnn)");
+}
+
+double estimated_bytes_per_rank(const Options& options) {
+  constexpr double kFloatsPerParameter = 10, kMaxSamplesAtOnce = 2000;
+  const double samples = std::max(static_cast<double>(options.batch), kMaxSamplesAtOnce);
+  double parameters = 0, activations_per_sample = 0;
+  if (options.model == "cnn") {
+    parameters = static_cast<double>(Cnn::kC1 * 9 + Cnn::kC1 + Cnn::kC2 * Cnn::kC1 * 9 + Cnn::kC2 +
+                                     Cnn::kHidden * Cnn::kPooled + Cnn::kHidden + Cnn::kClasses * Cnn::kHidden +
+                                     Cnn::kClasses);
+    activations_per_sample = static_cast<double>(Cnn::kPadded * Cnn::kPadded * (1 + Cnn::kC1) +
+                                                 Cnn::kPixels * Cnn::kC2 + 2 * Cnn::kPooled + Cnn::kHidden +
+                                                 Cnn::kClasses);
+  } else {
+    // In double: widths up to 2^20 would overflow a 32-bit product, not this.
+    double fan_in = Dataset::kFeatures;
+    std::vector<double> widths(options.hidden.begin(), options.hidden.end());
+    widths.push_back(Dataset::kClasses);
+    for (const double w : widths) {
+      parameters += fan_in * w + w;
+      activations_per_sample += 3 * w;  // output, pre-activation, gradient
+      fan_in = w;
+    }
+  }
+  return 4 * (kFloatsPerParameter * parameters + samples * activations_per_sample);
 }
 
 }  // namespace trainer

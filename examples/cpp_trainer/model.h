@@ -31,4 +31,9 @@ class Model {
 // parameters on every rank. Throws std::invalid_argument for an unknown name.
 std::unique_ptr<Model> make_model(const Options& options);
 
+// About the bytes one rank holds for `options` (for a check before anything is allocated):
+// per parameter at most 10 floats (value, gradient, optimizer and compressor state,
+// exchange buffers), plus the activations of the larger of a batch and the test set.
+double estimated_bytes_per_rank(const Options& options);
+
 }  // namespace trainer

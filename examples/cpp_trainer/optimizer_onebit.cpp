@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "launch/settings.h"
 #include "training.h"
 
 namespace trainer {
@@ -58,17 +59,17 @@ class OneBitAdamOptimizer final : public Optimizer {
 
 std::unique_ptr<Optimizer> make_onebit_adam(const Options& options, gradcomm::Communicator& comm,
                                             std::size_t total_steps) {
-  if (options.compressor != "none") {
-    throw std::invalid_argument("--optimizer onebit-adam compresses momentum itself; it cannot follow --compressor " +
-                                options.compressor);
-  }
-  if (!(options.freeze_fraction >= 0.0 && options.freeze_fraction <= 1.0)) {
-    throw std::invalid_argument("--freeze-fraction must be in [0, 1]");
-  }
+  // parse_options() checked the combination and the ranges; what is left depends on the
+  // number of steps.
   gradcomm::OneBitAdamOptions o;
-  o.lr = static_cast<float>(options.lr > 0 ? options.lr : 2e-3);
+  o.lr = static_cast<float>(options.lr.value_or(2e-3));
   o.weight_decay = static_cast<float>(options.weight_decay);
   o.freeze_step = static_cast<std::int64_t>(std::llround(options.freeze_fraction * static_cast<double>(total_steps)));
+  if (o.freeze_step < 1) {
+    throw std::invalid_argument("--freeze-fraction " + launch::shortest(options.freeze_fraction) + " of " +
+                                std::to_string(total_steps) +
+                                " steps leaves 1-bit Adam no warm-up step (its variance would be 0); raise it");
+  }
   // As the trainer's --optimizer adam, so the warm-up is the same update.
   o.bias_correction = true;
   o.precondition = options.onebit_precondition;

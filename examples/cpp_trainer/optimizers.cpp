@@ -95,17 +95,13 @@ std::unique_ptr<Optimizer> make_onebit_adam(const Options& options, gradcomm::Co
 std::unique_ptr<Optimizer> make_optimizer(const Options& options, bool compressor_has_momentum,
                                           gradcomm::Communicator& comm, std::size_t total_steps) {
   if (options.optimizer == "sgd") {
-    return std::make_unique<Sgd>(options.lr > 0 ? options.lr : 0.05,
-                                 compressor_has_momentum ? 0.0 : options.momentum, options.weight_decay);
+    return std::make_unique<Sgd>(options.lr.value_or(0.05), compressor_has_momentum ? 0.0 : options.momentum,
+                                 options.weight_decay);
   }
-  if (options.optimizer == "adam") {
-    if (compressor_has_momentum)
-      throw std::invalid_argument("--optimizer adam cannot follow --compressor " + options.compressor +
-                                  ", whose update already carries momentum; use sgd");
-    return std::make_unique<Adam>(options.lr > 0 ? options.lr : 2e-3, options.weight_decay);
-  }
+  // parse_options() refused adam after a compressor that carries momentum.
+  if (options.optimizer == "adam") return std::make_unique<Adam>(options.lr.value_or(2e-3), options.weight_decay);
   if (options.optimizer == "onebit-adam") return make_onebit_adam(options, comm, total_steps);
-  throw std::invalid_argument("unknown --optimizer '" + options.optimizer + "' (expected sgd, adam or onebit-adam)");
+  throw std::logic_error("make_optimizer: unknown --optimizer '" + options.optimizer + "'");
 }
 
 }  // namespace trainer

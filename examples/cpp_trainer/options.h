@@ -1,7 +1,9 @@
 // Command-line options of gradcomm-train.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,7 +18,7 @@ struct Options {
   int epochs = 40;
   std::uint64_t seed = 1;
   std::string json;                 // write the summary here
-  double lr = -1;                   // <0: the optimizer's default (sgd 0.05, adam 2e-3)
+  std::optional<double> lr;         // unset: the optimizer's default (sgd 0.05, adam 2e-3)
   std::size_t batch = 16;           // per rank
   double momentum = 0.9;
   double weight_decay = 1e-4;
@@ -32,11 +34,40 @@ struct Options {
   bool resume = false;              // continue from the latest checkpoint in checkpoint_dir
   int stop_after_epoch = 0;         // > 0: end after this epoch (saved), to resume later
   std::string digits;               // path of digits.csv.gz ("" = python3-sklearn's)
+  // The watchdog of every collective (MpiCommunicatorOptions::collective_timeout); 0: off.
+  std::chrono::milliseconds timeout{kDefaultTimeout};
+
+  // The last epoch this process runs (counted from 1).
+  int last_epoch() const noexcept { return stop_after_epoch > 0 ? stop_after_epoch : epochs; }
+
+  // A step of the digits models takes milliseconds and nothing between two collectives
+  // takes more than a few seconds (a checkpoint's fsync, the test-set accuracy), even with
+  // 4 ranks on 2 cores under a sanitizer: 2 minutes is over 10x that, and a stopped peer
+  // still ends the job in 2 minutes.
+  static constexpr std::chrono::milliseconds kDefaultTimeout{120'000};
 };
 
-// Parses argv; throws std::invalid_argument with a message naming the flag on error.
-// Returns false when --help was asked (usage printed).
+// Parses and checks argv on this rank alone: every value's range, NaN and overflow, and
+// the combinations the trainer refuses. Throws std::invalid_argument naming the flag.
+// Returns false when --help was asked.
 bool parse_options(int argc, char** argv, Options& options);
 std::string usage();
+
+// One setting of the run as the command line gives it ("--lr", "0.01").
+struct Setting {
+  std::string flag;
+  std::string value;
+  // Part of the trajectory: a resumed run must have the checkpoint's value (checkpoints.h);
+  // the others (where to save, when to stop, the timeout) may change between runs.
+  bool trajectory;
+};
+
+// Every setting that changes which collectives run, what they carry or what the replicas
+// compute; all must agree across ranks. Not here: --json and --quiet (rank 0's output
+// only) and the --digits path (ranks agree on the data read instead).
+std::vector<Setting> run_settings(const Options& options);
+
+// --hidden as the command line writes it: "256,128,64".
+std::string hidden_text(const Options& options);
 
 }  // namespace trainer

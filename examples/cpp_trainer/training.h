@@ -45,11 +45,12 @@ struct CompressorSetup {
   // Momentum lives inside the compressor (DGC): the optimizer must not add its own.
   bool compressor_has_momentum = false;
   // Called after every step's exchange (re-planning, e.g. L-GreCo). May be empty.
-  std::function<void(gradcomm::Communicator&, gradcomm::Exchanger&, std::int64_t step)> after_step;
+  std::function<void(gradcomm::Communicator&, std::int64_t step)> after_step;
 };
 
-// Throws std::invalid_argument for names that are unknown or not built in this version.
-CompressorSetup make_compressor(const Options& options, int world_size, std::size_t steps_per_epoch);
+// For options that parse_options() accepted; the library may still refuse a combination
+// (gradcomm::Error, kInvalidArgument), alike on every rank.
+CompressorSetup make_compressor(const Options& options, std::size_t steps_per_epoch);
 std::unique_ptr<Optimizer> make_optimizer(const Options& options, bool compressor_has_momentum,
                                           gradcomm::Communicator& comm, std::size_t total_steps);
 

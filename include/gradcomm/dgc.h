@@ -37,7 +37,11 @@ struct DgcOptions {
   // Density in force once warm-up is over: k = ceil(density * n) slots per rank.
   double density = 0.001;
   // Densities of the first warm-up epochs (epoch e uses warmup_densities[e]); the paper's
-  // 4^-(e+1) schedule by default. Empty: the target density from the first step.
+  // 4^-(e+1) schedule by default. Empty: the target density from the first step. A
+  // warm-up never sends less than what follows it: an epoch whose warm-up density is at or
+  // below the target (`density`, or a layer's own, set_layer_density) runs at the target.
+  // So every caller passes the schedule it was given, whatever the target, and all agree
+  // (dgc_warmup_epochs() says when the warm-up is over).
   std::vector<double> warmup_densities = {0.25, 0.0625, 0.015625, 0.004};
   // When > 0, the Exchanger's step drives the schedule: epoch = step / steps_per_epoch
   // (set_epoch() is then refused). When 0, the trainer calls set_epoch().
@@ -65,6 +69,10 @@ struct DgcOptions {
   // the payload bound (max_payload_bytes), so the Exchanger's workspace covers it.
   double max_layer_density = 0.0;
 };
+
+// The epochs before the density is `options.density` for good: one past the last warm-up
+// density above it (0: no warm-up in effect). E.g. L-GreCo starts planning after them.
+std::size_t dgc_warmup_epochs(const DgcOptions& options);
 
 // What the last encode() of a sparse layer did (for logs, tests and benchmarks).
 struct DgcLayerStats {

@@ -231,8 +231,9 @@ TEST(DgcMpi, SparseToDenseFlushesResidualAndResyncsMomentum) {
   const std::vector<LayerSpec> layers = model();
   const int p = world_size();
   DgcOptions o;
-  o.warmup_densities = {0.01};  // epoch 0: sparse
-  o.density = 0.6;              // then dense for any p >= 2 (0.6 > 1/p)
+  // Epoch 0 at the target (sparse), then a rising schedule: dense for any p >= 2 (0.6 > 1/p).
+  o.warmup_densities = {0.01, 0.6, 0.6};
+  o.density = 0.01;
   o.steps_per_epoch = 2;
   auto x = make_dgc(comm, o);
   DgcCompressor& c = dgc_of(*x);

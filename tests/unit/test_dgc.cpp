@@ -126,6 +126,45 @@ TEST(DgcSchedule, WarmupByEpochAndByStep) {
   EXPECT_THROW(by_step.set_epoch(1), Error);
 }
 
+// A warm-up never sends less than what follows it: epochs whose warm-up density is at or
+// below the target run at the target (each layer's own, once set), wherever they are in
+// the schedule, and dgc_warmup_epochs() ends after the last epoch above it.
+TEST(DgcSchedule, WarmupAtOrBelowTheTargetRunsAtTheTarget) {
+  DgcOptions o;
+  o.density = 0.01;  // above the paper's last warm-up density, 0.004
+  DgcCompressor paper(o);
+  paper.setup(std::vector<LayerSpec>{{"w", 100000, 2, false}}, 4, 0);
+  const double expected[] = {0.25, 0.0625, 0.015625, 0.01, 0.01};
+  for (int e = 0; e < 5; ++e) {
+    paper.set_epoch(e);
+    EXPECT_DOUBLE_EQ(paper.density(), expected[e]) << "epoch " << e;
+    EXPECT_EQ(paper.k(0), static_cast<std::size_t>(std::ceil(expected[e] * 100000))) << "epoch " << e;
+  }
+  EXPECT_EQ(dgc_warmup_epochs(o), 3u);
+  o.density = 0.004;  // equal to the last warm-up density: that epoch is the target's
+  EXPECT_EQ(dgc_warmup_epochs(o), 3u);
+  o.density = 0.001;
+  EXPECT_EQ(dgc_warmup_epochs(o), 4u);
+  o.density = 0.5;
+  EXPECT_EQ(dgc_warmup_epochs(o), 0u);
+  o.warmup_densities = {};
+  EXPECT_EQ(dgc_warmup_epochs(o), 0u);
+
+  o.density = 0.01;  // a schedule that dips below the target and rises again
+  o.warmup_densities = {0.25, 0.001, 0.0625};
+  o.max_layer_density = 0.05;
+  DgcCompressor dips(o);
+  dips.setup(std::vector<LayerSpec>{{"w", 1000, 2, false}, {"v", 1000, 2, false}}, 2, 0);
+  dips.set_layer_density(1, 0.05);
+  const double layer0[] = {0.25, 0.01, 0.0625, 0.01}, layer1[] = {0.25, 0.05, 0.0625, 0.05};
+  for (int e = 0; e < 4; ++e) {
+    dips.set_epoch(e);
+    EXPECT_DOUBLE_EQ(dips.layer_density(0), layer0[e]) << "epoch " << e;
+    EXPECT_DOUBLE_EQ(dips.layer_density(1), layer1[e]) << "epoch " << e;
+  }
+  EXPECT_EQ(dgc_warmup_epochs(o), 3u);
+}
+
 TEST(DgcWire, DenseForOneDimAndWhenGatherCostsMore) {
   DgcOptions o = no_warmup(0.3);
   std::vector<LayerSpec> layers = {

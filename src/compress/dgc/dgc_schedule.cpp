@@ -19,7 +19,20 @@ constexpr std::size_t align8(std::size_t n) { return (n + 7) / 8 * 8; }
 
 double DgcCompressor::scheduled_density(double after_warmup) const {
   const auto& w = options_.warmup_densities;
-  return static_cast<std::size_t>(epoch_) < w.size() ? w[static_cast<std::size_t>(epoch_)] : after_warmup;
+  if (static_cast<std::size_t>(epoch_) >= w.size()) return after_warmup;
+  // The paper's schedule ends at 0.4%: with a higher target its last epochs would send
+  // less than training does afterwards. Such epochs run at the target instead, here, so
+  // that no caller edits the schedule (dgc.h).
+  return std::max(w[static_cast<std::size_t>(epoch_)], after_warmup);
+}
+
+std::size_t dgc_warmup_epochs(const DgcOptions& options) {
+  const auto& w = options.warmup_densities;
+  std::size_t epochs = 0;
+  for (std::size_t e = 0; e < w.size(); ++e) {
+    if (w[e] > options.density) epochs = e + 1;
+  }
+  return epochs;
 }
 
 double DgcCompressor::density() const { return scheduled_density(options_.density); }
