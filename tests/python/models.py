@@ -70,6 +70,10 @@ def attach_hook(kind: str, net: nn.Module, model, **options):
         else:
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         return state, opt
+    if kind == "quant":
+        state = gct.QuantState(named_parameters=named, **options)
+        model.register_comm_hook(state, gct.quant_hook)
+        return state, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     if kind == "onebit":
         opt = gct.OneBitAdam(model.parameters(), **{"lr": 2e-3, **options})
         model.register_comm_hook(opt, gct.onebit_adam_hook)
