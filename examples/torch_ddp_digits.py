@@ -53,6 +53,7 @@ class Config:
     epochs: int = 30
     batch: int = 16  # per rank
     lr: float = 0.05  # SGD; Adam and 1-bit Adam use adam_lr
+    cosine: bool = False  # anneal the learning rate to 0 over the run (per step)
     adam_lr: float = 2e-3
     adam_eps: float = 1e-8  # Adam and 1-bit Adam
     momentum: float = 0.9
@@ -234,6 +235,8 @@ def train(rank: int, world: int, cfg: Config, log: bool = False) -> dict:
     per_rank = len(train_set[1]) // world
     steps_per_epoch = per_rank // cfg.batch
     state, opt, on_epoch = _attach(cfg, net, model, steps_per_epoch * cfg.epochs)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps_per_epoch * cfg.epochs)
+                if cfg.cosine else None)
     history = []
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(cfg.epochs):
@@ -249,6 +252,8 @@ def train(rank: int, world: int, cfg: Config, log: bool = False) -> dict:
             opt.zero_grad()
             loss_fn(model(train_set[0][idx].to(dtype)), train_set[1][idx]).backward()
             opt.step()
+            if schedule is not None:
+                schedule.step()
         seconds = time.perf_counter() - start
         model.eval()
         row = {"epoch": epoch, "accuracy": evaluate(net, test_set),
