@@ -24,6 +24,15 @@ def batches(rank: int, steps: int, batch: int = 8, seed: int = 1):
         yield x, y
 
 
+def cpu_float16_matmul() -> bool:
+    """Whether this torch multiplies float16 matrices on the CPU (torch 1.13 does not)."""
+    try:
+        torch.ones(2, 2, dtype=torch.float16) @ torch.ones(2, 2, dtype=torch.float16)
+        return True
+    except RuntimeError:
+        return False
+
+
 def flat_params(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 

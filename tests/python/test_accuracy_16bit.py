@@ -23,6 +23,7 @@ import torch
 
 import torch_ddp_digits as digits
 from ddp_harness import run_ranks
+from models import cpu_float16_matmul
 
 pytestmark = pytest.mark.accuracy
 
@@ -38,15 +39,7 @@ HOOKS = {  # name: Config options (momentum and seed: the Config's, for all)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _cpu_float16_matmul() -> bool:
-    try:
-        torch.ones(2, 2, dtype=torch.float16) @ torch.ones(2, 2, dtype=torch.float16)
-        return True
-    except RuntimeError:
-        return False
-
-
-FLOAT16_COMPUTE = "" if _cpu_float16_matmul() else "float32"
+FLOAT16_COMPUTE = "" if cpu_float16_matmul() else "float32"
 
 
 def _configs(world):
