@@ -1,6 +1,7 @@
 """Runs a function on N local ranks under torch.distributed (gloo) and returns what each
 rank returned, in rank order. A rank that raises fails the run with its traceback; a job
-that does not finish in time is killed (a hang is a failure, never a stuck CI)."""
+that does not finish in time is killed (a hang is a failure, never a stuck CI). pg_timeout
+is the process group's collective timeout: short for cases that could hang."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ class RankFailed(AssertionError):
     pass
 
 
-def _entry(rank, world_size, port, fn, args, results):
+def _entry(rank, world_size, port, fn, args, results, pg_timeout):
     try:
-        init_local_gloo(rank, world_size, port, timeout_s=60)
+        init_local_gloo(rank, world_size, port, timeout_s=pg_timeout)
         try:
             value = fn(rank, world_size, *args)
         finally:
@@ -40,11 +41,11 @@ def _entry(rank, world_size, port, fn, args, results):
         results.put((rank, False, traceback.format_exc()))
 
 
-def run_ranks(fn, world_size: int, *args, timeout: float = 120.0):
+def run_ranks(fn, world_size: int, *args, timeout: float = 120.0, pg_timeout: float = 60.0):
     ctx = mp.get_context("fork")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, results))
+    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, results, pg_timeout))
              for r in range(world_size)]
     for p in procs:
         p.start()

@@ -24,6 +24,15 @@ def batches(rank: int, steps: int, batch: int = 8, seed: int = 1):
         yield x, y
 
 
+def cpu_float16_matmul() -> bool:
+    """Whether this torch multiplies float16 matrices on the CPU (torch 1.13 does not)."""
+    try:
+        torch.ones(2, 2, dtype=torch.float16) @ torch.ones(2, 2, dtype=torch.float16)
+        return True
+    except RuntimeError:
+        return False
+
+
 def flat_params(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
@@ -70,6 +79,10 @@ def attach_hook(kind: str, net: nn.Module, model, **options):
         else:
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         return state, opt
+    if kind == "quant":
+        state = gct.QuantState(named_parameters=named, **options)
+        model.register_comm_hook(state, gct.quant_hook)
+        return state, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     if kind == "onebit":
         opt = gct.OneBitAdam(model.parameters(), **{"lr": 2e-3, **options})
         model.register_comm_hook(opt, gct.onebit_adam_hook)

@@ -63,3 +63,22 @@ def test_python_communicator_collectives():
                                     for j in range((src + rank) % 3)]
         assert out["broadcast"] == [2.0] * 4
         assert out["collectives"] >= 6
+
+
+def _empty_gathers(rank, world):
+    from gradcomm.torch._comm import communicator
+
+    comm = communicator(None)
+    # What the layer agreement does when it explains a schedule mismatch: zero records
+    # from every rank. gloo's all_gather of zero bytes kills the process with SIGFPE.
+    comm.allgatherv(torch.empty(0, dtype=torch.int32), torch.empty(0, dtype=torch.int32),
+                    [0] * world)
+    comm.allgather(torch.empty(0), torch.empty(0))
+    after = torch.empty(world, dtype=torch.int32)
+    comm.allgather(torch.full((1,), rank, dtype=torch.int32), after)  # still in step
+    return after.tolist()
+
+
+def test_zero_byte_gathers_are_no_ops_on_every_rank():
+    for gathered in run_ranks(_empty_gathers, 3, timeout=60):
+        assert gathered == [0, 1, 2]

@@ -104,3 +104,42 @@ def _helper_checks_optimizer(rank, world):
 
 def test_register_helper_checks_the_optimizer():
     run_ranks(_helper_checks_optimizer, 2)
+
+
+def _warmup_warnings(rank, world, call_set_epoch, steps_per_epoch):
+    import warnings
+
+    net = tiny_net()
+    model = nn.parallel.DistributedDataParallel(net)
+    state = gct.DGCState(density=0.05, warmup_check_steps=3, steps_per_epoch=steps_per_epoch,
+                         named_parameters=net.named_parameters())
+    model.register_comm_hook(state, gct.dgc_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Epochs of 2 steps: by the check at step 3 a caller of set_epoch is in epoch 1.
+        train_steps(model, opt, rank, 8,
+                    after_step=(lambda i: state.set_epoch((i + 1) // 2)) if call_set_epoch
+                    else None)
+    return [(w.category.__name__, str(w.message)) for w in caught
+            if issubclass(w.category, gct.WarmupWarning)]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_warmup_warning_once_on_rank_0_when_set_epoch_is_never_called(world):
+    results = run_ranks(_warmup_warnings, world, False, 0)
+    assert len(results[0]) == 1, results[0]
+    _, message = results[0][0]
+    assert "3 steps and still in the first warm-up epoch" in message, message
+    for words in ("sending 0.25 of every tensor instead of density 0.05", "set_epoch",
+                  "steps_per_epoch", "warmup=None", "warmup_check_steps=0"):
+        assert words in message, (words, message)
+    assert all(r == [] for r in results[1:]), results  # rank 0 only
+
+
+@pytest.mark.parametrize("call_set_epoch, steps_per_epoch", [(True, 0), (False, 2)],
+                         ids=["set_epoch", "steps_per_epoch"])
+def test_no_warmup_warning_when_the_warmup_advances(call_set_epoch, steps_per_epoch):
+    for rank, caught in enumerate(run_ranks(_warmup_warnings, 2, call_set_epoch,
+                                            steps_per_epoch)):
+        assert caught == [], (rank, caught)

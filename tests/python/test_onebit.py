@@ -110,13 +110,15 @@ def _against_native(rank, world, steps, options):
     return gaps, cpp.frozen
 
 
+@pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("precondition", [False, True])
-def test_matches_the_cpp_optimizer(precondition):
+def test_matches_the_cpp_optimizer(precondition, world):
     """The DDP form against gradcomm's C++ OneBitAdam stepping on its own (which is tested
     against the reference update): the hook's dense warm-up runs the same Exchanger layout
     and the update is the same C++ code, so the parameters are bitwise equal through the
-    warm-up, the freeze and the compressed stage."""
-    gaps, frozen = run_ranks(_against_native, 2, 8, dict(freeze_step=3,
-                                                         precondition=precondition))[0]
-    assert frozen
-    assert max(gaps) == 0.0, gaps
+    warm-up, the freeze and the compressed stage, on every rank."""
+    results = run_ranks(_against_native, world, 8, dict(freeze_step=3,
+                                                       precondition=precondition))
+    for rank, (gaps, frozen) in enumerate(results):
+        assert frozen, rank
+        assert max(gaps) == 0.0, (rank, gaps)

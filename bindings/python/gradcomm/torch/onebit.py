@@ -84,6 +84,7 @@ class OneBitAdam(torch.optim.Optimizer):
         self.bucket_bytes = int(bucket_bytes)
         self.nonfinite_seen = 0  # non-finite gradient elements this rank sent as 0
         self._params = [p for g in self.param_groups for p in g["params"]]
+        self._check_parameters()  # now, before any collective; again at the first step
         # The warm-up's dense average: the same Exchanger as every hook, its layers the
         # parameters in this optimizer's order (as the C++ optimizer registers them).
         self._dense = AllreduceState(
@@ -109,6 +110,13 @@ class OneBitAdam(torch.optim.Optimizer):
         return {"betas": first["betas"], "eps": first["eps"],
                 "weight_decay": first["weight_decay"]}
 
+    def _check_parameters(self) -> None:
+        for p in self._params:
+            if not p.is_contiguous() or p.dtype != torch.float32 or p.device.type != "cpu":
+                raise _invalid(f"OneBitAdam: a parameter of shape {tuple(p.shape)} is "
+                               f"{p.dtype} on {p.device} (contiguous: {p.is_contiguous()}); "
+                               "gradcomm's 1-bit Adam updates contiguous float32 CPU tensors")
+
     @property
     def _hook_state(self) -> AllreduceState:
         """The part that validates the process group (register_comm_hook uses it)."""
@@ -121,11 +129,7 @@ class OneBitAdam(torch.optim.Optimizer):
             if self._comm is None:
                 self._comm = torch_communicator(self.process_group)
             group = self.param_groups[0]
-            for p in self._params:
-                if not p.is_contiguous() or p.dtype != torch.float32 or p.device.type != "cpu":
-                    raise _invalid(f"OneBitAdam: a parameter of shape {tuple(p.shape)} is "
-                                   f"{p.dtype} on {p.device} (contiguous: {p.is_contiguous()}); "
-                                   "gradcomm's 1-bit Adam updates contiguous float32 CPU tensors")
+            self._check_parameters()  # the model may have been cast since construction
             self._native = _native.NativeOneBitAdam(
                 self._comm, [(f"param{i}", p.detach()) for i, p in enumerate(self._params)],
                 lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
