@@ -59,11 +59,17 @@ class Exchanger {
 
  private:
   void issue_ready();
+  // agree_every_step: starts the step's layout agreement, and checks its answer before the
+  // step's first collective.
+  void start_layout_agreement();
+  void check_layout_agreement();
 
   Communicator& comm_;
   StepEngine engine_;
   std::int64_t step_ = 0;
   std::vector<WorkHandle> works_;  // by collective id, this step; grow-only
+  struct LayoutAgreement;  // agree_every_step's buffers and work in flight
+  std::unique_ptr<LayoutAgreement> agreement_;
 };
 
 }  // namespace gradcomm

@@ -44,6 +44,12 @@ NonFinitePolicy parse_nonfinite_policy(const std::string& name);
 struct StepEngineOptions {
   std::size_t bucket_bytes = 4u << 20;  // fuse summable payloads up to this size
   NonFinitePolicy nonfinite = NonFinitePolicy::kError;
+  // The Exchanger agrees every step, before the step's first collective, that every rank
+  // is at the same step and laid it out alike (one 4-word allreduce, started at
+  // begin_step, so it overlaps the encode of the first layers). A schedule that moved on
+  // some ranks only (set_epoch, a state restored on one rank) then fails on every rank
+  // instead of framing collectives of other sizes. The PyTorch hooks turn it on.
+  bool agree_every_step = false;
 };
 
 struct StepStats {
@@ -108,6 +114,9 @@ class StepEngine {
   void abandon_step() noexcept;
 
   bool in_step() const noexcept;
+  // A hash of this step's number and layout (every layer's wire), set by begin_step():
+  // ranks that would frame the same collectives have the same one.
+  std::uint64_t layout_fingerprint() const noexcept;
   // Where the layers (and so the engine's buffers and the collectives' buffers) live.
   Device device() const noexcept;
   int device_index() const noexcept;

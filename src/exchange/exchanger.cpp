@@ -2,9 +2,21 @@
 
 #include <string>
 
+#include "exchange/step_memory.h"
 #include "gradcomm/agreement.h"
 
 namespace gradcomm {
+
+// The words [lo, hi, ~lo, ~hi] of this rank's layout fingerprint, maxed over the ranks:
+// the first two give the largest fingerprint, the last two the complement of the smallest,
+// so every rank learns from one collective whether all of them agree.
+struct Exchanger::LayoutAgreement {
+  detail::HostStaging host;
+  detail::StepBuffer device;  // device layers: the collective's buffer
+  WorkHandle work;
+  std::uint64_t mine = 0;
+  std::uint32_t* words() const { return reinterpret_cast<std::uint32_t*>(host.at(0)); }
+};
 
 Exchanger::Exchanger(Communicator& comm, std::shared_ptr<Compressor> compressor,
                      std::vector<LayerSpec> layers, ExchangerOptions options)
@@ -18,6 +30,13 @@ Exchanger::Exchanger(Communicator& comm, std::shared_ptr<Compressor> compressor,
   check_agreement(comm_, engine_.layers(), engine_.settings_fingerprint(),
                   "Exchanger setup (" + engine_.compressor().name() + ")");
   works_.resize(engine_.layers().size());
+  if (options.agree_every_step) {
+    agreement_ = std::make_unique<LayoutAgreement>();
+    agreement_->host = detail::HostStaging(engine_.device(), 4 * sizeof(std::uint32_t));
+    if (engine_.device() != Device::kCpu) {
+      agreement_->device = detail::StepBuffer(engine_.device(), 4 * sizeof(std::uint32_t));
+    }
+  }
 }
 
 Exchanger::~Exchanger() = default;
@@ -30,12 +49,65 @@ void Exchanger::restore_step(std::int64_t step) {
   step_ = step;
 }
 
-void Exchanger::begin_step() { engine_.begin_step(step_); }
+void Exchanger::begin_step() {
+  engine_.begin_step(step_);
+  if (agreement_) start_layout_agreement();
+}
+
+void Exchanger::start_layout_agreement() {
+  LayoutAgreement& a = *agreement_;
+  a.mine = engine_.layout_fingerprint();
+  std::uint32_t* w = a.words();
+  w[0] = static_cast<std::uint32_t>(a.mine);
+  w[1] = static_cast<std::uint32_t>(a.mine >> 32);
+  w[2] = ~w[0];
+  w[3] = ~w[1];
+  TensorView words(w, 4, DType::kUInt32);
+  if (engine_.device() != Device::kCpu) {
+    const detail::StepMover mover{engine_.device(), engine_.stream()};
+    mover.copy(a.device.at(0), w, 4 * sizeof(std::uint32_t));
+    comm_.follow_stream(engine_.stream());
+    words = TensorView(a.device.at(0), 4, DType::kUInt32, engine_.device(), engine_.device_index());
+  }
+  a.work = comm_.allreduce(words, words, ReduceOp::kMax);
+}
+
+void Exchanger::check_layout_agreement() {
+  LayoutAgreement& a = *agreement_;
+  if (!a.work) return;
+  a.work->wait_stream(engine_.stream());
+  a.work.reset();
+  if (engine_.device() != Device::kCpu) {
+    const detail::StepMover mover{engine_.device(), engine_.stream()};
+    mover.copy(a.words(), a.device.at(0), 4 * sizeof(std::uint32_t));
+    mover.synchronize();
+  }
+  const std::uint32_t* w = a.words();
+  const std::uint64_t most = (std::uint64_t{w[1]} << 32) | w[0];
+  const std::uint64_t least = (std::uint64_t{~w[3]} << 32) | ~w[2];
+  if (most == least) return;
+  engine_.abandon_step();
+  // Rare and fatal: name the ranks' steps where the transport takes host buffers.
+  std::string steps;
+  if (engine_.device() == Device::kCpu) {
+    const auto p = static_cast<std::size_t>(comm_.size());
+    std::vector<std::int64_t> all(p);
+    std::int64_t mine = step_;
+    comm_.allgather(TensorView(&mine, 2, DType::kUInt32), TensorView(all.data(), 2 * p, DType::kUInt32))->wait();
+    for (std::size_t r = 0; r < p; ++r) steps += (r ? ", " : "") + std::to_string(all[r]);
+    steps = "; the ranks are at steps [" + steps + "]";
+  }
+  GRADCOMM_THROW(ErrorCode::kSizeMismatch, "Exchanger on rank ", comm_.rank(), ": the ranks laid step ",
+                 step_, " out differently: their schedules disagree (set_epoch, load_state_dict or "
+                 "the step counter moved on some ranks only; every rank must advance them alike)",
+                 steps);
+}
 
 void Exchanger::set_stream(void* cuda_stream) { engine_.set_stream(cuda_stream); }
 
 void Exchanger::issue_ready() {
   while (std::optional<CollectiveRequest> r = engine_.next_ready()) {
+    if (r->id == 0 && agreement_) check_layout_agreement();
     // Device layers: the collective reads what the kernels on the step's stream wrote.
     if (engine_.device() != Device::kCpu) comm_.follow_stream(engine_.stream());
     works_[r->id] = r->collective == Collective::kAllreduce

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <string>
 
+#include "gradcomm/agreement.h"
 #include "gradcomm/communicator.h"
 #include "core/float16.h"
 #include "exchange/step_memory.h"
@@ -97,6 +98,7 @@ struct StepEngine::Impl {
   std::size_t next_to_issue = 0;
   bool in_step = false;
   std::int64_t step = 0;
+  std::uint64_t layout_fingerprint = 0;
   detail::StepBuffer send, recv, scratch;
   std::size_t send_capacity = 0, recv_capacity = 0, status_capacity = 0;
   // float32 copies of a 16-bit layer's gradient (while it is encoded) and update (while it
@@ -200,10 +202,12 @@ StepEngine::~StepEngine() = default;
 std::string StepEngine::settings_fingerprint() const {
   return compressor_->settings_fingerprint() + " bucket_bytes=" +
          std::to_string(options_.bucket_bytes) + " nonfinite=" +
-         nonfinite_policy_name(options_.nonfinite);
+         nonfinite_policy_name(options_.nonfinite) +
+         " agree_every_step=" + (options_.agree_every_step ? "1" : "0");
 }
 
 bool StepEngine::in_step() const noexcept { return impl_->in_step; }
+std::uint64_t StepEngine::layout_fingerprint() const noexcept { return impl_->layout_fingerprint; }
 std::int64_t StepEngine::step() const noexcept { return impl_->step; }
 std::size_t StepEngine::collectives_this_step() const noexcept { return impl_->groups.size(); }
 Device StepEngine::device() const noexcept { return impl_->device; }
@@ -295,6 +299,13 @@ void StepEngine::begin_step(std::int64_t step) {
                  ErrorCode::kInternal, "StepEngine: step ", step, " needs ", send_offset, " + ",
                  recv_offset, " bytes, over the ", s.send_capacity, " + ", s.recv_capacity,
                  " reserved from the compressor's bounds");
+  std::uint64_t hash = fingerprint_bytes(&step, sizeof step);
+  for (const LayerWire& w : s.wire) {
+    const std::uint64_t words[3] = {static_cast<std::uint64_t>(w.collective), static_cast<std::uint64_t>(w.dtype),
+                                    w.count};
+    hash = fingerprint_bytes(words, sizeof words, hash);
+  }
+  s.layout_fingerprint = hash;
   s.next_to_issue = 0;
   s.bad_layers = 0;
   s.first_bad.clear();
@@ -558,7 +569,7 @@ const StepStats& StepEngine::finish_step() {
                      ": ", s.bad_ranks(), " of ", world_size_,
                      " ranks met NaN or Inf in the gradients of ", s.bad_layers,
                      " layer(s), first ", s.first_bad,
-                     " (policy: error; set NonFinitePolicy::kSkipStep or kZero to go on)");
+                     " (non-finite policy 'error'; the 'skip_step' or 'zero' policy goes on)");
     case NonFinitePolicy::kSkipStep:
       // Error feedback loses nothing: what each rank sent goes back into its residuals.
       for (const Impl::Group& g : s.groups) {

@@ -79,6 +79,13 @@ py::bytes shard_bytes(int rank, int world_size, std::int64_t step, const std::st
   return blob_to_bytes(checkpoint_shard_bytes(contents));
 }
 
+// "name dtype[numel]" of a (name, numel, dtype) tuple, as errors name a layer.
+std::string describe_layer(py::handle layer) {
+  const auto t = layer.cast<py::tuple>();
+  return t[0].cast<std::string>() + " " + t[2].cast<std::string>() + "[" +
+         std::to_string(t[1].cast<std::uint64_t>()) + "]";
+}
+
 py::list layers_of_shard(const CheckpointShard& shard) {
   const std::span<const std::byte> table = shard.blob(kLayersSection);
   const std::string text(reinterpret_cast<const char*>(table.data()), table.size());
@@ -116,6 +123,18 @@ void bind_exchanger(py::module_& m) {
       py::arg("source") = "state_dict",
       "Checks a shard (checksums, rank, world size, compressor name) and returns its step, "
       "layer table [(name, numel, dtype)] and state bytes.");
+  m.def("describe_layer", &describe_layer, py::arg("layer"),
+        "'name dtype[numel]' of a (name, numel, dtype) layer tuple, as errors name it.");
+  m.def(
+      "check_agreement",
+      [](py::object communicator, const std::string& settings, const std::string& what) {
+        Communicator& comm = communicator.cast<Communicator&>();
+        py::gil_scoped_release release;
+        check_agreement(comm, {}, settings, what);
+      },
+      py::arg("communicator"), py::arg("settings"), py::arg("what"),
+      "Raises on every rank (naming the first differing key and both values) unless every "
+      "rank passes the same `key=value ...` text: two small allreduces.");
   m.def(
       "write_shard",
       [](int rank, int world_size, std::int64_t step, const std::string& compressor,
@@ -134,7 +153,7 @@ void bind_exchanger(py::module_& m) {
       "update into the outputs at finish_step().")
       .def(py::init([](py::object communicator, std::shared_ptr<Compressor> compressor,
                        std::vector<LayerSpec> layers, std::size_t bucket_bytes,
-                       const std::string& nonfinite) {
+                       const std::string& nonfinite, bool agree_every_step) {
              auto self = std::make_unique<PyExchanger>();
              auto& comm = communicator.cast<Communicator&>();
              self->communicator = std::move(communicator);
@@ -142,13 +161,15 @@ void bind_exchanger(py::module_& m) {
              ExchangerOptions options;
              options.bucket_bytes = bucket_bytes;
              options.nonfinite = parse_nonfinite_policy(nonfinite);
+             options.agree_every_step = agree_every_step;
              py::gil_scoped_release release;  // the setup agreement runs collectives
              self->exchanger = std::make_unique<Exchanger>(comm, std::move(compressor),
                                                            std::move(layers), options);
              return self;
            }),
            py::arg("communicator"), py::arg("compressor"), py::arg("layers"),
-           py::arg("bucket_bytes") = defaults.bucket_bytes, py::arg("nonfinite") = "error")
+           py::arg("bucket_bytes") = defaults.bucket_bytes, py::arg("nonfinite") = "error",
+           py::arg("agree_every_step") = defaults.agree_every_step)
       .def("begin_step", [](PyExchanger& self) { self.get().begin_step(); })
       .def(
           "set_stream",
@@ -219,13 +240,18 @@ void bind_exchanger(py::module_& m) {
             const CheckpointShard parsed = parse_shard(shard, ex.communicator().rank(),
                                                        ex.communicator().size(),
                                                        ex.compressor().name(), source);
-            const std::span<const std::byte> table = parsed.blob(kLayersSection);
-            const std::string mine = layer_table(ex.layers());
-            GRADCOMM_CHECK(std::string(reinterpret_cast<const char*>(table.data()), table.size()) == mine,
-                           ErrorCode::kInvalidArgument, source, " on rank ", ex.communicator().rank(),
-                           ": the shard is of other layers than this model's (saved:\n",
-                           std::string(reinterpret_cast<const char*>(table.data()), table.size()),
-                           "here:\n", mine, ")");
+            const py::list saved = layers_of_shard(parsed);
+            const auto here = ex.layers();
+            for (std::size_t i = 0; i < std::max<std::size_t>(saved.size(), here.size()); ++i) {
+              const std::string was = i < saved.size() ? describe_layer(saved[i]) : "(none)";
+              const std::string now =
+                  i < here.size() ? describe_layer(py::make_tuple(here[i].name, here[i].numel,
+                                                                  dtype_name(here[i].dtype)))
+                                  : "(none)";
+              GRADCOMM_CHECK(was == now, ErrorCode::kInvalidArgument, source,
+                             ": the shard is of another model (layer ", i,
+                             ": saved ", was, ", here ", now, ")");
+            }
             ex.compressor().load_state(parsed.compressor_state());
             ex.restore_step(parsed.step);
           },

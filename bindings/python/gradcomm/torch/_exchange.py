@@ -15,7 +15,10 @@ until the last one, then the Exchanger is built - which checks that every rank r
 the same layers with the same settings - and the whole step runs. From then on each bucket
 is encoded as it arrives. Bucket futures complete when the step finishes (DDP waits for
 them only after the last bucket), so an error under ``nonfinite="error"`` is raised by the
-last hook call itself, as a ``gradcomm.Error``, from ``loss.backward()``.
+last hook call itself and reaches ``loss.backward()``: as the gradcomm exception on torch
+2.x, as a ``RuntimeError`` whose message starts with the gradcomm type on torch 1.13 (its
+reducer re-raises hook errors that way). Every step's layout is agreed by all ranks before
+its first collective, so a schedule moved on one rank fails everywhere instead of hanging.
 """
 
 import math
@@ -124,7 +127,6 @@ class CompressedHookState:
         self._checked = False
         self._name = type(self).__name__  # in messages; OneBitAdam names itself here
         self._in_step = False
-        self._agreed_position: Optional[str] = None
         self.iteration = 0
         self.epoch = 0
         self.last_stats: Optional[dict] = None
@@ -206,7 +208,10 @@ class CompressedHookState:
 
     def _build(self, params_in_hook_order: list) -> None:
         """Registers every parameter the first backward handed over, in forward order:
-        named_parameters' order when given, else the reverse of DDP's (backward) order."""
+        named_parameters' order when given, else the order DDP's first backward hands them
+        over in: one bucket in the model's forward order on the torch versions tested (1.13,
+        2.x). Forward order matters for speed: a step's collectives start in backward order,
+        each as soon as its layers are encoded."""
         seen = list(params_in_hook_order)
         if self._names is not None:
             rank_of = {p: i for i, p in enumerate(self._names)}
@@ -217,7 +222,6 @@ class CompressedHookState:
         else:
             params = seen
             keys = [self._key(p, i) for i, p in enumerate(params)]
-            params, keys = params[::-1], keys[::-1]
         layers = [gradcomm.LayerSpec(key, p.numel(), max(p.dim(), 1),
                                      dtype=str(p.dtype).replace("torch.", ""),
                                      device=p.device.type, device_index=p.device.index or 0)
@@ -225,13 +229,36 @@ class CompressedHookState:
         comm = self.communicator
         if comm is None:
             comm = torch_communicator(self._group(), "cuda" if params[0].is_cuda else "cpu")
+        # The settings in the words the user wrote them (the Exchanger then agrees on the
+        # compressor's own, and on the layers).
+        words = [f"{key}={value if isinstance(value, str) else repr(value)}".replace(" ", "")
+                 for key, value in
+                 [("hook", self._kind), ("nonfinite", self.nonfinite),
+                  ("bucket_bytes", self.bucket_bytes)] + sorted(self._settings().items())]
+        _native.check_agreement(comm, " ".join(words), f"{self._name} settings")
         compressor = self._make_compressor()
+        # Every step's layout is agreed before its first collective: a schedule moved on
+        # one rank only (set_epoch, load_state_dict) fails on every rank, never hangs.
         self._exchanger = _native.Exchanger(comm, compressor, layers, self.bucket_bytes,
-                                            self.nonfinite)
+                                            self.nonfinite, agree_every_step=True)
         self._layer_of = {p: i for i, p in enumerate(params)}
+        failure = None
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
-            self._restore(state)
+            try:
+                self._restore(state)
+            except (gradcomm.Error, ValueError) as error:
+                failure = error
+        # A state that one rank could not restore ends the job on every rank.
+        verdict = "failed" if failure is not None else "ok"
+        try:
+            self._exchanger.check_agreement(f"restored={verdict}",
+                                            f"{self._name} restoring load_state_dict()")
+        except gradcomm.Error:
+            if failure is None:
+                raise
+        if failure is not None:
+            raise failure
         self._exchanger.restore_step(self.iteration)
         if self._epoch_driven():
             self._exchanger.compressor.set_epoch(self.epoch)
@@ -281,20 +308,27 @@ class CompressedHookState:
         step = 0
         if state["shard"] is not None:
             shard = _native.read_shard(state["shard"], self.rank, self.world_size,
-                                       self._make_compressor().name, f"{name}.load_state_dict")
+                                       self._make_compressor().name,
+                                       f"{name}.load_state_dict on rank {self.rank}")
             step = shard["step"]
-            here = [(n, p.numel(), str(p.dtype).replace("torch.", ""))
-                    for p, n in (self._names or {}).items() if p.requires_grad]
-            if self._names is not None and [tuple(x) for x in shard["layers"]] != here:
-                raise _invalid(f"{name}.load_state_dict on rank {self.rank}: the shard is of "
-                               f"other layers: saved {shard['layers']}, here {here}")
+            if self._names is not None:
+                here = [(n, p.numel(), str(p.dtype).replace("torch.", ""))
+                        for p, n in self._names.items() if p.requires_grad]
+                saved = [tuple(x) for x in shard["layers"]]
+                for i in range(max(len(saved), len(here))):
+                    was, now = (_native.describe_layer(x[i]) if i < len(x) else "(none)"
+                                for x in (saved, here))
+                    if was != now:
+                        raise _invalid(f"{name}.load_state_dict on rank {self.rank}: the shard "
+                                       f"is of another model (layer {i}: saved {was}, here {now})")
         self._pending_state = dict(state)
         self.iteration, self.epoch = step, int(state["epoch"])
 
     def _restore(self, state: dict) -> None:
         self._load_extra_state(state.get("extra", {}))
         if state["shard"] is not None:
-            self._exchanger.load_shard(state["shard"], f"{self._name}.load_state_dict")
+            self._exchanger.load_shard(state["shard"],
+                                       f"{self._name}.load_state_dict on rank {self.rank}")
         self.iteration, self.epoch = self._exchanger.step, int(state["epoch"])
         if self._epoch_driven():
             self._exchanger.compressor.set_epoch(self.epoch)
@@ -321,19 +355,7 @@ class CompressedHookState:
             offset += p.numel()
             self._exchanger.submit(layer, grad, grad)
 
-    def _schedule_text(self) -> str:
-        """Where this rank's schedules are: every rank must be at the same place."""
-        return f"step={self.iteration} epoch={self.epoch}"
-
     def _begin_step(self) -> None:
-        # The schedules' position (DGC's warm-up, L-GreCo's re-plans) is agreed when the step
-        # counter starts and whenever set_epoch() or load_state_dict() moved it: a rank whose
-        # epoch differs would frame other collectives and hang or corrupt the others.
-        position = self._schedule_text()
-        if position != self._agreed_position:
-            self._exchanger.check_agreement(position, f"{self._name} schedule (set_epoch / "
-                                            "load_state_dict called alike on every rank?)")
-        self._agreed_position = None
         self._in_step = True
         if self._exchanger.device == "cuda":  # kernels on torch's stream, as DDP's own work
             self._exchanger.set_stream(torch.cuda.current_stream().cuda_stream)
@@ -352,7 +374,6 @@ class CompressedHookState:
                 future.set_exception(error)
             raise
         self.iteration = self._exchanger.step
-        self._agreed_position = self._schedule_text()  # moved in step with every rank
         self.bytes_sent += stats["wire_bytes"]
         self.last_stats = stats
         self._after_step()

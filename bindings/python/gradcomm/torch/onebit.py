@@ -184,7 +184,8 @@ class OneBitAdam(torch.optim.Optimizer):
                            f"{extra.get('version', 1)} (gradcomm 0.1 kept m and v in torch); this "
                            f"gradcomm reads version {STATE_VERSION} (the C++ optimizer's state)")
         shard = _native.read_shard(extra["shard"], self._dense.rank, self._dense.world_size,
-                                   "onebit-adam", "OneBitAdam.load_state_dict")
+                                   "onebit-adam",
+                                   f"OneBitAdam.load_state_dict on rank {self._dense.rank}")
         super().load_state_dict(state_dict)
         self._settings = self._shared_settings()
         self.nonfinite_seen = int(extra["nonfinite_seen"])
