@@ -23,6 +23,8 @@
 
 #include "kernels/cuda/dgc_kernels.cuh"
 #include "kernels/cuda/onebit_kernels.cuh"
+#include "kernels/shared/dgc_math.h"
+#include "kernels/shared/onebit_math.h"
 
 namespace {
 
@@ -132,10 +134,15 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaMalloc(&v, n * sizeof(float)));
     CHECK_CUDA(cudaMemset(u, 0, n * sizeof(float)));
     CHECK_CUDA(cudaMemset(v, 0, n * sizeof(float)));
-    CHECK_CUDA(cudaMalloc(&payload, gradcomm::kernels::cuda::dgc_payload_bytes(k, false)));
-    gradcomm::kernels::cuda::DgcWorkspace workspace(n, 100);
+    CHECK_CUDA(cudaMalloc(&payload, gradcomm::kernels::dgc::payload_bytes(k, false)));
+    gradcomm::kernels::dgc::ThresholdMemory* memory = nullptr;
+    std::uint32_t* nonfinite = nullptr;
+    CHECK_CUDA(cudaMalloc(&memory, sizeof *memory));
+    CHECK_CUDA(cudaMalloc(&nonfinite, sizeof *nonfinite));
+    gradcomm::kernels::cuda::DgcWorkspace workspace(n, k, 100, 0);
     for (bool exact : {true, false}) {
-      gradcomm::kernels::cuda::DgcEncodeArgs a;
+      CHECK_CUDA(cudaMemset(memory, 0, sizeof *memory));
+      gradcomm::kernels::dgc::SparseEncodeArgs a;
       a.grad = grad;
       a.u = u;
       a.v = v;
@@ -143,11 +150,18 @@ int main(int argc, char** argv) {
       a.k = k;
       a.exact = exact;
       a.density = density;
+      a.sample_stride = 100;
       a.payload = payload;
-      rows.push_back({exact ? "dgc_encode_exact" : "dgc_encode_sampled", n,
-                      median_ms(iters, [&] { gradcomm::kernels::cuda::dgc_encode(a, workspace, nullptr); }),
+      a.memory = memory;
+      std::size_t step = 0;
+      rows.push_back({exact ? "dgc_encode_exact" : "dgc_encode_sampled", n, median_ms(iters, [&] {
+                        a.sample_start = (step++ * 37) % 100;
+                        gradcomm::kernels::cuda::dgc_encode_sparse(a, workspace, nonfinite, nullptr);
+                      }),
                       5.0 * 4.0 * static_cast<double>(n)});  // read g, u, v; write u, v
     }
+    cudaFree(memory);
+    cudaFree(nonfinite);
     // Exact top-k without a candidate filter: sort all (|v|, index) pairs.
     std::uint32_t *keys, *keys_out, *index, *index_out;
     CHECK_CUDA(cudaMalloc(&keys, n * 4));
@@ -171,23 +185,26 @@ int main(int argc, char** argv) {
 
   for (std::size_t size : {n, std::size_t{100000000}}) {  // 1-bit worker compress, 4 ranks' chunks
     const int ranks = 4;
-    const std::size_t padded = (size + 8 * ranks - 1) / (8 * ranks) * (8 * ranks);
-    const std::size_t stride = 4 + padded / ranks / 8;
+    const std::size_t padded = gradcomm::kernels::onebit::padded_numel(size, ranks);
+    // The per-rank stride of one tensor: its segment, the scale 4-byte aligned.
+    const std::size_t stride = gradcomm::kernels::onebit::segment_bytes(padded, ranks);
     float* x = device_random(size, 3);
     float* err = nullptr;
     std::uint8_t* out = nullptr;
+    std::uint32_t* nonfinite = nullptr;
     CHECK_CUDA(cudaMalloc(&err, padded * sizeof(float)));
     CHECK_CUDA(cudaMemset(err, 0, padded * sizeof(float)));
     CHECK_CUDA(cudaMalloc(&out, stride * ranks));
-    void* scratch = gradcomm::kernels::cuda::onebit_device_alloc(gradcomm::kernels::cuda::onebit_scratch_bytes());
+    CHECK_CUDA(cudaMalloc(&nonfinite, sizeof *nonfinite));
+    void* scratch = nullptr;
+    CHECK_CUDA(cudaMalloc(&scratch, gradcomm::kernels::cuda::onebit_scratch_bytes()));
     rows.push_back({"onebit_worker_compress", size, median_ms(iters, [&] {
                       gradcomm::kernels::cuda::onebit_worker_compress(x, size, err, padded, ranks, out, stride,
-                                                                      scratch, nullptr);
+                                                                      scratch, nonfinite, nullptr);
                     }), 4.0 * 4.0 * static_cast<double>(size)});  // two passes over x and err
-    gradcomm::kernels::cuda::onebit_device_free(scratch);
-    cudaFree(x);
-    cudaFree(err);
-    cudaFree(out);
+    for (void* p : {static_cast<void*>(x), static_cast<void*>(err), static_cast<void*>(out),
+                    static_cast<void*>(nonfinite), scratch})
+      cudaFree(p);
   }
 
   const double copy_ms = rows[0].median_ms;

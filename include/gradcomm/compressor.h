@@ -49,6 +49,12 @@ struct ExecutionContext {
   // CUDA layer l adds the non-finite elements it met to nonfinite_counts[l] on the stream
   // (saturating at 2^32 - 1) instead of returning them. Null when no layer is on a device.
   std::uint32_t* nonfinite_counts = nullptr;
+  // Device array of one uint32 per layer, set to 0xffffffff by the caller before the
+  // step: decode of CUDA layer l checks the received payloads on the device and, when one
+  // fails, writes the lowest failing rank to corrupt_payloads[l] and leaves the update 0,
+  // instead of throwing (which would need the host to wait); the caller throws
+  // kCorruptPayload at the end of the step. Null: decode waits for the stream and throws.
+  std::uint32_t* corrupt_payloads = nullptr;
 };
 
 class Compressor {
