@@ -483,13 +483,16 @@ void dgc_encode_sparse(const dgc::SparseEncodeArgs& a, DgcWorkspace& w, std::uin
     collect_round<<<blocks, kThreads, 0, s>>>(a.v, n, keys, st, round, low);
     check_launch("DGC collect pass");
   }
+  // The candidates are usually about 1.3k (at most the fused capacity); the exact
+  // selection may collect every nonzero. The loops stride over whatever count they find.
+  const unsigned select_blocks = grid_blocks(a.exact ? n : capacity);
   for (int pass = 0; pass < kSelectPasses; ++pass) {
-    select_digit<<<grid_blocks(n), kThreads, 0, s>>>(keys, st, k, pass);
+    select_digit<<<select_blocks, kThreads, 0, s>>>(keys, st, k, pass);
     check_launch("DGC radix select");
   }
   GRADCOMM_CUDA_OK(cudaMemsetAsync(A::selected(w), 0xff, k * sizeof(std::uint32_t), s),
                    "filling the slots with the sentinel");
-  compact_selected<<<grid_blocks(n), kThreads, 0, s>>>(keys, st, k, A::selected(w));
+  compact_selected<<<select_blocks, kThreads, 0, s>>>(keys, st, k, A::selected(w));
   check_launch("DGC selection");
   // Ascending indices, the sentinels (the largest uint32) last: the payload's index slots.
   auto* slots = reinterpret_cast<std::uint32_t*>(static_cast<std::uint8_t*>(a.payload) +

@@ -143,22 +143,17 @@ OneBitResult cuda_compressed_allreduce(Communicator& comm, std::span<const Tenso
       ->wait();
 
   // Server side: this rank owns chunk `rank` of every tensor. A bad received scale stops
-  // the kernels (the flag) before they touch the server error.
+  // the kernels (the flag) before they touch that tensor's server error and the later
+  // ones': where the CPU stops too.
   offset = 0;
   std::size_t checked = 0;
   for (std::size_t t = 0; t < tensors; ++t) {
     OneBitErrorState& s = *states[t];
     if (s.padded_numel() == 0) continue;
     cuda::onebit_gather_scales(a2a_recv + offset, block, pz, scales + checked * pz, bad_scale, cuda_stream);
-    checked += 1;
-    offset += segment_bytes(s.padded_numel(), p);
-  }
-  offset = 0;
-  for (std::size_t t = 0; t < tensors; ++t) {
-    OneBitErrorState& s = *states[t];
-    if (s.padded_numel() == 0) continue;
     cuda::onebit_server_compress(a2a_recv + offset, block, p, static_cast<float*>(s.server_error().data()),
                                  s.chunk_numel(), ag_send + offset, scratch(t), bad_scale, cuda_stream);
+    checked += 1;
     offset += segment_bytes(s.padded_numel(), p);
   }
   read_back(checked * pz);
