@@ -97,6 +97,20 @@ INSTANTIATE_TEST_SUITE_P(Selections, DgcOnCuda,
                                            Case{DgcSelection::kExact, false, DType::kFloat32},
                                            Case{DgcSelection::kExact, true, DType::kFloat16}));
 
+// One compressor with layers on both devices: each layer as on its own device.
+TEST(DgcOnCudaMixed, CpuAndCudaLayersInOneCompressor) {
+  const std::vector<LayerSpec> layers = {{"w", 30011, 2}, {"c", 4000, 2}, {"b", 64, 1}};
+  const Case c{DgcSelection::kSampled, false, DType::kFloat32};
+  TwinRanks<DgcCompressor> twins(layers, 2, [&] { return std::make_unique<DgcCompressor>(options_for(c)); },
+                                 /*host_layers=*/{1});
+  const auto grad = [&](int r, std::size_t l, int step) { return gradient(r, l, step, layers[l].numel); };
+  for (int step = 0; step < 5; ++step) {
+    twins.step(step, grad, step % 2 == 0, step == 3);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(twins.gpu(r).save_state(), twins.cpu(r).save_state());
+}
+
 TEST(DgcOnCudaClipping, FactorMatchesCpuToRounding) {
   // The sum of squares runs in another (fixed) order on the GPU, so the factor may differ
   // from the CPU's in its last bit: within one float ulp.

@@ -23,9 +23,15 @@ class TwinRanks {
  public:
   using Gradient = std::function<std::vector<float>(int rank, std::size_t layer, int step)>;
 
-  TwinRanks(const std::vector<LayerSpec>& layers, int ranks, const std::function<std::unique_ptr<C>()>& make)
-      : layers_(layers), ranks_(ranks), context_(layers.size()) {
-    const std::vector<LayerSpec> device_layers = on_cuda(layers);
+  // `host_layers`: layers the device twin keeps on the CPU (a compressor may mix them).
+  TwinRanks(const std::vector<LayerSpec>& layers, int ranks, const std::function<std::unique_ptr<C>()>& make,
+            std::vector<std::size_t> host_layers = {})
+      : layers_(layers), ranks_(ranks), context_(layers.size()), on_device_(layers.size(), true) {
+    std::vector<LayerSpec> device_layers = on_cuda(layers);
+    for (std::size_t l : host_layers) {
+      device_layers.at(l) = layers[l];
+      on_device_[l] = false;
+    }
     for (int r = 0; r < ranks; ++r) {
       cpu_.push_back(make());
       gpu_.push_back(make());
@@ -57,28 +63,30 @@ class TwinRanks {
       };
       const LayerWire wire = cpu(0).wire(l);
       ASSERT_EQ(gpu(0).wire(l).bytes(), wire.bytes());
+      const bool dev = on_device_[l];
       std::vector<std::vector<std::uint8_t>> payloads;
-      std::vector<std::unique_ptr<DeviceArray<std::uint8_t>>> device_payloads;
+      std::vector<std::unique_ptr<Buffer>> twin_payloads;
       for (int r = 0; r < ranks_; ++r) {
         std::vector<float> g = gradient(r, l, step);
         std::vector<std::uint8_t> payload(wire.bytes());
         const EncodeResult host = cpu(r).encode(l, TensorView::of(std::span<float>(g)),
                                                 TensorView(payload.data(), wire.count, wire.dtype));
-        DeviceArray<float> dg(g);
-        auto dp = std::make_unique<DeviceArray<std::uint8_t>>(std::max<std::size_t>(wire.bytes(), 8));
-        const EncodeResult device =
-            gpu(r).encode(l, dg.view(DType::kFloat32), TensorView(dp->get(), wire.count, wire.dtype, Device::kCuda));
-        if (device_words) {
+        Buffer twin_grad(dev, g.size() * sizeof(float));
+        twin_grad.upload(g.data());
+        auto twin_payload = std::make_unique<Buffer>(dev, std::max<std::size_t>(wire.bytes(), 8));
+        const EncodeResult device = gpu(r).encode(l, twin_grad.view(g.size(), DType::kFloat32),
+                                                  twin_payload->view(wire.count, wire.dtype));
+        if (device_words && dev) {
           EXPECT_EQ(device.nonfinite, 0u) << where(r);
+          host_counts[l] += host.nonfinite;
         } else {
           EXPECT_EQ(device.nonfinite, host.nonfinite) << where(r);
         }
-        host_counts[l] += host.nonfinite;
-        std::vector<std::uint8_t> got = dp->download();
+        std::vector<std::uint8_t> got = twin_payload->bytes();
         got.resize(wire.bytes());
         ASSERT_EQ(got, payload) << "payload, " << where(r);
         payloads.push_back(std::move(payload));
-        device_payloads.push_back(std::move(dp));
+        twin_payloads.push_back(std::move(twin_payload));
       }
       if (state_check_) state_check_(l, step);
       // The collective, on the host.
@@ -98,21 +106,21 @@ class TwinRanks {
       const std::size_t received_count = wire.collective == Collective::kAllgather
                                              ? received.size()
                                              : wire.count;
-      DeviceArray<std::uint8_t> device_received(received);
+      Buffer twin_received(dev, received.size());
+      twin_received.upload(received.data());
       for (int r = 0; r < ranks_; ++r) {
         std::vector<float> out(layers_[l].numel, 7.0f);
         cpu(r).decode(l, TensorView(received.data(), received_count, wire.dtype), TensorView::of(std::span<float>(out)));
-        DeviceArray<float> dout(layers_[l].numel);
-        gpu(r).decode(l, TensorView(device_received.get(), received_count, wire.dtype, Device::kCuda),
-                      dout.view(DType::kFloat32));
-        ASSERT_TRUE(same_bits(dout.download(), out)) << "update, " << where(r);
+        Buffer twin_out(dev, out.size() * sizeof(float));
+        gpu(r).decode(l, twin_received.view(received_count, wire.dtype), twin_out.view(out.size(), DType::kFloat32));
+        std::vector<std::uint8_t> got = twin_out.bytes();
+        ASSERT_EQ(std::memcmp(got.data(), out.data(), got.size()), 0) << "update, " << where(r);
       }
       if (skip) {
         for (int r = 0; r < ranks_; ++r) {
           std::vector<std::uint8_t>& own = payloads[static_cast<std::size_t>(r)];
           cpu(r).on_step_skipped(l, TensorView(own.data(), wire.count, wire.dtype));
-          gpu(r).on_step_skipped(l, TensorView(device_payloads[static_cast<std::size_t>(r)]->get(), wire.count,
-                                               wire.dtype, Device::kCuda));
+          gpu(r).on_step_skipped(l, twin_payloads[static_cast<std::size_t>(r)]->view(wire.count, wire.dtype));
         }
         if (state_check_) state_check_(l, step);
       }
@@ -129,11 +137,33 @@ class TwinRanks {
   void on_state(std::function<void(std::size_t layer, int step)> check) { state_check_ = std::move(check); }
 
  private:
+  // Bytes on the device, or on the host for a layer the device twin keeps there.
+  class Buffer {
+   public:
+    Buffer(bool on_device, std::size_t bytes) : host_(bytes) {
+      if (on_device) device_ = std::make_unique<DeviceArray<std::uint8_t>>(bytes);
+    }
+    void upload(const void* data) {
+      if (!host_.empty()) std::memcpy(host_.data(), data, host_.size());
+      if (device_) device_->upload(host_);
+    }
+    TensorView view(std::size_t count, DType dtype) {
+      if (device_) return TensorView(device_->get(), count, dtype, Device::kCuda);
+      return TensorView(host_.data(), count, dtype);
+    }
+    std::vector<std::uint8_t> bytes() const { return device_ ? device_->download() : host_; }
+
+   private:
+    std::vector<std::uint8_t> host_;
+    std::unique_ptr<DeviceArray<std::uint8_t>> device_;
+  };
+
   std::vector<LayerSpec> layers_;
   int ranks_;
   std::vector<std::unique_ptr<C>> cpu_, gpu_;
   StepContext context_;
   std::function<void(std::size_t, int)> state_check_;
+  std::vector<bool> on_device_;
 };
 
 // A steady-state step of CUDA layers enqueues work only: no host synchronisation and no
