@@ -22,8 +22,10 @@
 // payload to corrupt_payloads (the update is then 0); without those arrays encode and
 // decode wait for the stream to return the count or throw. The CUDA path sends bitwise
 // the CPU's payload for the same gradient and state (with local clipping: the same
-// factor, which the GPU may round differently in its last bit). save_state, load_state
-// and the read-only views copy the device state (they wait). docs/algorithms/dgc.md, "CUDA".
+// factor, which the GPU may round differently in its last bit). The layers of one device
+// share a workspace: their kernels must stay on the one stream (as the StepEngine does).
+// save_state, load_state and the read-only views copy the device state (they wait).
+// docs/algorithms/dgc.md, "CUDA".
 #pragma once
 
 #include <cstddef>

@@ -125,7 +125,8 @@ class LgrecoDevice;
 // `period` steps. Pair it with an LgrecoPlanner, called after every step. A layer on a
 // CUDA device is profiled there (norms, bucket errors, the sorted sample) with kernels on
 // the ExecutionContext's stream, its row of the table kept on the device until
-// local_table() asks for it (which waits for the device, once per profiling step).
+// local_table() asks for it (which waits for the device, once per profiling step). The
+// layers of one device share the profiling scratch: keep them on the one stream.
 class LgrecoCompressor final : public Compressor {
  public:
   explicit LgrecoCompressor(LgrecoOptions options = {});
