@@ -23,11 +23,16 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || echo "run.sh: nvidia-smi not availabl
 have_gtest=OFF gtest_source=${GRADCOMM_GTEST_SOURCE:-}
 [ -z "$gtest_source" ] && [ -f build-gtest-src/CMakeLists.txt ] && gtest_source=$PWD/build-gtest-src
 if [ -f /usr/include/gtest/gtest.h ] || [ -n "${GTest_DIR:-}" ] || [ -n "$gtest_source" ]; then have_gtest=ON; fi
+# Google Benchmark is not needed (no micro-benchmark is built here) and may be missing.
+# GRADCOMM_GPU_CMAKE_ARGS: extra configure arguments (the CPU test of this configure
+# passes -DCMAKE_DISABLE_FIND_PACKAGE_benchmark=ON and stops after it with
+# GRADCOMM_GPU_CONFIGURE_ONLY=1).
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRADCOMM_WITH_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}" -DGRADCOMM_BUILD_TESTS=$have_gtest \
-  -DGRADCOMM_GTEST_SOURCE="$gtest_source" \
-  -DGRADCOMM_BUILD_EXAMPLES=OFF -DGRADCOMM_WITH_PYTHON=OFF > "$out/configure.log" 2>&1 \
+  -DGRADCOMM_REQUIRE_BENCHMARK=OFF -DGRADCOMM_GTEST_SOURCE="$gtest_source" \
+  -DGRADCOMM_BUILD_EXAMPLES=OFF -DGRADCOMM_WITH_PYTHON=OFF ${GRADCOMM_GPU_CMAKE_ARGS:-} > "$out/configure.log" 2>&1 \
   || { echo "run.sh: configure failed (see $out/configure.log)"; tail -20 "$out/configure.log"; exit 1; }
+if [ -n "${GRADCOMM_GPU_CONFIGURE_ONLY:-}" ]; then echo "run.sh: configured $build"; exit 0; fi
 
 targets=(gradcomm-gpubench)
 [ "$have_gtest" = ON ] && targets+=(gradcomm-gpu-tests)

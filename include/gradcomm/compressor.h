@@ -49,11 +49,12 @@ struct ExecutionContext {
   // CUDA layer l adds the non-finite elements it met to nonfinite_counts[l] on the stream
   // (saturating at 2^32 - 1) instead of returning them. Null when no layer is on a device.
   std::uint32_t* nonfinite_counts = nullptr;
-  // Device word, zeroed by the caller before the step: decode of CUDA layer l that finds
-  // its payload invalid writes l + 1 here (on the stream) instead of throwing, and writes
-  // nothing out of bounds; the caller reads it at its one synchronisation of the step and
-  // throws kCorruptPayload naming the layer. Null when no layer is on a device.
-  std::uint32_t* corrupt_layer = nullptr;
+  // Device array of one uint32 per layer, set to 0xffffffff by the caller before the
+  // step: decode of CUDA layer l checks the received payloads on the device and, when one
+  // fails, writes the lowest failing rank to corrupt_payloads[l] and leaves the update 0,
+  // instead of throwing (which would need the host to wait); the caller throws
+  // kCorruptPayload at the end of the step. Null: decode waits for the stream and throws.
+  std::uint32_t* corrupt_payloads = nullptr;
 };
 
 class Compressor {

@@ -13,6 +13,19 @@
 //   uint32 count | uint32 index[k] | value[k] (fp32 or fp16) | zero padding to 8 bytes
 // Slots [0, count) hold strictly increasing indices < n; slots [count, k) hold the
 // sentinel index 0xffffffff with value 0. decode() checks all of this before writing.
+//
+// A layer on a CUDA device (LayerSpec::device) keeps u and v there, allocated once at
+// setup, and runs encode, decode and on_step_skipped as kernels on the stream of
+// set_execution()'s ExecutionContext: in a step nothing is allocated and the host never
+// waits for the device (the threshold search runs under device-side control). The
+// non-finite count goes to ExecutionContext::nonfinite_counts and a corrupt received
+// payload to corrupt_payloads (the update is then 0); without those arrays encode and
+// decode wait for the stream to return the count or throw. The CUDA path sends bitwise
+// the CPU's payload for the same gradient and state (with local clipping: the same
+// factor, which the GPU may round differently in its last bit). The layers of one device
+// share a workspace: their kernels must stay on the one stream (as the StepEngine does).
+// save_state, load_state and the read-only views copy the device state (they wait).
+// docs/algorithms/dgc.md, "CUDA".
 #pragma once
 
 #include <cstddef>
@@ -25,6 +38,10 @@
 #include "gradcomm/compressor.h"
 
 namespace gradcomm {
+
+namespace detail {
+class DgcDevice;
+}  // namespace detail
 
 enum class DgcSelection : std::uint8_t {
   kSampled,  // threshold from a strided sample of |v|, refined (the default)
@@ -87,6 +104,9 @@ class DgcCompressor final : public Compressor {
  public:
   // Validates the options (throws kInvalidArgument naming the bad setting).
   explicit DgcCompressor(DgcOptions options = {});
+  ~DgcCompressor() override;
+  DgcCompressor(DgcCompressor&&) noexcept;
+  DgcCompressor& operator=(DgcCompressor&&) noexcept;
 
   std::string name() const override { return "dgc"; }
   void setup(std::span<const LayerSpec> layers, int world_size, int rank) override;
@@ -96,6 +116,7 @@ class DgcCompressor final : public Compressor {
   EncodeResult encode(std::size_t layer, TensorView grad, TensorView payload) override;
   void decode(std::size_t layer, TensorView received, TensorView out) override;
   void on_step_skipped(std::size_t layer, TensorView own_payload) override;
+  void set_execution(const ExecutionContext& context) override;
   void set_step(std::int64_t step) override;
   void set_epoch(std::int64_t epoch) override;
   std::vector<std::byte> save_state() const override;
@@ -120,7 +141,9 @@ class DgcCompressor final : public Compressor {
   bool is_sparse(std::size_t layer) const;
   std::size_t num_layers() const noexcept { return layers_.size(); }
 
-  // Read-only views of this rank's state (tests check error feedback with them).
+  // Read-only views of this rank's state (tests check error feedback with them). For a
+  // layer on a CUDA device they are host copies made by the call (which waits for the
+  // device), valid until the next call for that layer.
   std::span<const float> momentum(std::size_t layer) const;
   std::span<const float> residual(std::size_t layer) const;
   const DgcLayerStats& last_stats(std::size_t layer) const;
@@ -129,14 +152,19 @@ class DgcCompressor final : public Compressor {
   float clip_scale(const float* grad, std::size_t n) const;
 
  private:
+  friend class LgrecoCompressor;  // profiles u and v where they live
+
   struct Layer {
     std::size_t numel = 0;
     bool dense_always = false;
     double target = 0;  // density after warm-up (options.density unless set per layer)
-    std::vector<float> u, v;
+    Device device = Device::kCpu;
+    int device_index = 0;
+    std::vector<float> u, v;  // a CPU layer's state (a CUDA layer's is in device_)
     std::uint64_t rng_counter = 0;  // one draw per sparse encode
     // Bits of the last step's sample threshold (0: none yet): the next step collects
-    // candidates at a threshold predicted from it inside the fused pass.
+    // candidates at a threshold predicted from it inside the fused pass. A CUDA layer's
+    // live on its device.
     std::uint32_t threshold_cache = 0;
     std::uint32_t threshold_before = 0;  // the one of the step before
     // u is per rank (the layer went sparse since its last dense step); the next dense
@@ -149,7 +177,8 @@ class DgcCompressor final : public Compressor {
     DgcLayerStats stats;
   };
 
-  // The layer, after checking the index and that `tensor` has its size.
+  // The layer, after checking the index, that `tensor` has its size and lives where the
+  // layer does.
   Layer& checked_layer(const char* call, std::size_t layer, TensorView tensor, const char* role);
   // The warm-up density of this epoch, or `after_warmup` once warm-up is over.
   double scheduled_density(double after_warmup) const;
@@ -157,12 +186,14 @@ class DgcCompressor final : public Compressor {
   std::size_t k_for(const Layer& layer, double density) const;
   bool sparse_for(const Layer& layer, std::size_t k) const;
   std::size_t sparse_payload_bytes(std::size_t k) const;
-  EncodeResult encode_dense(Layer& layer, const float* grad, TensorView payload);
+  double clip_limit() const;  // 0: no local clipping
+  EncodeResult encode_dense(std::size_t index, Layer& layer, const float* grad, TensorView payload);
   EncodeResult encode_sparse(std::size_t index, Layer& layer, const float* grad, std::size_t k,
                              TensorView payload);
-  void decode_dense(Layer& layer, TensorView received, float* out);
+  void decode_dense(std::size_t index, Layer& layer, TensorView received, float* out);
   void decode_sparse(std::size_t index, const Layer& layer, TensorView received, float* out);
-  static std::uint32_t predicted_threshold(const Layer& layer);
+  // A CUDA layer's state copied into the host mirrors (u, v and the thresholds).
+  const Layer& host_copy(std::size_t layer) const;
 
   DgcOptions options_;
   std::vector<Layer> layers_;
@@ -171,12 +202,16 @@ class DgcCompressor final : public Compressor {
   int rank_ = 0;
   std::int64_t epoch_ = 0;
   std::int64_t step_ = 0;
-  // Workspace shared by all layers (encode runs one layer at a time), sized at setup.
+  // Workspace shared by the CPU layers (encode runs one layer at a time), sized at setup.
   // Candidates, (|v| bits << 32) | ~index, room for the largest layer. Left uninitialized:
   // a step writes about 1.3k of them, so only those pages are ever touched.
   std::unique_ptr<std::uint64_t[]> keys_;
   std::unique_ptr<std::uint64_t[]> scratch_;  // the selection's copy of the keys
   std::vector<std::uint32_t> samples_;        // sampled |v| bits
+  // The CUDA layers (null without any); kernels run on execution_'s stream.
+  std::unique_ptr<detail::DgcDevice> device_;
+  ExecutionContext execution_;
+  mutable std::vector<Layer> host_copies_;  // momentum()/residual() of CUDA layers
 };
 
 struct DgcSgdOptions {

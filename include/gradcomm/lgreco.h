@@ -117,8 +117,16 @@ struct LgrecoOptions {
   DgcOptions dgc;
 };
 
+namespace detail {
+class LgrecoDevice;
+}  // namespace detail
+
 // Runs the chosen family's compressor with per-layer settings and profiles it every
-// `period` steps. Pair it with an LgrecoPlanner, called after every step.
+// `period` steps. Pair it with an LgrecoPlanner, called after every step. A layer on a
+// CUDA device is profiled there (norms, bucket errors, the sorted sample) with kernels on
+// the ExecutionContext's stream, its row of the table kept on the device until
+// local_table() asks for it (which waits for the device, once per profiling step). The
+// layers of one device share the profiling scratch: keep them on the one stream.
 class LgrecoCompressor final : public Compressor {
  public:
   explicit LgrecoCompressor(LgrecoOptions options = {});
@@ -132,6 +140,7 @@ class LgrecoCompressor final : public Compressor {
   EncodeResult encode(std::size_t layer, TensorView grad, TensorView payload) override;
   void decode(std::size_t layer, TensorView received, TensorView out) override;
   void on_step_skipped(std::size_t layer, TensorView own_payload) override;
+  void set_execution(const ExecutionContext& context) override;
   void set_step(std::int64_t step) override;
   void set_epoch(std::int64_t epoch) override;
   std::vector<std::byte> save_state() const override;
@@ -145,7 +154,7 @@ class LgrecoCompressor final : public Compressor {
   // The table measured in the last profiling step on this rank (every layer; layers that
   // are not planned have all-equal bytes and zero error), and whether it is complete and
   // not yet consumed by a planner.
-  const LgrecoTable& local_table() const noexcept { return table_; }
+  const LgrecoTable& local_table() const;
   bool table_ready() const noexcept;
   void consume_table() noexcept { table_layers_done_ = 0; }
   // Whether a layer takes part in planning (compressed by the family at all).
@@ -166,7 +175,9 @@ class LgrecoCompressor final : public Compressor {
  private:
   bool quant_family() const noexcept { return options_.family == LgrecoFamily::kQuantBits; }
   Compressor& inner() const;
-  void profile(std::size_t layer, const float* grad);
+  void profile(std::size_t layer, TensorView grad);
+  void profile_on_host(std::size_t layer, const float* grad);
+  void profile_on_device(std::size_t layer, TensorView grad);
 
   LgrecoOptions options_;
   std::unique_ptr<QuantizeCompressor> quant_;
@@ -174,7 +185,7 @@ class LgrecoCompressor final : public Compressor {
   std::vector<LayerSpec> layers_;
   std::vector<char> planned_;
   std::vector<std::uint32_t> default_choice_, choice_;
-  LgrecoTable table_;
+  mutable LgrecoTable table_;
   std::size_t table_layers_done_ = 0;
   std::int64_t table_step_ = -1;  // the step the table was measured in
   std::vector<char> profiled_;     // by layer, in table_step_
@@ -184,6 +195,11 @@ class LgrecoCompressor final : public Compressor {
   double profile_seconds_ = 0;
   // Profiling scratch, sized at setup for the largest layer (grow-only).
   std::vector<float> scratch_, mins_, maxs_, sample_;
+  // The planned CUDA layers' profiling (null without any), and the rows it computed that
+  // table_ does not hold yet.
+  std::unique_ptr<detail::LgrecoDevice> device_;
+  ExecutionContext execution_;
+  mutable std::vector<std::size_t> device_rows_;
 };
 
 struct LgrecoPlannerStats {

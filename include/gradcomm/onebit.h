@@ -21,11 +21,15 @@ std::size_t onebit_padded_numel(std::size_t n, int world_size);
 // The per-rank error-feedback state of one tensor: the worker error e_w (N floats, the
 // padded length) and the server error e_s (N/p floats, this rank's chunk). Each rank has
 // its own values; save()/load() keep them exactly, so a restart loses nothing.
-// Storage lives on `device` (the same device as the tensors passed to the allreduce).
+// Storage lives on `device` (the same device as the tensors passed to the allreduce). On
+// a CUDA device, construction, zero(), save() and load() run on `cuda_stream` (a
+// cudaStream_t: pass the stream compressed_allreduce runs on, so they are ordered with
+// it; nullptr: the legacy default stream) and are complete when they return.
 class OneBitErrorState {
  public:
   OneBitErrorState() = default;
-  OneBitErrorState(std::size_t numel, int world_size, Device device = Device::kCpu);
+  OneBitErrorState(std::size_t numel, int world_size, Device device = Device::kCpu,
+                   void* cuda_stream = nullptr);
   ~OneBitErrorState();
   OneBitErrorState(OneBitErrorState&& other) noexcept;
   OneBitErrorState& operator=(OneBitErrorState&& other) noexcept;
@@ -41,6 +45,7 @@ class OneBitErrorState {
   TensorView worker_error() const;  // float32[padded_numel()]
   TensorView server_error() const;  // float32[chunk_numel()]
 
+  void set_stream(void* cuda_stream) noexcept { stream_ = cuda_stream; }
   void zero();
   // "GC1B", version, numel, world size, then e_w and e_s as float32 (host byte order).
   std::vector<std::byte> save() const;
@@ -53,6 +58,7 @@ class OneBitErrorState {
   std::size_t padded_ = 0;
   int world_size_ = 0;
   Device device_ = Device::kCpu;
+  void* stream_ = nullptr;  // CUDA: where zero, save and load run
 };
 
 // Bytes of workspace compressed_allreduce needs for these tensor lengths (uint8, on the
@@ -76,7 +82,11 @@ struct OneBitResult {
 // server-compressed chunks. Every rank ends with bitwise the same `out`. `out` may alias
 // `x`. Tensors are float32 on comm.device(); for CUDA tensors the kernels run on
 // `cuda_stream` (a cudaStream_t; nullptr: the default stream) and the call returns when
-// `out` is written. All ranks must pass the same lengths in the same order.
+// `out` is written. All ranks must pass the same lengths in the same order. The CUDA
+// path waits for the stream three times per call, whatever the number of tensors: before
+// the alltoall, before the allgather (the communicator reads what the kernels wrote) and
+// at the end. The scales received are checked as on the CPU (a bad one throws on every
+// rank alike); the kernels after a bad scale leave the server errors and `out` alone.
 OneBitResult compressed_allreduce(Communicator& comm, TensorView x, OneBitErrorState& state,
                                   TensorView out, TensorView workspace,
                                   void* cuda_stream = nullptr);

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -42,9 +43,22 @@ struct QuantizeOptions {
 // Bytes of one layer's payload: 8 header bytes, 8 per bucket, packed codes padded to 8.
 std::size_t quantize_payload_bytes(std::size_t numel, int bits, std::size_t bucket_size);
 
+namespace detail {
+class QuantizeDevice;
+}  // namespace detail
+
+// A layer on a CUDA device (LayerSpec::device) keeps its residual there and quantizes,
+// dequantizes and restores it with kernels on the ExecutionContext's stream (bitwise the
+// CPU's payload, residual and sum): no allocation and no wait for the device in a step.
+// A received payload is checked on the device; a bad one leaves the update 0 and is
+// reported through ExecutionContext::corrupt_payloads (or thrown, waiting for the device,
+// without it). save_state/load_state copy the residual (they wait).
 class QuantizeCompressor final : public Compressor {
  public:
   explicit QuantizeCompressor(QuantizeOptions options = {});
+  ~QuantizeCompressor() override;
+  QuantizeCompressor(QuantizeCompressor&&) noexcept;
+  QuantizeCompressor& operator=(QuantizeCompressor&&) noexcept;
 
   std::string name() const override { return "quantize"; }
   void setup(std::span<const LayerSpec> layers, int world_size, int rank) override;
@@ -54,6 +68,7 @@ class QuantizeCompressor final : public Compressor {
   EncodeResult encode(std::size_t layer, TensorView grad, TensorView payload) override;
   void decode(std::size_t layer, TensorView received, TensorView out) override;
   void on_step_skipped(std::size_t layer, TensorView own_payload) override;
+  void set_execution(const ExecutionContext& context) override;
   void set_step(std::int64_t step) override { step_ = step; }
   std::vector<std::byte> save_state() const override;
   void load_state(std::span<const std::byte> blob) override;
@@ -67,18 +82,27 @@ class QuantizeCompressor final : public Compressor {
   void set_layer_bits(std::size_t layer, int bits);
   int layer_bits(std::size_t layer) const;
   // What error feedback holds for `layer` (empty without error feedback or for a dense
-  // layer): the part of past inputs not yet sent.
+  // layer): the part of past inputs not yet sent. For a CUDA layer, a host copy made by
+  // the call (which waits for the device), valid until the next call for that layer.
   std::span<const float> residual(std::size_t layer) const;
 
  private:
+  friend class LgrecoCompressor;  // profiles the residual where it lives
+
   struct Layer {
     std::string name;
     std::size_t numel = 0;
     bool quantized = false;
+    bool error_feedback = false;  // quantized with a residual
     int bits = 0;
-    std::vector<float> residual;
+    Device device = Device::kCpu;
+    int device_index = 0;
+    std::vector<float> residual;  // a CPU layer's (a CUDA layer's is in device_)
   };
   const Layer& layer_at(std::size_t layer, const char* where) const;
+  // Checks that `tensor` lives where the layer does.
+  void check_device(const Layer& l, std::size_t layer, TensorView tensor, const char* call,
+                    const char* role) const;
 
   QuantizeOptions options_;
   std::vector<Layer> layers_;
@@ -86,6 +110,9 @@ class QuantizeCompressor final : public Compressor {
   int world_size_ = 1;
   int rank_ = 0;
   std::int64_t step_ = 0;
+  std::unique_ptr<detail::QuantizeDevice> device_;  // the CUDA layers (null without any)
+  ExecutionContext execution_;
+  mutable std::vector<std::vector<float>> host_residuals_;  // residual() of CUDA layers
 };
 
 }  // namespace gradcomm

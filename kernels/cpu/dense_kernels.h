@@ -1,5 +1,7 @@
-// Element-wise kernels of the dense path (and helpers other compressors reuse).
-// Each takes plain pointers and a count: no allocation, no communication.
+// Element-wise kernels of the dense path (and helpers other compressors reuse), built on
+// the element operations of kernels/shared/float_ops.h that their CUDA twins
+// (kernels/cuda/dense_kernels.cuh) share. Each takes plain pointers and a count: no
+// allocation, no communication.
 #pragma once
 
 #include <cstddef>

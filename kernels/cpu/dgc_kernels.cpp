@@ -1,20 +1,12 @@
 #include "kernels/cpu/dgc_kernels.h"
 
 #include <algorithm>
-#include <bit>
 #include <cstring>
 #include <functional>
-
-#include "core/float16.h"
 
 namespace gradcomm::kernels {
 
 namespace {
-
-// (x - x) is 0 for finite x and NaN otherwise: branch-free, so loops vectorize.
-inline bool is_finite(float x) { return (x - x) == 0.0f; }
-
-inline std::uint32_t abs_bits(float x) { return std::bit_cast<std::uint32_t>(x) & 0x7fffffffu; }
 
 struct ChunkResult {
   std::uint32_t bad;  // non-finite gradient elements
@@ -29,22 +21,11 @@ ChunkResult accumulate_chunk(const float* __restrict g, float* __restrict u, flo
                              std::size_t n, float m, float s, std::uint32_t t) {
   std::uint32_t bad = 0, any = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    float x = kScaled ? g[i] * s : g[i];
-    const bool ok = is_finite(g[i]);
-    bad += !ok;
-    x = ok ? x : 0.0f;
-    float vn;
-    if constexpr (kNesterov) {
-      const float un = m * (u[i] + x);
-      u[i] = un;
-      vn = v[i] + un + x;
-    } else {
-      const float un = m * u[i] + x;
-      u[i] = un;
-      vn = v[i] + un;
-    }
-    v[i] = vn;
-    any |= ~(abs_bits(vn) - t);
+    float ui = u[i], vi = v[i];
+    bad += !dgc::accumulate<kNesterov, kScaled>(g[i], ui, vi, m, s);
+    u[i] = ui;
+    v[i] = vi;
+    any |= ~(abs_bits(vi) - t);
   }
   return {bad, any};
 }
@@ -65,8 +46,7 @@ bool collect_range(const float* v, std::size_t begin, std::size_t end, std::uint
         fits = false;
         return;
       }
-      keys[c++] =
-          (static_cast<std::uint64_t>(a) << 32) | (0xffffffffu - static_cast<std::uint32_t>(j));
+      keys[c++] = dgc::candidate_key(a, static_cast<std::uint32_t>(j));
     }
   };
   auto any_at_or_above = [&](std::size_t from, std::size_t count) {
@@ -114,11 +94,6 @@ DgcAccumulateResult accumulate(const float* g, float* u, float* v, std::size_t n
 
 }  // namespace
 
-std::size_t dgc_sample_count(std::size_t n, std::size_t start, std::size_t stride) {
-  if (stride == 0 || start >= n) return 0;
-  return (n - start + stride - 1) / stride;
-}
-
 DgcAccumulateResult dgc_accumulate(const float* grad, float* u, float* v, std::size_t n,
                                    const DgcAccumulateArgs& args) {
   const bool scaled = args.grad_scale != 1.0f;
@@ -134,7 +109,7 @@ std::uint32_t dgc_sample_threshold(std::uint32_t* samples, std::size_t count, st
   if (count == 0) return 1;
   c = std::clamp<std::size_t>(c, 1, count);
   std::nth_element(samples, samples + (c - 1), samples + count, std::greater<>());
-  return std::max<std::uint32_t>(samples[c - 1], 1);
+  return dgc::at_least_one(samples[c - 1]);
 }
 
 std::size_t dgc_collect(const float* v, std::size_t n, std::uint32_t threshold_bits,
@@ -158,7 +133,7 @@ std::size_t dgc_select_top(const std::uint64_t* keys, std::size_t count, std::si
   }
   std::size_t out = 0;
   for (std::size_t j = 0; j < count; ++j) {
-    if (keys[j] >= kth) indices[out++] = dgc_key_index(keys[j]);
+    if (keys[j] >= kth) indices[out++] = dgc::key_index(keys[j]);
   }
   return out;
 }
@@ -167,30 +142,74 @@ void dgc_pack_f32(const std::uint32_t* indices, std::size_t count, float* v, flo
                   float* values) {
   for (std::size_t j = 0; j < count; ++j) {
     const std::uint32_t i = indices[j];
-    values[j] = v[i];
-    v[i] = 0.0f;
+    values[j] = dgc::take_f32(v[i]);
     if (masking) u[i] = 0.0f;
   }
 }
 
 void dgc_pack_f16(const std::uint32_t* indices, std::size_t count, float* v, float* u, bool masking,
                   std::uint16_t* values) {
-  constexpr float kHalfMax = 65504.0f;
   for (std::size_t j = 0; j < count; ++j) {
     const std::uint32_t i = indices[j];
-    const std::uint16_t h = float_to_half(std::clamp(v[i], -kHalfMax, kHalfMax));
-    values[j] = h;
-    v[i] -= half_to_float(h);
+    values[j] = dgc::take_f16(v[i]);
     if (masking) u[i] = 0.0f;
   }
+}
+
+std::size_t dgc_encode_sparse(const dgc::SparseEncodeArgs& a, const DgcSparseWorkspace& w) {
+  const std::size_t n = a.n, k = a.k;
+  auto* base = static_cast<std::uint8_t*>(a.payload);
+  auto* indices = reinterpret_cast<std::uint32_t*>(base + dgc::kPayloadHeaderBytes);
+  std::uint8_t* values = base + dgc::values_offset(k);
+  DgcAccumulateArgs args;
+  args.momentum = a.momentum;
+  args.nesterov = a.nesterov;
+  args.grad_scale = a.grad_scale_at ? *a.grad_scale_at : a.grad_scale;
+  std::uint32_t predicted = 0;
+  if (!a.exact) {
+    args.sample_start = a.sample_start;
+    args.sample_stride = a.sample_stride;
+    args.samples = w.samples;
+    // Collect at the predicted threshold inside the fused pass; most steps then need no
+    // second pass over v. A prediction far too low stops at the capacity.
+    predicted = dgc::predicted_threshold(a.memory->last, a.memory->before);
+    args.collect_bits = predicted;
+    args.keys = w.keys;
+    args.key_capacity = dgc::fused_capacity(n, k);
+  }
+  const DgcAccumulateResult acc = dgc_accumulate(a.grad, a.u, a.v, n, args);
+
+  std::uint32_t estimate = 1;  // exact: every nonzero is a candidate
+  if (!a.exact) {
+    estimate = dgc_sample_threshold(w.samples, acc.samples, dgc::sample_rank(acc.samples, a.density));
+  }
+  const std::size_t low = dgc::low_count(k);
+  dgc::SearchState s = dgc::start_search(estimate, predicted, acc.overflow, acc.candidates, k, low);
+  while (!s.done) dgc::after_collect(s, dgc_collect(a.v, n, s.t, w.keys), low);
+  if (!a.exact) *a.memory = {estimate, a.memory->last};
+
+  const std::size_t count = static_cast<std::size_t>(s.count);
+  const std::size_t sent = dgc_select_top(w.keys, count, k, w.scratch_keys, indices);
+  const auto count32 = static_cast<std::uint32_t>(sent);
+  std::memcpy(base, &count32, sizeof count32);
+  std::fill(indices + sent, indices + k, dgc::kSentinel);
+  if (a.half_values) {
+    dgc_pack_f16(indices, sent, a.v, a.u, a.masking, reinterpret_cast<std::uint16_t*>(values));
+  } else {
+    dgc_pack_f32(indices, sent, a.v, a.u, a.masking, reinterpret_cast<float*>(values));
+  }
+  // Padding slots and the tail to 8 bytes are zero, so payloads are fully defined bytes.
+  std::uint8_t* pad = values + sent * (a.half_values ? 2 : 4);
+  std::memset(pad, 0, static_cast<std::size_t>(base + dgc::payload_bytes(k, a.half_values) - pad));
+  if (a.stats) *a.stats = {k, sent, count, s.threshold, s.rounds};
+  return acc.nonfinite;
 }
 
 std::size_t dgc_scaled_copy_f32(const float* in, float s, float* out, std::size_t n) {
   std::size_t bad = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    const bool ok = is_finite(in[i]);
-    bad += !ok;
-    out[i] = ok ? in[i] * s : 0.0f;
+    bad += !is_finite(in[i]);
+    out[i] = dgc::scaled_or_zero(in[i], s);
   }
   return bad;
 }
@@ -198,9 +217,8 @@ std::size_t dgc_scaled_copy_f32(const float* in, float s, float* out, std::size_
 std::size_t dgc_scaled_copy_f16(const float* in, float s, std::uint16_t* out, std::size_t n) {
   std::size_t bad = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    const bool ok = is_finite(in[i]);
-    bad += !ok;
-    out[i] = float_to_half(ok ? in[i] * s : 0.0f);
+    bad += !is_finite(in[i]);
+    out[i] = float_to_half(dgc::scaled_or_zero(in[i], s));
   }
   return bad;
 }
@@ -216,17 +234,18 @@ double dgc_sum_squares_finite(const float* in, std::size_t n) {
 
 void dgc_dense_momentum(float* avg, float* u, std::size_t n, float momentum, bool nesterov) {
   if (nesterov) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const float un = momentum * (u[i] + avg[i]);
-      u[i] = un;
-      avg[i] = un + avg[i];
-    }
+    for (std::size_t i = 0; i < n; ++i) dgc::dense_momentum<true>(avg[i], u[i], momentum);
   } else {
-    for (std::size_t i = 0; i < n; ++i) {
-      const float un = momentum * u[i] + avg[i];
-      u[i] = un;
-      avg[i] = un;
-    }
+    for (std::size_t i = 0; i < n; ++i) dgc::dense_momentum<false>(avg[i], u[i], momentum);
+  }
+}
+
+void dgc_scatter_add(const std::uint8_t* block, std::size_t k, bool half, float inv_ranks,
+                     float* out) {
+  const std::uint32_t count = dgc::payload_count(block);
+  for (std::size_t j = 0; j < count; ++j) {
+    float& o = out[dgc::payload_index(block, j)];
+    o = fadd(o, dgc::average_term(dgc::payload_value(block, k, j, half), inv_ranks));
   }
 }
 

@@ -1,22 +1,16 @@
 // CPU kernels of Deep Gradient Compression. Plain pointers and counts; no allocation, no
-// communication. Magnitudes are compared as the bits of |x| (for non-negative floats the
-// unsigned bit pattern orders like the value), which keeps every loop in integer SIMD.
-//
-// A candidate is one uint64 key: (bits of |v[i]|) << 32 | (0xffffffff - i). A larger key
-// is a larger magnitude, and among equal magnitudes the lower index: the order the exact
-// top-k uses to break ties.
+// communication. The per-element arithmetic and the threshold search's rules are shared
+// with the CUDA kernels (kernels/shared/dgc_math.h, kernels/shared/dgc_search.h).
+// Magnitudes are compared as the bits of |x|, which keeps every loop in integer SIMD.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/shared/dgc_math.h"
+#include "kernels/shared/dgc_search.h"
+
 namespace gradcomm::kernels {
-
-inline constexpr std::uint32_t kDgcSentinel = 0xffffffffu;
-
-inline std::uint32_t dgc_key_index(std::uint64_t key) {
-  return 0xffffffffu - static_cast<std::uint32_t>(key);
-}
 
 struct DgcAccumulateArgs {
   float momentum = 0.9f;
@@ -40,15 +34,10 @@ struct DgcAccumulateResult {
   bool overflow = false;
 };
 
-// The fused pass (paper Eq. 7), non-finite gradient elements counted and treated as 0:
-//   plain:    u = m*u + s*g ;    v = v + u
-//   Nesterov: u = m*(u + s*g) ;  v = v + u + s*g
-// Reads g, u, v and writes u, v once; samples and candidates come from the same pass.
+// The fused pass: dgc::accumulate() on every element (reads g, u, v and writes u, v once);
+// samples and candidates come from the same pass.
 DgcAccumulateResult dgc_accumulate(const float* grad, float* u, float* v, std::size_t n,
                                    const DgcAccumulateArgs& args);
-
-// Number of samples dgc_accumulate writes for these arguments.
-std::size_t dgc_sample_count(std::size_t n, std::size_t start, std::size_t stride);
 
 // The c-th largest (1-based) of `samples` (reordered in place), at least 1 so that a zero
 // is never a candidate.
@@ -65,14 +54,27 @@ std::size_t dgc_collect(const float* v, std::size_t n, std::uint32_t threshold_b
 std::size_t dgc_select_top(const std::uint64_t* keys, std::size_t count, std::size_t k,
                            std::uint64_t* scratch, std::uint32_t* indices);
 
-// Fills the value slots for `indices` from v and takes what was sent out of v: v = 0
-// (fp32), or v = v - float(half(v)) with fp16 values, so the rounding stays in the
-// residual. With masking, u = 0 at those indices (paper Eq. 9). fp16 values are clamped to
-// the finite half range (the excess stays in v as well).
+// Fills the value slots for `indices` from v with dgc::take_f32 / take_f16 (what was sent
+// leaves v). With masking, u = 0 at those indices (paper Eq. 9).
 void dgc_pack_f32(const std::uint32_t* indices, std::size_t count, float* v, float* u, bool masking,
                   float* values);
 void dgc_pack_f16(const std::uint32_t* indices, std::size_t count, float* v, float* u, bool masking,
                   std::uint16_t* values);
+
+// The scratch of dgc_encode_sparse, owned by the caller and sized for the largest layer:
+// keys and scratch_keys n each, samples sample_count(n, 0, stride).
+struct DgcSparseWorkspace {
+  std::uint64_t* keys = nullptr;
+  std::uint64_t* scratch_keys = nullptr;
+  std::uint32_t* samples = nullptr;
+};
+
+// One sparse encode (docs/algorithms/dgc.md, "Selection"): the fused pass, the threshold
+// search of kernels/shared/dgc_search.h, the selection and the payload
+//   uint32 count | uint32 index[k] | value[k] (fp32 or fp16) | zero padding to 8 bytes.
+// The CUDA entry kernels::cuda::dgc_encode_sparse takes the same arguments on device
+// memory. Returns the non-finite gradient elements (counted as 0).
+std::size_t dgc_encode_sparse(const dgc::SparseEncodeArgs& args, const DgcSparseWorkspace& workspace);
 
 // out = finite(in) ? in * s : 0 (fp32 or fp16 out); returns the non-finite count.
 std::size_t dgc_scaled_copy_f32(const float* in, float s, float* out, std::size_t n);
@@ -81,9 +83,13 @@ std::size_t dgc_scaled_copy_f16(const float* in, float s, std::uint16_t* out, st
 // Sum of squares of the finite elements (for local clipping).
 double dgc_sum_squares_finite(const float* in, std::size_t n);
 
-// Momentum after the dense average, in the same u as the sparse path:
-//   plain:    u = m*u + avg ;      avg := u
-//   Nesterov: u = m*(u + avg) ;    avg := u + avg
+// dgc::dense_momentum() on every element: u is updated, avg becomes the update.
 void dgc_dense_momentum(float* avg, float* u, std::size_t n, float momentum, bool nesterov);
+
+// One rank's validated sparse payload `block` (k slots) added into the average:
+// out[index j] += dgc::average_term(value j) for j < its count. Called for the ranks in
+// rank order on an `out` that starts at +0, so every rank sums in the same order.
+void dgc_scatter_add(const std::uint8_t* block, std::size_t k, bool half, float inv_ranks,
+                     float* out);
 
 }  // namespace gradcomm::kernels

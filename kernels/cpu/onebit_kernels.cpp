@@ -6,11 +6,10 @@
 #include <emmintrin.h>
 #endif
 
+#include "kernels/shared/onebit_math.h"
+
 namespace gradcomm::kernels {
 namespace {
-
-// (x - x) is 0 for finite x and NaN otherwise; branch-free so loops vectorize.
-inline bool is_finite(float x) { return (x - x) == 0.0f; }
 
 // The squared norm sums 16 fp32 lanes over blocks of 256 elements, then adds each block
 // into double. Lanes are independent, so the compiler vectorizes them without
@@ -35,10 +34,8 @@ void add_squares(const float* x, const float* err, std::size_t begin, std::size_
         const std::size_t j = i + row * kLanes + k;
         float v = err[j];
         if constexpr (kWithX) {
-          const float xj = x[j];
-          const bool ok = is_finite(xj);
-          bad[k] += !ok;
-          v = (ok ? xj : 0.0f) + v;
+          bad[k] += !is_finite(x[j]);
+          v = onebit::compensated(x[j], v);
         }
         lane[k] += v * v;
       }
@@ -52,7 +49,7 @@ void add_squares(const float* x, const float* err, std::size_t begin, std::size_
       // A square overflowed fp32 (|v| > 1.8e19): redo this block in double.
       block = 0;
       for (std::size_t j = i; j < i + kSumBlock; ++j) {
-        const float v = (kWithX && is_finite(x[j]) ? x[j] : 0.0f) + err[j];
+        const float v = kWithX ? onebit::compensated(x[j], err[j]) : err[j];
         block += static_cast<double>(v) * static_cast<double>(v);
       }
     }
@@ -61,9 +58,8 @@ void add_squares(const float* x, const float* err, std::size_t begin, std::size_
   for (; i < end; ++i) {
     float v = err[i];
     if constexpr (kWithX) {
-      const bool ok = is_finite(x[i]);
-      result.nonfinite += !ok;
-      v = (ok ? x[i] : 0.0f) + v;
+      result.nonfinite += !is_finite(x[i]);
+      v = onebit::compensated(x[i], v);
     }
     result.sumsq += static_cast<double>(v) * static_cast<double>(v);
   }
@@ -127,11 +123,9 @@ void onebit_pack_with_error(const float* x, std::size_t x_count, float* err, std
     float* eb = err + 8 * b;
     unsigned byte = 0;
     for (unsigned k = 0; k < 8; ++k) {
-      const float xi = xb[k];
-      const float v = (is_finite(xi) ? xi : 0.0f) + eb[k];
-      const bool positive = v >= 0.0f;
-      byte |= static_cast<unsigned>(positive) << k;
-      eb[k] = v - (positive ? scale : -scale);
+      const float v = onebit::compensated(xb[k], eb[k]);
+      byte |= static_cast<unsigned>(onebit::positive(v)) << k;
+      eb[k] = onebit::error_after(v, scale);
     }
     bits[b] = static_cast<std::uint8_t>(byte);
   }
@@ -140,11 +134,9 @@ void onebit_pack_with_error(const float* x, std::size_t x_count, float* err, std
     unsigned byte = 0;
     for (unsigned k = 0; k < 8; ++k) {
       const std::size_t i = 8 * b + k;
-      const float xi = i < x_count ? x[i] : 0.0f;
-      const float v = (is_finite(xi) ? xi : 0.0f) + eb[k];
-      const bool positive = v >= 0.0f;
-      byte |= static_cast<unsigned>(positive) << k;
-      eb[k] = v - (positive ? scale : -scale);
+      const float v = onebit::compensated(i < x_count ? x[i] : 0.0f, eb[k]);
+      byte |= static_cast<unsigned>(onebit::positive(v)) << k;
+      eb[k] = onebit::error_after(v, scale);
     }
     bits[b] = static_cast<std::uint8_t>(byte);
   }
@@ -175,13 +167,10 @@ double onebit_server_accumulate(const std::uint8_t* segments, std::size_t stride
         _mm_store_ps(acc + i + 4, _mm_add_ps(_mm_load_ps(acc + i + 4), v.high));
       }
 #endif
-      for (; i < len; ++i) {
-        const bool positive = (bits[i / 8] >> (i % 8)) & 1u;
-        acc[i] += positive ? scale : -scale;
-      }
+      for (; i < len; ++i) acc[i] = fadd(acc[i], onebit::signed_scale(onebit::sign_bit(bits, i), scale));
     }
     float* e = err + start;
-    for (std::size_t i = 0; i < len; ++i) e[i] = acc[i] / divisor + e[i];
+    for (std::size_t i = 0; i < len; ++i) e[i] = onebit::server_value(acc[i], divisor, e[i]);
     add_squares<false>(nullptr, err, start, start + len, norm);
   }
   return norm.sumsq;
@@ -197,11 +186,9 @@ void onebit_unpack(const std::uint8_t* bits, float scale, float* out, std::size_
     _mm_storeu_ps(out + i + 4, v.high);
   }
 #endif
-  for (; i < count; ++i) out[i] = ((bits[i / 8] >> (i % 8)) & 1u) ? scale : -scale;
+  for (; i < count; ++i) out[i] = onebit::signed_scale(onebit::sign_bit(bits, i), scale);
 }
 
-float onebit_scale(double sumsq, std::size_t count) {
-  return count == 0 ? 0.0f : static_cast<float>(std::sqrt(sumsq / static_cast<double>(count)));
-}
+float onebit_scale(double sumsq, std::size_t count) { return onebit::scale_of(sumsq, count); }
 
 }  // namespace gradcomm::kernels

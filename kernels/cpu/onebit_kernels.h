@@ -1,6 +1,7 @@
 // CPU kernels of the 1-bit compressed allreduce (docs/algorithms/onebit-adam.md). Plain
-// pointers and counts, no allocation, no communication. Packed signs are LSB first: bit
-// k of byte b is element 8b + k; a set bit means +scale (x >= 0), a clear bit -scale.
+// pointers and counts, no allocation, no communication. The element arithmetic and the
+// sign layout are kernels/shared/onebit_math.h, shared with the CUDA kernels; the SSE2
+// loops compute the same fp32 operations as the scalar ones.
 #pragma once
 
 #include <cstddef>

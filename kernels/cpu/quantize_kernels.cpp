@@ -37,43 +37,16 @@ std::size_t quantize_error_feedback(const float* g, float* residual, std::size_t
 int find_corrupt_payload(const std::uint8_t* payloads, std::size_t stride, int ranks,
                          std::size_t n, int bits, std::size_t bucket, const char** why) {
   const std::size_t nb = quant::num_buckets(n, bucket);
-  const std::size_t codes_at = quant::codes_offset(n, bucket);
-  const std::size_t used = (n + 7) / 8 * static_cast<std::size_t>(bits);
-  const std::size_t total = quant::code_bytes(n, bits);
   for (int r = 0; r < ranks; ++r) {
     const std::uint8_t* p = payloads + static_cast<std::size_t>(r) * stride;
-    std::uint32_t header[2];
-    std::memcpy(header, p, sizeof header);
-    if (header[0] != quant::header_word(bits)) {
-      *why = "header (magic, version or bit width) does not match this layer's setting";
+    quant::PayloadFault fault = quant::header_fault(p, n, bits);
+    for (std::size_t b = 0; b < nb && fault == quant::kFaultNone; ++b) {
+      if (!quant::bucket_meta_valid(p, b, bits)) fault = quant::kFaultMeta;
+    }
+    if (fault == quant::kFaultNone) fault = quant::padding_fault(p, n, bits, bucket);
+    if (fault != quant::kFaultNone) {
+      *why = quant::payload_fault_text(fault);
       return r;
-    }
-    if (header[1] != static_cast<std::uint32_t>(n)) {
-      *why = "header element count does not match the layer";
-      return r;
-    }
-    for (std::size_t b = 0; b < nb; ++b) {
-      float pair[2];
-      std::memcpy(pair, p + quant::meta_offset() + 8 * b, sizeof pair);
-      if (!quant::meta_valid(pair[0], pair[1], bits)) {
-        *why = "bucket metadata (min, unit) is not finite, or unit < 0, or the top level overflows";
-        return r;
-      }
-    }
-    const std::uint8_t* codes = p + codes_at;
-    if (const std::size_t tail = n % 8; tail != 0) {
-      std::uint64_t w = 0;
-      std::memcpy(&w, codes + used - bits, static_cast<std::size_t>(bits));
-      if ((w >> (bits * static_cast<int>(tail))) != 0) {
-        *why = "padding codes after the last element are not zero";
-        return r;
-      }
-    }
-    for (std::size_t i = used; i < total; ++i) {
-      if (codes[i] != 0) {
-        *why = "padding bytes after the codes are not zero";
-        return r;
-      }
     }
   }
   return -1;
@@ -100,24 +73,13 @@ double quantize_squared_error(const float* x, std::size_t n, std::size_t bucket,
     const float* xs = x + start;
     const quant::BucketMeta m = quant::bucket_meta(mins[b], maxs[b], bits);
     float sum = 0;
-    if (m.unit == 0.0f) {  // constant or not sent: the error is the distance to min
-      for (std::size_t i = 0; i < len; ++i) {
-        const float d = xs[i] - m.min;
-        sum += d * d;
-      }
+    if (m.unit == 0.0f) {
+      for (std::size_t i = 0; i < len; ++i) sum = fadd(sum, quant::squared_error_unsent(xs[i], m));
     } else if (stochastic) {
-      for (std::size_t i = 0; i < len; ++i) {
-        const float t = (xs[i] - m.min) * m.inv_unit;
-        const float f = t - static_cast<float>(static_cast<int>(t));
-        sum += f * (1.0f - f);
-      }
-      sum *= m.unit * m.unit;
+      for (std::size_t i = 0; i < len; ++i) sum = fadd(sum, quant::stochastic_variance_term(xs[i], m));
+      sum = fmul(sum, fmul(m.unit, m.unit));
     } else {
-      for (std::size_t i = 0; i < len; ++i) {
-        const int q = quant::encode_value(xs[i], m, 0.5f, levels);
-        const float d = xs[i] - quant::decode_value(q, m.min, m.unit);
-        sum += d * d;
-      }
+      for (std::size_t i = 0; i < len; ++i) sum = fadd(sum, quant::squared_error_nearest(xs[i], m, levels));
     }
     total += sum;
   }

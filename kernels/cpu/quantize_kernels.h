@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/cpu/quantize_math.h"
+#include "kernels/shared/quantize_math.h"
 
 // x86-64 with GCC or clang: an AVX2 copy of the hot loops is built and picked at run time.
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))

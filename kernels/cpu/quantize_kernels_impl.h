@@ -58,10 +58,8 @@ void min_max(const float* x, std::size_t len, float* lo_out, float* hi_out) {
 std::size_t load_error_fed(const float* g, const float* residual, float* x, std::size_t len) {
   std::size_t bad = 0;
   for (std::size_t i = 0; i < len; ++i) {
-    const float gi = g[i];
-    const bool ok = quant::finite(gi);
-    bad += static_cast<std::size_t>(!ok);
-    x[i] = (ok ? gi : 0.0f) + (residual ? residual[i] : 0.0f);
+    bad += static_cast<std::size_t>(!is_finite(g[i]));
+    x[i] = quant::error_fed(g[i], residual ? residual[i] : 0.0f);
   }
   return bad;
 }
@@ -69,7 +67,7 @@ std::size_t load_error_fed(const float* g, const float* residual, float* x, std:
 std::size_t zero_overflow(float* x, std::size_t len) {
   std::size_t bad = 0;
   for (std::size_t i = 0; i < len; ++i) {
-    if (!quant::finite(x[i])) {
+    if (!is_finite(x[i])) {
       x[i] = 0.0f;
       bad += 1;
     }
@@ -155,7 +153,7 @@ std::size_t quantize_impl(const float* g, float* residual, std::size_t n, std::s
     bad += load_error_fed(g + start, residual ? residual + start : nullptr, x, len);
     float lo, hi;
     min_max(x, len, &lo, &hi);
-    if (!quant::finite(lo) || !quant::finite(hi)) [[unlikely]] {
+    if (!is_finite(lo) || !is_finite(hi)) [[unlikely]] {
       bad += zero_overflow(x, len);
       min_max(x, len, &lo, &hi);
     }
@@ -170,7 +168,7 @@ std::size_t quantize_impl(const float* g, float* residual, std::size_t n, std::s
       const int q = Stochastic ? quant::encode_value(x[i], m, r, kLevels)
                                : quant::encode_unclamped(x[i], m, r);
       qbuf[i] = static_cast<std::uint8_t>(q);
-      if (residual) x[i] = quant::sub(x[i], quant::decode_value(q, m.min, m.unit));
+      if (residual) x[i] = quant::residual_after(x[i], q, m);
     }
     const std::size_t groups = (len + 7) / 8;
     for (std::size_t i = len; i < groups * 8; ++i) qbuf[i] = 0;
@@ -200,11 +198,11 @@ void dequantize_impl(const std::uint8_t* payloads, std::size_t stride, int ranks
         for (std::size_t i = 0; i < len; ++i) o[i] = quant::decode_value(qbuf[i], pair[0], pair[1]);
       } else {
         for (std::size_t i = 0; i < len; ++i) {
-          o[i] = quant::add(o[i], quant::decode_value(qbuf[i], pair[0], pair[1]));
+          o[i] = fadd(o[i], quant::decode_value(qbuf[i], pair[0], pair[1]));
         }
       }
     }
-    for (std::size_t i = 0; i < len; ++i) o[i] = quant::mul(o[i], scale);
+    for (std::size_t i = 0; i < len; ++i) o[i] = fmul(o[i], scale);
   }
 }
 

@@ -1,9 +1,7 @@
-#include <cuda_runtime.h>
-
 #include <algorithm>
 
 #include "core/float16.h"
-#include "gradcomm/error.h"
+#include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/engine_kernels.cuh"
 
 namespace gradcomm::kernels::cuda {
@@ -12,16 +10,8 @@ namespace {
 constexpr unsigned kThreads = 256;
 constexpr std::size_t kMaxBlocks = 4096;  // grid-stride loops cover any n
 
-cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
-
 unsigned blocks_for(std::size_t n) {
   return static_cast<unsigned>(std::clamp<std::size_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
-}
-
-void check_launch(const char* what) {
-  const cudaError_t status = cudaGetLastError();
-  GRADCOMM_CHECK(status == cudaSuccess, ErrorCode::kCuda, "StepEngine ", what, " kernel: ",
-                 cudaGetErrorString(status));
 }
 
 __global__ void status_kernel(const std::uint32_t* counts, std::size_t first_layer, std::size_t layers,
@@ -67,26 +57,26 @@ void frame_allreduce_status(const std::uint32_t* counts, std::size_t first_layer
                             void* status, bool half, void* stream) {
   if (layers == 0) return;
   status_kernel<<<blocks_for(layers), kThreads, 0, as_stream(stream)>>>(counts, first_layer, layers, status, half);
-  check_launch("status framing");
+  check_launch("the StepEngine's status framing");
 }
 
 void frame_allgather_header(const std::uint32_t* counts, std::size_t first_layer, std::size_t layers,
                             std::uint32_t* header, std::size_t header_words, void* stream) {
   header_kernel<<<blocks_for(header_words), kThreads, 0, as_stream(stream)>>>(counts, first_layer, layers, header,
                                                                               header_words);
-  check_launch("header framing");
+  check_launch("the StepEngine's header framing");
 }
 
 void widen_to_f32(const std::uint16_t* in, bool bfloat16, float* out, std::size_t n, void* stream) {
   if (n == 0) return;
   widen_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(in, bfloat16, out, n);
-  check_launch("16-bit widening");
+  check_launch("the StepEngine's 16-bit widening");
 }
 
 void narrow_from_f32(const float* in, bool bfloat16, std::uint16_t* out, std::size_t n, void* stream) {
   if (n == 0) return;
   narrow_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(in, bfloat16, out, n);
-  check_launch("16-bit narrowing");
+  check_launch("the StepEngine's 16-bit narrowing");
 }
 
 }  // namespace gradcomm::kernels::cuda

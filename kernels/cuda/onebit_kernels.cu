@@ -1,96 +1,58 @@
-// CUDA kernels of the 1-bit compressed allreduce; see onebit_kernels.cuh. Every element
-// operation is the same fp32 operation as the CPU kernel (x + e, acc / p + e, v - s), so
+// CUDA kernels of the 1-bit compressed allreduce; see onebit_kernels.cuh. The element
+// operations are those of kernels/shared/onebit_math.h (x + e, acc / p + e, v - s), so
 // signs and errors match the CPU bitwise given the same scale; the scale itself comes
 // from a fixed-shape tree of double partial sums (deterministic, within 1e-12 relative of
 // the CPU's sum before the final rounding to fp32).
 #include <cuda_runtime.h>
 
-#include "gradcomm/error.h"
+#include "kernels/cuda/block_ops.cuh"
+#include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/onebit_kernels.cuh"
+#include "kernels/shared/grid.h"
+#include "kernels/shared/onebit_math.h"
 
 namespace gradcomm::kernels::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kPartials = 512;  // blocks of the norm kernels: fixed, so the sum order is too
+constexpr unsigned kThreads = kThreadsPerBlock;
+constexpr unsigned kPartials = 512;  // blocks of the norm kernels: fixed, so the sum order is too
 
 struct Scratch {
   double partial[kPartials];
-  unsigned long long partial_bad[kPartials];
   float scale;
-  unsigned long long nonfinite;
 };
 
-#define GRADCOMM_CUDA_CHECK(call, what)                                                     \
-  do {                                                                                      \
-    const cudaError_t status_ = (call);                                                     \
-    GRADCOMM_CHECK(status_ == cudaSuccess, ::gradcomm::ErrorCode::kCuda, "1-bit ", what, ": ", \
-                   cudaGetErrorString(status_));                                            \
-  } while (0)
-
-cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
-
-__device__ __forceinline__ bool finite(float x) { return (x - x) == 0.0f; }
-
 __device__ __forceinline__ float load_x(const float* x, std::size_t n, std::size_t i) {
-  if (i >= n) return 0.0f;
-  const float v = x[i];
-  return finite(v) ? v : 0.0f;
+  return i < n ? x[i] : 0.0f;
 }
 
-// Block-wide sum of `value` in a fixed tree; thread 0 gets the result.
-template <typename T>
-__device__ T block_sum(T value) {
-  __shared__ T shared[kThreads];
-  shared[threadIdx.x] = value;
-  __syncthreads();
-  for (int width = kThreads / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) shared[threadIdx.x] += shared[threadIdx.x + width];
-    __syncthreads();
-  }
-  const T total = shared[0];
-  __syncthreads();
-  return total;
-}
+__device__ __forceinline__ bool skipped(const std::uint32_t* bad) { return bad != nullptr && *bad != 0; }
 
 __global__ void worker_sumsq(const float* x, std::size_t n, const float* err, std::size_t padded,
-                             Scratch* scratch) {
+                             Scratch* scratch, std::uint32_t* nonfinite) {
   double sum = 0;
   unsigned long long bad = 0;
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < padded;
-       i += stride) {
-    if (i < n) bad += !finite(x[i]);
-    const float v = load_x(x, n, i) + err[i];
+  const GridStride gs = grid_stride(blockIdx.x, blockDim.x, threadIdx.x, gridDim.x);
+  for (std::size_t i = gs.first; i < padded; i += gs.stride) {
+    if (i < n) bad += !is_finite(x[i]);
+    const float v = onebit::compensated(load_x(x, n, i), err[i]);
     sum += static_cast<double>(v) * static_cast<double>(v);
   }
-  sum = block_sum(sum);
-  bad = block_sum(bad);
-  if (threadIdx.x == 0) {
-    scratch->partial[blockIdx.x] = sum;
-    scratch->partial_bad[blockIdx.x] = bad;
-  }
+  sum = block_reduce(sum, SumOp());
+  if (threadIdx.x == 0) scratch->partial[blockIdx.x] = sum;
+  block_add_count(bad, nonfinite);
 }
 
 // One block: reduce the partials, and write the scale into scratch and at the head of
-// `segments` segments `stride` bytes apart (4-byte aligned by the layout).
-__global__ void finish_scale(Scratch* scratch, std::size_t count, std::uint8_t* base,
-                             std::size_t stride, int segments) {
+// `segments` segments `stride` bytes apart (4-byte aligned: onebit::segment_bytes).
+__global__ void finish_scale(Scratch* scratch, std::size_t count, std::uint8_t* base, std::size_t stride,
+                             int segments, const std::uint32_t* bad) {
+  if (skipped(bad)) return;
   double sum = 0;
-  unsigned long long bad = 0;
-  for (int b = threadIdx.x; b < kPartials; b += blockDim.x) {
-    sum += scratch->partial[b];
-    bad += scratch->partial_bad[b];
-  }
-  sum = block_sum(sum);
-  bad = block_sum(bad);
-  __shared__ float scale;
-  if (threadIdx.x == 0) {
-    scale = count == 0 ? 0.0f : static_cast<float>(sqrt(sum / static_cast<double>(count)));
-    scratch->scale = scale;
-    scratch->nonfinite = bad;
-  }
-  __syncthreads();
+  for (unsigned b = threadIdx.x; b < kPartials; b += blockDim.x) sum += scratch->partial[b];
+  sum = block_reduce(sum, SumOp());
+  const float scale = onebit::scale_of(sum, count);
+  if (threadIdx.x == 0) scratch->scale = scale;
   for (int j = threadIdx.x; j < segments; j += blockDim.x) {
     *reinterpret_cast<float*>(base + static_cast<std::size_t>(j) * stride) = scale;
   }
@@ -100,141 +62,121 @@ __global__ void finish_scale(Scratch* scratch, std::size_t count, std::uint8_t* 
 // g / chunk_bytes, written after that chunk's scale.
 __global__ void pack_with_error(const float* x, std::size_t n, float* err, std::size_t count,
                                 std::size_t chunk_bytes, std::uint8_t* base, std::size_t stride,
-                                const Scratch* scratch) {
-  const std::size_t g = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x;
-  if (g >= count / 8) return;
+                                const Scratch* scratch, const std::uint32_t* bad) {
+  if (skipped(bad)) return;
   const float scale = scratch->scale;
-  unsigned byte = 0;
-  for (unsigned k = 0; k < 8; ++k) {
-    const std::size_t i = 8 * g + k;
-    const float v = load_x(x, n, i) + err[i];
-    const bool positive = v >= 0.0f;
-    byte |= static_cast<unsigned>(positive) << k;
-    err[i] = v - (positive ? scale : -scale);
+  const GridStride gs = grid_stride(blockIdx.x, blockDim.x, threadIdx.x, gridDim.x);
+  for (std::size_t g = gs.first; g < count / 8; g += gs.stride) {
+    unsigned byte = 0;
+    for (unsigned k = 0; k < 8; ++k) {
+      const std::size_t i = 8 * g + k;
+      const float v = onebit::compensated(load_x(x, n, i), err[i]);
+      byte |= static_cast<unsigned>(onebit::positive(v)) << k;
+      err[i] = onebit::error_after(v, scale);
+    }
+    base[(g / chunk_bytes) * stride + sizeof(float) + g % chunk_bytes] = static_cast<std::uint8_t>(byte);
   }
-  base[(g / chunk_bytes) * stride + sizeof(float) + g % chunk_bytes] = static_cast<std::uint8_t>(byte);
 }
 
-// One thread per byte of the chunk: sum the ranks' signed scales in rank order, divide,
+__global__ void gather_scales(const std::uint8_t* segments, std::size_t stride, std::size_t count,
+                              float* scales, std::uint32_t* bad) {
+  const GridStride gs = grid_stride(blockIdx.x, blockDim.x, threadIdx.x, gridDim.x);
+  for (std::size_t j = gs.first; j < count; j += gs.stride) {
+    const float scale = *reinterpret_cast<const float*>(segments + j * stride);
+    scales[j] = scale;
+    if (!(is_finite(scale) && scale >= 0.0f)) atomicExch(bad, 1u);
+  }
+}
+
+// One thread per byte of the chunk: sum the ranks' signed scales in rank order, average,
 // add the server error, and leave per-block squared norms for finish_scale.
-__global__ void server_accumulate(const std::uint8_t* segments, std::size_t stride, int ranks,
-                                  float* err, std::size_t chunk, Scratch* scratch) {
+__global__ void server_accumulate(const std::uint8_t* segments, std::size_t stride, int ranks, float* err,
+                                  std::size_t chunk, Scratch* scratch, const std::uint32_t* bad) {
+  if (skipped(bad)) return;
   double sum = 0;
   const float divisor = static_cast<float>(ranks);
-  const std::size_t bytes = chunk / 8;
-  const std::size_t step = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  for (std::size_t g = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; g < bytes;
-       g += step) {
+  const GridStride gs = grid_stride(blockIdx.x, blockDim.x, threadIdx.x, gridDim.x);
+  for (std::size_t g = gs.first; g < chunk / 8; g += gs.stride) {
     float acc[8] = {};
     for (int r = 0; r < ranks; ++r) {
       const std::uint8_t* segment = segments + static_cast<std::size_t>(r) * stride;
       const float scale = *reinterpret_cast<const float*>(segment);
-      const unsigned byte = segment[sizeof(float) + g];
-      for (unsigned k = 0; k < 8; ++k) acc[k] += ((byte >> k) & 1u) ? scale : -scale;
+      const std::uint8_t* bits = segment + sizeof(float);
+      for (unsigned k = 0; k < 8; ++k) {
+        acc[k] = fadd(acc[k], onebit::signed_scale(onebit::sign_bit(bits, 8 * g + k), scale));
+      }
     }
     for (unsigned k = 0; k < 8; ++k) {
-      const float y = __fadd_rn(__fdiv_rn(acc[k], divisor), err[8 * g + k]);
+      const float y = onebit::server_value(acc[k], divisor, err[8 * g + k]);
       err[8 * g + k] = y;
       sum += static_cast<double>(y) * static_cast<double>(y);
     }
   }
-  sum = block_sum(sum);
-  if (threadIdx.x == 0) {
-    scratch->partial[blockIdx.x] = sum;
-    scratch->partial_bad[blockIdx.x] = 0;
+  sum = block_reduce(sum, SumOp());
+  if (threadIdx.x == 0) scratch->partial[blockIdx.x] = sum;
+}
+
+__global__ void decode(const std::uint8_t* segments, std::size_t stride, std::size_t chunk, float* out,
+                       std::size_t n, const std::uint32_t* bad) {
+  if (skipped(bad)) return;
+  const GridStride gs = grid_stride(blockIdx.x, blockDim.x, threadIdx.x, gridDim.x);
+  for (std::size_t i = gs.first; i < n; i += gs.stride) {
+    const std::uint8_t* segment = segments + (i / chunk) * stride;
+    const float scale = *reinterpret_cast<const float*>(segment);
+    out[i] = onebit::signed_scale(onebit::sign_bit(segment + sizeof(float), i % chunk), scale);
   }
 }
-
-__global__ void decode(const std::uint8_t* segments, std::size_t stride, std::size_t chunk,
-                       float* out, std::size_t n) {
-  const std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  const std::size_t j = i / chunk, local = i % chunk;
-  const std::uint8_t* segment = segments + j * stride;
-  const float scale = *reinterpret_cast<const float*>(segment);
-  const bool positive = (segment[sizeof(float) + local / 8] >> (local % 8)) & 1u;
-  out[i] = positive ? scale : -scale;
-}
-
-unsigned grid_for(std::size_t items) {
-  return static_cast<unsigned>((items + kThreads - 1) / kThreads);
-}
-
-void check_launch(const char* what) { GRADCOMM_CUDA_CHECK(cudaGetLastError(), what); }
 
 }  // namespace
 
 std::size_t onebit_scratch_bytes() { return sizeof(Scratch); }
 
-void* onebit_device_alloc(std::size_t bytes) {
-  void* ptr = nullptr;
-  GRADCOMM_CUDA_CHECK(cudaMalloc(&ptr, bytes), "cudaMalloc");
-  return ptr;
-}
-
-void onebit_device_free(void* ptr) noexcept { cudaFree(ptr); }
-
-void onebit_device_zero(void* ptr, std::size_t bytes) {
-  GRADCOMM_CUDA_CHECK(cudaMemset(ptr, 0, bytes), "cudaMemset");
-}
-
-void onebit_copy_to_host(void* dst, const void* src, std::size_t bytes) {
-  GRADCOMM_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
-}
-
-void onebit_copy_to_device(void* dst, const void* src, std::size_t bytes) {
-  GRADCOMM_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
-}
-
-void onebit_synchronize(void* stream) {
-  GRADCOMM_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
-}
-
-void onebit_worker_compress(const float* x, std::size_t n, float* err, std::size_t padded,
-                            int ranks, std::uint8_t* base, std::size_t stride, void* scratch,
+void onebit_worker_compress(const float* x, std::size_t n, float* err, std::size_t padded, int ranks,
+                            std::uint8_t* base, std::size_t stride, void* scratch, std::uint32_t* nonfinite,
                             void* stream) {
   if (padded == 0) return;
+  GRADCOMM_CHECK_ARG(stride % 4 == 0 && reinterpret_cast<std::uintptr_t>(base) % 4 == 0,
+                     "1-bit worker compress (CUDA): segments ", stride,
+                     " bytes apart must start on 4-byte boundaries (onebit::segment_bytes)");
   auto* s = static_cast<Scratch*>(scratch);
   const cudaStream_t st = as_stream(stream);
-  worker_sumsq<<<kPartials, kThreads, 0, st>>>(x, n, err, padded, s);
-  check_launch("worker_sumsq");
-  finish_scale<<<1, kThreads, 0, st>>>(s, padded, base, stride, ranks);
-  check_launch("finish_scale");
+  worker_sumsq<<<kPartials, kThreads, 0, st>>>(x, n, err, padded, s, nonfinite);
+  check_launch("1-bit worker_sumsq");
+  finish_scale<<<1, kThreads, 0, st>>>(s, padded, base, stride, ranks, nullptr);
+  check_launch("1-bit finish_scale");
   const std::size_t chunk_bytes = padded / static_cast<std::size_t>(ranks) / 8;
-  pack_with_error<<<grid_for(padded / 8), kThreads, 0, st>>>(x, n, err, padded, chunk_bytes, base,
-                                                              stride, s);
-  check_launch("pack_with_error (worker)");
+  pack_with_error<<<grid_blocks(padded / 8), kThreads, 0, st>>>(x, n, err, padded, chunk_bytes, base, stride, s,
+                                                                nullptr);
+  check_launch("1-bit pack_with_error (worker)");
 }
 
-void onebit_server_compress(const std::uint8_t* segments, std::size_t stride, int ranks,
-                            float* err, std::size_t chunk, std::uint8_t* out_segment,
-                            void* scratch, void* stream) {
+void onebit_gather_scales(const std::uint8_t* segments, std::size_t stride, std::size_t count, float* scales,
+                          std::uint32_t* bad, void* stream) {
+  if (count == 0) return;
+  gather_scales<<<grid_blocks(count), kThreads, 0, as_stream(stream)>>>(segments, stride, count, scales, bad);
+  check_launch("1-bit gather_scales");
+}
+
+void onebit_server_compress(const std::uint8_t* segments, std::size_t stride, int ranks, float* err,
+                            std::size_t chunk, std::uint8_t* out_segment, void* scratch,
+                            const std::uint32_t* bad, void* stream) {
   if (chunk == 0) return;
   auto* s = static_cast<Scratch*>(scratch);
   const cudaStream_t st = as_stream(stream);
-  server_accumulate<<<kPartials, kThreads, 0, st>>>(segments, stride, ranks, err, chunk, s);
-  check_launch("server_accumulate");
-  finish_scale<<<1, kThreads, 0, st>>>(s, chunk, out_segment, 0, 1);
-  check_launch("finish_scale (server)");
-  pack_with_error<<<grid_for(chunk / 8), kThreads, 0, st>>>(nullptr, 0, err, chunk, chunk / 8,
-                                                             out_segment, 0, s);
-  check_launch("pack_with_error (server)");
+  server_accumulate<<<kPartials, kThreads, 0, st>>>(segments, stride, ranks, err, chunk, s, bad);
+  check_launch("1-bit server_accumulate");
+  finish_scale<<<1, kThreads, 0, st>>>(s, chunk, out_segment, 0, 1, bad);
+  check_launch("1-bit finish_scale (server)");
+  pack_with_error<<<grid_blocks(chunk / 8), kThreads, 0, st>>>(nullptr, 0, err, chunk, chunk / 8, out_segment, 0,
+                                                               s, bad);
+  check_launch("1-bit pack_with_error (server)");
 }
 
-void onebit_decode(const std::uint8_t* segments, std::size_t stride, int /*ranks*/,
-                   std::size_t chunk, float* out, std::size_t n, void* stream) {
+void onebit_decode(const std::uint8_t* segments, std::size_t stride, std::size_t chunk, float* out, std::size_t n,
+                   const std::uint32_t* bad, void* stream) {
   if (n == 0) return;
-  decode<<<grid_for(n), kThreads, 0, as_stream(stream)>>>(segments, stride, chunk, out, n);
-  check_launch("decode");
-}
-
-std::size_t onebit_read_nonfinite(const void* scratch, void* stream) {
-  onebit_synchronize(stream);
-  unsigned long long count = 0;
-  GRADCOMM_CUDA_CHECK(cudaMemcpy(&count, &static_cast<const Scratch*>(scratch)->nonfinite,
-                                 sizeof count, cudaMemcpyDeviceToHost),
-                      "reading the non-finite count");
-  return static_cast<std::size_t>(count);
+  decode<<<grid_blocks(n), kThreads, 0, as_stream(stream)>>>(segments, stride, chunk, out, n, bad);
+  check_launch("1-bit decode");
 }
 
 }  // namespace gradcomm::kernels::cuda

@@ -1,5 +1,7 @@
 #include <cstring>
 
+#include "compress/device_status.h"
+#include "compress/quantize_device.h"
 #include "core/state_blob.h"
 #include "gradcomm/quantize.h"
 #include "kernels/cpu/dense_kernels.h"
@@ -49,6 +51,10 @@ QuantizeCompressor::QuantizeCompressor(QuantizeOptions options) : options_(optio
   workspace_.resize((ws + sizeof(float) - 1) / sizeof(float));
 }
 
+QuantizeCompressor::~QuantizeCompressor() = default;
+QuantizeCompressor::QuantizeCompressor(QuantizeCompressor&&) noexcept = default;
+QuantizeCompressor& QuantizeCompressor::operator=(QuantizeCompressor&&) noexcept = default;
+
 void QuantizeCompressor::setup(std::span<const LayerSpec> layers, int world_size, int rank) {
   GRADCOMM_CHECK_ARG(world_size >= 1 && rank >= 0 && rank < world_size,
                      "QuantizeCompressor: rank ", rank, " of world size ", world_size);
@@ -56,15 +62,44 @@ void QuantizeCompressor::setup(std::span<const LayerSpec> layers, int world_size
   rank_ = rank;
   layers_.clear();
   layers_.reserve(layers.size());
-  for (const LayerSpec& spec : layers) {
+  device_.reset();
+  host_residuals_.clear();
+  std::vector<detail::QuantizeDevice::LayerShape> on_device;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const LayerSpec& spec = layers[i];
     Layer l;
     l.name = spec.name;
     l.numel = spec.numel;
     l.quantized = !spec.force_dense && (options_.quantize_1d || !is_dense_by_default(spec));
+    l.error_feedback = l.quantized && options_.error_feedback;
     l.bits = options_.bits;
-    if (l.quantized && options_.error_feedback) l.residual.assign(spec.numel, 0.0f);
+    l.device = spec.device;
+    l.device_index = spec.device_index;
+    if (l.device == Device::kCuda) {
+      on_device.push_back({i, spec.numel, spec.device_index, l.error_feedback});
+    } else if (l.error_feedback) {
+      l.residual.assign(spec.numel, 0.0f);
+    }
     layers_.push_back(std::move(l));
   }
+  if (!on_device.empty()) {
+    device_ = detail::QuantizeDevice::create(on_device, layers.size(), rank);
+    device_->set_execution(execution_);
+  }
+}
+
+void QuantizeCompressor::set_execution(const ExecutionContext& context) {
+  execution_ = context;
+  if (device_) device_->set_execution(context);
+}
+
+void QuantizeCompressor::check_device(const Layer& l, std::size_t layer, TensorView tensor, const char* call,
+                                      const char* role) const {
+  GRADCOMM_CHECK(tensor.empty() || (tensor.device() == l.device &&
+                                    (l.device == Device::kCpu || tensor.device_index() == l.device_index)),
+                 ErrorCode::kInvalidArgument, "QuantizeCompressor::", call, " on rank ", rank_, ": layer ", layer,
+                 " ('", l.name, "') ", role, " ", tensor.describe(), " is not where the layer lives (",
+                 device_name(l.device), l.device == Device::kCuda ? detail::concat(" ", l.device_index) : "", ")");
 }
 
 std::string QuantizeCompressor::settings_fingerprint() const {
@@ -91,7 +126,11 @@ int QuantizeCompressor::layer_bits(std::size_t layer) const {
 }
 
 std::span<const float> QuantizeCompressor::residual(std::size_t layer) const {
-  return layer_at(layer, "residual").residual;
+  const Layer& l = layer_at(layer, "residual");
+  if (l.device != Device::kCuda || !l.error_feedback) return l.residual;
+  host_residuals_.resize(layers_.size());
+  device_->copy_out(layer, host_residuals_[layer]);
+  return host_residuals_[layer];
 }
 
 void QuantizeCompressor::set_layer_bits(std::size_t layer, int bits) {
@@ -125,19 +164,25 @@ EncodeResult QuantizeCompressor::encode(std::size_t layer, TensorView grad, Tens
                  layer, " ('", l.name, "', ", l.numel, " elements, ", l.bits, " bits) got grad ",
                  grad.describe(), " and payload ", payload.describe(), ", expected ",
                  dtype_name(w.dtype), "[", w.count, "]");
-  const float* g = grad.span<const float>("gradient").data();
+  GRADCOMM_CHECK(grad.dtype() == DType::kFloat32, ErrorCode::kInvalidArgument, "QuantizeCompressor::encode on rank ",
+                 rank_, ": layer ", layer, " ('", l.name, "') gradient ", grad.describe(), ", expected float32");
+  check_device(l, layer, grad, "encode", "gradient");
+  check_device(l, layer, payload, "encode", "payload");
+  const auto* g = static_cast<const float*>(grad.data());
   if (!l.quantized) {
-    return {kernels::copy_zeroing_nonfinite(g, payload.span<float>("payload").data(), l.numel)};
+    auto* out = static_cast<float*>(payload.data());
+    if (l.device == Device::kCuda) return {device_->encode_dense(layer, g, out)};
+    return {kernels::copy_zeroing_nonfinite(g, out, l.numel)};
   }
   kernels::QuantizeParams params;
   params.bits = l.bits;
   params.bucket = options_.bucket_size;
   params.stochastic = options_.rounding == Rounding::kStochastic;
   params.rng_key = quant::rng_key(options_.seed, rank_, layer, step_);
-  float* residual = options_.error_feedback ? layers_[layer].residual.data() : nullptr;
-  return {kernels::quantize_error_feedback(g, residual, l.numel, params,
-                                           payload.span<std::uint8_t>("payload").data(),
-                                           workspace_.data())};
+  auto* bytes = static_cast<std::uint8_t*>(payload.data());
+  if (l.device == Device::kCuda) return {device_->encode(layer, g, params, bytes)};
+  float* residual = l.error_feedback ? layers_[layer].residual.data() : nullptr;
+  return {kernels::quantize_error_feedback(g, residual, l.numel, params, bytes, workspace_.data())};
 }
 
 void QuantizeCompressor::decode(std::size_t layer, TensorView received, TensorView out) {
@@ -150,22 +195,42 @@ void QuantizeCompressor::decode(std::size_t layer, TensorView received, TensorVi
                  layer, " ('", l.name, "', ", l.numel, " elements, ", l.bits, " bits, ", p,
                  " ranks) got ", received.describe(), " expected ", dtype_name(w.dtype), "[",
                  expected, "], out ", out.describe());
-  float* dst = out.span<float>("output").data();
+  GRADCOMM_CHECK(out.dtype() == DType::kFloat32, ErrorCode::kInvalidArgument, "QuantizeCompressor::decode on rank ",
+                 rank_, ": layer ", layer, " ('", l.name, "') output ", out.describe(), ", expected float32");
+  check_device(l, layer, received, "decode", "received");
+  check_device(l, layer, out, "decode", "output");
+  auto* dst = static_cast<float*>(out.data());
   const float inv = 1.0f / static_cast<float>(world_size_);
   if (!l.quantized) {
-    kernels::scale(received.span<const float>("received").data(), inv, dst, l.numel);
+    const auto* sum = static_cast<const float*>(received.data());
+    if (l.device == Device::kCuda) {
+      device_->decode_dense(layer, sum, inv, dst);
+    } else {
+      kernels::scale(sum, inv, dst, l.numel);
+    }
     return;
   }
-  const std::uint8_t* bytes = received.span<const std::uint8_t>("received").data();
+  const auto* bytes = static_cast<const std::uint8_t*>(received.data());
   const char* why = "";
-  const int bad = kernels::find_corrupt_payload(bytes, w.count, world_size_, l.numel, l.bits,
-                                                options_.bucket_size, &why);
+  int bad = -1;
+  if (l.device == Device::kCuda) {
+    const detail::QuantizeDevice::Corrupt corrupt =
+        device_->decode(layer, bytes, w.count, world_size_, l.bits, options_.bucket_size, inv, dst);
+    if (corrupt.rank != detail::DeviceStatus::kNoCorruptRank) {
+      bad = static_cast<int>(corrupt.rank);
+      why = quant::payload_fault_text(static_cast<quant::PayloadFault>(corrupt.fault % 8));
+    }
+  } else {
+    bad = kernels::find_corrupt_payload(bytes, w.count, world_size_, l.numel, l.bits, options_.bucket_size, &why);
+  }
   GRADCOMM_CHECK(bad < 0, ErrorCode::kCorruptPayload, "QuantizeCompressor::decode on rank ", rank_,
                  ": layer ", layer, " ('", l.name, "', ", l.numel, " elements, ", l.bits,
                  " bits, bucket ", options_.bucket_size, "): payload of rank ", bad, " (",
                  w.count, " bytes): ", why);
-  kernels::dequantize_sum(bytes, w.count, world_size_, l.numel, l.bits, options_.bucket_size, inv,
-                          dst, workspace_.data());
+  if (l.device == Device::kCpu) {
+    kernels::dequantize_sum(bytes, w.count, world_size_, l.numel, l.bits, options_.bucket_size, inv, dst,
+                            workspace_.data());
+  }
 }
 
 // A skipped step: the residual kept x - (min + q*unit); adding back the dequantized own
@@ -173,15 +238,21 @@ void QuantizeCompressor::decode(std::size_t layer, TensorView received, TensorVi
 void QuantizeCompressor::on_step_skipped(std::size_t layer, TensorView own_payload) {
   layer_at(layer, "on_step_skipped");  // checks the index
   Layer& l = layers_[layer];
-  if (!l.quantized || l.residual.empty()) return;
+  if (!l.error_feedback) return;
   const LayerWire w = wire(layer);
   GRADCOMM_CHECK(own_payload.numel() == w.count && own_payload.dtype() == w.dtype, ErrorCode::kInvalidArgument,
                  "QuantizeCompressor::on_step_skipped on rank ", rank_, ": layer ", layer, " ('", l.name,
                  "') payload ", own_payload.describe(), ", expected ", dtype_name(w.dtype), "[", w.count, "]");
+  check_device(l, layer, own_payload, "on_step_skipped", "payload");
+  const auto* own = static_cast<const std::uint8_t*>(own_payload.data());
+  if (l.device == Device::kCuda) {
+    device_->restore(layer, own, l.bits, options_.bucket_size);
+    return;
+  }
   std::vector<float> sent(l.numel);  // a skipped step is rare: allocating here is fine
-  kernels::dequantize_sum(own_payload.span<const std::uint8_t>("payload").data(), w.count, 1, l.numel, l.bits,
-                          options_.bucket_size, 1.0f, sent.data(), workspace_.data());
-  for (std::size_t i = 0; i < l.numel; ++i) l.residual[i] += sent[i];
+  kernels::dequantize_sum(own, w.count, 1, l.numel, l.bits, options_.bucket_size, 1.0f, sent.data(),
+                          workspace_.data());
+  for (std::size_t i = 0; i < l.numel; ++i) l.residual[i] = kernels::fadd(l.residual[i], sent[i]);
 }
 
 // State blob: "GCQZ", version, layer count, step, then per layer numel, bits and the
@@ -199,11 +270,13 @@ std::vector<std::byte> QuantizeCompressor::save_state() const {
   w.value(kStateVersion);
   w.value(static_cast<std::uint64_t>(layers_.size()));
   w.value(static_cast<std::int64_t>(step_));
-  for (const Layer& l : layers_) {
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& l = layers_[i];
+    const std::span<const float> r = residual(i);
     w.value(static_cast<std::uint64_t>(l.numel));
     w.value(static_cast<std::int32_t>(l.bits));
-    w.value(static_cast<std::uint64_t>(l.residual.size()));
-    w.bytes(l.residual.data(), l.residual.size() * sizeof(float));
+    w.value(static_cast<std::uint64_t>(r.size()));
+    w.bytes(r.data(), r.size() * sizeof(float));
   }
   return out;
 }
@@ -228,12 +301,13 @@ void QuantizeCompressor::load_state(std::span<const std::byte> blob) {
     const auto numel = in.value<std::uint64_t>("numel");
     bits[i] = in.value<std::int32_t>("bits");
     const auto residual = in.value<std::uint64_t>("residual size");
-    GRADCOMM_CHECK(numel == l.numel && residual == l.residual.size() &&
+    const std::size_t expected = l.error_feedback ? l.numel : 0;
+    GRADCOMM_CHECK(numel == l.numel && residual == expected &&
                        bits[i] >= quant::kMinBits && bits[i] <= options_.max_bits &&
                        (l.quantized || bits[i] == options_.bits),
                    ErrorCode::kCorruptPayload, "QuantizeCompressor::load_state on rank ", rank_,
                    ": layer ", i, " ('", l.name, "') has ", l.numel, " elements and a residual of ",
-                   l.residual.size(), "; the blob says ", numel, " elements, residual ", residual,
+                   expected, "; the blob says ", numel, " elements, residual ", residual,
                    ", bits ", bits[i], " (max ", options_.max_bits, ")");
     residuals[i] = in.view(residual * sizeof(float), "a layer's residual");
   }
@@ -242,8 +316,12 @@ void QuantizeCompressor::load_state(std::span<const std::byte> blob) {
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     layers_[i].bits = bits[i];
     // An empty residual (a dense layer) has data() == nullptr: memcpy must not see it (UBSan).
-    if (layers_[i].residual.empty()) continue;
-    std::memcpy(layers_[i].residual.data(), residuals[i].data(), residuals[i].size());
+    if (residuals[i].empty()) continue;
+    if (layers_[i].device == Device::kCuda) {
+      device_->copy_in(i, residuals[i].data(), residuals[i].size());
+    } else {
+      std::memcpy(layers_[i].residual.data(), residuals[i].data(), residuals[i].size());
+    }
   }
 }
 

@@ -34,7 +34,8 @@ Exchanger::Exchanger(Communicator& comm, std::shared_ptr<Compressor> compressor,
     agreement_ = std::make_unique<LayoutAgreement>();
     agreement_->host = detail::HostStaging(engine_.device(), 4 * sizeof(std::uint32_t));
     if (engine_.device() != Device::kCpu) {
-      agreement_->device = detail::StepBuffer(engine_.device(), 4 * sizeof(std::uint32_t));
+      agreement_->device =
+          detail::StepBuffer(engine_.device(), engine_.device_index(), 4 * sizeof(std::uint32_t));
     }
   }
 }

@@ -106,7 +106,8 @@ struct StepEngine::Impl {
   detail::StepBuffer wide_grad, wide_out;
   // Device layers: the compressors' non-finite counts and corrupt-payload word, and the
   // pinned copies of the status words and of that word.
-  detail::StepBuffer device_words;  // [corrupt layer + 1, count of layer 0, 1, ...]
+  // [non-finite count of layer 0, 1, ...][lowest rank with a corrupt payload, per layer]
+  detail::StepBuffer device_words;
   detail::HostStaging status_host;
   // Non-finite findings of the completed groups, for the policy at finish_step().
   std::size_t bad_layers = 0;
@@ -133,8 +134,11 @@ struct StepEngine::Impl {
     return g.header_bytes / dtype_size(g.dtype) + (g.last - g.first);
   }
   bool on_device() const { return device == Device::kCuda; }
-  std::uint32_t* nonfinite_counts() const { return reinterpret_cast<std::uint32_t*>(device_words.at(4)); }
-  std::uint32_t* corrupt_word() const { return reinterpret_cast<std::uint32_t*>(device_words.at(0)); }
+  std::size_t layer_count = 0;
+  std::uint32_t* nonfinite_counts() const { return reinterpret_cast<std::uint32_t*>(device_words.at(0)); }
+  std::uint32_t* corrupt_payloads() const {
+    return reinterpret_cast<std::uint32_t*>(device_words.at(4 * layer_count));
+  }
 };
 
 StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
@@ -186,14 +190,16 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   // Status words per group: an element per layer, or every rank's header (at most 16 bytes
   // per layer and rank: a count word, and the header's padding and layer-count words).
   s.status_capacity = n * (4 + 16 * p) + 64;
-  s.send = detail::StepBuffer(s.device, s.send_capacity);
-  s.recv = detail::StepBuffer(s.device, s.recv_capacity);
-  s.scratch = detail::StepBuffer(s.device, scratch_bound);
-  s.wide_grad = detail::StepBuffer(s.device, widest * sizeof(float));
-  s.wide_out = detail::StepBuffer(s.device, widest * sizeof(float));
+  const int d = s.device_index;
+  s.send = detail::StepBuffer(s.device, d, s.send_capacity);
+  s.recv = detail::StepBuffer(s.device, d, s.recv_capacity);
+  s.scratch = detail::StepBuffer(s.device, d, scratch_bound);
+  s.wide_grad = detail::StepBuffer(s.device, d, widest * sizeof(float));
+  s.wide_out = detail::StepBuffer(s.device, d, widest * sizeof(float));
+  s.layer_count = n;
   if (s.on_device()) {
-    s.device_words = detail::StepBuffer(s.device, 4 * (1 + n));
-    s.status_host = detail::HostStaging(s.device, s.status_capacity + 4);
+    s.device_words = detail::StepBuffer(s.device, d, 8 * n);
+    s.status_host = detail::HostStaging(s.device, s.status_capacity + 4 * n);
   }
 }
 
@@ -222,14 +228,16 @@ void StepEngine::set_stream(void* cuda_stream) {
 
 void StepEngine::begin_step(std::int64_t step) {
   Impl& s = *impl_;
+  const detail::DeviceScope device_scope(s.device, s.device_index);
   GRADCOMM_CHECK(!s.in_step, ErrorCode::kInvalidArgument, "StepEngine::begin_step(", step,
                  ") on rank ", rank_, ": step ", s.step, " was begun and not finished");
   GRADCOMM_CHECK_ARG(step >= 0, "StepEngine::begin_step: step ", step, " < 0");
   s.step = step;
   compressor_->set_step(step);
   if (s.on_device()) {
-    s.mover.zero(s.device_words.at(0), s.device_words.size());
-    compressor_->set_execution(ExecutionContext{s.mover.stream, s.nonfinite_counts(), s.corrupt_word()});
+    s.mover.zero(s.nonfinite_counts(), 4 * s.layer_count);
+    s.mover.fill_ones(s.corrupt_payloads(), 4 * s.layer_count);
+    compressor_->set_execution(ExecutionContext{s.mover.stream, s.nonfinite_counts(), s.corrupt_payloads()});
   }
   const std::size_t n = layers_.size();
   const auto p = static_cast<std::size_t>(world_size_);
@@ -317,6 +325,7 @@ void StepEngine::begin_step(std::int64_t step) {
 
 void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
   Impl& s = *impl_;
+  const detail::DeviceScope device_scope(s.device, s.device_index);
   GRADCOMM_CHECK(s.in_step, ErrorCode::kInvalidArgument, "StepEngine::submit(layer ", layer,
                  ") on rank ", rank_, " outside a step: call begin_step() first");
   GRADCOMM_CHECK(layer < layers_.size(), ErrorCode::kInvalidArgument, "StepEngine::submit: layer ",
@@ -356,6 +365,7 @@ void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
 
 std::optional<CollectiveRequest> StepEngine::next_ready() {
   Impl& s = *impl_;
+  const detail::DeviceScope device_scope(s.device, s.device_index);
   if (!s.in_step || s.next_to_issue == s.groups.size()) return std::nullopt;
   const std::size_t id = s.next_to_issue;
   Impl::Group& g = s.groups[id];
@@ -477,6 +487,7 @@ void StepEngine::count_allgather_headers(std::size_t id, const std::byte* header
 
 void StepEngine::complete(std::size_t id) {
   Impl& s = *impl_;
+  const detail::DeviceScope device_scope(s.device, s.device_index);
   GRADCOMM_CHECK(s.in_step && id < s.groups.size() && s.groups[id].issued &&
                      !s.groups[id].completed,
                  ErrorCode::kInvalidArgument, "StepEngine::complete(", id, ") on rank ", rank_,
@@ -531,6 +542,7 @@ void StepEngine::check_all_submitted() const {
 
 const StepStats& StepEngine::finish_step() {
   Impl& s = *impl_;
+  const detail::DeviceScope device_scope(s.device, s.device_index);
   GRADCOMM_CHECK(s.in_step, ErrorCode::kInvalidArgument, "StepEngine::finish_step on rank ",
                  rank_, " outside a step: call begin_step() first");
   check_all_submitted();
@@ -542,16 +554,18 @@ const StepStats& StepEngine::finish_step() {
   s.in_step = false;
   if (s.on_device()) {
     // The step's one host synchronisation: the status words of every group and the
-    // decoders' verdict are in pinned memory once the stream has drained.
-    const std::size_t corrupt_at = s.status_capacity;
-    s.mover.copy(s.status_host.at(corrupt_at), s.corrupt_word(), 4);
+    // decoders' verdicts are in pinned memory once the stream has drained.
+    const std::size_t n = s.layer_count;
+    s.mover.copy(s.status_host.at(s.status_capacity), s.corrupt_payloads(), 4 * n);
     s.mover.synchronize();
-    std::uint32_t corrupt = 0;
-    std::memcpy(&corrupt, s.status_host.at(corrupt_at), 4);
-    GRADCOMM_CHECK(corrupt == 0, ErrorCode::kCorruptPayload, "StepEngine on rank ", rank_, ": step ",
-                   s.step, ": the payload of layer ", corrupt - 1, " ('",
-                   layers_[std::min<std::size_t>(corrupt - 1, layers_.size() - 1)].name,
-                   "') failed validation on the device (corrupt payload, or ranks out of step)");
+    for (std::size_t layer = 0; layer < n; ++layer) {
+      std::uint32_t from_rank = 0;
+      std::memcpy(&from_rank, s.status_host.at(s.status_capacity + 4 * layer), 4);
+      GRADCOMM_CHECK(from_rank == 0xffffffffu, ErrorCode::kCorruptPayload, "StepEngine on rank ", rank_,
+                     ": step ", s.step, ": the payload rank ", from_rank, " sent for layer ", layer, " ('",
+                     layers_[layer].name, "') failed validation on the device (corrupt payload, or "
+                     "ranks out of step)");
+    }
     for (std::size_t id = 0; id < s.groups.size(); ++id) {
       const Impl::Group& g = s.groups[id];
       if (g.collective == Collective::kAllreduce) {

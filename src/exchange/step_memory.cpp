@@ -5,7 +5,7 @@
 
 #include "kernels/cpu/convert_kernels.h"
 #if defined(GRADCOMM_HAVE_CUDA)
-#include "kernels/cuda/device_runtime.cuh"
+#include "kernels/cuda/device_buffer.cuh"
 #include "kernels/cuda/engine_kernels.cuh"
 #endif
 
@@ -19,14 +19,15 @@ namespace {
 
 }  // namespace
 
-StepBuffer::StepBuffer(Device device, std::size_t bytes) : size_(bytes), device_(device) {
+StepBuffer::StepBuffer(Device device, int device_index, std::size_t bytes) : size_(bytes), device_(device) {
+  (void)device_index;  // the CPU build has no devices
   if (device == Device::kCpu) {
     host_.resize(bytes);
     data_ = host_.data();
     return;
   }
 #if defined(GRADCOMM_HAVE_CUDA)
-  data_ = static_cast<std::byte*>(kernels::cuda::device_alloc(bytes));
+  data_ = static_cast<std::byte*>(kernels::cuda::allocate_zeroed(bytes, device_index));
 #else
   no_cuda("StepEngine buffers");
 #endif
@@ -36,7 +37,7 @@ StepBuffer::~StepBuffer() { release(); }
 
 void StepBuffer::release() noexcept {
 #if defined(GRADCOMM_HAVE_CUDA)
-  if (device_ == Device::kCuda) kernels::cuda::device_free(data_);
+  if (device_ == Device::kCuda) kernels::cuda::free_device(data_);
 #endif
   data_ = nullptr;
   size_ = 0;
@@ -93,6 +94,23 @@ HostStaging& HostStaging::operator=(HostStaging&& other) noexcept {
   return *this;
 }
 
+DeviceScope::DeviceScope(Device device, int device_index) {
+  if (device == Device::kCpu) return;
+#if defined(GRADCOMM_HAVE_CUDA)
+  previous_ = kernels::cuda::current_device();
+  if (previous_ != device_index) kernels::cuda::set_current_device(device_index);
+#else
+  (void)device_index;
+  no_cuda("StepEngine");
+#endif
+}
+
+DeviceScope::~DeviceScope() {
+#if defined(GRADCOMM_HAVE_CUDA)
+  if (previous_ >= 0) kernels::cuda::restore_current_device(previous_);
+#endif
+}
+
 void StepMover::copy(void* dst, const void* src, std::size_t bytes) const {
   if (bytes == 0) return;
   if (device == Device::kCpu) {
@@ -131,7 +149,20 @@ void StepMover::zero(void* dst, std::size_t bytes) const {
     return;
   }
 #if defined(GRADCOMM_HAVE_CUDA)
-  kernels::cuda::fill_zero_async(dst, bytes, stream);
+  kernels::cuda::zero_async(dst, bytes, stream);
+#else
+  no_cuda("StepEngine");
+#endif
+}
+
+void StepMover::fill_ones(void* dst, std::size_t bytes) const {
+  if (bytes == 0) return;
+  if (device == Device::kCpu) {
+    std::memset(dst, 0xff, bytes);
+    return;
+  }
+#if defined(GRADCOMM_HAVE_CUDA)
+  kernels::cuda::fill_bytes_async(dst, 0xff, bytes, stream);
 #else
   no_cuda("StepEngine");
 #endif

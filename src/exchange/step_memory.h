@@ -16,7 +16,8 @@ namespace gradcomm::detail {
 class StepBuffer {
  public:
   StepBuffer() = default;
-  StepBuffer(Device device, std::size_t bytes);
+  // Zeroed; on a CUDA device, allocated on `device_index` (once, at setup).
+  StepBuffer(Device device, int device_index, std::size_t bytes);
   ~StepBuffer();
   StepBuffer(StepBuffer&& other) noexcept;
   StepBuffer& operator=(StepBuffer&& other) noexcept;
@@ -54,6 +55,19 @@ class HostStaging {
   std::vector<std::byte> host_;
 };
 
+// Makes the layers' CUDA device current for a scope (kernels and copies go to the device
+// their stream belongs to, whatever device the caller had current); nothing on the CPU.
+class DeviceScope {
+ public:
+  DeviceScope(Device device, int device_index);
+  ~DeviceScope();
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
 // The byte moves of a step, on the host or enqueued on `stream` for a device.
 struct StepMover {
   Device device = Device::kCpu;
@@ -63,6 +77,7 @@ struct StepMover {
   void copy_rows(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
                  std::size_t width, std::size_t rows) const;
   void zero(void* dst, std::size_t bytes) const;
+  void fill_ones(void* dst, std::size_t bytes) const;  // every byte 0xff
   void widen(const void* in, DType dtype, float* out, std::size_t n) const;
   void narrow(const float* in, DType dtype, void* out, std::size_t n) const;
   // Device only: waits for everything enqueued on the stream (the step's one sync).

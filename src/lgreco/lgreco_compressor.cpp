@@ -5,8 +5,12 @@
 
 #include "core/state_blob.h"
 #include "gradcomm/lgreco.h"
+#include "compress/dgc/dgc_device.h"
+#include "compress/quantize_device.h"
 #include "kernels/cpu/dense_kernels.h"
 #include "kernels/cpu/quantize_kernels.h"
+#include "kernels/shared/dgc_math.h"
+#include "lgreco/lgreco_device.h"
 
 namespace gradcomm {
 
@@ -142,6 +146,40 @@ void LgrecoCompressor::setup(std::span<const LayerSpec> layers, int world_size, 
   table_layers_done_ = 0;
   table_step_ = -1;
   profiled_.assign(L, 0);
+  device_.reset();
+  device_rows_.clear();
+  std::vector<detail::LgrecoDevice::LayerShape> on_device;
+  for (std::size_t l = 0; l < L; ++l) {
+    if (planned_[l] && layers[l].device == Device::kCuda) on_device.push_back({l, layers[l].numel, layers[l].device_index});
+  }
+  if (!on_device.empty()) {
+    detail::LgrecoDevice::Settings settings;
+    settings.candidates = C;
+    settings.bucket = bucket;
+    settings.stochastic = options_.quantize.rounding == Rounding::kStochastic;
+    if (quant_family()) {
+      settings.bit_widths = options_.bit_widths;
+    } else {
+      settings.densities = options_.densities;
+      settings.dgc_sample = options_.dgc_sample;
+    }
+    device_ = detail::LgrecoDevice::create(on_device, L, settings, rank);
+    device_->set_execution(execution_);
+  }
+}
+
+void LgrecoCompressor::set_execution(const ExecutionContext& context) {
+  execution_ = context;
+  inner().set_execution(context);
+  if (device_) device_->set_execution(context);
+}
+
+const LgrecoTable& LgrecoCompressor::local_table() const {
+  if (!device_rows_.empty()) {
+    device_->fetch_rows(device_rows_, table_);
+    device_rows_.clear();
+  }
+  return table_;
 }
 
 std::string LgrecoCompressor::settings_fingerprint() const {
@@ -193,13 +231,24 @@ void LgrecoCompressor::set_epoch(std::int64_t epoch) { inner().set_epoch(epoch);
 // expectation; one min/max pass shared by all widths, then one pass per width. DGC:
 // v' after momentum correction (paper Eq. 7) from this rank's u and v, then every density
 // from one sorted sample. Every `period` steps only.
-void LgrecoCompressor::profile(std::size_t layer, const float* grad) {
+void LgrecoCompressor::profile(std::size_t layer, TensorView grad) {
   const auto start = std::chrono::steady_clock::now();
   if (table_step_ != step_) {  // the first layer of this profiling step
     table_step_ = step_;
     table_layers_done_ = 0;
     std::fill(profiled_.begin(), profiled_.end(), 0);
   }
+  if (layers_[layer].device == Device::kCuda) {
+    profile_on_device(layer, grad);
+  } else {
+    profile_on_host(layer, grad.span<const float>("gradient").data());
+  }
+  table_layers_done_ += profiled_[layer] ? 0 : 1;
+  profiled_[layer] = 1;
+  profile_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void LgrecoCompressor::profile_on_host(std::size_t layer, const float* grad) {
   const std::size_t n = layers_[layer].numel;
   float* x = scratch_.data();
   kernels::copy_zeroing_nonfinite(grad, x, n);
@@ -207,7 +256,7 @@ void LgrecoCompressor::profile(std::size_t layer, const float* grad) {
   if (quant_family()) {
     const std::span<const float> residual = quant_->residual(layer);
     if (!residual.empty()) {
-      for (std::size_t i = 0; i < n; ++i) x[i] += residual[i];
+      for (std::size_t i = 0; i < n; ++i) x[i] = kernels::fadd(x[i], residual[i]);
     }
     const std::size_t bucket = options_.quantize.bucket_size;
     const bool stochastic = options_.quantize.rounding == Rounding::kStochastic;
@@ -222,21 +271,38 @@ void LgrecoCompressor::profile(std::size_t layer, const float* grad) {
     // As encode: local clipping scales the gradient first (the same float products).
     const float s = dgc_->clip_scale(grad, n);
     for (std::size_t i = 0; i < n; ++i) {
-      const float g = s != 1.0f ? x[i] * s : x[i];
-      x[i] = options_.dgc.nesterov ? v[i] + m * (u[i] + g) + g : v[i] + (m * u[i] + g);
+      const float g = s != 1.0f ? kernels::fmul(x[i], s) : x[i];
+      x[i] = options_.dgc.nesterov ? kernels::dgc::corrected_velocity<true>(g, u[i], v[i], m)
+                                   : kernels::dgc::corrected_velocity<false>(g, u[i], v[i], m);
     }
     lgreco_topk_errors(std::span<const float>(x, n), options_.densities, options_.dgc_sample,
                        std::span<double>(&table_.error_at(layer, 0), C), sample_);
   }
-  table_layers_done_ += profiled_[layer] ? 0 : 1;
-  profiled_[layer] = 1;
-  profile_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The same profile on the layer's device, reading the inner compressor's state there; the
+// row stays on the device until local_table().
+void LgrecoCompressor::profile_on_device(std::size_t layer, TensorView grad) {
+  GRADCOMM_CHECK(grad.dtype() == DType::kFloat32 && grad.device() == Device::kCuda, ErrorCode::kInvalidArgument,
+                 "LgrecoCompressor::encode on rank ", rank_, ": layer ", layer, " ('", layers_[layer].name,
+                 "') lives on CUDA device ", layers_[layer].device_index, "; gradient ", grad.describe());
+  const auto* g = static_cast<const float*>(grad.data());
+  if (quant_family()) {
+    const bool residual = options_.quantize.error_feedback;
+    device_->profile_quant(layer, g, residual ? quant_->device_->residual(layer) : nullptr);
+  } else {
+    const double limit = dgc_->clip_limit();
+    const float* scale = limit > 0.0 ? dgc_->device_->clip_factor(layer, g, limit) : nullptr;
+    device_->profile_dgc(layer, g, scale, dgc_->device_->momentum(layer), dgc_->device_->residual(layer),
+                         options_.dgc.momentum, options_.dgc.nesterov);
+  }
+  if (std::find(device_rows_.begin(), device_rows_.end(), layer) == device_rows_.end()) device_rows_.push_back(layer);
 }
 
 EncodeResult LgrecoCompressor::encode(std::size_t layer, TensorView grad, TensorView payload) {
   if (layer < planned_.size() && planned_[layer] && profiles_step(step_) &&
       grad.numel() == layers_[layer].numel) {
-    profile(layer, grad.span<const float>("gradient").data());
+    profile(layer, grad);
   }
   return inner().encode(layer, grad, payload);
 }

@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "gradcomm/lgreco.h"
+#include "kernels/shared/lgreco_math.h"
 
 namespace gradcomm {
 
@@ -29,22 +30,13 @@ void lgreco_topk_errors(std::span<const float> x, std::span<const double> densit
   // Only the top of the sample is needed: partition it off, then sort just that part.
   double largest = 0;
   for (const double d : densities) largest = std::max(largest, d);
-  const std::size_t top = std::min(s, static_cast<std::size_t>(std::ceil(largest * static_cast<double>(s))) + 2);
+  const std::size_t top = kernels::lgreco::sample_top(s, largest);
   auto first = workspace.begin(), mid = first + static_cast<std::ptrdiff_t>(top),
        last = first + static_cast<std::ptrdiff_t>(s);
   std::nth_element(first, mid - 1, last, std::greater<>());
   std::sort(first, mid, std::greater<>());
-
-  const double scale = static_cast<double>(n) / static_cast<double>(s);
   for (std::size_t c = 0; c < densities.size(); ++c) {
-    // DGC's k for this density, as a (fractional) count of sample elements.
-    const double k = std::clamp(std::ceil(densities[c] * static_cast<double>(n)), 1.0, static_cast<double>(n));
-    const double ks = std::min(k / scale, static_cast<double>(top));
-    const auto whole = static_cast<std::size_t>(ks);
-    double sent = 0;
-    for (std::size_t j = 0; j < whole; ++j) sent += static_cast<double>(workspace[j]) * workspace[j];
-    if (whole < top) sent += (ks - static_cast<double>(whole)) * workspace[whole] * workspace[whole];
-    errors[c] = std::sqrt(std::max(0.0, total - scale * sent));
+    errors[c] = kernels::lgreco::topk_error(total, workspace.data(), top, n, s, densities[c]);
   }
 }
 

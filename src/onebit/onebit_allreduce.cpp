@@ -14,7 +14,9 @@
 
 #include "gradcomm/onebit.h"
 #include "kernels/cpu/onebit_kernels.h"
+#include "kernels/shared/onebit_math.h"
 #if defined(GRADCOMM_HAVE_CUDA)
+#include "kernels/cuda/device_buffer.cuh"
 #include "kernels/cuda/onebit_kernels.cuh"
 #endif
 
@@ -24,12 +26,7 @@ namespace {
 constexpr std::uint32_t kStateMagic = 0x42314347u;  // "GC1B"
 constexpr std::uint32_t kStateVersion = 1;
 
-std::size_t align4(std::size_t n) { return (n + 3) / 4 * 4; }
-
-// Bytes of one tensor's [scale][signs][pad] segment in a per-rank block.
-std::size_t segment_bytes(std::size_t padded, int p) {
-  return padded == 0 ? 0 : sizeof(float) + align4(padded / 8 / static_cast<std::size_t>(p));
-}
+using kernels::onebit::segment_bytes;
 
 std::size_t block_bytes(std::span<const std::size_t> numels, int p) {
   std::size_t block = 0;
@@ -60,9 +57,128 @@ void check_received_scale(float scale, int rank, int from, const char* what, std
 
 #if defined(GRADCOMM_HAVE_CUDA)
 constexpr std::size_t kCudaScratchAlign = 256;
-std::size_t cuda_scratch_bytes() {
-  return (kernels::cuda::onebit_scratch_bytes() + kCudaScratchAlign - 1) / kCudaScratchAlign *
-         kCudaScratchAlign;
+std::size_t align_scratch(std::size_t bytes) {
+  return (bytes + kCudaScratchAlign - 1) / kCudaScratchAlign * kCudaScratchAlign;
+}
+std::size_t cuda_scratch_bytes() { return align_scratch(kernels::cuda::onebit_scratch_bytes()); }
+// After the per-tensor scratch: the non-finite count and the bad-scale flag (one word
+// each), then room for the p scales of every tensor that a phase checks.
+std::size_t cuda_words_bytes(std::size_t tensors, int p) {
+  return align_scratch(2 * sizeof(std::uint32_t) + tensors * static_cast<std::size_t>(p) * sizeof(float));
+}
+#endif
+
+#if defined(GRADCOMM_HAVE_CUDA)
+// The CUDA path: the same two collectives, the kernels on cuda_stream. It waits for the
+// stream three times per call, however many tensors: before each collective (the
+// communicator reads what the kernels wrote; its stream is not ours) and at the end
+// (the call returns with `out` written). The non-finite count and the received scales
+// come back at those points, so the scales are checked as on the CPU at no extra wait.
+OneBitResult cuda_compressed_allreduce(Communicator& comm, std::span<const TensorView> xs,
+                                       std::span<OneBitErrorState* const> states,
+                                       std::span<const TensorView> outs, TensorView workspace,
+                                       std::size_t block, void* cuda_stream) {
+  namespace cuda = kernels::cuda;
+  const int p = comm.size();
+  const int rank = comm.rank();
+  const std::size_t pz = static_cast<std::size_t>(p);
+  const std::size_t tensors = xs.size();
+  const std::size_t need = (2 * pz + 1) * block;
+  const std::size_t scratch_at = align_scratch(need);
+  const std::size_t words_at = scratch_at + tensors * cuda_scratch_bytes();
+  GRADCOMM_CHECK(workspace.nbytes() >= words_at + cuda_words_bytes(tensors, p), ErrorCode::kSizeMismatch,
+                 "compressed_allreduce on rank ", rank, ": workspace ", workspace.describe(),
+                 " is smaller than onebit_workspace_bytes() = ", words_at + cuda_words_bytes(tensors, p));
+  auto* base = static_cast<std::uint8_t*>(workspace.data());
+  std::uint8_t* a2a_send = base;  // also the allgather's receive buffer
+  std::uint8_t* a2a_recv = base + pz * block;
+  std::uint8_t* ag_send = base + 2 * pz * block;
+  auto scratch = [&](std::size_t t) { return base + scratch_at + t * cuda_scratch_bytes(); };
+  auto* nonfinite = reinterpret_cast<std::uint32_t*>(base + words_at);
+  std::uint32_t* bad_scale = nonfinite + 1;
+  auto* scales = reinterpret_cast<float*>(bad_scale + 1);  // [tensor][rank]
+  // Host copies of the words and scales: grow-only, so steady state never allocates.
+  thread_local std::vector<std::byte> host;
+  host.resize(std::max(host.size(), 2 * sizeof(std::uint32_t) + tensors * pz * sizeof(float)));
+  auto read_back = [&](std::size_t scale_count) {
+    cuda::copy_to_host_sync(host.data(), nonfinite, 2 * sizeof(std::uint32_t) + scale_count * sizeof(float),
+                            cuda_stream);
+  };
+  auto host_scale = [&](std::size_t t, std::size_t r) {
+    float scale;
+    std::memcpy(&scale, host.data() + 2 * sizeof(std::uint32_t) + (t * pz + r) * sizeof(float), sizeof scale);
+    return scale;
+  };
+  // Every rank received the same scales, so every rank throws the same error.
+  auto check_scales = [&](const char* what, bool used_chunks_only) {
+    std::size_t t = 0;
+    for (std::size_t i = 0; i < tensors; ++i) {
+      const OneBitErrorState& s = *states[i];
+      if (s.padded_numel() == 0) continue;
+      const std::size_t count = used_chunks_only ? (s.numel() + s.chunk_numel() - 1) / s.chunk_numel() : pz;
+      for (std::size_t r = 0; r < count; ++r) {
+        check_received_scale(host_scale(t, r), rank, static_cast<int>(r), what, i);
+      }
+      t += 1;
+    }
+  };
+
+  cuda::zero_async(nonfinite, 2 * sizeof(std::uint32_t), cuda_stream);
+  std::size_t offset = 0;
+  for (std::size_t t = 0; t < tensors; ++t) {
+    OneBitErrorState& s = *states[t];
+    if (s.padded_numel() == 0) continue;
+    cuda::onebit_worker_compress(static_cast<const float*>(xs[t].data()), s.numel(),
+                                 static_cast<float*>(s.worker_error().data()), s.padded_numel(), p,
+                                 a2a_send + offset, block, scratch(t), nonfinite, cuda_stream);
+    offset += segment_bytes(s.padded_numel(), p);
+  }
+  read_back(0);
+  OneBitResult result;
+  std::uint32_t count = 0;
+  std::memcpy(&count, host.data(), sizeof count);
+  result.nonfinite = count;
+  comm.alltoall(TensorView(a2a_send, pz * block, DType::kUInt8, Device::kCuda),
+                TensorView(a2a_recv, pz * block, DType::kUInt8, Device::kCuda))
+      ->wait();
+
+  // Server side: this rank owns chunk `rank` of every tensor. A bad received scale stops
+  // the kernels (the flag) before they touch that tensor's server error and the later
+  // ones': where the CPU stops too.
+  offset = 0;
+  std::size_t checked = 0;
+  for (std::size_t t = 0; t < tensors; ++t) {
+    OneBitErrorState& s = *states[t];
+    if (s.padded_numel() == 0) continue;
+    cuda::onebit_gather_scales(a2a_recv + offset, block, pz, scales + checked * pz, bad_scale, cuda_stream);
+    cuda::onebit_server_compress(a2a_recv + offset, block, p, static_cast<float*>(s.server_error().data()),
+                                 s.chunk_numel(), ag_send + offset, scratch(t), bad_scale, cuda_stream);
+    checked += 1;
+    offset += segment_bytes(s.padded_numel(), p);
+  }
+  read_back(checked * pz);
+  check_scales("scale", false);
+  comm.allgather(TensorView(ag_send, block, DType::kUInt8, Device::kCuda),
+                 TensorView(a2a_send, pz * block, DType::kUInt8, Device::kCuda))
+      ->wait();
+
+  offset = 0;
+  checked = 0;
+  for (std::size_t t = 0; t < tensors; ++t) {
+    OneBitErrorState& s = *states[t];
+    if (s.padded_numel() == 0) continue;
+    // Only the chunks that hold elements are decoded, and their scales checked (as on the
+    // CPU); a chunk all padding may carry any scale.
+    const std::size_t used = (s.numel() + s.chunk_numel() - 1) / s.chunk_numel();
+    cuda::onebit_gather_scales(a2a_send + offset, block, used, scales + checked * pz, bad_scale, cuda_stream);
+    cuda::onebit_decode(a2a_send + offset, block, s.chunk_numel(), static_cast<float*>(outs[t].data()),
+                        s.numel(), bad_scale, cuda_stream);
+    checked += 1;
+    offset += segment_bytes(s.padded_numel(), p);
+  }
+  read_back(checked * pz);
+  check_scales("server scale", true);
+  return result;
 }
 #endif
 
@@ -70,15 +186,14 @@ std::size_t cuda_scratch_bytes() {
 
 std::size_t onebit_padded_numel(std::size_t n, int world_size) {
   GRADCOMM_CHECK_ARG(world_size >= 1, "onebit_padded_numel: world size ", world_size, " < 1");
-  const std::size_t multiple = 8 * static_cast<std::size_t>(world_size);
-  return (n + multiple - 1) / multiple * multiple;
+  return kernels::onebit::padded_numel(n, world_size);
 }
 
 // ---- OneBitErrorState --------------------------------------------------------------------
 
-OneBitErrorState::OneBitErrorState(std::size_t numel, int world_size, Device device)
+OneBitErrorState::OneBitErrorState(std::size_t numel, int world_size, Device device, void* cuda_stream)
     : numel_(numel), padded_(onebit_padded_numel(numel, world_size)), world_size_(world_size),
-      device_(device) {
+      device_(device), stream_(cuda_stream) {
   const std::size_t floats = padded_ + chunk_numel();
   if (floats == 0) return;
   if (device == Device::kCpu) {
@@ -86,8 +201,8 @@ OneBitErrorState::OneBitErrorState(std::size_t numel, int world_size, Device dev
     return;
   }
 #if defined(GRADCOMM_HAVE_CUDA)
-  data_ = static_cast<float*>(kernels::cuda::onebit_device_alloc(floats * sizeof(float)));
-  kernels::cuda::onebit_device_zero(data_, floats * sizeof(float));
+  data_ = static_cast<float*>(
+      kernels::cuda::allocate_zeroed(floats * sizeof(float), kernels::cuda::current_device()));
 #else
   no_cuda("OneBitErrorState");
 #endif
@@ -99,14 +214,14 @@ OneBitErrorState::~OneBitErrorState() {
     delete[] data_;
   } else {
 #if defined(GRADCOMM_HAVE_CUDA)
-    kernels::cuda::onebit_device_free(data_);
+    kernels::cuda::free_device(data_);
 #endif
   }
 }
 
 OneBitErrorState::OneBitErrorState(OneBitErrorState&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)), numel_(other.numel_), padded_(other.padded_),
-      world_size_(other.world_size_), device_(other.device_) {}
+      world_size_(other.world_size_), device_(other.device_), stream_(other.stream_) {}
 
 OneBitErrorState& OneBitErrorState::operator=(OneBitErrorState&& other) noexcept {
   if (this != &other) {
@@ -116,6 +231,7 @@ OneBitErrorState& OneBitErrorState::operator=(OneBitErrorState&& other) noexcept
     padded_ = other.padded_;
     world_size_ = other.world_size_;
     device_ = other.device_;
+    stream_ = other.stream_;
   }
   return *this;
 }
@@ -136,7 +252,10 @@ void OneBitErrorState::zero() {
     return;
   }
 #if defined(GRADCOMM_HAVE_CUDA)
-  kernels::cuda::onebit_device_zero(data_, bytes);
+  // On the state's stream (ordered with the allreduce's kernels there), and complete on
+  // return like the CPU's memset.
+  kernels::cuda::zero_async(data_, bytes, stream_);
+  kernels::cuda::synchronize(stream_);
 #endif
 }
 
@@ -151,7 +270,7 @@ std::vector<std::byte> OneBitErrorState::save() const {
     std::memcpy(blob.data() + sizeof header, data_, data_bytes);
   } else {
 #if defined(GRADCOMM_HAVE_CUDA)
-    kernels::cuda::onebit_copy_to_host(blob.data() + sizeof header, data_, data_bytes);
+    kernels::cuda::copy_to_host_sync(blob.data() + sizeof header, data_, data_bytes, stream_);
 #endif
   }
   return blob;
@@ -178,7 +297,7 @@ void OneBitErrorState::load(std::span<const std::byte> blob) {
     std::memcpy(data_, blob.data() + sizeof header, data_bytes);
   } else {
 #if defined(GRADCOMM_HAVE_CUDA)
-    kernels::cuda::onebit_copy_to_device(data_, blob.data() + sizeof header, data_bytes);
+    kernels::cuda::copy_to_device_sync(data_, blob.data() + sizeof header, data_bytes, stream_);
 #endif
   }
 }
@@ -194,8 +313,8 @@ std::size_t onebit_workspace_bytes(std::span<const std::size_t> numels, int worl
   std::size_t bytes = (2 * static_cast<std::size_t>(world_size) + 1) * block;
   if (device == Device::kCuda) {
 #if defined(GRADCOMM_HAVE_CUDA)
-    bytes = (bytes + kCudaScratchAlign - 1) / kCudaScratchAlign * kCudaScratchAlign +
-            numels.size() * cuda_scratch_bytes();
+    bytes = align_scratch(bytes) + numels.size() * cuda_scratch_bytes() +
+            cuda_words_bytes(numels.size(), world_size);
 #else
     no_cuda("onebit_workspace_bytes");
 #endif
@@ -268,55 +387,7 @@ OneBitResult compressed_allreduce(Communicator& comm, std::span<const TensorView
 
   if (device == Device::kCuda) {
 #if defined(GRADCOMM_HAVE_CUDA)
-    const std::size_t scratch_at =
-        (need + kCudaScratchAlign - 1) / kCudaScratchAlign * kCudaScratchAlign;
-    GRADCOMM_CHECK(workspace.nbytes() >= scratch_at + xs.size() * cuda_scratch_bytes(),
-                   ErrorCode::kSizeMismatch, "compressed_allreduce on rank ", rank, ": workspace ",
-                   workspace.describe(), " is smaller than onebit_workspace_bytes() = ",
-                   scratch_at + xs.size() * cuda_scratch_bytes());
-    auto scratch = [&](std::size_t t) { return base + scratch_at + t * cuda_scratch_bytes(); };
-    std::size_t offset = 0;
-    for (std::size_t t = 0; t < xs.size(); ++t) {
-      OneBitErrorState& s = *states[t];
-      if (s.padded_numel() == 0) continue;
-      kernels::cuda::onebit_worker_compress(static_cast<const float*>(xs[t].data()), s.numel(),
-                                            static_cast<float*>(s.worker_error().data()),
-                                            s.padded_numel(), p, a2a_send + offset, block,
-                                            scratch(t), cuda_stream);
-      offset += segment_bytes(s.padded_numel(), p);
-    }
-    for (std::size_t t = 0; t < xs.size(); ++t) {
-      if (states[t]->padded_numel() != 0) {
-        result.nonfinite += kernels::cuda::onebit_read_nonfinite(scratch(t), cuda_stream);
-      }
-    }
-    comm.alltoall(TensorView(a2a_send, pz * block, DType::kUInt8, device),
-                  TensorView(a2a_recv, pz * block, DType::kUInt8, device))
-        ->wait();
-    offset = 0;
-    for (std::size_t t = 0; t < xs.size(); ++t) {
-      OneBitErrorState& s = *states[t];
-      if (s.padded_numel() == 0) continue;
-      kernels::cuda::onebit_server_compress(a2a_recv + offset, block, p,
-                                            static_cast<float*>(s.server_error().data()),
-                                            s.chunk_numel(), ag_send + offset, scratch(t),
-                                            cuda_stream);
-      offset += segment_bytes(s.padded_numel(), p);
-    }
-    kernels::cuda::onebit_synchronize(cuda_stream);
-    comm.allgather(TensorView(ag_send, block, DType::kUInt8, device),
-                   TensorView(a2a_send, pz * block, DType::kUInt8, device))
-        ->wait();
-    offset = 0;
-    for (std::size_t t = 0; t < xs.size(); ++t) {
-      OneBitErrorState& s = *states[t];
-      if (s.padded_numel() == 0) continue;
-      kernels::cuda::onebit_decode(a2a_send + offset, block, p, s.chunk_numel(),
-                                   static_cast<float*>(outs[t].data()), s.numel(), cuda_stream);
-      offset += segment_bytes(s.padded_numel(), p);
-    }
-    kernels::cuda::onebit_synchronize(cuda_stream);
-    return result;
+    return cuda_compressed_allreduce(comm, xs, states, outs, workspace, block, cuda_stream);
 #else
     no_cuda("compressed_allreduce");
 #endif

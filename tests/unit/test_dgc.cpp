@@ -275,7 +275,7 @@ TEST(DgcEncode, ExactSelectionMatchesReferenceAndLosesNothing) {
         ASSERT_EQ(std::vector<std::uint32_t>(p.indices.begin(), p.indices.begin() + p.count),
                   expect)
             << "step " << step;
-        for (std::size_t j = p.count; j < k; ++j) EXPECT_EQ(p.indices[j], kernels::kDgcSentinel);
+        for (std::size_t j = p.count; j < k; ++j) EXPECT_EQ(p.indices[j], kernels::dgc::kSentinel);
         // Nothing lost: sent + residual == accumulated, per element.
         std::vector<float> sent(n, 0.0f);
         for (std::size_t j = 0; j < p.count; ++j) sent[p.indices[j]] = p.values[j];
@@ -336,7 +336,7 @@ TEST(DgcEncode, NothingAboveThresholdAndNonFinite) {
   EXPECT_EQ(r.encode(0, g).nonfinite, 0u);
   Parsed p = parse(r.payload, r.c.k(0), false);
   EXPECT_EQ(p.count, 0u);
-  for (std::uint32_t i : p.indices) EXPECT_EQ(i, kernels::kDgcSentinel);
+  for (std::uint32_t i : p.indices) EXPECT_EQ(i, kernels::dgc::kSentinel);
   for (float x : p.values) EXPECT_EQ(x, 0.0f);
   std::vector<float> out(n, 5.0f);
   r.c.decode(0, TensorView(r.payload.data(), r.payload.size(), DType::kUInt8),
@@ -540,7 +540,7 @@ TEST(DgcKernels, CollectFindsExactlyThoseAtOrAboveThreshold) {
   const std::uint32_t t = std::bit_cast<std::uint32_t>(1.5f);
   const std::size_t count = kernels::dgc_collect(v.data(), n, t, keys.data());
   std::vector<std::uint32_t> got;
-  for (std::size_t j = 0; j < count; ++j) got.push_back(kernels::dgc_key_index(keys[j]));
+  for (std::size_t j = 0; j < count; ++j) got.push_back(kernels::dgc::key_index(keys[j]));
   std::vector<std::uint32_t> expect;
   for (std::uint32_t i = 0; i < n; ++i) {
     if (std::fabs(v[i]) >= 1.5f) expect.push_back(i);
@@ -552,7 +552,7 @@ TEST(DgcKernels, AccumulateSamplesCollectsAndCountsNonFinite) {
   const std::size_t n = 5000;
   std::vector<float> g = gaussian_values(n, 4), u(n, 0.5f), v(n, 0.25f);
   g[17] = std::numeric_limits<float>::infinity();
-  std::vector<std::uint32_t> samples(kernels::dgc_sample_count(n, 13, 100));
+  std::vector<std::uint32_t> samples(kernels::dgc::sample_count(n, 13, 100));
   ASSERT_EQ(samples.size(), 50u);
   std::vector<std::uint64_t> keys(n);
   kernels::DgcAccumulateArgs args;

@@ -4,18 +4,10 @@
 #include <algorithm>
 #include <cmath>
 
-#include "compress/dgc/dgc_payload.h"
 #include "gradcomm/dgc.h"
+#include "kernels/shared/dgc_math.h"
 
 namespace gradcomm {
-
-using detail::kHeaderBytes;
-
-namespace {
-
-constexpr std::size_t align8(std::size_t n) { return (n + 7) / 8 * 8; }
-
-}  // namespace
 
 double DgcCompressor::scheduled_density(double after_warmup) const {
   const auto& w = options_.warmup_densities;
@@ -73,7 +65,7 @@ bool DgcCompressor::sparse_for(const Layer& layer, std::size_t k) const {
 }
 
 std::size_t DgcCompressor::sparse_payload_bytes(std::size_t k) const {
-  return align8(kHeaderBytes + k * (4 + dtype_size(options_.value_dtype)));
+  return kernels::dgc::payload_bytes(k, options_.value_dtype == DType::kFloat16);
 }
 
 std::size_t DgcCompressor::k(std::size_t layer) const {

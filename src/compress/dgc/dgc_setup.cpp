@@ -6,7 +6,9 @@
 #include <sstream>
 
 #include "gradcomm/dgc.h"
-#include "kernels/cpu/dgc_kernels.h"
+#include "compress/dgc/dgc_device.h"
+#include "kernels/shared/dgc_math.h"
+#include "kernels/shared/dgc_search.h"
 
 namespace gradcomm {
 
@@ -65,6 +67,10 @@ DgcCompressor::DgcCompressor(DgcOptions options) : options_(std::move(options)) 
                      dtype_name(o.dense_dtype));
 }
 
+DgcCompressor::~DgcCompressor() = default;
+DgcCompressor::DgcCompressor(DgcCompressor&&) noexcept = default;
+DgcCompressor& DgcCompressor::operator=(DgcCompressor&&) noexcept = default;
+
 void DgcCompressor::setup(std::span<const LayerSpec> layers, int world_size, int rank) {
   GRADCOMM_CHECK_ARG(world_size >= 1 && rank >= 0 && rank < world_size,
                      "DgcCompressor::setup: rank ", rank, " of world size ", world_size);
@@ -72,28 +78,47 @@ void DgcCompressor::setup(std::span<const LayerSpec> layers, int world_size, int
   rank_ = rank;
   layers_.clear();
   layers_.resize(layers.size());
+  host_copies_.clear();
+  device_.reset();
   const std::size_t stride = sample_stride_;
   std::size_t max_keys = 0, max_samples = 0;
+  std::vector<detail::DgcDevice::LayerShape> on_device;
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const LayerSpec& spec = layers[i];
     // Indices travel as uint32 with 0xffffffff reserved for the sentinel.
-    GRADCOMM_CHECK_ARG(spec.numel < kernels::kDgcSentinel, "DgcCompressor::setup: layer ", i, " ('",
+    GRADCOMM_CHECK_ARG(spec.numel < kernels::dgc::kSentinel, "DgcCompressor::setup: layer ", i, " ('",
                        spec.name, "') has ", spec.numel,
                        " elements; sparse indices are uint32, so at most 2^32 - 2");
     Layer& layer = layers_[i];
     layer.numel = spec.numel;
     layer.dense_always = is_dense_by_default(spec) || spec.numel == 0;
     layer.target = options_.density;
+    layer.device = spec.device;
+    layer.device_index = spec.device_index;
+    if (spec.device == Device::kCuda) {
+      const std::size_t slots = layer.dense_always ? 0 : max_payload_bytes(i) / (4 + dtype_size(options_.value_dtype));
+      on_device.push_back({i, spec.numel, spec.device_index, !layer.dense_always, slots});
+      continue;
+    }
     layer.u.assign(spec.numel, 0.0f);
     if (!layer.dense_always) {
       layer.v.assign(spec.numel, 0.0f);
       max_keys = std::max(max_keys, spec.numel);
-      max_samples = std::max(max_samples, kernels::dgc_sample_count(spec.numel, 0, stride));
+      max_samples = std::max(max_samples, kernels::dgc::sample_count(spec.numel, 0, stride));
     }
   }
   keys_.reset(max_keys ? new std::uint64_t[max_keys] : nullptr);
   scratch_.reset(max_keys ? new std::uint64_t[max_keys] : nullptr);
   samples_.assign(max_samples, 0);
+  if (!on_device.empty()) {
+    device_ = detail::DgcDevice::create(on_device, layers.size(), stride, rank);
+    device_->set_execution(execution_);
+  }
+}
+
+void DgcCompressor::set_execution(const ExecutionContext& context) {
+  execution_ = context;
+  if (device_) device_->set_execution(context);
 }
 
 std::string DgcCompressor::settings_fingerprint() const {
@@ -119,6 +144,10 @@ DgcCompressor::Layer& DgcCompressor::checked_layer(const char* call, std::size_t
   GRADCOMM_CHECK(tensor.numel() == l.numel, ErrorCode::kSizeMismatch, "DgcCompressor::", call,
                  " rank ", rank_, " layer ", layer, ": ", role, " ", tensor.describe(),
                  ", layer has ", l.numel, " elements");
+  GRADCOMM_CHECK(tensor.device() == l.device && (l.device == Device::kCpu || tensor.device_index() == l.device_index),
+                 ErrorCode::kInvalidArgument, "DgcCompressor::", call, " rank ", rank_, " layer ", layer,
+                 ": ", role, " ", tensor.describe(), " is not where the layer lives (", device_name(l.device),
+                 l.device == Device::kCuda ? detail::concat(" ", l.device_index) : std::string(), ")");
   return l;
 }
 

@@ -1,7 +1,10 @@
-// DgcCompressor: the momentum and residual it exposes, and its checkpoint blob.
+// DgcCompressor: the momentum and residual it exposes, and its checkpoint blob (a CUDA
+// layer's state is copied to and from its device: the blob is the same on both).
 
+#include <bit>
 #include <cstring>
 
+#include "compress/dgc/dgc_device.h"
 #include "core/state_blob.h"
 #include "gradcomm/dgc.h"
 
@@ -14,14 +17,30 @@ constexpr char kMagic[8] = {'g', 'c', 'D', 'G', 'C', 's', 't', '1'};
 
 }  // namespace
 
-std::span<const float> DgcCompressor::momentum(std::size_t layer) const {
-  return layers_.at(layer).u;
+const DgcCompressor::Layer& DgcCompressor::host_copy(std::size_t layer) const {
+  const Layer& l = layers_.at(layer);
+  if (l.device != Device::kCuda) return l;
+  host_copies_.resize(layers_.size());
+  Layer& copy = host_copies_[layer];
+  copy = l;  // the host-side fields; u, v and the thresholds come from the device
+  kernels::dgc::ThresholdMemory memory;
+  device_->copy_out(layer, copy.u, copy.v, memory);
+  copy.threshold_cache = memory.last;
+  copy.threshold_before = memory.before;
+  return copy;
 }
-std::span<const float> DgcCompressor::residual(std::size_t layer) const {
-  return layers_.at(layer).v;
-}
+
+std::span<const float> DgcCompressor::momentum(std::size_t layer) const { return host_copy(layer).u; }
+std::span<const float> DgcCompressor::residual(std::size_t layer) const { return host_copy(layer).v; }
+
 const DgcLayerStats& DgcCompressor::last_stats(std::size_t layer) const {
-  return layers_.at(layer).stats;
+  const Layer& l = layers_.at(layer);
+  if (l.device != Device::kCuda) return l.stats;
+  host_copies_.resize(layers_.size());
+  const kernels::dgc::SearchStats s = device_->last_stats(layer);
+  DgcLayerStats& stats = host_copies_[layer].stats;
+  stats = {s.k, s.sent, s.candidates, std::bit_cast<float>(s.threshold), s.rounds};
+  return stats;
 }
 
 std::vector<std::byte> DgcCompressor::save_state() const {
@@ -31,7 +50,8 @@ std::vector<std::byte> DgcCompressor::save_state() const {
   w.value<std::uint64_t>(static_cast<std::uint64_t>(epoch_));
   w.value<std::uint64_t>(static_cast<std::uint64_t>(step_));
   w.value<std::uint64_t>(layers_.size());
-  for (const Layer& l : layers_) {
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& l = host_copy(i);
     w.value<std::uint64_t>(l.numel);
     w.value<std::uint64_t>(l.v.size());
     w.value<std::uint64_t>(l.rng_counter);
@@ -61,6 +81,10 @@ void DgcCompressor::load_state(std::span<const std::byte> blob) {
   std::vector<Layer> loaded = layers_;
   for (std::size_t i = 0; i < loaded.size(); ++i) {
     Layer& l = loaded[i];
+    if (l.device == Device::kCuda) {  // read into host vectors, copied to the device below
+      l.u.resize(l.numel);
+      l.v.resize(l.dense_always ? 0 : l.numel);
+    }
     const std::uint64_t numel = r.value<std::uint64_t>("a layer size");
     const std::uint64_t vsize = r.value<std::uint64_t>("a residual size");
     GRADCOMM_CHECK(numel == l.numel && vsize == l.v.size(), ErrorCode::kCorruptPayload,
@@ -80,6 +104,13 @@ void DgcCompressor::load_state(std::span<const std::byte> blob) {
     r.bytes(l.v.data(), l.v.size() * sizeof(float), "a residual");
   }
   r.finish();
+  for (std::size_t i = 0; i < loaded.size(); ++i) {
+    Layer& l = loaded[i];
+    if (l.device != Device::kCuda) continue;
+    device_->copy_in(i, l.u, l.v, {l.threshold_cache, l.threshold_before});
+    l.u = {};
+    l.v = {};
+  }
   layers_ = std::move(loaded);
   epoch_ = epoch;
   step_ = step;
