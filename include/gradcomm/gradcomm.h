@@ -15,6 +15,7 @@
 #include "gradcomm/onebit.h"
 #include "gradcomm/quantize.h"
 #include "gradcomm/tensor.h"
+#include "gradcomm/thread_communicator.h"
 #include "gradcomm/version.h"
 #if defined(GRADCOMM_HAVE_MPI)
 #include "gradcomm/mpi_communicator.h"
