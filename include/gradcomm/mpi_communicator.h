@@ -55,11 +55,19 @@ class MpiCommunicator final : public Communicator {
   WorkHandle barrier() override;
   void abort(const std::string& reason) override;
 
+  // MPI_Comm_split / MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) of this communicator: the
+  // new MpiCommunicator (a duplicate of the result) keeps these options and never
+  // finalizes MPI. Under bench/netem/run --hosts H --ranks-per-host R, split_shared()
+  // groups the R ranks of each emulated host.
+  std::unique_ptr<Communicator> split(int color, int key) override;
+  std::unique_ptr<Communicator> split_shared() override;
+
   class PooledWork;  // the Work handed out, recycled through WorkPool
   struct WorkPool;   // free works, and two-stage collectives waiting for their second stage
 
  private:
   void init_from(MPI_Comm comm);
+  std::unique_ptr<Communicator> adopt(MPI_Comm part);
   void verify_same_size(const char* collective, std::size_t numel, int extra = 0);
   void release() noexcept;
   WorkHandle single_request(const char* what, std::size_t numel, MPI_Request request);
