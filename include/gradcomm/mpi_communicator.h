@@ -28,6 +28,14 @@ struct MpiCommunicatorOptions {
 // the duplicate on destruction. Errors from MPI are returned, not fatal: the duplicate
 // gets MPI_ERRORS_RETURN and each failure becomes a gradcomm::Error naming the
 // collective, the rank and the sizes.
+//
+// Destroyed while an exception unwinds past it (std::uncaught_exceptions() above its
+// count at construction) on a communicator of more than one rank, it does not free the
+// communicator or finalize MPI, which would wait for peers that may themselves be waiting
+// in a collective for this rank (a rank that throws before the setup agreement would hang
+// the job): it prints the rank and the last gradcomm::Error thrown on this thread to
+// stderr and calls MPI_Abort, so every rank ends within seconds. A program that means to
+// recover from an exception must catch it inside the communicator's scope.
 class MpiCommunicator final : public Communicator {
  public:
   explicit MpiCommunicator(MPI_Comm comm, MpiCommunicatorOptions options = {});
@@ -86,6 +94,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0;
   int size_ = 1;
   bool finalize_on_destroy_ = false;
+  int uncaught_at_construction_ = 0;
 };
 
 }  // namespace gradcomm

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <numeric>
 #include <vector>
@@ -226,7 +227,9 @@ TEST(MpiCommunicator, LocalSizeErrorsAreCaughtBeforeMpi) {
   EXPECT_THROW(comm.allgather(view(a), view(b)), Error);
   EXPECT_THROW(comm.broadcast(view(a), comm.size()), Error);
   std::vector<float> odd(comm.size() * 2 + 1);
-  if (comm.size() > 1) EXPECT_THROW(comm.alltoall(view(odd), view(odd)), Error);
+  if (comm.size() > 1) {
+    EXPECT_THROW(comm.alltoall(view(odd), view(odd)), Error);
+  }
 }
 
 TEST(MpiCommunicator, MismatchedSizesAcrossRanksFailOnEveryRank) {
@@ -256,6 +259,40 @@ TEST(MpiCommunicator, MismatchedSizesAcrossRanksFailOnEveryRank) {
   std::vector<float> ok(4, 1.0f);
   comm.allreduce(view(ok), view(ok), ReduceOp::kSum)->wait();
   EXPECT_EQ(ok[0], static_cast<float>(comm.size()));
+}
+
+// The last rank is late to an allreduce: the others' watchdog names the collective and
+// the ring neighbour each waits for (rank 0's left neighbour is the late rank), and the
+// same work completes once the late rank comes.
+TEST(MpiCommunicator, WatchdogNamesTheCollectiveAndTheRankWaitedFor) {
+  MpiCommunicator comm(MPI_COMM_WORLD, {.collective_timeout = std::chrono::milliseconds(300)});
+  const int p = comm.size(), me = comm.rank();
+  if (p < 2) GTEST_SKIP() << "a late rank needs two";
+  std::vector<float> data(1000, 1.0f);
+  const TensorView view = TensorView::of(std::span<float>(data));
+  if (me == p - 1) {
+    MPI_Barrier(MPI_COMM_WORLD);  // after the others gave up once
+    comm.allreduce(view, view, ReduceOp::kSum)->wait();
+  } else {
+    WorkHandle work = comm.allreduce(view, view, ReduceOp::kSum);
+    try {
+      work->wait();
+      ADD_FAILURE() << "the watchdog did not fire";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kCommunication);
+      EXPECT_NE(e.message().find("allreduce of 1000 elements on rank " + std::to_string(me) + " did not complete within"),
+                std::string::npos) << e.what();
+      EXPECT_NE(e.message().find("its left neighbour"), std::string::npos) << e.what();
+      if (me == 0) {
+        std::fprintf(stderr, "rank 0's watchdog: %s\n", e.what());
+        EXPECT_NE(e.message().find("ring step 1 of " + std::to_string(2 * (p - 1)) + " from rank " + std::to_string(p - 1)),
+                  std::string::npos) << e.what();
+      }
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    work->wait();
+  }
+  EXPECT_EQ(data[999], static_cast<float>(p));
 }
 
 TEST(MpiCommunicator, DuplicatesTheUsersCommunicator) {

@@ -4,12 +4,14 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <string>
 
 #include "comm/mpi/mpi_call.h"
 #include "comm/mpi/reduce_16bit.h"
 #include "comm/mpi/work_pool.h"
+#include "core/last_error.h"
 #include "gradcomm/mpi_communicator.h"
 
 namespace gradcomm {
@@ -57,6 +59,7 @@ MpiCommunicator::MpiCommunicator(MpiCommunicatorOptions options) : options_(opti
 }
 
 void MpiCommunicator::init_from(MPI_Comm comm) {
+  uncaught_at_construction_ = std::uncaught_exceptions();
   GRADCOMM_MPI_CALL(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup of the user's communicator");
   // Failures come back as codes (turned into gradcomm::Error) instead of aborting the job.
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
@@ -92,7 +95,20 @@ void MpiCommunicator::release() noexcept {
   if (finalize_on_destroy_) MPI_Finalize();
 }
 
-MpiCommunicator::~MpiCommunicator() { release(); }
+MpiCommunicator::~MpiCommunicator() {
+  if (std::uncaught_exceptions() > uncaught_at_construction_ && size_ > 1) {
+    std::string text = "gradcomm: rank " + std::to_string(rank_) + " of " + std::to_string(size_) +
+                       ": an exception is unwinding past MpiCommunicator";
+    const std::string& last = detail::last_error_on_this_thread();
+    if (!last.empty()) text += " (the last gradcomm error on this thread: " + last + ")";
+    text += "; aborting the MPI job (freeing the communicator or finalizing MPI would wait for ranks that may be "
+            "waiting for this one)";
+    std::fprintf(stderr, "%s\n", text.c_str());
+    std::fflush(stderr);
+    MPI_Abort(comm_, 1);
+  }
+  release();
+}
 
 WorkHandle MpiCommunicator::single_request(const char* what, std::size_t numel, MPI_Request request) {
   PooledWork* w = WorkPool::acquire(pool_, what, numel);

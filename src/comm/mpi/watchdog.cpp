@@ -7,12 +7,16 @@ namespace gradcomm::detail {
 Watchdog::Watchdog(std::chrono::milliseconds timeout, const char* what, std::size_t numel, int rank)
     : start_(std::chrono::steady_clock::now()), timeout_(timeout), what_(what), numel_(numel), rank_(rank) {}
 
-void Watchdog::check(unsigned polls) const {
-  if (timeout_.count() <= 0 || polls % 1024 != 1023) return;
+bool Watchdog::expired(unsigned polls) const {
+  if (timeout_.count() <= 0 || polls % 1024 != 1023) return false;
+  return std::chrono::steady_clock::now() - start_ >= timeout_;
+}
+
+void Watchdog::fail(const std::string& waiting_for) const {
   const auto waited = std::chrono::steady_clock::now() - start_;
-  GRADCOMM_CHECK(waited < timeout_, ErrorCode::kCommunication, what_, " of ", numel_, " elements on rank ", rank_,
-                 " did not complete within ", std::chrono::duration<double>(waited).count(),
-                 " s (collective_timeout): a peer died, hangs, or stopped calling collectives");
+  GRADCOMM_THROW(ErrorCode::kCommunication, what_, " of ", numel_, " elements on rank ", rank_,
+                 " did not complete within ", std::chrono::duration<double>(waited).count(), " s (collective_timeout): ",
+                 waiting_for.empty() ? "a peer died, hangs, or stopped calling collectives" : waiting_for);
 }
 
 void wait_request(MPI_Request* request, std::chrono::milliseconds timeout, const char* what,
