@@ -12,6 +12,7 @@
 #include "gradcomm/step_engine.h"
 #include "gradcomm/layer.h"
 #include "gradcomm/lgreco.h"
+#include "gradcomm/local_device.h"
 #include "gradcomm/onebit.h"
 #include "gradcomm/quantize.h"
 #include "gradcomm/tensor.h"
