@@ -4,6 +4,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <initializer_list>
 #include <memory>
 
 #include "gradcomm/communicator.h"
@@ -28,6 +29,14 @@ struct MpiCommunicatorOptions {
 // the duplicate on destruction. Errors from MPI are returned, not fatal: the duplicate
 // gets MPI_ERRORS_RETURN and each failure becomes a gradcomm::Error naming the
 // collective, the rank and the sizes.
+//
+// Built with CUDA it also takes CUDA buffers, for MPI builds that are not CUDA-aware (and
+// tests that share one GPU between ranks): each is staged through a pinned host buffer
+// (grow-only, pooled: no allocation in steady state). Per collective: the inputs are
+// copied to the host on the stream given by set_cuda_stream() and that stream is
+// synchronised (MPI must read complete data), MPI runs on the host copies, and when the
+// collective completes (wait(), or test() returning true) the results are copied back on
+// the same stream, synchronised again, so they are in device memory when it returns.
 //
 // Destroyed while an exception unwinds past it (std::uncaught_exceptions() above its
 // count at construction) on a communicator of more than one rank, it does not free the
@@ -62,6 +71,13 @@ class MpiCommunicator final : public Communicator {
   WorkHandle broadcast(TensorView buffer, int root) override;
   WorkHandle barrier() override;
   void abort(const std::string& reason) override;
+  bool accepts(Device device) const override;  // kCpu; kCuda too when built with CUDA
+
+  // The cudaStream_t the staging copies of CUDA buffers are ordered on, and the device
+  // of those buffers (-1: the calling thread's current device). Until it is called: the
+  // legacy default stream and the device current at the first CUDA collective.
+  // kUnsupported when built without CUDA.
+  void set_cuda_stream(void* stream, int device = -1);
 
   // MPI_Comm_split / MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) of this communicator: the
   // new MpiCommunicator (a duplicate of the result) keeps these options and never
@@ -72,6 +88,7 @@ class MpiCommunicator final : public Communicator {
 
   class PooledWork;  // the Work handed out, recycled through WorkPool
   struct WorkPool;   // free works, and two-stage collectives waiting for their second stage
+  struct Staging;    // pinned host buffers for CUDA buffers (mpi/device_staging_cuda.cpp)
 
  private:
   void init_from(MPI_Comm comm);
@@ -79,6 +96,15 @@ class MpiCommunicator final : public Communicator {
   void verify_same_size(const char* collective, std::size_t numel, int extra = 0);
   void release() noexcept;
   WorkHandle single_request(const char* what, std::size_t numel, MPI_Request request);
+  // A collective on CUDA buffers: stage() copies the CUDA views among `inputs` to pinned
+  // host buffers and points every CUDA view of both lists at its host copy; the host
+  // collective then runs on those, and finish_staging() hands its work to the staged work,
+  // which copies `outputs` back when it completes.
+  static bool on_cuda(TensorView a, TensorView b = {}) {
+    return a.device() == Device::kCuda || b.device() == Device::kCuda;
+  }
+  WorkHandle stage(std::initializer_list<TensorView*> inputs, std::initializer_list<TensorView*> outputs);
+  static WorkHandle finish_staging(WorkHandle staged, WorkHandle host);
 
   MpiCommunicatorOptions options_;
   MPI_Op half_sum_ = MPI_OP_NULL;
@@ -91,6 +117,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   MPI_Comm stage2_comm_ = MPI_COMM_NULL;
   std::shared_ptr<WorkPool> pool_;
+  std::shared_ptr<Staging> staging_;  // made at the first CUDA collective or set_cuda_stream
   int rank_ = 0;
   int size_ = 1;
   bool finalize_on_destroy_ = false;

@@ -295,6 +295,23 @@ TEST(MpiCommunicator, WatchdogNamesTheCollectiveAndTheRankWaitedFor) {
   EXPECT_EQ(data[999], static_cast<float>(p));
 }
 
+// CUDA buffers are staged when built with CUDA (tests/mpi/test_cuda_staging.cpp), and
+// refused before MPI sees them otherwise.
+TEST(MpiCommunicator, CudaBuffersOnlyWhenBuiltWithCuda) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+#if defined(GRADCOMM_HAVE_CUDA)
+  EXPECT_TRUE(comm.accepts(Device::kCuda));
+#else
+  EXPECT_FALSE(comm.accepts(Device::kCuda));
+  float x = 0;
+  const TensorView on_cuda(&x, 1, DType::kFloat32, Device::kCuda);
+  EXPECT_THROW(comm.allreduce(on_cuda, on_cuda, ReduceOp::kSum), Error);
+  EXPECT_THROW(comm.broadcast(on_cuda, 0), Error);
+  EXPECT_THROW(comm.set_cuda_stream(nullptr), Error);
+#endif
+  EXPECT_TRUE(comm.accepts(Device::kCpu));
+}
+
 TEST(MpiCommunicator, DuplicatesTheUsersCommunicator) {
   MpiCommunicator comm(MPI_COMM_WORLD);
   int result = MPI_UNEQUAL;

@@ -135,6 +135,10 @@ void MpiCommunicator::verify_same_size(const char* collective, std::size_t numel
 
 WorkHandle MpiCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp op) {
   check_allreduce(send, recv);
+  if (on_cuda(send, recv)) {
+    WorkHandle staged = stage({&send}, {&recv});
+    return finish_staging(std::move(staged), allreduce(send, recv, op));
+  }
   verify_same_size("allreduce", send.numel(), static_cast<int>(send.dtype()) * 4 + static_cast<int>(op));
   const int count = checked_count(send.numel(), "allreduce", rank_);
   const MPI_Datatype type = mpi_type(send.dtype());
@@ -164,6 +168,10 @@ WorkHandle MpiCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp
 
 WorkHandle MpiCommunicator::allgather(TensorView send, TensorView recv) {
   check_allgather(send, recv);
+  if (on_cuda(send, recv)) {
+    WorkHandle staged = stage({&send}, {&recv});
+    return finish_staging(std::move(staged), allgather(send, recv));
+  }
   verify_same_size("allgather", send.numel(), static_cast<int>(send.dtype()));
   const int count = checked_count(send.numel(), "allgather", rank_);
   checked_count(recv.numel(), "allgather", rank_);
@@ -178,6 +186,10 @@ WorkHandle MpiCommunicator::allgather(TensorView send, TensorView recv) {
 WorkHandle MpiCommunicator::allgatherv(TensorView send, TensorView recv,
                                        std::span<const std::size_t> counts) {
   check_allgatherv(send, recv, counts);
+  if (on_cuda(send, recv)) {
+    WorkHandle staged = stage({&send}, {&recv});
+    return finish_staging(std::move(staged), allgatherv(send, recv, counts));
+  }
   verify_same_size("allgatherv", recv.numel(), static_cast<int>(send.dtype()));
   PooledWork* w = WorkPool::acquire(pool_, "allgatherv", recv.numel());
   WorkHandle handle_of_w(w);
@@ -199,6 +211,10 @@ WorkHandle MpiCommunicator::allgatherv(TensorView send, TensorView recv,
 
 WorkHandle MpiCommunicator::alltoall(TensorView send, TensorView recv) {
   check_alltoall(send, recv);
+  if (on_cuda(send, recv)) {
+    WorkHandle staged = stage({&send}, {&recv});
+    return finish_staging(std::move(staged), alltoall(send, recv));
+  }
   verify_same_size("alltoall", send.numel(), static_cast<int>(send.dtype()));
   const int count = checked_count(send.numel() / static_cast<std::size_t>(size_), "alltoall", rank_);
   count_traffic(alltoall_wire_bytes(send.nbytes(), size_));
@@ -212,6 +228,10 @@ WorkHandle MpiCommunicator::alltoall(TensorView send, TensorView recv) {
 WorkHandle MpiCommunicator::alltoallv(TensorView send, std::span<const std::size_t> send_counts,
                                       TensorView recv, std::span<const std::size_t> recv_counts) {
   check_alltoallv(send, send_counts, recv, recv_counts);
+  if (on_cuda(send, recv)) {
+    WorkHandle staged = stage({&send}, {&recv});
+    return finish_staging(std::move(staged), alltoallv(send, send_counts, recv, recv_counts));
+  }
   verify_same_size("alltoallv", static_cast<std::size_t>(size_), static_cast<int>(send.dtype()));
   PooledWork* w = WorkPool::acquire(pool_, "alltoallv", recv.numel());
   WorkHandle handle_of_w(w);
@@ -239,6 +259,10 @@ WorkHandle MpiCommunicator::alltoallv(TensorView send, std::span<const std::size
 
 WorkHandle MpiCommunicator::broadcast(TensorView buffer, int root) {
   check_broadcast(buffer, root);
+  if (on_cuda(buffer)) {
+    WorkHandle staged = stage({&buffer}, {&buffer});
+    return finish_staging(std::move(staged), broadcast(buffer, root));
+  }
   verify_same_size("broadcast", buffer.numel(), root * 8 + static_cast<int>(buffer.dtype()));
   const int count = checked_count(buffer.numel(), "broadcast", rank_);
   if (rank_ == root) count_traffic(buffer.nbytes());
@@ -253,6 +277,28 @@ WorkHandle MpiCommunicator::barrier() {
   GRADCOMM_MPI_CALL(MPI_Ibarrier(comm_, &request), "barrier on rank ", rank_);
   return single_request("barrier", 0, request);
 }
+
+bool MpiCommunicator::accepts(Device device) const {
+#if defined(GRADCOMM_HAVE_CUDA)
+  return device == Device::kCpu || device == Device::kCuda;  // CUDA: staged (device_staging_cuda.cpp)
+#else
+  return device == Device::kCpu;
+#endif
+}
+
+#if !defined(GRADCOMM_HAVE_CUDA)
+void MpiCommunicator::set_cuda_stream(void*, int) {
+  GRADCOMM_THROW(ErrorCode::kUnsupported, "MpiCommunicator::set_cuda_stream on rank ", rank_,
+                 ": gradcomm was built without CUDA");
+}
+// Unreachable: accepts() refuses CUDA buffers before a collective could stage them.
+WorkHandle MpiCommunicator::stage(std::initializer_list<TensorView*>, std::initializer_list<TensorView*>) {
+  GRADCOMM_THROW(ErrorCode::kInternal, "MpiCommunicator::stage without CUDA");
+}
+WorkHandle MpiCommunicator::finish_staging(WorkHandle, WorkHandle) {
+  GRADCOMM_THROW(ErrorCode::kInternal, "MpiCommunicator::finish_staging without CUDA");
+}
+#endif
 
 void MpiCommunicator::abort(const std::string& reason) {
   std::fprintf(stderr, "gradcomm: rank %d aborts the MPI job: %s\n", rank_, reason.c_str());
