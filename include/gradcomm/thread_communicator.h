@@ -46,8 +46,8 @@ class ThreadCommunicator final : public Communicator {
  public:
   // `size` communicators sharing one rendezvous: element r is rank r. Each is used from
   // one thread at a time (its rank's); all must stay alive until every rank is done.
-  static std::vector<std::unique_ptr<ThreadCommunicator>> create(int size,
-                                                                 ThreadCommunicatorOptions options = {});
+  static std::vector<std::unique_ptr<ThreadCommunicator>> create(
+      int size, ThreadCommunicatorOptions options = {});
   // Runs body(rank's communicator) on `size` threads and joins them. A rank that throws
   // aborts the group, so the others end with an Error instead of waiting for it; the
   // first exception thrown is rethrown here.

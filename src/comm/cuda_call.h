@@ -21,7 +21,8 @@ class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
     GRADCOMM_CUDA_CALL(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) GRADCOMM_CUDA_CALL(cudaSetDevice(device), "cudaSetDevice(", device, ")");
+    if (previous_ != device)
+      GRADCOMM_CUDA_CALL(cudaSetDevice(device), "cudaSetDevice(", device, ")");
   }
   ~DeviceGuard() {
     int now = previous_;

@@ -17,11 +17,11 @@ void combine_all(void* acc, const void* src, std::size_t n, Combine combine) {
 void combine_buffers(DType dtype, ReduceOp op, void* acc, const void* src, std::size_t n) {
   switch (dtype) {
     case DType::kFloat32:
-      return combine_all<float>(acc, src, n, [op](float a, float b) { return combine_float(a, b, op); });
+      return combine_all<float>(acc, src, n,
+                                [op](float a, float b) { return combine_float(a, b, op); });
     case DType::kFloat16:
-      return combine_all<std::uint16_t>(acc, src, n, [op](std::uint16_t a, std::uint16_t b) {
-        return combine_half(a, b, op);
-      });
+      return combine_all<std::uint16_t>(
+          acc, src, n, [op](std::uint16_t a, std::uint16_t b) { return combine_half(a, b, op); });
     case DType::kBFloat16:
       return combine_all<std::uint16_t>(acc, src, n, [op](std::uint16_t a, std::uint16_t b) {
         return combine_bfloat16(a, b, op);

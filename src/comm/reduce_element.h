@@ -15,18 +15,23 @@ namespace gradcomm::detail {
 // max/min as std::max(a, b)/std::min(a, b): `a` when the two compare equal or unordered.
 GRADCOMM_HOST_DEVICE inline float combine_float(float a, float b, ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return a + b;
-    case ReduceOp::kMax: return a < b ? b : a;
-    case ReduceOp::kMin: return b < a ? b : a;
+    case ReduceOp::kSum:
+      return a + b;
+    case ReduceOp::kMax:
+      return a < b ? b : a;
+    case ReduceOp::kMin:
+      return b < a ? b : a;
   }
   return a;
 }
 
-GRADCOMM_HOST_DEVICE inline std::uint16_t combine_half(std::uint16_t a, std::uint16_t b, ReduceOp op) {
+GRADCOMM_HOST_DEVICE inline std::uint16_t combine_half(std::uint16_t a, std::uint16_t b,
+                                                       ReduceOp op) {
   return float_to_half(combine_float(half_to_float(a), half_to_float(b), op));
 }
 
-GRADCOMM_HOST_DEVICE inline std::uint16_t combine_bfloat16(std::uint16_t a, std::uint16_t b, ReduceOp op) {
+GRADCOMM_HOST_DEVICE inline std::uint16_t combine_bfloat16(std::uint16_t a, std::uint16_t b,
+                                                           ReduceOp op) {
   return float_to_bfloat16(combine_float(bfloat16_to_float(a), bfloat16_to_float(b), op));
 }
 
@@ -35,9 +40,12 @@ GRADCOMM_HOST_DEVICE inline std::uint16_t combine_bfloat16(std::uint16_t a, std:
 template <typename T, typename Unsigned>
 GRADCOMM_HOST_DEVICE inline T combine_integer(T a, T b, ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return static_cast<T>(static_cast<Unsigned>(a) + static_cast<Unsigned>(b));
-    case ReduceOp::kMax: return a < b ? b : a;
-    case ReduceOp::kMin: return b < a ? b : a;
+    case ReduceOp::kSum:
+      return static_cast<T>(static_cast<Unsigned>(a) + static_cast<Unsigned>(b));
+    case ReduceOp::kMax:
+      return a < b ? b : a;
+    case ReduceOp::kMin:
+      return b < a ? b : a;
   }
   return a;
 }

@@ -12,6 +12,7 @@
 #include "core/float16.h"
 #include "gradcomm/mpi_communicator.h"
 #include "mpi/mpi_test_util.h"
+#include "uneven_parts.h"
 
 namespace gradcomm {
 namespace {
@@ -189,35 +190,19 @@ TEST(MpiCommunicator, TrafficFollowsTheAlgorithmModel) {
   EXPECT_EQ(comm.traffic().collectives, 2u);
 }
 
-// Uneven parts, an empty one among them: rank r sends (r + d) % 3 elements to rank d, each
-// element naming its sender and receiver, so a part landing in the wrong place shows.
+// Uneven parts, an empty one among them (tests/uneven_parts.h).
 TEST(MpiCommunicator, AlltoallvDeliversUnevenPartsInRankOrder) {
   MpiCommunicator comm(MPI_COMM_WORLD);
-  const int p = comm.size(), me = comm.rank();
-  auto count = [](int from, int to) { return static_cast<std::size_t>((from + to) % 3); };
-  std::vector<std::size_t> send_counts, recv_counts;
-  std::vector<std::int32_t> send;
-  for (int d = 0; d < p; ++d) {
-    send_counts.push_back(count(me, d));
-    recv_counts.push_back(count(d, me));
-    for (std::size_t j = 0; j < count(me, d); ++j) send.push_back(1000 * me + 10 * d + static_cast<int>(j));
-  }
-  std::vector<std::int32_t> recv(std::accumulate(recv_counts.begin(), recv_counts.end(), std::size_t{0}), -1);
+  testing::UnevenParts parts(comm.rank(), comm.size());
+  std::vector<std::int32_t> recv(parts.received(), -1);
   comm.reset_traffic();
-  comm.alltoallv(view(send), send_counts, view(recv), recv_counts)->wait();
-  std::size_t at = 0;
-  for (int src = 0; src < p; ++src) {
-    for (std::size_t j = 0; j < count(src, me); ++j) {
-      EXPECT_EQ(recv[at++], 1000 * src + 10 * me + static_cast<int>(j)) << "from rank " << src;
-    }
-  }
-  std::uint64_t expected = 0;
-  for (int d = 0; d < p; ++d) expected += d == me ? 0 : 4 * count(me, d);
-  EXPECT_EQ(comm.traffic().bytes_sent, expected);
+  comm.alltoallv(view(parts.send), parts.send_counts, view(recv), parts.recv_counts)->wait();
+  EXPECT_EQ(recv, parts.expected);
+  EXPECT_EQ(comm.traffic().bytes_sent, parts.bytes_to_others);
   // Counts that do not add up to the buffers are refused before MPI sees them.
-  std::vector<std::size_t> wrong = send_counts;
+  std::vector<std::size_t> wrong = parts.send_counts;
   wrong[0] += 1;
-  EXPECT_THROW(comm.alltoallv(view(send), wrong, view(recv), recv_counts), Error);
+  EXPECT_THROW(comm.alltoallv(view(parts.send), wrong, view(recv), parts.recv_counts), Error);
 }
 
 TEST(MpiCommunicator, LocalSizeErrorsAreCaughtBeforeMpi) {

@@ -12,20 +12,17 @@
 
 #include "core/float16.h"
 #include "gradcomm/mpi_communicator.h"
+#include "mpi/cuda_buffers.h"
 #include "mpi/mpi_test_util.h"
 
 namespace gradcomm {
 namespace {
 
-bool have_device() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
 class CudaStaging : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!testing::all_ranks(have_device())) GTEST_SKIP() << "no CUDA device on some rank";
+    if (!testing::all_ranks(testing::have_cuda_device()))
+      GTEST_SKIP() << "no CUDA device on some rank";
     int count = 0;
     cudaGetDeviceCount(&count);
     mpi_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
@@ -36,31 +33,25 @@ class CudaStaging : public ::testing::Test {
     mpi_->set_cuda_stream(stream_);
   }
   void TearDown() override {
-    for (void* p : buffers_) cudaFree(p);
     if (stream_) cudaStreamDestroy(stream_);
   }
   template <typename T>
   TensorView on_device(const std::vector<T>& host, DType dtype = dtype_of<T>()) {
-    void* ptr = nullptr;
-    EXPECT_EQ(cudaMalloc(&ptr, std::max<std::size_t>(1, host.size()) * sizeof(T)), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-    buffers_.push_back(ptr);
-    return TensorView(ptr, host.size(), dtype, Device::kCuda);
+    return TensorView(buffers_.copy(host), host.size(), dtype, Device::kCuda);
   }
   template <typename T>
   std::vector<T> to_host(TensorView v) {
-    std::vector<T> host(v.numel());
-    EXPECT_EQ(cudaMemcpy(host.data(), v.data(), v.nbytes(), cudaMemcpyDeviceToHost), cudaSuccess);
-    return host;
+    return testing::DeviceBuffers::to_host(static_cast<const T*>(v.data()), v.numel());
   }
   std::unique_ptr<MpiCommunicator> mpi_;
   cudaStream_t stream_ = nullptr;
-  std::vector<void*> buffers_;
+  testing::DeviceBuffers buffers_;
 };
 
 std::vector<float> inexact(int rank, std::size_t n) {
   std::vector<float> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = std::sin(static_cast<float>(i) * 0.37f + static_cast<float>(rank)) * 0.01f;
+  for (std::size_t i = 0; i < n; ++i)
+    v[i] = std::sin(static_cast<float>(i) * 0.37f + static_cast<float>(rank)) * 0.01f;
   return v;
 }
 
@@ -68,7 +59,8 @@ TEST_F(CudaStaging, AllreduceMatchesTheHostPathBitwise) {
   const int me = mpi_->rank();
   for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{97}, std::size_t{1} << 20}) {
     std::vector<float> host = inexact(me, n), expected(n);
-    mpi_->allreduce(TensorView::of(std::span<float>(host)), TensorView::of(std::span<float>(expected)), ReduceOp::kSum)
+    mpi_->allreduce(TensorView::of(std::span<float>(host)),
+                    TensorView::of(std::span<float>(expected)), ReduceOp::kSum)
         ->wait();
     const TensorView send = on_device(inexact(me, n));
     const TensorView recv = on_device(std::vector<float>(n, -1.0f));
@@ -82,8 +74,9 @@ TEST_F(CudaStaging, AllreduceMatchesTheHostPathBitwise) {
   std::vector<std::uint16_t> half(1001);
   for (std::size_t i = 0; i < half.size(); ++i) half[i] = float_to_half(inexact(me, 1001)[i]);
   const TensorView d_half = on_device(half, DType::kFloat16);
-  mpi_->allreduce(TensorView(half.data(), half.size(), DType::kFloat16), TensorView(half.data(), half.size(), DType::kFloat16),
-                  ReduceOp::kMax)->wait();
+  mpi_->allreduce(TensorView(half.data(), half.size(), DType::kFloat16),
+                  TensorView(half.data(), half.size(), DType::kFloat16), ReduceOp::kMax)
+      ->wait();
   mpi_->allreduce(d_half, d_half, ReduceOp::kMax)->wait();
   EXPECT_EQ(to_host<std::uint16_t>(d_half), half);
 }
@@ -99,7 +92,8 @@ TEST_F(CudaStaging, GathersScattersAndBroadcast) {
   std::vector<std::size_t> counts(static_cast<std::size_t>(p));
   for (int r = 0; r < p; ++r) counts[r] = r == 1 ? 0 : static_cast<std::size_t>(r + 2);
   const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
-  const TensorView part = on_device(std::vector<std::uint8_t>(counts[me], static_cast<std::uint8_t>(me + 1)));
+  const TensorView part =
+      on_device(std::vector<std::uint8_t>(counts[me], static_cast<std::uint8_t>(me + 1)));
   const TensorView parts = on_device(std::vector<std::uint8_t>(total, 0));
   mpi_->allgatherv(part, parts, counts)->wait();
   std::size_t at = 0;
@@ -109,16 +103,20 @@ TEST_F(CudaStaging, GathersScattersAndBroadcast) {
 
   std::vector<std::uint32_t> blocks(3 * static_cast<std::size_t>(p));
   for (int d = 0; d < p; ++d)
-    for (int i = 0; i < 3; ++i) blocks[3 * d + i] = static_cast<std::uint32_t>(me * 100 + d * 10 + i);
+    for (int i = 0; i < 3; ++i)
+      blocks[3 * d + i] = static_cast<std::uint32_t>(me * 100 + d * 10 + i);
   const TensorView a2a_send = on_device(blocks);
   const TensorView a2a_recv = on_device(std::vector<std::uint32_t>(blocks.size(), 0));
   mpi_->alltoall(a2a_send, a2a_recv)->wait();
   const auto a2a = to_host<std::uint32_t>(a2a_recv);
   for (int s = 0; s < p; ++s)
-    for (int i = 0; i < 3; ++i) EXPECT_EQ(a2a[3 * s + i], static_cast<std::uint32_t>(s * 100 + me * 10 + i));
+    for (int i = 0; i < 3; ++i)
+      EXPECT_EQ(a2a[3 * s + i], static_cast<std::uint32_t>(s * 100 + me * 10 + i));
 
-  std::vector<std::size_t> send_counts(static_cast<std::size_t>(p), 1), recv_counts(static_cast<std::size_t>(p), 1);
-  const TensorView v_send = on_device(std::vector<float>(static_cast<std::size_t>(p), static_cast<float>(me)));
+  std::vector<std::size_t> send_counts(static_cast<std::size_t>(p), 1),
+      recv_counts(static_cast<std::size_t>(p), 1);
+  const TensorView v_send =
+      on_device(std::vector<float>(static_cast<std::size_t>(p), static_cast<float>(me)));
   const TensorView v_recv = on_device(std::vector<float>(static_cast<std::size_t>(p), -1.0f));
   mpi_->alltoallv(v_send, send_counts, v_recv, recv_counts)->wait();
   const auto v = to_host<float>(v_recv);

@@ -13,20 +13,17 @@
 #include "gradcomm/local_device.h"
 #include "gradcomm/mpi_communicator.h"
 #include "gradcomm/nccl_communicator.h"
+#include "mpi/cuda_buffers.h"
 #include "mpi/mpi_test_util.h"
+#include "uneven_parts.h"
 
 namespace gradcomm {
 namespace {
 
-bool have_device() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
 class NcclTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!testing::all_ranks(have_device())) GTEST_SKIP() << "no CUDA device on some rank";
+    if (!testing::all_ranks(testing::have_cuda_device())) GTEST_SKIP() << "no CUDA device on some rank";
     mpi_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
     host_ = mpi_->split_shared();
     int count = 0;
@@ -41,25 +38,16 @@ class NcclTest : public ::testing::Test {
   }
   template <typename T>
   T* device_copy(const std::vector<T>& host) {
-    T* ptr = nullptr;
-    EXPECT_EQ(cudaMalloc(&ptr, std::max<std::size_t>(1, host.size()) * sizeof(T)), cudaSuccess);
-    cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
-    buffers_.push_back(ptr);
-    return ptr;
+    return buffers_.copy(host);
   }
   template <typename T>
   std::vector<T> host_copy(const T* ptr, std::size_t n) {
-    std::vector<T> host(n);
-    cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost);
-    return host;
-  }
-  void TearDown() override {
-    for (void* p : buffers_) cudaFree(p);
+    return testing::DeviceBuffers::to_host(ptr, n);
   }
   std::unique_ptr<MpiCommunicator> mpi_;
   std::unique_ptr<Communicator> host_;
   std::unique_ptr<NcclCommunicator> nccl_;
-  std::vector<void*> buffers_;
+  testing::DeviceBuffers buffers_;
 };
 
 TEST_F(NcclTest, AllreduceAllgatherAlltoallBroadcast) {
@@ -106,23 +94,12 @@ TEST_F(NcclTest, AllreduceAllgatherAlltoallBroadcast) {
 
 TEST_F(NcclTest, AlltoallvAndAllgathervWithEmptyParts) {
   const int p = nccl_->size(), me = nccl_->rank();
-  auto count = [](int from, int to) { return static_cast<std::size_t>((from + to) % 3); };
-  std::vector<std::size_t> send_counts, recv_counts;
-  std::vector<std::int32_t> send;
-  for (int d = 0; d < p; ++d) {
-    send_counts.push_back(count(me, d));
-    recv_counts.push_back(count(d, me));
-    for (std::size_t j = 0; j < count(me, d); ++j) send.push_back(1000 * me + 10 * d + static_cast<int>(j));
-  }
-  const std::size_t received = std::accumulate(recv_counts.begin(), recv_counts.end(), std::size_t{0});
-  std::int32_t* dsend = device_copy(send);
-  std::int32_t* drecv = device_copy(std::vector<std::int32_t>(received, -1));
-  nccl_->alltoallv(TensorView(dsend, send.size(), DType::kInt32, Device::kCuda), send_counts,
-                   TensorView(drecv, received, DType::kInt32, Device::kCuda), recv_counts)->wait();
-  const auto got = host_copy(drecv, received);
-  std::size_t at = 0;
-  for (int s = 0; s < p; ++s)
-    for (std::size_t j = 0; j < count(s, me); ++j) ASSERT_EQ(got[at++], 1000 * s + 10 * me + static_cast<int>(j));
+  testing::UnevenParts parts(me, p);  // tests/uneven_parts.h
+  std::int32_t* dsend = device_copy(parts.send);
+  std::int32_t* drecv = device_copy(std::vector<std::int32_t>(parts.received(), -1));
+  nccl_->alltoallv(TensorView(dsend, parts.send.size(), DType::kInt32, Device::kCuda), parts.send_counts,
+                   TensorView(drecv, parts.received(), DType::kInt32, Device::kCuda), parts.recv_counts)->wait();
+  EXPECT_EQ(host_copy(drecv, parts.received()), parts.expected);
 
   std::vector<std::size_t> counts(static_cast<std::size_t>(p));
   for (int r = 0; r < p; ++r) counts[r] = r == 1 ? 0 : static_cast<std::size_t>(2 * r + 1);
@@ -132,7 +109,7 @@ TEST_F(NcclTest, AlltoallvAndAllgathervWithEmptyParts) {
   nccl_->allgatherv(TensorView(mine, counts[me], DType::kUInt8, Device::kCuda),
                     TensorView(all, total, DType::kUInt8, Device::kCuda), counts)->wait();
   const auto gathered = host_copy(all, total);
-  at = 0;
+  std::size_t at = 0;
   for (int r = 0; r < p; ++r)
     for (std::size_t j = 0; j < counts[r]; ++j) ASSERT_EQ(gathered[at++], r + 1);
 }

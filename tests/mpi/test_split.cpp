@@ -24,7 +24,9 @@ MpiCommunicator& as_mpi(Communicator& comm) { return dynamic_cast<MpiCommunicato
 std::vector<int> members(MpiCommunicator& part) {
   int me = world_rank();
   std::vector<int> all(static_cast<std::size_t>(part.size()));
-  part.allgather(TensorView(&me, 1, DType::kInt32), TensorView(all.data(), all.size(), DType::kInt32))->wait();
+  part.allgather(TensorView(&me, 1, DType::kInt32),
+                 TensorView(all.data(), all.size(), DType::kInt32))
+      ->wait();
   return all;
 }
 
@@ -61,7 +63,9 @@ TEST(MpiSplit, SharedGroupsTheRanksOfThisHost) {
     EXPECT_LT(host->size(), world_size()) << "an emulated cluster must have more than one host";
   }
   float x = static_cast<float>(world_rank() + 1), sum = 0;
-  host->allreduce(TensorView(&x, 1, DType::kFloat32), TensorView(&sum, 1, DType::kFloat32), ReduceOp::kSum)->wait();
+  host->allreduce(TensorView(&x, 1, DType::kFloat32), TensorView(&sum, 1, DType::kFloat32),
+                  ReduceOp::kSum)
+      ->wait();
   float expected = 0;
   for (int r : ranks_on_my_host()) expected += static_cast<float>(r + 1);
   EXPECT_EQ(sum, expected);
@@ -82,7 +86,8 @@ TEST(MpiSplit, SameLocalRankAcrossHosts) {
   if (host->rank() == 0) {
     EXPECT_EQ(cross->size(), total);  // local rank 0 exists on every host
   }
-  EXPECT_EQ(cross->split_shared()->size(), 1) << "each member of the cross-host group is on another host";
+  EXPECT_EQ(cross->split_shared()->size(), 1)
+      << "each member of the cross-host group is on another host";
 }
 
 TEST(MpiSplit, ColorsKeysAndNoColor) {
@@ -102,7 +107,9 @@ TEST(MpiSplit, ColorsKeysAndNoColor) {
     // Traffic is the new communicator's own.
     part->reset_traffic();
     std::vector<float> data(100, 1.0f);
-    part->allreduce(TensorView::of(std::span<float>(data)), TensorView::of(std::span<float>(data)), ReduceOp::kSum)->wait();
+    part->allreduce(TensorView::of(std::span<float>(data)), TensorView::of(std::span<float>(data)),
+                    ReduceOp::kSum)
+        ->wait();
     EXPECT_EQ(data[99], static_cast<float>(expected.size()));
     EXPECT_EQ(part->traffic().collectives, 1u);
   }
@@ -111,8 +118,8 @@ TEST(MpiSplit, ColorsKeysAndNoColor) {
   // The parent still works, and outlives nothing: a split made while a collective of the
   // parent is in flight.
   std::vector<float> big(10000, 1.0f);
-  WorkHandle pending = comm.allreduce(TensorView::of(std::span<float>(big)), TensorView::of(std::span<float>(big)),
-                                      ReduceOp::kSum);
+  WorkHandle pending = comm.allreduce(TensorView::of(std::span<float>(big)),
+                                      TensorView::of(std::span<float>(big)), ReduceOp::kSum);
   std::unique_ptr<Communicator> all = comm.split(0, 0);
   pending->wait();
   EXPECT_EQ(big[0], static_cast<float>(p));
@@ -126,7 +133,9 @@ TEST(MpiSplit, OutlivesItsParent) {
     half = comm.split(comm.rank() % 2, 0);
   }
   int one = 1, count = 0;
-  half->allreduce(TensorView(&one, 1, DType::kInt32), TensorView(&count, 1, DType::kInt32), ReduceOp::kSum)->wait();
+  half->allreduce(TensorView(&one, 1, DType::kInt32), TensorView(&count, 1, DType::kInt32),
+                  ReduceOp::kSum)
+      ->wait();
   EXPECT_EQ(count, half->size());
 }
 

@@ -25,11 +25,15 @@ using testing::world_size;
 
 // Multiples of 1/64 below 1: any sum of up to 2^17 of them is exact in float32.
 float exact_value(int rank, int step, std::size_t layer, std::size_t i) {
-  return static_cast<float>(static_cast<int>((i * 31 + static_cast<std::size_t>(rank) * 17 + layer * 5 +
-                                              static_cast<std::size_t>(step) * 3) % 64) - 32) / 64.0f;
+  return static_cast<float>(static_cast<int>((i * 31 + static_cast<std::size_t>(rank) * 17 +
+                                              layer * 5 + static_cast<std::size_t>(step) * 3) %
+                                             64) -
+                            32) /
+         64.0f;
 }
 float inexact_value(int rank, int step, std::size_t layer, std::size_t i) {
-  return std::sin(static_cast<float>(i + 1) * 0.37f + static_cast<float>(layer + step)) * (rank + 1) * 0.01f;
+  return std::sin(static_cast<float>(i + 1) * 0.37f + static_cast<float>(layer + step)) *
+         (rank + 1) * 0.01f;
 }
 
 // Every step's outputs of every layer, back to back.
@@ -46,7 +50,8 @@ Job job(std::vector<LayerSpec> layers, std::function<std::shared_ptr<Compressor>
       for (std::size_t l = 0; l < layers.size(); ++l) {
         grads.emplace_back(layers[l].numel);
         outs.emplace_back(layers[l].numel);
-        for (std::size_t i = 0; i < layers[l].numel; ++i) grads[l][i] = value(comm.rank(), step, l, i);
+        for (std::size_t i = 0; i < layers[l].numel; ++i)
+          grads[l][i] = value(comm.rank(), step, l, i);
       }
       for (std::size_t l = 0; l < layers.size(); ++l) {
         gv.push_back(TensorView::of(std::span<float>(grads[l])));
@@ -66,17 +71,22 @@ bool same_over_threads_and_mpi(const Job& run) {
   const int p = world_size();
   const std::vector<float> mine = run(mpi);
   std::vector<float> gathered(world_rank() == 0 ? mine.size() * static_cast<std::size_t>(p) : 0);
-  MPI_Gather(mine.data(), static_cast<int>(mine.size()), MPI_FLOAT, gathered.data(), static_cast<int>(mine.size()),
-             MPI_FLOAT, 0, MPI_COMM_WORLD);
+  MPI_Gather(mine.data(), static_cast<int>(mine.size()), MPI_FLOAT, gathered.data(),
+             static_cast<int>(mine.size()), MPI_FLOAT, 0, MPI_COMM_WORLD);
   bool ok = true;
   if (world_rank() == 0) {
     std::vector<std::vector<float>> threads(static_cast<std::size_t>(p));
-    ThreadCommunicator::run(p, [&](ThreadCommunicator& comm) { threads[static_cast<std::size_t>(comm.rank())] = run(comm); });
+    ThreadCommunicator::run(p, [&](ThreadCommunicator& comm) {
+      threads[static_cast<std::size_t>(comm.rank())] = run(comm);
+    });
     for (int r = 0; r < p; ++r) {
       const std::vector<float>& t = threads[static_cast<std::size_t>(r)];
-      const bool equal = t.size() == mine.size() &&
-                         std::equal(t.begin(), t.end(), gathered.begin() + static_cast<std::ptrdiff_t>(r * mine.size()));
-      EXPECT_TRUE(equal) << "rank " << r << " of " << p << ": the thread run differs from the MPI run";
+      const bool equal =
+          t.size() == mine.size() &&
+          std::equal(t.begin(), t.end(),
+                     gathered.begin() + static_cast<std::ptrdiff_t>(r * mine.size()));
+      EXPECT_TRUE(equal) << "rank " << r << " of " << p
+                         << ": the thread run differs from the MPI run";
       ok = ok && equal;
     }
   }
@@ -84,21 +94,24 @@ bool same_over_threads_and_mpi(const Job& run) {
 }
 
 std::vector<LayerSpec> dense_layers() {
-  return {{"embed", 5000, 2}, {"empty", 0, 1}, {"fc1.w", 1001, 2}, {"fc1.b", 7, 1}, {"big", 30001, 2}};
+  return {
+      {"embed", 5000, 2}, {"empty", 0, 1}, {"fc1.w", 1001, 2}, {"fc1.b", 7, 1}, {"big", 30001, 2}};
 }
 
 TEST(ThreadVsMpi, DenseExactSumsAreBitwiseEqual) {
   for (DType wire : {DType::kFloat32, DType::kFloat16}) {
-    EXPECT_TRUE(same_over_threads_and_mpi(job(dense_layers(), [=] { return std::make_shared<DenseCompressor>(DenseOptions{wire}); },
-                                              3, exact_value)))
+    EXPECT_TRUE(same_over_threads_and_mpi(job(
+        dense_layers(), [=] { return std::make_shared<DenseCompressor>(DenseOptions{wire}); }, 3,
+        exact_value)))
         << dtype_name(wire);
   }
 }
 
 TEST(ThreadVsMpi, DenseInexactSumsAreBitwiseEqualOnTwoRanks) {
-  if (world_size() != 2) GTEST_SKIP() << "the order of an inexact sum differs between the two on 3+ ranks";
-  EXPECT_TRUE(same_over_threads_and_mpi(
-      job(dense_layers(), [] { return std::make_shared<DenseCompressor>(); }, 3, inexact_value)));
+  if (world_size() != 2)
+    GTEST_SKIP() << "the order of an inexact sum differs between the two on 3+ ranks";
+  EXPECT_TRUE(same_over_threads_and_mpi(job(
+      dense_layers(), [] { return std::make_shared<DenseCompressor>(); }, 3, inexact_value)));
 }
 
 // No 1-D layer and no dense fallback: every layer is sparse, its sum made by DGC's decode.

@@ -29,12 +29,14 @@ int throw_rank() {
 void setup_and_one_step() {
   MpiCommunicator comm(MPI_COMM_WORLD);
   if (comm.rank() == throw_rank()) {
-    GRADCOMM_THROW(ErrorCode::kInvalidArgument, "rank ", comm.rank(), " refuses its setting --density 0");
+    GRADCOMM_THROW(ErrorCode::kInvalidArgument, "rank ", comm.rank(),
+                   " refuses its setting --density 0");
   }
   const std::vector<LayerSpec> layers = {{"fc.weight", 1000, 2}, {"fc.bias", 10, 1}};
   Exchanger ex(comm, std::make_shared<DenseCompressor>(), layers);  // the others wait here
   std::vector<float> w(1000, 1.0f), b(10, 1.0f);
-  const TensorView views[] = {TensorView::of(std::span<float>(w)), TensorView::of(std::span<float>(b))};
+  const TensorView views[] = {TensorView::of(std::span<float>(w)),
+                              TensorView::of(std::span<float>(b))};
   ex.exchange(views, views);
   EXPECT_EQ(w[0], 1.0f);
 }
@@ -48,7 +50,8 @@ TEST(UnwindingAbort, ARankThatThrowsBeforeTheAgreementEndsTheJob) {
     setup_and_one_step();
   } catch (const Error& e) {
     // Reached only if the destructor did not abort.
-    ADD_FAILURE() << "rank " << testing::world_rank() << " came back from the unwinding: " << e.what();
+    ADD_FAILURE() << "rank " << testing::world_rank()
+                  << " came back from the unwinding: " << e.what();
   }
 }
 

@@ -16,8 +16,8 @@ namespace {
 // Sets the launcher variables for one test and restores the process's afterwards.
 class LocalRankEnvironment : public ::testing::Test {
  protected:
-  static constexpr const char* kNames[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_RANK",
-                                           "LOCAL_WORLD_SIZE"};
+  static constexpr const char* kNames[] = {
+      "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"};
   void SetUp() override {
     for (const char* name : kNames) {
       const char* value = std::getenv(name);
@@ -67,7 +67,8 @@ TEST_F(LocalRankEnvironment, BadValuesNameTheVariable) {
       ADD_FAILURE() << "LOCAL_RANK='" << bad << "' accepted";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
-      EXPECT_NE(e.message().find("LOCAL_RANK='" + std::string(bad) + "'"), std::string::npos) << e.what();
+      EXPECT_NE(e.message().find("LOCAL_RANK='" + std::string(bad) + "'"), std::string::npos)
+          << e.what();
     }
   }
   setenv("LOCAL_RANK", "2", 1);
@@ -76,9 +77,12 @@ TEST_F(LocalRankEnvironment, BadValuesNameTheVariable) {
 }
 
 TEST(LocalDevice, DescribeSaysWhereTheDeviceCameFrom) {
-  LocalDevice d{.device = 1, .device_count = 2, .local = {.rank = 3, .size = 4, .source = "OMPI_COMM_WORLD_LOCAL_RANK"}};
+  LocalDevice d{.device = 1,
+                .device_count = 2,
+                .local = {.rank = 3, .size = 4, .source = "OMPI_COMM_WORLD_LOCAL_RANK"}};
   EXPECT_EQ(d.describe(),
-            "cuda:1 (local rank 3 of 4, from OMPI_COMM_WORLD_LOCAL_RANK; 2 devices); 4 local ranks share 2 devices, "
+            "cuda:1 (local rank 3 of 4, from OMPI_COMM_WORLD_LOCAL_RANK; 2 devices); 4 local ranks "
+            "share 2 devices, "
             "which NCCL refuses");
   d = {.device = 0, .device_count = 1, .local = {.rank = 0, .size = 0, .source = "none"}};
   EXPECT_EQ(d.describe(), "cuda:0 (local rank 0, no local rank in the environment; 1 device)");

@@ -15,6 +15,7 @@
 
 #include "core/float16.h"
 #include "gradcomm/thread_communicator.h"
+#include "uneven_parts.h"
 
 namespace gradcomm {
 namespace {
@@ -30,21 +31,29 @@ using Bytes = std::vector<std::byte>;
 // Rank r's element i as raw bits of `dtype`: inexact floats (so the order of a sum shows
 // in the last bits), integers that overflow when summed.
 std::uint32_t raw_value(DType dtype, int rank, std::size_t i) {
-  const float x = std::sin(static_cast<float>(i) * 0.37f + static_cast<float>(rank)) * static_cast<float>(rank + 1);
-  const std::uint32_t bits = static_cast<std::uint32_t>(i) * 2654435761u + static_cast<std::uint32_t>(rank) * 40503u;
+  const float x = std::sin(static_cast<float>(i) * 0.37f + static_cast<float>(rank)) *
+                  static_cast<float>(rank + 1);
+  const std::uint32_t bits =
+      static_cast<std::uint32_t>(i) * 2654435761u + static_cast<std::uint32_t>(rank) * 40503u;
   switch (dtype) {
-    case DType::kFloat32: return std::bit_cast<std::uint32_t>(x);
-    case DType::kFloat16: return float_to_half(x);
-    case DType::kBFloat16: return float_to_bfloat16(x);
-    case DType::kInt32: case DType::kUInt32: return bits;
-    case DType::kUInt8: return bits >> 24;
+    case DType::kFloat32:
+      return std::bit_cast<std::uint32_t>(x);
+    case DType::kFloat16:
+      return float_to_half(x);
+    case DType::kBFloat16:
+      return float_to_bfloat16(x);
+    case DType::kInt32:
+    case DType::kUInt32:
+      return bits;
+    case DType::kUInt8:
+      return bits >> 24;
   }
   return 0;
 }
 
 void store(DType dtype, Bytes& buffer, std::size_t i, std::uint32_t v) {
   std::memcpy(  // little-endian: the low bytes of v
-buffer.data() + i * dtype_size(dtype), &v, dtype_size(dtype));
+      buffer.data() + i * dtype_size(dtype), &v, dtype_size(dtype));
 }
 
 Bytes values(DType dtype, int rank, std::size_t n) {
@@ -53,7 +62,9 @@ Bytes values(DType dtype, int rank, std::size_t n) {
   return b;
 }
 
-TensorView view(Bytes& b, DType dtype) { return TensorView(b.data(), b.size() / dtype_size(dtype), dtype); }
+TensorView view(Bytes& b, DType dtype) {
+  return TensorView(b.data(), b.size() / dtype_size(dtype), dtype);
+}
 
 // The reference reduction step, written out per dtype (16-bit values rounded back after
 // every step, integer sums wrapping).
@@ -63,18 +74,26 @@ float pick(float a, float b, ReduceOp op) {
 }
 std::uint32_t combine(DType dtype, ReduceOp op, std::uint32_t a, std::uint32_t b) {
   switch (dtype) {
-    case DType::kFloat32: return std::bit_cast<std::uint32_t>(pick(f32(a), f32(b), op));
+    case DType::kFloat32:
+      return std::bit_cast<std::uint32_t>(pick(f32(a), f32(b), op));
     case DType::kFloat16:
-      return float_to_half(pick(half_to_float(static_cast<std::uint16_t>(a)), half_to_float(static_cast<std::uint16_t>(b)), op));
+      return float_to_half(pick(half_to_float(static_cast<std::uint16_t>(a)),
+                                half_to_float(static_cast<std::uint16_t>(b)), op));
     case DType::kBFloat16:
-      return float_to_bfloat16(
-          pick(bfloat16_to_float(static_cast<std::uint16_t>(a)), bfloat16_to_float(static_cast<std::uint16_t>(b)), op));
+      return float_to_bfloat16(pick(bfloat16_to_float(static_cast<std::uint16_t>(a)),
+                                    bfloat16_to_float(static_cast<std::uint16_t>(b)), op));
     case DType::kInt32: {
       const auto x = static_cast<std::int32_t>(a), y = static_cast<std::int32_t>(b);
-      return op == ReduceOp::kSum ? a + b : static_cast<std::uint32_t>(op == ReduceOp::kMax ? std::max(x, y) : std::min(x, y));
+      return op == ReduceOp::kSum ? a + b
+                                  : static_cast<std::uint32_t>(
+                                        op == ReduceOp::kMax ? std::max(x, y) : std::min(x, y));
     }
-    case DType::kUInt32: return op == ReduceOp::kSum ? a + b : op == ReduceOp::kMax ? std::max(a, b) : std::min(a, b);
-    case DType::kUInt8: return op == ReduceOp::kSum ? (a + b) & 0xffu : op == ReduceOp::kMax ? std::max(a, b) : std::min(a, b);
+    case DType::kUInt32:
+      return op == ReduceOp::kSum ? a + b : op == ReduceOp::kMax ? std::max(a, b) : std::min(a, b);
+    case DType::kUInt8:
+      return op == ReduceOp::kSum   ? (a + b) & 0xffu
+             : op == ReduceOp::kMax ? std::max(a, b)
+                                    : std::min(a, b);
   }
   return 0;
 }
@@ -90,11 +109,15 @@ Bytes expected_reduction(DType dtype, ReduceOp op, int p, std::size_t n) {
 }
 
 // Runs body on p thread ranks; a failed assertion in a rank is reported with its rank.
-void on_ranks(int p, const std::function<void(ThreadCommunicator&)>& body, ThreadCommunicatorOptions options = {}) {
-  ThreadCommunicator::run(p, [&](ThreadCommunicator& comm) {
-    SCOPED_TRACE("rank " + std::to_string(comm.rank()) + " of " + std::to_string(p));
-    body(comm);
-  }, options);
+void on_ranks(int p, const std::function<void(ThreadCommunicator&)>& body,
+              ThreadCommunicatorOptions options = {}) {
+  ThreadCommunicator::run(
+      p,
+      [&](ThreadCommunicator& comm) {
+        SCOPED_TRACE("rank " + std::to_string(comm.rank()) + " of " + std::to_string(p));
+        body(comm);
+      },
+      options);
 }
 
 TEST(ThreadCommunicator, RankSizeAndDescribe) {
@@ -106,7 +129,8 @@ TEST(ThreadCommunicator, RankSizeAndDescribe) {
       EXPECT_EQ(ranks[r]->size(), p);
       EXPECT_EQ(ranks[r]->device(), Device::kCpu);
       EXPECT_EQ(ranks[r]->stream(), nullptr);
-      EXPECT_NE(ranks[r]->describe().find("rank " + std::to_string(r) + " of " + std::to_string(p)), std::string::npos);
+      EXPECT_NE(ranks[r]->describe().find("rank " + std::to_string(r) + " of " + std::to_string(p)),
+                std::string::npos);
     }
   }
   EXPECT_THROW(ThreadCommunicator::create(0), Error);
@@ -118,7 +142,8 @@ TEST(ThreadCommunicator, AllreduceEveryDtypeAndOpInRankOrder) {
       for (ReduceOp op : kAllOps) {
         for (std::size_t n : kSizes) {
           const Bytes expected = expected_reduction(dtype, op, p, n);
-          std::vector<Bytes> out(static_cast<std::size_t>(p)), in_place(static_cast<std::size_t>(p));
+          std::vector<Bytes> out(static_cast<std::size_t>(p)),
+              in_place(static_cast<std::size_t>(p));
           on_ranks(p, [&](ThreadCommunicator& comm) {
             Bytes send = values(dtype, comm.rank(), n);
             Bytes& recv = out[comm.rank()];
@@ -129,9 +154,10 @@ TEST(ThreadCommunicator, AllreduceEveryDtypeAndOpInRankOrder) {
             comm.allreduce(view(same, dtype), view(same, dtype), op)->wait();
           });
           for (int r = 0; r < p; ++r) {
-            ASSERT_EQ(out[r], expected) << "p=" << p << " " << dtype_name(dtype) << " " << reduce_op_name(op)
-                                        << " n=" << n << " rank " << r;
-            ASSERT_EQ(in_place[r], expected) << "in place, p=" << p << " " << dtype_name(dtype) << " n=" << n;
+            ASSERT_EQ(out[r], expected) << "p=" << p << " " << dtype_name(dtype) << " "
+                                        << reduce_op_name(op) << " n=" << n << " rank " << r;
+            ASSERT_EQ(in_place[r], expected)
+                << "in place, p=" << p << " " << dtype_name(dtype) << " n=" << n;
           }
         }
       }
@@ -146,9 +172,11 @@ TEST(ThreadCommunicator, AllreduceLargeBuffers) {
       std::vector<Bytes> out(static_cast<std::size_t>(p));
       on_ranks(p, [&](ThreadCommunicator& comm) {
         out[comm.rank()] = values(dtype, comm.rank(), kLarge);
-        comm.allreduce(view(out[comm.rank()], dtype), view(out[comm.rank()], dtype), ReduceOp::kSum)->wait();
+        comm.allreduce(view(out[comm.rank()], dtype), view(out[comm.rank()], dtype), ReduceOp::kSum)
+            ->wait();
       });
-      for (int r = 0; r < p; ++r) ASSERT_TRUE(out[r] == expected) << dtype_name(dtype) << " p=" << p << " rank " << r;
+      for (int r = 0; r < p; ++r)
+        ASSERT_TRUE(out[r] == expected) << dtype_name(dtype) << " p=" << p << " rank " << r;
     }
   }
 }
@@ -166,9 +194,11 @@ TEST(ThreadCommunicator, AllgatherAndAllgathervEveryDtype) {
         });
         for (int r = 0; r < p; ++r) {
           for (int s = 0; s < p; ++s) {
-            ASSERT_TRUE(std::equal(out[r].begin() + s * n * dtype_size(dtype), out[r].begin() + (s + 1) * n * dtype_size(dtype),
+            ASSERT_TRUE(std::equal(out[r].begin() + s * n * dtype_size(dtype),
+                                   out[r].begin() + (s + 1) * n * dtype_size(dtype),
                                    values(dtype, s, n).begin()))
-                << dtype_name(dtype) << " p=" << p << " n=" << n << " rank " << r << " part of rank " << s;
+                << dtype_name(dtype) << " p=" << p << " n=" << n << " rank " << r
+                << " part of rank " << s;
           }
         }
       }
@@ -187,7 +217,8 @@ TEST(ThreadCommunicator, AllgatherAndAllgathervEveryDtype) {
         const Bytes part = values(dtype, s, counts[s]);
         expected.insert(expected.end(), part.begin(), part.end());
       }
-      for (int r = 0; r < p; ++r) ASSERT_EQ(out[r], expected) << "allgatherv " << dtype_name(dtype) << " p=" << p;
+      for (int r = 0; r < p; ++r)
+        ASSERT_EQ(out[r], expected) << "allgatherv " << dtype_name(dtype) << " p=" << p;
     }
   }
 }
@@ -199,42 +230,32 @@ TEST(ThreadCommunicator, AlltoallAndUnevenAlltoallv) {
       on_ranks(p, [&](ThreadCommunicator& comm) {
         std::vector<std::uint32_t> send(chunk * p);
         for (int d = 0; d < p; ++d)
-          for (std::size_t i = 0; i < chunk; ++i) send[d * chunk + i] = static_cast<std::uint32_t>(comm.rank() * 100000 + d * 10000 + i);
+          for (std::size_t i = 0; i < chunk; ++i)
+            send[d * chunk + i] = static_cast<std::uint32_t>(comm.rank() * 100000 + d * 10000 + i);
         out[comm.rank()].assign(chunk * p, 0xffffffffu);
         comm.alltoall(TensorView::of(std::span<std::uint32_t>(send)),
-                      TensorView::of(std::span<std::uint32_t>(out[comm.rank()])))->wait();
+                      TensorView::of(std::span<std::uint32_t>(out[comm.rank()])))
+            ->wait();
       });
       for (int r = 0; r < p; ++r)
         for (int s = 0; s < p; ++s)
           for (std::size_t i = 0; i < chunk; ++i)
-            ASSERT_EQ(out[r][s * chunk + i], static_cast<std::uint32_t>(s * 100000 + r * 10000 + i)) << "p=" << p;
+            ASSERT_EQ(out[r][s * chunk + i], static_cast<std::uint32_t>(s * 100000 + r * 10000 + i))
+                << "p=" << p;
     }
-    // Rank s sends (s + d) % 3 int32 elements to rank d, each naming sender, receiver, index.
-    auto count = [](int from, int to) { return static_cast<std::size_t>((from + to) % 3); };
+    // Uneven parts, some empty (tests/uneven_parts.h).
     std::vector<std::vector<std::int32_t>> got(static_cast<std::size_t>(p));
     on_ranks(p, [&](ThreadCommunicator& comm) {
-      const int me = comm.rank();
-      std::vector<std::size_t> send_counts, recv_counts;
-      std::vector<std::int32_t> send;
-      for (int d = 0; d < p; ++d) {
-        send_counts.push_back(count(me, d));
-        recv_counts.push_back(count(d, me));
-        for (std::size_t j = 0; j < count(me, d); ++j) send.push_back(1000 * me + 10 * d + static_cast<int>(j));
-      }
-      got[me].assign(std::accumulate(recv_counts.begin(), recv_counts.end(), std::size_t{0}), -1);
+      testing::UnevenParts parts(comm.rank(), p);
+      std::vector<std::int32_t>& recv = got[comm.rank()];
+      recv.assign(parts.received(), -1);
       comm.reset_traffic();
-      comm.alltoallv(TensorView::of(std::span<std::int32_t>(send)), send_counts,
-                     TensorView::of(std::span<std::int32_t>(got[me])), recv_counts)->wait();
-      std::uint64_t expected_bytes = 0;
-      for (int d = 0; d < p; ++d) expected_bytes += d == me ? 0 : 4 * count(me, d);
-      EXPECT_EQ(comm.traffic().bytes_sent, expected_bytes);
+      comm.alltoallv(TensorView::of(std::span<std::int32_t>(parts.send)), parts.send_counts,
+                     TensorView::of(std::span<std::int32_t>(recv)), parts.recv_counts)
+          ->wait();
+      EXPECT_EQ(recv, parts.expected) << "p=" << p;
+      EXPECT_EQ(comm.traffic().bytes_sent, parts.bytes_to_others);
     });
-    for (int r = 0; r < p; ++r) {
-      std::size_t at = 0;
-      for (int s = 0; s < p; ++s)
-        for (std::size_t j = 0; j < count(s, r); ++j) ASSERT_EQ(got[r][at++], 1000 * s + 10 * r + static_cast<int>(j)) << "p=" << p;
-      ASSERT_EQ(at, got[r].size());
-    }
   }
 }
 
@@ -246,10 +267,12 @@ TEST(ThreadCommunicator, BroadcastFromEveryRoot) {
         for (int root = 0; root < p; ++root) {
           std::vector<Bytes> out(static_cast<std::size_t>(p));
           on_ranks(p, [&](ThreadCommunicator& comm) {
-            out[comm.rank()] = comm.rank() == root ? values(dtype, root, n) : Bytes(n * dtype_size(dtype), std::byte{0});
+            out[comm.rank()] = comm.rank() == root ? values(dtype, root, n)
+                                                   : Bytes(n * dtype_size(dtype), std::byte{0});
             comm.broadcast(view(out[comm.rank()], dtype), root)->wait();
           });
-          for (int r = 0; r < p; ++r) ASSERT_EQ(out[r], values(dtype, root, n)) << "p=" << p << " root " << root;
+          for (int r = 0; r < p; ++r)
+            ASSERT_EQ(out[r], values(dtype, root, n)) << "p=" << p << " root " << root;
         }
       }
     }
@@ -265,9 +288,11 @@ TEST(ThreadCommunicator, CollectivesAreNonBlocking) {
     if (comm.rank() == 2) {
       while (!rank0_tested.load()) std::this_thread::yield();
     }
-    WorkHandle wa = comm.allreduce(TensorView::of(std::span<float>(a)), TensorView::of(std::span<float>(a)), ReduceOp::kSum);
+    WorkHandle wa = comm.allreduce(TensorView::of(std::span<float>(a)),
+                                   TensorView::of(std::span<float>(a)), ReduceOp::kSum);
     WorkHandle wb = comm.barrier();
-    WorkHandle wc = comm.allreduce(TensorView::of(std::span<float>(b)), TensorView::of(std::span<float>(b)), ReduceOp::kMax);
+    WorkHandle wc = comm.allreduce(TensorView::of(std::span<float>(b)),
+                                   TensorView::of(std::span<float>(b)), ReduceOp::kMax);
     if (comm.rank() == 0) {
       EXPECT_FALSE(wa->test());  // rank 2 has not called it
       EXPECT_FALSE(wb->test());
@@ -285,14 +310,18 @@ TEST(ThreadCommunicator, CollectivesAreNonBlocking) {
 
 TEST(ThreadCommunicator, ManyCollectivesInFlightAndDroppedHandles) {
   on_ranks(5, [&](ThreadCommunicator& comm) {
-    std::vector<std::vector<float>> bufs(40, std::vector<float>(33, static_cast<float>(comm.rank())));
+    std::vector<std::vector<float>> bufs(40,
+                                         std::vector<float>(33, static_cast<float>(comm.rank())));
     std::vector<WorkHandle> works;
-    for (auto& b : bufs) works.push_back(comm.allreduce(TensorView::of(std::span<float>(b)), TensorView::of(std::span<float>(b)), ReduceOp::kSum));
+    for (auto& b : bufs)
+      works.push_back(comm.allreduce(TensorView::of(std::span<float>(b)),
+                                     TensorView::of(std::span<float>(b)), ReduceOp::kSum));
     for (std::size_t i = works.size(); i-- > 0;) works[i]->wait();
     for (auto& b : bufs) ASSERT_EQ(b[32], 10.0f);
     // A handle dropped without wait() completes before the buffer is given back.
     std::vector<float> dropped(100, 1.0f);
-    comm.allreduce(TensorView::of(std::span<float>(dropped)), TensorView::of(std::span<float>(dropped)), ReduceOp::kSum);
+    comm.allreduce(TensorView::of(std::span<float>(dropped)),
+                   TensorView::of(std::span<float>(dropped)), ReduceOp::kSum);
     EXPECT_EQ(dropped[99], 5.0f);
   });
 }
@@ -301,10 +330,14 @@ TEST(ThreadCommunicator, TrafficFollowsTheAlgorithmModel) {
   on_ranks(4, [&](ThreadCommunicator& comm) {
     std::vector<float> data(1000), all(4000);
     comm.reset_traffic();
-    comm.allreduce(TensorView::of(std::span<float>(data)), TensorView::of(std::span<float>(data)), ReduceOp::kSum)->wait();
+    comm.allreduce(TensorView::of(std::span<float>(data)), TensorView::of(std::span<float>(data)),
+                   ReduceOp::kSum)
+        ->wait();
     EXPECT_EQ(comm.traffic().bytes_sent, allreduce_wire_bytes(4000, 4));
-    comm.allgather(TensorView::of(std::span<float>(data)), TensorView::of(std::span<float>(all)))->wait();
-    EXPECT_EQ(comm.traffic().bytes_sent, allreduce_wire_bytes(4000, 4) + allgather_wire_bytes(4000, 4));
+    comm.allgather(TensorView::of(std::span<float>(data)), TensorView::of(std::span<float>(all)))
+        ->wait();
+    EXPECT_EQ(comm.traffic().bytes_sent,
+              allreduce_wire_bytes(4000, 4) + allgather_wire_bytes(4000, 4));
     comm.broadcast(TensorView::of(std::span<float>(data)), 1)->wait();
     EXPECT_EQ(comm.traffic().collectives, comm.rank() == 1 ? 3u : 2u);
   });
@@ -314,14 +347,19 @@ TEST(ThreadCommunicator, LocalErrorsAreCaughtOnTheCallingRank) {
   auto ranks = ThreadCommunicator::create(2);
   ThreadCommunicator& comm = *ranks[0];
   std::vector<float> a(10), b(11);
-  EXPECT_THROW(comm.allreduce(TensorView::of(std::span<float>(a)), TensorView::of(std::span<float>(b)), ReduceOp::kSum), Error);
+  EXPECT_THROW(comm.allreduce(TensorView::of(std::span<float>(a)),
+                              TensorView::of(std::span<float>(b)), ReduceOp::kSum),
+               Error);
   EXPECT_THROW(comm.broadcast(TensorView::of(std::span<float>(a)), 2), Error);
-  EXPECT_THROW(comm.alltoall(TensorView::of(std::span<float>(b)), TensorView::of(std::span<float>(b))), Error);
+  EXPECT_THROW(
+      comm.alltoall(TensorView::of(std::span<float>(b)), TensorView::of(std::span<float>(b))),
+      Error);
   EXPECT_THROW(comm.split(-2, 0), Error);
   float device_value = 0;
-  EXPECT_THROW(comm.allreduce(TensorView(&device_value, 1, DType::kFloat32, Device::kCuda),
-                              TensorView(&device_value, 1, DType::kFloat32, Device::kCuda), ReduceOp::kSum),
-               Error);
+  EXPECT_THROW(
+      comm.allreduce(TensorView(&device_value, 1, DType::kFloat32, Device::kCuda),
+                     TensorView(&device_value, 1, DType::kFloat32, Device::kCuda), ReduceOp::kSum),
+      Error);
 }
 
 // What MpiCommunicatorOptions::verify_sizes costs a collective is free here: ranks that
@@ -331,33 +369,44 @@ TEST(ThreadCommunicator, DisagreeingCallsFailOnEveryRankNamingThem) {
   on_ranks(3, [&](ThreadCommunicator& comm) {
     std::vector<float> x(comm.rank() == 2 ? 11 : 10, 1.0f);
     try {
-      comm.allreduce(TensorView::of(std::span<float>(x)), TensorView::of(std::span<float>(x)), ReduceOp::kSum)->wait();
+      comm.allreduce(TensorView::of(std::span<float>(x)), TensorView::of(std::span<float>(x)),
+                     ReduceOp::kSum)
+          ->wait();
       ADD_FAILURE() << "no error";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::kSizeMismatch);
       messages[comm.rank()] = e.message();
     }
     std::vector<float> root_differs(4, 1.0f);
-    EXPECT_THROW(comm.broadcast(TensorView::of(std::span<float>(root_differs)), comm.rank() == 0 ? 1 : 0)->wait(), Error);
+    EXPECT_THROW(
+        comm.broadcast(TensorView::of(std::span<float>(root_differs)), comm.rank() == 0 ? 1 : 0)
+            ->wait(),
+        Error);
     // Another collective on one rank than on the others.
     try {
       if (comm.rank() == 1) {
         comm.barrier()->wait();
       } else {
-        comm.allreduce(TensorView::of(std::span<float>(root_differs)), TensorView::of(std::span<float>(root_differs)),
-                       ReduceOp::kSum)->wait();
+        comm.allreduce(TensorView::of(std::span<float>(root_differs)),
+                       TensorView::of(std::span<float>(root_differs)), ReduceOp::kSum)
+            ->wait();
       }
       ADD_FAILURE() << "no error";
     } catch (const Error& e) {
-      EXPECT_NE(e.message().find("same collectives in the same order"), std::string::npos) << e.what();
+      EXPECT_NE(e.message().find("same collectives in the same order"), std::string::npos)
+          << e.what();
     }
     std::vector<float> ok(4, 1.0f);
-    comm.allreduce(TensorView::of(std::span<float>(ok)), TensorView::of(std::span<float>(ok)), ReduceOp::kSum)->wait();
+    comm.allreduce(TensorView::of(std::span<float>(ok)), TensorView::of(std::span<float>(ok)),
+                   ReduceOp::kSum)
+        ->wait();
     EXPECT_EQ(ok[0], 3.0f);
   });
   for (int r = 0; r < 3; ++r) {
-    EXPECT_NE(messages[r].find("rank 0 passes float32[10] on cpu sum, rank 2 passes float32[11] on cpu sum"),
-              std::string::npos) << messages[r];
+    EXPECT_NE(messages[r].find(
+                  "rank 0 passes float32[10] on cpu sum, rank 2 passes float32[11] on cpu sum"),
+              std::string::npos)
+        << messages[r];
     EXPECT_NE(messages[r].find("on rank " + std::to_string(r)), std::string::npos) << messages[r];
   }
 }
@@ -365,18 +414,21 @@ TEST(ThreadCommunicator, DisagreeingCallsFailOnEveryRankNamingThem) {
 TEST(ThreadCommunicator, AlltoallvCountsThatDisagreeNameTheRanks) {
   on_ranks(2, [&](ThreadCommunicator& comm) {
     // Rank 0 sends rank 1 two elements; rank 1 expects three.
-    const std::vector<std::size_t> send_counts = comm.rank() == 0 ? std::vector<std::size_t>{1, 2}
-                                                                   : std::vector<std::size_t>{2, 1};
-    const std::vector<std::size_t> recv_counts = comm.rank() == 0 ? std::vector<std::size_t>{1, 2}
-                                                                   : std::vector<std::size_t>{3, 1};
+    const std::vector<std::size_t> send_counts =
+        comm.rank() == 0 ? std::vector<std::size_t>{1, 2} : std::vector<std::size_t>{2, 1};
+    const std::vector<std::size_t> recv_counts =
+        comm.rank() == 0 ? std::vector<std::size_t>{1, 2} : std::vector<std::size_t>{3, 1};
     std::vector<float> send(3), recv(4);
     try {
       comm.alltoallv(TensorView::of(std::span<float>(send)), send_counts,
-                     TensorView::of(std::span<float>(recv).first(recv_counts[0] + recv_counts[1])), recv_counts)->wait();
+                     TensorView::of(std::span<float>(recv).first(recv_counts[0] + recv_counts[1])),
+                     recv_counts)
+          ->wait();
       ADD_FAILURE() << "no error";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::kSizeMismatch);
-      EXPECT_NE(e.message().find("rank 0 sends 2 float32 elements to rank 1, which expects 3"), std::string::npos)
+      EXPECT_NE(e.message().find("rank 0 sends 2 float32 elements to rank 1, which expects 3"),
+                std::string::npos)
           << e.what();
     }
   });
@@ -386,23 +438,33 @@ TEST(ThreadCommunicator, AlltoallvCountsThatDisagreeNameTheRanks) {
 TEST(ThreadCommunicator, TimeoutNamesTheRanksThatDidNotCall) {
   const auto start = std::chrono::steady_clock::now();
   std::vector<std::string> messages(3);
-  on_ranks(3, [&](ThreadCommunicator& comm) {
-    std::vector<float> x(5, 1.0f);
-    comm.allreduce(TensorView::of(std::span<float>(x)), TensorView::of(std::span<float>(x)), ReduceOp::kSum)->wait();
-    if (comm.rank() == 2) return;  // stops calling collectives
-    try {
-      comm.allreduce(TensorView::of(std::span<float>(x)), TensorView::of(std::span<float>(x)), ReduceOp::kSum)->wait();
-      ADD_FAILURE() << "no timeout";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::kCommunication);
-      messages[comm.rank()] = e.message();
-    }
-  }, {.collective_timeout = std::chrono::milliseconds(200)});
+  on_ranks(3,
+           [&](ThreadCommunicator& comm) {
+             std::vector<float> x(5, 1.0f);
+             comm.allreduce(TensorView::of(std::span<float>(x)),
+                            TensorView::of(std::span<float>(x)), ReduceOp::kSum)
+                 ->wait();
+             if (comm.rank() == 2) return;  // stops calling collectives
+             try {
+               comm.allreduce(TensorView::of(std::span<float>(x)),
+                              TensorView::of(std::span<float>(x)), ReduceOp::kSum)
+                   ->wait();
+               ADD_FAILURE() << "no timeout";
+             } catch (const Error& e) {
+               EXPECT_EQ(e.code(), ErrorCode::kCommunication);
+               messages[comm.rank()] = e.message();
+             }
+           },
+           {.collective_timeout = std::chrono::milliseconds(200)});
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
   for (int r = 0; r < 2; ++r) {
-    EXPECT_NE(messages[r].find("allreduce of 5 elements on rank " + std::to_string(r) + " did not complete within"),
-              std::string::npos) << messages[r];
-    EXPECT_NE(messages[r].find("rank(s) 2 have not called it (it is collective #1"), std::string::npos) << messages[r];
+    EXPECT_NE(messages[r].find("allreduce of 5 elements on rank " + std::to_string(r) +
+                               " did not complete within"),
+              std::string::npos)
+        << messages[r];
+    EXPECT_NE(messages[r].find("rank(s) 2 have not called it (it is collective #1"),
+              std::string::npos)
+        << messages[r];
     EXPECT_NE(messages[r].find("rank 2 has called 1"), std::string::npos) << messages[r];
   }
 }
@@ -419,7 +481,8 @@ TEST(ThreadCommunicator, AbortEndsPendingAndLaterCollectivesOnEveryRank) {
       EXPECT_THROW(comm.barrier(), Error);
       return;
     }
-    WorkHandle w = comm.allreduce(TensorView::of(std::span<float>(x)), TensorView::of(std::span<float>(x)), ReduceOp::kSum);
+    WorkHandle w = comm.allreduce(TensorView::of(std::span<float>(x)),
+                                  TensorView::of(std::span<float>(x)), ReduceOp::kSum);
     waiting.fetch_add(1);
     try {
       w->wait();
@@ -430,7 +493,9 @@ TEST(ThreadCommunicator, AbortEndsPendingAndLaterCollectivesOnEveryRank) {
     }
     EXPECT_THROW(comm.barrier(), Error);
   });
-  for (int r = 0; r < 3; ++r) EXPECT_NE(messages[r].find("rank 3 aborted: a test gives up"), std::string::npos) << messages[r];
+  for (int r = 0; r < 3; ++r)
+    EXPECT_NE(messages[r].find("rank 3 aborted: a test gives up"), std::string::npos)
+        << messages[r];
 }
 
 // ThreadCommunicator::run: a rank that throws ends the others (they would wait for it
@@ -440,7 +505,9 @@ TEST(ThreadCommunicator, RunRethrowsTheFirstFailureAndEndsTheOthers) {
     ThreadCommunicator::run(4, [](ThreadCommunicator& comm) {
       std::vector<float> x(5, 1.0f);
       if (comm.rank() == 1) GRADCOMM_THROW(ErrorCode::kInvalidArgument, "rank 1 fails on purpose");
-      comm.allreduce(TensorView::of(std::span<float>(x)), TensorView::of(std::span<float>(x)), ReduceOp::kSum)->wait();
+      comm.allreduce(TensorView::of(std::span<float>(x)), TensorView::of(std::span<float>(x)),
+                     ReduceOp::kSum)
+          ->wait();
     });
     FAIL() << "run did not rethrow";
   } catch (const Error& e) {
@@ -451,31 +518,42 @@ TEST(ThreadCommunicator, RunRethrowsTheFirstFailureAndEndsTheOthers) {
 
 TEST(ThreadCommunicator, SplitByColorKeyAndHost) {
   // 6 ranks on 3 emulated hosts of 2.
-  std::vector<int> shared_rank(6), shared_size(6), split_rank(6, -9), split_size(6), cross_rank(6), cross_size(6);
+  std::vector<int> shared_rank(6), shared_size(6), split_rank(6, -9), split_size(6), cross_rank(6),
+      cross_size(6);
   std::vector<float> shared_sum(6), split_sum(6), cross_sum(6);
-  on_ranks(6, [&](ThreadCommunicator& comm) {
-    const int me = comm.rank();
-    std::unique_ptr<Communicator> host = comm.split_shared();
-    shared_rank[me] = host->rank();
-    shared_size[me] = host->size();
-    float x = static_cast<float>(me);
-    host->allreduce(TensorView(&x, 1, DType::kFloat32), TensorView(&shared_sum[me], 1, DType::kFloat32), ReduceOp::kSum)->wait();
-    // Colors 0, 1, 2 by rank % 3, ranked by descending rank; rank 5 joins none.
-    std::unique_ptr<Communicator> part = comm.split(me == 5 ? Communicator::kNoColor : me % 3, -me);
-    if (me == 5) {
-      EXPECT_EQ(part, nullptr);
-    } else {
-      split_rank[me] = part->rank();
-      split_size[me] = part->size();
-      part->allreduce(TensorView(&x, 1, DType::kFloat32), TensorView(&split_sum[me], 1, DType::kFloat32), ReduceOp::kSum)->wait();
-    }
-    // The same local rank across hosts, then the hosts of that (one rank each).
-    std::unique_ptr<Communicator> cross = comm.split(host->rank(), me);
-    cross_rank[me] = cross->rank();
-    cross_size[me] = cross->size();
-    cross->allreduce(TensorView(&x, 1, DType::kFloat32), TensorView(&cross_sum[me], 1, DType::kFloat32), ReduceOp::kSum)->wait();
-    EXPECT_EQ(cross->split_shared()->size(), 1);
-  }, {.ranks_per_host = 2});
+  on_ranks(6,
+           [&](ThreadCommunicator& comm) {
+             const int me = comm.rank();
+             std::unique_ptr<Communicator> host = comm.split_shared();
+             shared_rank[me] = host->rank();
+             shared_size[me] = host->size();
+             float x = static_cast<float>(me);
+             host->allreduce(TensorView(&x, 1, DType::kFloat32),
+                             TensorView(&shared_sum[me], 1, DType::kFloat32), ReduceOp::kSum)
+                 ->wait();
+             // Colors 0, 1, 2 by rank % 3, ranked by descending rank; rank 5 joins none.
+             std::unique_ptr<Communicator> part =
+                 comm.split(me == 5 ? Communicator::kNoColor : me % 3, -me);
+             if (me == 5) {
+               EXPECT_EQ(part, nullptr);
+             } else {
+               split_rank[me] = part->rank();
+               split_size[me] = part->size();
+               part->allreduce(TensorView(&x, 1, DType::kFloat32),
+                               TensorView(&split_sum[me], 1, DType::kFloat32), ReduceOp::kSum)
+                   ->wait();
+             }
+             // The same local rank across hosts, then the hosts of that (one rank each).
+             std::unique_ptr<Communicator> cross = comm.split(host->rank(), me);
+             cross_rank[me] = cross->rank();
+             cross_size[me] = cross->size();
+             cross
+                 ->allreduce(TensorView(&x, 1, DType::kFloat32),
+                             TensorView(&cross_sum[me], 1, DType::kFloat32), ReduceOp::kSum)
+                 ->wait();
+             EXPECT_EQ(cross->split_shared()->size(), 1);
+           },
+           {.ranks_per_host = 2});
   for (int r = 0; r < 6; ++r) {
     EXPECT_EQ(shared_size[r], 2);
     EXPECT_EQ(shared_rank[r], r % 2);

@@ -20,12 +20,13 @@ namespace {
 
 std::vector<LayerSpec> dense_layers() {
   // Sizes 0, 1, odd, and one larger than the small buckets.
-  return {{"embed", 5000, 2}, {"empty", 0, 1}, {"fc1.w", 1001, 2}, {"fc1.b", 7, 1},
-          {"one", 1, 1},      {"big", 30001, 2}, {"fc2.w", 640, 2}, {"fc2.b", 10, 1}};
+  return {{"embed", 5000, 2}, {"empty", 0, 1},   {"fc1.w", 1001, 2}, {"fc1.b", 7, 1},
+          {"one", 1, 1},      {"big", 30001, 2}, {"fc2.w", 640, 2},  {"fc2.b", 10, 1}};
 }
 
 float grad_value(int rank, int step, std::size_t layer, std::size_t i) {
-  return std::sin(static_cast<float>(i + 1) * 0.37f + static_cast<float>(layer) + 0.1f * static_cast<float>(step)) *
+  return std::sin(static_cast<float>(i + 1) * 0.37f + static_cast<float>(layer) +
+                  0.1f * static_cast<float>(step)) *
          static_cast<float>(rank + 1) * 0.01f;
 }
 
@@ -74,8 +75,8 @@ TEST(ThreadExchanger, DenseEqualsTheRankOrderAverageOnEveryRank) {
           expected[i] = sum * inv;
         }
         for (int r = 0; r < p; ++r) {
-          ASSERT_EQ(outs[r][l], expected) << "p=" << p << " bucket " << bucket << " layer " << layers[l].name
-                                          << " rank " << r;
+          ASSERT_EQ(outs[r][l], expected)
+              << "p=" << p << " bucket " << bucket << " layer " << layers[l].name << " rank " << r;
         }
       }
     }
@@ -90,9 +91,12 @@ TEST(ThreadExchanger, DenseFloat16WireEqualsTheRankOrderHalfSum) {
     for (std::size_t l = 0; l < layers.size(); ++l) {
       for (std::size_t i = 0; i < layers[l].numel; ++i) {
         std::uint16_t sum = float_to_half(grad_value(0, 3, l, i));
-        for (int r = 1; r < p; ++r) sum = float_to_half(half_to_float(sum) + half_to_float(float_to_half(grad_value(r, 3, l, i))));
+        for (int r = 1; r < p; ++r)
+          sum = float_to_half(half_to_float(sum) +
+                              half_to_float(float_to_half(grad_value(r, 3, l, i))));
         const float expected = half_to_float(sum) * inv;
-        for (int r = 0; r < p; ++r) ASSERT_EQ(outs[r][l][i], expected) << "p=" << p << " layer " << l << " i " << i;
+        for (int r = 0; r < p; ++r)
+          ASSERT_EQ(outs[r][l][i], expected) << "p=" << p << " layer " << l << " i " << i;
       }
     }
   }
@@ -118,7 +122,8 @@ TEST(ThreadExchanger, DgcExactSelectionMatchesTheReferenceOnEveryRank) {
   for (int p : {1, 2, 3, 5, 8}) {
     constexpr int kSteps = 4;
     // outs[step][rank][layer], residual[step][rank][layer]
-    std::vector<Outputs> outs(kSteps, Outputs(static_cast<std::size_t>(p))), residuals = outs, momenta = outs;
+    std::vector<Outputs> outs(kSteps, Outputs(static_cast<std::size_t>(p))), residuals = outs,
+                                                                             momenta = outs;
     ThreadCommunicator::run(p, [&](ThreadCommunicator& comm) {
       const auto me = static_cast<std::size_t>(comm.rank());
       auto dgc = std::make_shared<DgcCompressor>(exact_dgc(0.01));
@@ -141,11 +146,13 @@ TEST(ThreadExchanger, DgcExactSelectionMatchesTheReferenceOnEveryRank) {
     };
     std::vector<std::vector<RankState>> ref(static_cast<std::size_t>(p));
     for (auto& r : ref)
-      for (const LayerSpec& l : layers) r.push_back({std::vector<float>(l.numel, 0.0f), std::vector<float>(l.numel, 0.0f)});
+      for (const LayerSpec& l : layers)
+        r.push_back({std::vector<float>(l.numel, 0.0f), std::vector<float>(l.numel, 0.0f)});
     for (int step = 0; step < kSteps; ++step) {
       std::size_t sparse_index = 0;
       for (std::size_t l : {std::size_t{0}, std::size_t{2}}) {
-        const std::size_t n = layers[l].numel, k = static_cast<std::size_t>(std::ceil(0.01 * static_cast<double>(n)));
+        const std::size_t n = layers[l].numel,
+                          k = static_cast<std::size_t>(std::ceil(0.01 * static_cast<double>(n)));
         std::vector<float> expect(n, 0.0f);
         for (int r = 0; r < p; ++r) {
           RankState& s = ref[static_cast<std::size_t>(r)][l];
@@ -160,13 +167,17 @@ TEST(ThreadExchanger, DgcExactSelectionMatchesTheReferenceOnEveryRank) {
           }
         }
         for (int r = 0; r < p; ++r) {
-          ASSERT_EQ(outs[step][r][l], expect) << "p=" << p << " step " << step << " layer " << l << " rank " << r;
-          ASSERT_EQ(residuals[step][r][sparse_index], ref[r][l].v) << "residual, p=" << p << " step " << step;
-          ASSERT_EQ(momenta[step][r][sparse_index], ref[r][l].u) << "momentum, p=" << p << " step " << step;
+          ASSERT_EQ(outs[step][r][l], expect)
+              << "p=" << p << " step " << step << " layer " << l << " rank " << r;
+          ASSERT_EQ(residuals[step][r][sparse_index], ref[r][l].v)
+              << "residual, p=" << p << " step " << step;
+          ASSERT_EQ(momenta[step][r][sparse_index], ref[r][l].u)
+              << "momentum, p=" << p << " step " << step;
         }
         sparse_index += 1;
       }
-      for (int r = 1; r < p; ++r) ASSERT_EQ(outs[step][r], outs[step][0]) << "p=" << p << " step " << step;
+      for (int r = 1; r < p; ++r)
+        ASSERT_EQ(outs[step][r], outs[step][0]) << "p=" << p << " step " << step;
     }
   }
 }
@@ -198,7 +209,8 @@ TEST(ThreadExchanger, DgcSampledIsBitwiseIdenticalAndRepeatable) {
     for (int step = 0; step < 10; ++step) {
       for (int r = 0; r < p; ++r) {
         ASSERT_EQ(first[step][r], first[step][0]) << "p=" << p << " step " << step << " rank " << r;
-        ASSERT_EQ(second[step][r], first[step][r]) << "p=" << p << " step " << step << " rank " << r;
+        ASSERT_EQ(second[step][r], first[step][r])
+            << "p=" << p << " step " << step << " rank " << r;
       }
     }
   }

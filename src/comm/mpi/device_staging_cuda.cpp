@@ -24,7 +24,8 @@ struct PinnedBuffer {
     if (data) cudaFreeHost(data);
     data = nullptr;
     bytes = 0;
-    GRADCOMM_CUDA_CALL(cudaHostAlloc(&data, wanted, cudaHostAllocDefault), "MpiCommunicator: cudaHostAlloc of ", wanted,
+    GRADCOMM_CUDA_CALL(cudaHostAlloc(&data, wanted, cudaHostAllocDefault),
+                       "MpiCommunicator: cudaHostAlloc of ", wanted,
                        " bytes to stage a CUDA buffer");
     bytes = wanted;
   }
@@ -97,17 +98,18 @@ class StagedWork final : public Work {
     const MpiCommunicator::Staging& s = *staging;
     const detail::DeviceGuard guard(s.device);
     for (int i = 0; i < output_count; ++i) {
-      GRADCOMM_CUDA_CALL(cudaMemcpyAsync(outputs[i].device, outputs[i].host, outputs[i].bytes, cudaMemcpyHostToDevice,
-                                         s.stream),
-                         "MpiCommunicator: copy of ", outputs[i].bytes, " bytes back to cuda:", s.device);
+      GRADCOMM_CUDA_CALL(cudaMemcpyAsync(outputs[i].device, outputs[i].host, outputs[i].bytes,
+                                         cudaMemcpyHostToDevice, s.stream),
+                         "MpiCommunicator: copy of ", outputs[i].bytes,
+                         " bytes back to cuda:", s.device);
     }
     if (!copied_back) {
       GRADCOMM_CUDA_CALL(cudaEventCreateWithFlags(&copied_back, cudaEventDisableTiming),
                          "MpiCommunicator: cudaEventCreate");
     }
     GRADCOMM_CUDA_CALL(cudaEventRecord(copied_back, s.stream), "MpiCommunicator: cudaEventRecord");
-    GRADCOMM_CUDA_CALL(cudaEventSynchronize(copied_back), "MpiCommunicator: waiting for the copies back to cuda:",
-                       s.device);
+    GRADCOMM_CUDA_CALL(cudaEventSynchronize(copied_back),
+                       "MpiCommunicator: waiting for the copies back to cuda:", s.device);
     complete = true;
   }
 };
@@ -120,12 +122,14 @@ MpiCommunicator::Staging::~Staging() {
 
 void MpiCommunicator::set_cuda_stream(void* stream, int device) {
   if (!staging_) staging_ = std::make_shared<Staging>();
-  if (device < 0) GRADCOMM_CUDA_CALL(cudaGetDevice(&device), "MpiCommunicator::set_cuda_stream: cudaGetDevice");
+  if (device < 0)
+    GRADCOMM_CUDA_CALL(cudaGetDevice(&device), "MpiCommunicator::set_cuda_stream: cudaGetDevice");
   staging_->stream = static_cast<cudaStream_t>(stream);
   staging_->device = device;
 }
 
-WorkHandle MpiCommunicator::stage(std::initializer_list<TensorView*> inputs, std::initializer_list<TensorView*> outputs) {
+WorkHandle MpiCommunicator::stage(std::initializer_list<TensorView*> inputs,
+                                  std::initializer_list<TensorView*> outputs) {
   if (!staging_) set_cuda_stream(nullptr, -1);
   Staging& s = *staging_;
   StagedWork* w;
@@ -158,8 +162,9 @@ WorkHandle MpiCommunicator::stage(std::initializer_list<TensorView*> inputs, std
   for (TensorView* v : inputs) {
     if (v->device() != Device::kCuda || v->numel() == 0) continue;
     void* host = host_copy_of(*v);
-    GRADCOMM_CUDA_CALL(cudaMemcpyAsync(host, v->data(), v->nbytes(), cudaMemcpyDeviceToHost, s.stream),
-                       "MpiCommunicator on rank ", rank_, ": copy of ", v->describe(), " to a pinned host buffer");
+    GRADCOMM_CUDA_CALL(
+        cudaMemcpyAsync(host, v->data(), v->nbytes(), cudaMemcpyDeviceToHost, s.stream),
+        "MpiCommunicator on rank ", rank_, ": copy of ", v->describe(), " to a pinned host buffer");
     copied_in = true;
   }
   for (TensorView* v : outputs) {

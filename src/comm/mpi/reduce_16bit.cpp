@@ -17,9 +17,15 @@ void reduce_16bit(void* in, void* inout, int* len, ReduceOp op) {
 
 }  // namespace
 
-void half_sum(void* in, void* inout, int* len, MPI_Datatype*) { reduce_16bit<combine_half>(in, inout, len, ReduceOp::kSum); }
-void half_max(void* in, void* inout, int* len, MPI_Datatype*) { reduce_16bit<combine_half>(in, inout, len, ReduceOp::kMax); }
-void half_min(void* in, void* inout, int* len, MPI_Datatype*) { reduce_16bit<combine_half>(in, inout, len, ReduceOp::kMin); }
+void half_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  reduce_16bit<combine_half>(in, inout, len, ReduceOp::kSum);
+}
+void half_max(void* in, void* inout, int* len, MPI_Datatype*) {
+  reduce_16bit<combine_half>(in, inout, len, ReduceOp::kMax);
+}
+void half_min(void* in, void* inout, int* len, MPI_Datatype*) {
+  reduce_16bit<combine_half>(in, inout, len, ReduceOp::kMin);
+}
 void bfloat_sum(void* in, void* inout, int* len, MPI_Datatype*) {
   reduce_16bit<combine_bfloat16>(in, inout, len, ReduceOp::kSum);
 }

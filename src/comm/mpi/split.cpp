@@ -15,11 +15,12 @@ std::unique_ptr<Communicator> MpiCommunicator::adopt(MPI_Comm part) {
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
-  GRADCOMM_CHECK_ARG(color >= 0 || color == kNoColor, "MpiCommunicator::split on rank ", rank_, ": color ", color,
-                     " (a color is >= 0, or kNoColor)");
+  GRADCOMM_CHECK_ARG(color >= 0 || color == kNoColor, "MpiCommunicator::split on rank ", rank_,
+                     ": color ", color, " (a color is >= 0, or kNoColor)");
   MPI_Comm part = MPI_COMM_NULL;
   GRADCOMM_MPI_CALL(MPI_Comm_split(comm_, color == kNoColor ? MPI_UNDEFINED : color, key, &part),
-                    "MPI_Comm_split (color ", color, ", key ", key, ") on rank ", rank_, " of ", size_);
+                    "MPI_Comm_split (color ", color, ", key ", key, ") on rank ", rank_, " of ",
+                    size_);
   return adopt(part);
 }
 

@@ -10,12 +10,18 @@ namespace {
 
 ncclDataType_t nccl_type(DType dtype) {
   switch (dtype) {
-    case DType::kFloat32: return ncclFloat32;
-    case DType::kFloat16: return ncclFloat16;
-    case DType::kBFloat16: return ncclBfloat16;
-    case DType::kInt32: return ncclInt32;
-    case DType::kUInt32: return ncclUint32;
-    case DType::kUInt8: return ncclUint8;
+    case DType::kFloat32:
+      return ncclFloat32;
+    case DType::kFloat16:
+      return ncclFloat16;
+    case DType::kBFloat16:
+      return ncclBfloat16;
+    case DType::kInt32:
+      return ncclInt32;
+    case DType::kUInt32:
+      return ncclUint32;
+    case DType::kUInt8:
+      return ncclUint8;
   }
   return ncclUint8;
 }
@@ -36,8 +42,10 @@ struct Invitation {
 NcclCommunicator::NcclCommunicator(Communicator& bootstrap, NcclCommunicatorOptions options)
     : rank_(bootstrap.rank()), size_(bootstrap.size()), state_(std::make_shared<State>()) {
   GRADCOMM_CHECK(bootstrap.device() == Device::kCpu, ErrorCode::kInvalidArgument,
-                 "NcclCommunicator: bootstrap over a host communicator (MPI), not ", bootstrap.describe());
-  GRADCOMM_CHECK_ARG(options.timeout.count() > 0, "NcclCommunicator: timeout ", options.timeout.count(),
+                 "NcclCommunicator: bootstrap over a host communicator (MPI), not ",
+                 bootstrap.describe());
+  GRADCOMM_CHECK_ARG(options.timeout.count() > 0, "NcclCommunicator: timeout ",
+                     options.timeout.count(),
                      " ms: it bounds the setup and every wait, and must be > 0");
   State& s = *state_;
   s.rank = rank_;
@@ -45,19 +53,22 @@ NcclCommunicator::NcclCommunicator(Communicator& bootstrap, NcclCommunicatorOpti
   s.timeout = options.timeout;
   s.uncaught_at_construction = std::uncaught_exceptions();
   int device = options.device;
-  if (device < 0) GRADCOMM_CUDA_CALL(cudaGetDevice(&device), "NcclCommunicator: cudaGetDevice on rank ", rank_);
+  if (device < 0)
+    GRADCOMM_CUDA_CALL(cudaGetDevice(&device), "NcclCommunicator: cudaGetDevice on rank ", rank_);
   const detail::DeviceGuard guard(device);  // NCCL binds the communicator to the current device
   s.open(device, options.stream);
 
   Invitation invitation{};
   if (rank_ == 0) invitation.status = ncclGetUniqueId(&invitation.id);
   bootstrap.broadcast(TensorView(&invitation, sizeof invitation, DType::kUInt8), 0)->wait();
-  GRADCOMM_CHECK(invitation.status == ncclSuccess, ErrorCode::kCommunication, "NcclCommunicator on rank ", rank_,
-                 " of ", size_, ": ncclGetUniqueId failed on rank 0: ",
+  GRADCOMM_CHECK(invitation.status == ncclSuccess, ErrorCode::kCommunication,
+                 "NcclCommunicator on rank ", rank_, " of ", size_,
+                 ": ncclGetUniqueId failed on rank 0: ",
                  ncclGetErrorString(static_cast<ncclResult_t>(invitation.status)));
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;  // a peer that never joins ends in a timeout, not a hang
-  const ncclResult_t started = ncclCommInitRankConfig(&s.comm, size_, invitation.id, rank_, &config);
+  const ncclResult_t started =
+      ncclCommInitRankConfig(&s.comm, size_, invitation.id, rank_, &config);
   s.settle(started, s.comm, detail::concat("ncclCommInitRankConfig (cuda:", device, ")"));
 }
 
@@ -101,7 +112,8 @@ WorkHandle NcclCommunicator::record(const char* what) {
     const cudaError_t made = cudaEventCreateWithFlags(&w->event, cudaEventDisableTiming);
     if (made != cudaSuccess) {
       delete w;
-      GRADCOMM_THROW(ErrorCode::kCuda, what, ": cudaEventCreate on rank ", rank_, ": ", cudaGetErrorString(made));
+      GRADCOMM_THROW(ErrorCode::kCuda, what, ": cudaEventCreate on rank ", rank_, ": ",
+                     cudaGetErrorString(made));
     }
   } else {
     w = s.free_works.back();
@@ -111,7 +123,8 @@ WorkHandle NcclCommunicator::record(const char* what) {
   w->what = what;
   w->complete = false;
   WorkHandle handle(w);
-  GRADCOMM_CUDA_CALL(cudaEventRecord(w->event, s.stream), what, ": cudaEventRecord on rank ", rank_);
+  GRADCOMM_CUDA_CALL(cudaEventRecord(w->event, s.stream), what, ": cudaEventRecord on rank ",
+                     rank_);
   return handle;
 }
 
@@ -121,7 +134,8 @@ WorkHandle NcclCommunicator::allreduce(TensorView send, TensorView recv, ReduceO
   s.check_usable("allreduce");
   const detail::DeviceGuard guard(s.device);
   count_traffic(allreduce_wire_bytes(send.nbytes(), size_));
-  s.settle(ncclAllReduce(send.data(), recv.data(), send.numel(), nccl_type(send.dtype()), nccl_op(op), s.comm, s.stream),
+  s.settle(ncclAllReduce(send.data(), recv.data(), send.numel(), nccl_type(send.dtype()),
+                         nccl_op(op), s.comm, s.stream),
            s.comm, "allreduce of " + send.describe());
   return record("allreduce");
 }
@@ -132,23 +146,25 @@ WorkHandle NcclCommunicator::allgather(TensorView send, TensorView recv) {
   s.check_usable("allgather");
   const detail::DeviceGuard guard(s.device);
   count_traffic(allgather_wire_bytes(send.nbytes(), size_));
-  s.settle(ncclAllGather(send.data(), recv.data(), send.numel(), nccl_type(send.dtype()), s.comm, s.stream), s.comm,
-           "allgather of " + send.describe());
+  s.settle(ncclAllGather(send.data(), recv.data(), send.numel(), nccl_type(send.dtype()), s.comm,
+                         s.stream),
+           s.comm, "allgather of " + send.describe());
   return record("allgather");
 }
 
 // The calls of a group (ncclGroupStart/End): each call's own result, then the group's.
 // A failed call inside still ends the group, so NCCL is not left inside one.
-#define GRADCOMM_NCCL_GROUP_CALL(call, ...)                                                   \
-  do {                                                                                        \
-    const ncclResult_t _res = (call);                                                         \
-    if (_res != ncclSuccess && _res != ncclInProgress) {                                      \
-      ncclGroupEnd();                                                                         \
-      s.settle(_res, s.comm, detail::concat(__VA_ARGS__));                                    \
-    }                                                                                         \
+#define GRADCOMM_NCCL_GROUP_CALL(call, ...)                \
+  do {                                                     \
+    const ncclResult_t _res = (call);                      \
+    if (_res != ncclSuccess && _res != ncclInProgress) {   \
+      ncclGroupEnd();                                      \
+      s.settle(_res, s.comm, detail::concat(__VA_ARGS__)); \
+    }                                                      \
   } while (0)
 
-WorkHandle NcclCommunicator::allgatherv(TensorView send, TensorView recv, std::span<const std::size_t> counts) {
+WorkHandle NcclCommunicator::allgatherv(TensorView send, TensorView recv,
+                                        std::span<const std::size_t> counts) {
   check_allgatherv(send, recv, counts);
   State& s = *state_;
   s.check_usable("allgatherv");
@@ -160,8 +176,8 @@ WorkHandle NcclCommunicator::allgatherv(TensorView send, TensorView recv, std::s
   std::size_t offset = 0;
   for (int r = 0; r < size_; ++r) {
     void* dst = static_cast<char*>(recv.data()) + offset * esize;
-    GRADCOMM_NCCL_GROUP_CALL(ncclBroadcast(r == rank_ ? send.data() : dst, dst, counts[r], nccl_type(recv.dtype()), r,
-                                           s.comm, s.stream),
+    GRADCOMM_NCCL_GROUP_CALL(ncclBroadcast(r == rank_ ? send.data() : dst, dst, counts[r],
+                                           nccl_type(recv.dtype()), r, s.comm, s.stream),
                              "allgatherv (broadcast from rank ", r, ")");
     offset += counts[r];
   }
@@ -179,19 +195,19 @@ WorkHandle NcclCommunicator::alltoall(TensorView send, TensorView recv) {
   const std::size_t bytes = chunk * dtype_size(send.dtype());
   s.settle(ncclGroupStart(), s.comm, "alltoall: ncclGroupStart");
   for (int r = 0; r < size_; ++r) {
-    GRADCOMM_NCCL_GROUP_CALL(ncclSend(static_cast<char*>(send.data()) + r * bytes, chunk, nccl_type(send.dtype()), r,
-                                      s.comm, s.stream),
+    GRADCOMM_NCCL_GROUP_CALL(ncclSend(static_cast<char*>(send.data()) + r * bytes, chunk,
+                                      nccl_type(send.dtype()), r, s.comm, s.stream),
                              "alltoall: send to rank ", r);
-    GRADCOMM_NCCL_GROUP_CALL(ncclRecv(static_cast<char*>(recv.data()) + r * bytes, chunk, nccl_type(recv.dtype()), r,
-                                      s.comm, s.stream),
+    GRADCOMM_NCCL_GROUP_CALL(ncclRecv(static_cast<char*>(recv.data()) + r * bytes, chunk,
+                                      nccl_type(recv.dtype()), r, s.comm, s.stream),
                              "alltoall: receive from rank ", r);
   }
   s.settle(ncclGroupEnd(), s.comm, "alltoall of " + send.describe());
   return record("alltoall");
 }
 
-WorkHandle NcclCommunicator::alltoallv(TensorView send, std::span<const std::size_t> send_counts, TensorView recv,
-                                       std::span<const std::size_t> recv_counts) {
+WorkHandle NcclCommunicator::alltoallv(TensorView send, std::span<const std::size_t> send_counts,
+                                       TensorView recv, std::span<const std::size_t> recv_counts) {
   check_alltoallv(send, send_counts, recv, recv_counts);
   State& s = *state_;
   s.check_usable("alltoallv");
@@ -203,14 +219,16 @@ WorkHandle NcclCommunicator::alltoallv(TensorView send, std::span<const std::siz
   for (int r = 0; r < size_; ++r) {
     const auto i = static_cast<std::size_t>(r);
     if (send_counts[i] > 0) {
-      GRADCOMM_NCCL_GROUP_CALL(ncclSend(static_cast<char*>(send.data()) + sent * esize, send_counts[i],
-                                        nccl_type(send.dtype()), r, s.comm, s.stream),
-                               "alltoallv: send to rank ", r);
+      GRADCOMM_NCCL_GROUP_CALL(
+          ncclSend(static_cast<char*>(send.data()) + sent * esize, send_counts[i],
+                   nccl_type(send.dtype()), r, s.comm, s.stream),
+          "alltoallv: send to rank ", r);
     }
     if (recv_counts[i] > 0) {
-      GRADCOMM_NCCL_GROUP_CALL(ncclRecv(static_cast<char*>(recv.data()) + received * esize, recv_counts[i],
-                                        nccl_type(recv.dtype()), r, s.comm, s.stream),
-                               "alltoallv: receive from rank ", r);
+      GRADCOMM_NCCL_GROUP_CALL(
+          ncclRecv(static_cast<char*>(recv.data()) + received * esize, recv_counts[i],
+                   nccl_type(recv.dtype()), r, s.comm, s.stream),
+          "alltoallv: receive from rank ", r);
     }
     sent += send_counts[i];
     received += recv_counts[i];
@@ -225,7 +243,8 @@ WorkHandle NcclCommunicator::broadcast(TensorView buffer, int root) {
   s.check_usable("broadcast");
   const detail::DeviceGuard guard(s.device);
   if (rank_ == root) count_traffic(buffer.nbytes());
-  s.settle(ncclBroadcast(buffer.data(), buffer.data(), buffer.numel(), nccl_type(buffer.dtype()), root, s.comm, s.stream),
+  s.settle(ncclBroadcast(buffer.data(), buffer.data(), buffer.numel(), nccl_type(buffer.dtype()),
+                         root, s.comm, s.stream),
            s.comm, detail::concat("broadcast of ", buffer.describe(), " from root ", root));
   return record("broadcast");
 }
@@ -234,7 +253,8 @@ WorkHandle NcclCommunicator::barrier() {
   State& s = *state_;
   s.check_usable("barrier");
   const detail::DeviceGuard guard(s.device);
-  s.settle(ncclAllReduce(s.scratch, s.scratch, 1, ncclInt32, ncclSum, s.comm, s.stream), s.comm, "barrier");
+  s.settle(ncclAllReduce(s.scratch, s.scratch, 1, ncclInt32, ncclSum, s.comm, s.stream), s.comm,
+           "barrier");
   return record("barrier");
 }
 

@@ -11,8 +11,8 @@
 namespace gradcomm {
 
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
-  GRADCOMM_CHECK_ARG(color >= 0 || color == kNoColor, "NcclCommunicator::split on rank ", rank_, ": color ", color,
-                     " (a color is >= 0, or kNoColor)");
+  GRADCOMM_CHECK_ARG(color >= 0 || color == kNoColor, "NcclCommunicator::split on rank ", rank_,
+                     ": color ", color, " (a color is >= 0, or kNoColor)");
   State& s = *state_;
   s.check_usable("split");
   const detail::DeviceGuard guard(s.device);
@@ -28,7 +28,8 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
   const ncclResult_t started =
       ncclCommSplit(s.comm, color == kNoColor ? NCCL_SPLIT_NOCOLOR : color, key, &part, &config);
   // A non-blocking split finishes on the new communicator (none for kNoColor).
-  s.settle(started, part ? part : s.comm, detail::concat("ncclCommSplit (color ", color, ", key ", key, ")"));
+  s.settle(started, part ? part : s.comm,
+           detail::concat("ncclCommSplit (color ", color, ", key ", key, ")"));
   if (!part) return nullptr;
   made->comm = part;
   int rank = 0, size = 0;
@@ -55,15 +56,18 @@ std::unique_ptr<Communicator> NcclCommunicator::split_shared() {
       std::uint64_t* p;
       ~FreeOnExit() { cudaFree(p); }
     } free_on_exit{on_device};
-    GRADCOMM_CUDA_CALL(cudaMemcpyAsync(on_device, &mine, sizeof mine, cudaMemcpyHostToDevice, s.stream),
-                       "split_shared: copy to cuda:", s.device);
+    GRADCOMM_CUDA_CALL(
+        cudaMemcpyAsync(on_device, &mine, sizeof mine, cudaMemcpyHostToDevice, s.stream),
+        "split_shared: copy to cuda:", s.device);
     allgather(TensorView(on_device, sizeof mine, DType::kUInt8, Device::kCuda, s.device),
-              TensorView(on_device + 1, sizeof mine * hosts.size(), DType::kUInt8, Device::kCuda, s.device))
+              TensorView(on_device + 1, sizeof mine * hosts.size(), DType::kUInt8, Device::kCuda,
+                         s.device))
         ->wait();
-    GRADCOMM_CUDA_CALL(cudaMemcpyAsync(hosts.data(), on_device + 1, sizeof mine * hosts.size(), cudaMemcpyDeviceToHost,
-                                       s.stream),
+    GRADCOMM_CUDA_CALL(cudaMemcpyAsync(hosts.data(), on_device + 1, sizeof mine * hosts.size(),
+                                       cudaMemcpyDeviceToHost, s.stream),
                        "split_shared: copy from cuda:", s.device);
-    GRADCOMM_CUDA_CALL(cudaStreamSynchronize(s.stream), "split_shared: cudaStreamSynchronize on rank ", rank_);
+    GRADCOMM_CUDA_CALL(cudaStreamSynchronize(s.stream),
+                       "split_shared: cudaStreamSynchronize on rank ", rank_);
   }
   int color = 0;
   while (hosts[static_cast<std::size_t>(color)] != mine) ++color;  // the host's lowest rank

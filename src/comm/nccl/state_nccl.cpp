@@ -25,11 +25,12 @@ void NcclCommunicator::State::open(int on_device, void* caller_stream) {
   if (caller_stream) {
     stream = static_cast<cudaStream_t>(caller_stream);
   } else {
-    GRADCOMM_CUDA_CALL(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "NcclCommunicator: cudaStreamCreate on rank ",
-                       rank, " (cuda:", device, ")");
+    GRADCOMM_CUDA_CALL(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+                       "NcclCommunicator: cudaStreamCreate on rank ", rank, " (cuda:", device, ")");
     own_stream = true;
   }
-  GRADCOMM_CUDA_CALL(cudaMalloc(&scratch, sizeof(int)), "NcclCommunicator: cudaMalloc on rank ", rank, " (cuda:", device, ")");
+  GRADCOMM_CUDA_CALL(cudaMalloc(&scratch, sizeof(int)), "NcclCommunicator: cudaMalloc on rank ",
+                     rank, " (cuda:", device, ")");
 }
 
 void NcclCommunicator::State::check_usable(const char* what) const {
@@ -47,14 +48,16 @@ void NcclCommunicator::State::abort_comm(const std::string& reason) noexcept {
   ncclCommAbort(comm);
 }
 
-void NcclCommunicator::State::settle(ncclResult_t result, ncclComm_t which, const std::string& what) {
+void NcclCommunicator::State::settle(ncclResult_t result, ncclComm_t which,
+                                     const std::string& what) {
   const auto start = std::chrono::steady_clock::now();
   while (result == ncclInProgress) {
     const auto waited = std::chrono::steady_clock::now() - start;
     if (waited > timeout) {
-      const std::string reason = detail::concat(what, " on rank ", rank, " of ", size, " did not finish within ",
-                                                std::chrono::duration<double>(waited).count(),
-                                                " s (timeout): a peer died, hangs, or never called it");
+      const std::string reason =
+          detail::concat(what, " on rank ", rank, " of ", size, " did not finish within ",
+                         std::chrono::duration<double>(waited).count(),
+                         " s (timeout): a peer died, hangs, or never called it");
       if (which && which != comm) ncclCommAbort(which);
       abort_comm(reason);
       GRADCOMM_THROW(ErrorCode::kCommunication, reason, "; the NCCL communicator was aborted");
@@ -64,8 +67,9 @@ void NcclCommunicator::State::settle(ncclResult_t result, ncclComm_t which, cons
     if (polled != ncclSuccess) result = polled;
   }
   if (result != ncclSuccess) {
-    const std::string reason = detail::concat(what, " on rank ", rank, " of ", size, ": NCCL reports ",
-                                              ncclGetErrorString(result), " (", ncclGetLastError(which), ")");
+    const std::string reason =
+        detail::concat(what, " on rank ", rank, " of ", size, ": NCCL reports ",
+                       ncclGetErrorString(result), " (", ncclGetLastError(which), ")");
     if (which && which != comm) ncclCommAbort(which);
     abort_comm(reason);
     GRADCOMM_THROW(ErrorCode::kCommunication, reason, "; the NCCL communicator was aborted");
@@ -82,7 +86,8 @@ bool NcclWork::test() {
     return true;
   }
   if (status != cudaErrorNotReady) {
-    const std::string reason = detail::concat(what, " on rank ", s.rank, " (cuda:", s.device, "): ", cudaGetErrorString(status));
+    const std::string reason = detail::concat(what, " on rank ", s.rank, " (cuda:", s.device,
+                                              "): ", cudaGetErrorString(status));
     s.abort_comm(reason);
     GRADCOMM_THROW(ErrorCode::kCuda, reason, "; the NCCL communicator was aborted");
   }
@@ -91,8 +96,9 @@ bool NcclWork::test() {
   if (polled != ncclSuccess) async = polled;
   if (async != ncclSuccess && async != ncclInProgress) {
     // Asynchronous errors (a peer's connection lost) are fatal for the communicator.
-    const std::string reason = detail::concat(what, " on rank ", s.rank, " of ", s.size, ": NCCL reports ",
-                                              ncclGetErrorString(async), " (", ncclGetLastError(s.comm), ")");
+    const std::string reason =
+        detail::concat(what, " on rank ", s.rank, " of ", s.size, ": NCCL reports ",
+                       ncclGetErrorString(async), " (", ncclGetLastError(s.comm), ")");
     s.abort_comm(reason);
     GRADCOMM_THROW(ErrorCode::kCommunication, reason, "; the NCCL communicator was aborted");
   }
@@ -106,9 +112,10 @@ void NcclWork::wait() {
   while (!test()) {
     const auto waited = std::chrono::steady_clock::now() - start;
     if (waited > s.timeout) {
-      const std::string reason = detail::concat(what, " on rank ", s.rank, " of ", s.size, " did not complete within ",
-                                                std::chrono::duration<double>(waited).count(),
-                                                " s (timeout): a peer died, hangs, or stopped calling collectives");
+      const std::string reason =
+          detail::concat(what, " on rank ", s.rank, " of ", s.size, " did not complete within ",
+                         std::chrono::duration<double>(waited).count(),
+                         " s (timeout): a peer died, hangs, or stopped calling collectives");
       s.abort_comm(reason);
       GRADCOMM_THROW(ErrorCode::kCommunication, reason, "; the NCCL communicator was aborted");
     }

@@ -22,22 +22,26 @@ std::size_t sum_before(const std::vector<std::size_t>& counts, int end) {
 // What a rank passed, in the words of the messages: "float32[1000] sum".
 std::string signature(Kind kind, const Arrival& a) {
   switch (kind) {
-    case Kind::kAllreduce: return detail::concat(a.send.describe(), " ", reduce_op_name(a.op));
-    case Kind::kBroadcast: return detail::concat(a.send.describe(), " from root ", a.root);
+    case Kind::kAllreduce:
+      return detail::concat(a.send.describe(), " ", reduce_op_name(a.op));
+    case Kind::kBroadcast:
+      return detail::concat(a.send.describe(), " from root ", a.root);
     case Kind::kAllgatherv: {
       std::ostringstream out;
       out << dtype_name(a.send.dtype()) << " counts";
       for (std::size_t c : a.send_counts) out << ' ' << c;
       return out.str();
     }
-    default: return a.send.describe();
+    default:
+      return a.send.describe();
   }
 }
 
 }  // namespace
 
 std::string disagreement(const Slot& slot, int size) {
-  const std::string where = detail::concat(kind_name(slot.kind), " (collective #", slot.sequence, "): ");
+  const std::string where =
+      detail::concat(kind_name(slot.kind), " (collective #", slot.sequence, "): ");
   if (slot.kind == Kind::kBarrier || slot.kind == Kind::kSplit) return {};
   if (slot.kind == Kind::kAlltoallv) {
     for (int r = 0; r < size; ++r) {
@@ -47,8 +51,9 @@ std::string disagreement(const Slot& slot, int size) {
         const std::size_t expected = receiver.recv_counts[static_cast<std::size_t>(s)];
         const std::size_t sent = sender.send_counts[static_cast<std::size_t>(r)];
         if (sent != expected || sender.send.dtype() != receiver.send.dtype()) {
-          return detail::concat(where, "rank ", s, " sends ", sent, " ", dtype_name(sender.send.dtype()),
-                                " elements to rank ", r, ", which expects ", expected, " ",
+          return detail::concat(where, "rank ", s, " sends ", sent, " ",
+                                dtype_name(sender.send.dtype()), " elements to rank ", r,
+                                ", which expects ", expected, " ",
                                 dtype_name(receiver.send.dtype()), " elements from it");
         }
       }
@@ -58,7 +63,8 @@ std::string disagreement(const Slot& slot, int size) {
   const std::string first = signature(slot.kind, slot.arrivals[0]);
   for (int r = 1; r < size; ++r) {
     const std::string mine = signature(slot.kind, slot.arrivals[static_cast<std::size_t>(r)]);
-    if (mine != first) return detail::concat(where, "rank 0 passes ", first, ", rank ", r, " passes ", mine);
+    if (mine != first)
+      return detail::concat(where, "rank 0 passes ", first, ", rank ", r, " passes ", mine);
   }
   return {};
 }
@@ -73,7 +79,8 @@ void execute(Slot& slot, Mover& m, int size) {
       const std::size_t n = acc.numel(), bytes = acc.nbytes();
       if (n == 0) break;
       if (acc.data() != a[0].send.data()) m.copy(slot, 0, acc.data(), a[0].send.data(), bytes);
-      for (int r = 1; r < size; ++r) m.combine(slot, 0, acc.dtype(), a[0].op, acc.data(), a[rank(r)].send.data(), n);
+      for (int r = 1; r < size; ++r)
+        m.combine(slot, 0, acc.dtype(), a[0].op, acc.data(), a[rank(r)].send.data(), n);
       for (int r = 1; r < size; ++r) {
         m.handoff(slot, 0, r);
         m.copy(slot, r, a[rank(r)].recv.data(), acc.data(), bytes);
@@ -127,7 +134,8 @@ void execute(Slot& slot, Mover& m, int size) {
       break;
     }
     case Kind::kBarrier:
-    case Kind::kSplit: break;
+    case Kind::kSplit:
+      break;
   }
   m.end(slot);
 }
@@ -139,7 +147,8 @@ class HostMover final : public Mover {
   void copy(Slot&, int, void* dst, const void* src, std::size_t bytes) override {
     if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
   }
-  void combine(Slot&, int, DType dtype, ReduceOp op, void* acc, const void* src, std::size_t n) override {
+  void combine(Slot&, int, DType dtype, ReduceOp op, void* acc, const void* src,
+               std::size_t n) override {
     detail::combine_buffers(dtype, op, acc, src, n);
   }
 };

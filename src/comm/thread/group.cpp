@@ -14,21 +14,30 @@ namespace thread_comm {
 
 const char* kind_name(Kind kind) noexcept {
   switch (kind) {
-    case Kind::kAllreduce: return "allreduce";
-    case Kind::kAllgather: return "allgather";
-    case Kind::kAllgatherv: return "allgatherv";
-    case Kind::kAlltoall: return "alltoall";
-    case Kind::kAlltoallv: return "alltoallv";
-    case Kind::kBroadcast: return "broadcast";
-    case Kind::kBarrier: return "barrier";
-    case Kind::kSplit: return "split";
+    case Kind::kAllreduce:
+      return "allreduce";
+    case Kind::kAllgather:
+      return "allgather";
+    case Kind::kAllgatherv:
+      return "allgatherv";
+    case Kind::kAlltoall:
+      return "alltoall";
+    case Kind::kAlltoallv:
+      return "alltoallv";
+    case Kind::kBroadcast:
+      return "broadcast";
+    case Kind::kBarrier:
+      return "barrier";
+    case Kind::kSplit:
+      return "split";
   }
   return "collective";
 }
 
 }  // namespace thread_comm
 
-ThreadCommunicator::Group::Group(int size, ThreadCommunicatorOptions options, std::vector<int> host_of_rank,
+ThreadCommunicator::Group::Group(int size, ThreadCommunicatorOptions options,
+                                 std::vector<int> host_of_rank,
                                  std::shared_ptr<thread_comm::Family> family)
     : size_(size),
       options_(std::move(options)),
@@ -82,7 +91,8 @@ Slot& ThreadCommunicator::Group::slot_for(std::uint64_t sequence) {
   return *slots_[sequence - first_sequence_];
 }
 
-WorkHandle ThreadCommunicator::Group::arrive(int rank, const Call& call, const char* what, std::size_t numel) {
+WorkHandle ThreadCommunicator::Group::arrive(int rank, const Call& call, const char* what,
+                                             std::size_t numel) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (family_->aborted.load()) {
     GRADCOMM_THROW(ErrorCode::kCommunication, what, " on rank ", rank, " of ", size_,
@@ -102,10 +112,11 @@ WorkHandle ThreadCommunicator::Group::arrive(int rank, const Call& call, const c
   if (slot.arrived == 0) {
     slot.kind = call.kind;
   } else if (slot.kind != call.kind && slot.error.empty()) {
-    slot.error = detail::concat("collective #", sequence, " of this ThreadCommunicator is ",
-                                thread_comm::kind_name(slot.kind), " on the ranks that called it first and ",
-                                thread_comm::kind_name(call.kind), " on rank ", rank,
-                                ": every rank must issue the same collectives in the same order");
+    slot.error =
+        detail::concat("collective #", sequence, " of this ThreadCommunicator is ",
+                       thread_comm::kind_name(slot.kind), " on the ranks that called it first and ",
+                       thread_comm::kind_name(call.kind), " on rank ", rank,
+                       ": every rank must issue the same collectives in the same order");
     slot.error_code = ErrorCode::kInvalidArgument;
   }
   slot.present[static_cast<std::size_t>(rank)] = 1;
@@ -165,8 +176,9 @@ void ThreadCommunicator::Group::run(Slot& slot, std::unique_lock<std::mutex>& lo
 void ThreadCommunicator::Group::throw_if_failed(const thread_comm::Work& work) const {
   // The abort first: it is the cause of what else may have failed since.
   if (family_->aborted.load()) {
-    GRADCOMM_THROW(ErrorCode::kCommunication, work.what, " of ", work.numel, " elements on rank ", work.rank,
-                   " of ", size_, " (ThreadCommunicator): the group was aborted: ", family_->reason);
+    GRADCOMM_THROW(ErrorCode::kCommunication, work.what, " of ", work.numel, " elements on rank ",
+                   work.rank, " of ", size_,
+                   " (ThreadCommunicator): the group was aborted: ", family_->reason);
   }
   const Slot& slot = *work.slot;
   if (!slot.error.empty()) {
@@ -182,16 +194,17 @@ void ThreadCommunicator::Group::throw_timeout(const thread_comm::Work& work,
   for (int r = 0; r < size_; ++r) {
     if (slot.present[static_cast<std::size_t>(r)]) continue;
     missing += (missing.empty() ? "" : ", ") + std::to_string(r);
-    progress += (progress.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) + " has called " +
-                std::to_string(issued_[static_cast<std::size_t>(r)]);
+    progress += (progress.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) +
+                " has called " + std::to_string(issued_[static_cast<std::size_t>(r)]);
   }
-  GRADCOMM_THROW(ErrorCode::kCommunication, work.what, " of ", work.numel, " elements on rank ", work.rank,
-                 " did not complete within ", std::chrono::duration<double>(waited).count(),
-                 " s (collective_timeout): ",
+  GRADCOMM_THROW(ErrorCode::kCommunication, work.what, " of ", work.numel, " elements on rank ",
+                 work.rank, " did not complete within ",
+                 std::chrono::duration<double>(waited).count(), " s (collective_timeout): ",
                  missing.empty()
                      ? std::string("every rank has called it; its copies are still running")
                      : "rank(s) " + missing + " have not called it (it is collective #" +
-                           std::to_string(slot.sequence) + " of this ThreadCommunicator; " + progress + ")");
+                           std::to_string(slot.sequence) + " of this ThreadCommunicator; " +
+                           progress + ")");
 }
 
 void ThreadCommunicator::Group::wait(thread_comm::Work& work) {
@@ -259,8 +272,8 @@ void ThreadCommunicator::Group::release(thread_comm::Work* work) noexcept {
       // Given up (timeout or abort) before every rank called it: it must never run now.
       slot.state = SlotState::kCancelled;
       if (slot.error.empty()) {
-        slot.error = detail::concat(thread_comm::kind_name(slot.kind), " (collective #", slot.sequence,
-                                    ") was abandoned by rank ", work->rank,
+        slot.error = detail::concat(thread_comm::kind_name(slot.kind), " (collective #",
+                                    slot.sequence, ") was abandoned by rank ", work->rank,
                                     " before every rank had called it");
         slot.error_code = ErrorCode::kCommunication;
       }
@@ -327,13 +340,15 @@ void ThreadCommunicator::Group::run_split(Slot& slot) {
       }
     }
     std::stable_sort(members.begin(), members.end(), [&](int a, int b) {
-      return slot.arrivals[static_cast<std::size_t>(a)].key < slot.arrivals[static_cast<std::size_t>(b)].key;
+      return slot.arrivals[static_cast<std::size_t>(a)].key <
+             slot.arrivals[static_cast<std::size_t>(b)].key;
     });
     std::vector<int> hosts;
     for (int r : members) hosts.push_back(host_of(r));
     ThreadCommunicatorOptions options = options_;
     options.streams.clear();  // the new group's ranks get streams of their own
-    auto group = std::make_shared<Group>(static_cast<int>(members.size()), options, std::move(hosts), family_);
+    auto group = std::make_shared<Group>(static_cast<int>(members.size()), options,
+                                         std::move(hosts), family_);
     {
       std::lock_guard<std::mutex> lock(family_->mutex);
       family_->groups.push_back(group);

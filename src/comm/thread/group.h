@@ -19,7 +19,14 @@
 namespace gradcomm::thread_comm {
 
 enum class Kind : std::uint8_t {
-  kAllreduce, kAllgather, kAllgatherv, kAlltoall, kAlltoallv, kBroadcast, kBarrier, kSplit
+  kAllreduce,
+  kAllgather,
+  kAllgatherv,
+  kAlltoall,
+  kAlltoallv,
+  kBroadcast,
+  kBarrier,
+  kSplit
 };
 const char* kind_name(Kind kind) noexcept;
 
@@ -44,7 +51,8 @@ struct Arrival {
 enum class SlotState : std::uint8_t { kWaiting, kRunning, kDone, kCancelled };
 
 struct Slot {
-  explicit Slot(int size) : arrivals(static_cast<std::size_t>(size)), present(static_cast<std::size_t>(size)) {}
+  explicit Slot(int size)
+      : arrivals(static_cast<std::size_t>(size)), present(static_cast<std::size_t>(size)) {}
   std::uint64_t sequence = 0;
   Kind kind = Kind::kBarrier;
   std::vector<Arrival> arrivals;  // by rank
@@ -109,7 +117,8 @@ class ThreadCommunicator::Group : public std::enable_shared_from_this<Group> {
   void run(thread_comm::Slot& slot, std::unique_lock<std::mutex>& lock);
   void run_split(thread_comm::Slot& slot);
   void throw_if_failed(const thread_comm::Work& work) const;
-  [[noreturn]] void throw_timeout(const thread_comm::Work& work, std::chrono::steady_clock::duration waited) const;
+  [[noreturn]] void throw_timeout(const thread_comm::Work& work,
+                                  std::chrono::steady_clock::duration waited) const;
   void recycle_finished_slots();
 
   int size_;

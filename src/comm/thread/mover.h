@@ -15,7 +15,10 @@ struct Slot;
 class Mover {
  public:
   virtual ~Mover() = default;
-  virtual void* stream(int rank) const { (void)rank; return nullptr; }
+  virtual void* stream(int rank) const {
+    (void)rank;
+    return nullptr;
+  }
   virtual int cuda_device() const { return -1; }  // CUDA: the device every rank uses
   // A slot object is new or recycled: give it what arrived() and end() need (events).
   virtual void prepare(Slot& slot) { (void)slot; }
@@ -36,7 +39,10 @@ class Mover {
   // buffer is then no longer read by anyone).
   virtual void end(Slot& slot) { (void)slot; }
   // Whether `rank`'s part is complete (after end()); settle() blocks until it is.
-  virtual bool complete(Slot& slot, int rank) { (void)slot, (void)rank; return true; }
+  virtual bool complete(Slot& slot, int rank) {
+    (void)slot, (void)rank;
+    return true;
+  }
   virtual void settle(Slot& slot, int rank) noexcept { (void)slot, (void)rank; }
 };
 
