@@ -23,6 +23,10 @@ struct MpiCommunicatorOptions {
   // instead of a hang; the caller then abort()s. Zero waits forever (plain MPI_Wait).
   // Checked by polling MPI_Test, which costs what MPI_Wait's own progress loop costs.
   std::chrono::milliseconds collective_timeout{0};
+  // At destruction the ranks meet in one barrier (on a communicator of its own) for up to
+  // this long; see the class comment for what an exception unwinding past it then does.
+  // Without an exception, a rank that waited this long goes on to free the communicator.
+  std::chrono::milliseconds teardown_grace{std::chrono::seconds(5)};
 };
 
 // Duplicates `comm` (so gradcomm's traffic never matches the user's messages) and frees
@@ -38,13 +42,16 @@ struct MpiCommunicatorOptions {
 // collective completes (wait(), or test() returning true) the results are copied back on
 // the same stream, synchronised again, so they are in device memory when it returns.
 //
-// Destroyed while an exception unwinds past it (std::uncaught_exceptions() above its
-// count at construction) on a communicator of more than one rank, it does not free the
-// communicator or finalize MPI, which would wait for peers that may themselves be waiting
-// in a collective for this rank (a rank that throws before the setup agreement would hang
-// the job): it prints the rank and the last gradcomm::Error thrown on this thread to
-// stderr and calls MPI_Abort, so every rank ends within seconds. A program that means to
-// recover from an exception must catch it inside the communicator's scope.
+// Destruction is collective, like MPI_Comm_free: the ranks meet in a barrier for up to
+// teardown_grace. When an exception unwinds past the communicator (std::uncaught_
+// exceptions() above its count at construction), that barrier tells the two cases apart:
+// - every rank comes (the failure is the same everywhere, or the others are done): the
+//   communicator is freed and MPI finalized as usual, and the handler reports the error;
+// - they do not come within the grace (this rank failed alone, e.g. before the setup
+//   agreement, and the others wait for it in a collective): freeing the communicator or
+//   finalizing MPI would hang them, so it prints the rank and the last gradcomm::Error
+//   thrown on this thread to stderr and calls MPI_Abort; the job ends within seconds.
+// A rank that recovers from an exception must catch it inside the communicator's scope.
 class MpiCommunicator final : public Communicator {
  public:
   explicit MpiCommunicator(MPI_Comm comm, MpiCommunicatorOptions options = {});
@@ -93,6 +100,8 @@ class MpiCommunicator final : public Communicator {
  private:
   void init_from(MPI_Comm comm);
   std::unique_ptr<Communicator> adopt(MPI_Comm part);
+  // The teardown barrier: true when every rank came within teardown_grace.
+  bool meet_at_teardown() noexcept;
   void verify_same_size(const char* collective, std::size_t numel, int extra = 0);
   void release() noexcept;
   WorkHandle single_request(const char* what, std::size_t numel, MPI_Request request);
@@ -116,6 +125,7 @@ class MpiCommunicator final : public Communicator {
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   MPI_Comm stage2_comm_ = MPI_COMM_NULL;
+  MPI_Comm farewell_comm_ = MPI_COMM_NULL;  // the teardown barrier's
   std::shared_ptr<WorkPool> pool_;
   std::shared_ptr<Staging> staging_;  // made at the first CUDA collective or set_cuda_stream
   int rank_ = 0;

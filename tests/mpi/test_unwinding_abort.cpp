@@ -1,9 +1,8 @@
-// A rank that throws while the others wait for it in a collective must end the job, not
-// hang it: MpiCommunicator's destructor, reached by the unwinding exception, aborts the
-// job instead of freeing the communicator or finalizing MPI (which would wait for them).
-// Run by CTest in two ways:
-// - as every MPI test (2, 3, 4 ranks): nobody throws past a communicator of several
-//   ranks; the controls below must finish normally;
+// An exception unwinding past MpiCommunicator: when one rank fails alone while the others
+// wait for it in a collective, the job must end, not hang (the destructor aborts it after
+// teardown_grace instead of freeing the communicator or finalizing MPI); when every rank
+// fails alike, each must reach its own handler. Run by CTest in two ways:
+// - as every MPI test (2, 3, 4 ranks): the shared failure and the controls;
 // - by tests/mpi/unwinding_abort.sh with GRADCOMM_TEST_THROW_RANK set: that rank throws
 //   before the setup agreement, and the script checks that the job ends non-zero within
 //   the time limit with the rank and the reason in the output.
@@ -53,6 +52,20 @@ TEST(UnwindingAbort, ARankThatThrowsBeforeTheAgreementEndsTheJob) {
     ADD_FAILURE() << "rank " << testing::world_rank()
                   << " came back from the unwinding: " << e.what();
   }
+}
+
+// A failure every rank shares (a setting they all refuse): they all come to the
+// communicator's teardown, so it is freed as usual and every rank's handler runs.
+TEST(UnwindingAbort, AFailureEveryRankSharesEndsInEveryHandler) {
+  bool caught = false;
+  try {
+    MpiCommunicator comm(MPI_COMM_WORLD);
+    GRADCOMM_THROW(ErrorCode::kInvalidArgument, "every rank refuses this setting");
+  } catch (const Error& e) {
+    caught = e.message() == "every rank refuses this setting";
+  }
+  EXPECT_TRUE(caught);
+  EXPECT_TRUE(testing::all_ranks(caught));  // and MPI still works
 }
 
 // An exception caught inside the communicator's scope does not abort anything, nor does

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CTest driver of tests/mpi/test_unwinding_abort.cpp: one rank throws before the setup
-# agreement while the others wait in it. The job must end within the limit, non-zero,
-# with the throwing rank's message naming itself and its reason. Cases: the first rank
-# and the last rank of 3, and a middle rank of 4.
+# agreement while the others wait in it. The job must end within the limit (after the
+# communicator's teardown_grace, 5 s), non-zero, with the throwing rank's message naming
+# itself and its reason. Cases: the first rank and the last rank of 3, and a middle rank
+# of 4.
 #   unwinding_abort.sh MPIRUN BINARY [MPIRUN FLAGS...]
 set -u
 mpirun=$1

@@ -7,6 +7,7 @@
 #include <exception>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "comm/mpi/mpi_call.h"
 #include "comm/mpi/reduce_16bit.h"
@@ -67,11 +68,16 @@ void MpiCommunicator::init_from(MPI_Comm comm) {
   MPI_Comm_size(comm_, &size_);
   GRADCOMM_MPI_CALL(MPI_Comm_dup(comm_, &stage2_comm_), "MPI_Comm_dup for two-stage collectives");
   MPI_Comm_set_errhandler(stage2_comm_, MPI_ERRORS_RETURN);
+  // The teardown barrier's own: it must never match a collective a peer waits in.
+  GRADCOMM_MPI_CALL(MPI_Comm_dup(comm_, &farewell_comm_), "MPI_Comm_dup for the teardown");
+  MPI_Comm_set_errhandler(farewell_comm_, MPI_ERRORS_RETURN);
   pool_ = std::make_shared<WorkPool>();
   pool_->rank = rank_;
   pool_->size = size_;
   GRADCOMM_CHECK_ARG(options_.collective_timeout.count() >= 0, "MpiCommunicator: collective_timeout ",
                      options_.collective_timeout.count(), " ms < 0");
+  GRADCOMM_CHECK_ARG(options_.teardown_grace.count() >= 0, "MpiCommunicator: teardown_grace ",
+                     options_.teardown_grace.count(), " ms < 0");
   pool_->timeout = options_.collective_timeout;
   pool_->stage2 = stage2_comm_;
   MPI_Op_create(&detail::half_sum, 1, &half_sum_);
@@ -91,18 +97,40 @@ void MpiCommunicator::release() noexcept {
   }
   if (pool_) pool_->progress_rings();
   if (stage2_comm_ != MPI_COMM_NULL) MPI_Comm_free(&stage2_comm_);
+  if (farewell_comm_ != MPI_COMM_NULL) MPI_Comm_free(&farewell_comm_);
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   if (finalize_on_destroy_) MPI_Finalize();
 }
 
+bool MpiCommunicator::meet_at_teardown() noexcept {
+  MPI_Request request = MPI_REQUEST_NULL;
+  if (MPI_Ibarrier(farewell_comm_, &request) != MPI_SUCCESS) return false;
+  const auto deadline = std::chrono::steady_clock::now() + options_.teardown_grace;
+  for (;;) {
+    int done = 0;
+    if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return false;
+    if (done) return true;
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  // Never completed: the communicator cannot be freed with the barrier pending in it.
+  farewell_comm_ = MPI_COMM_NULL;
+  return false;
+}
+
 MpiCommunicator::~MpiCommunicator() {
-  if (std::uncaught_exceptions() > uncaught_at_construction_ && size_ > 1) {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && size_ > 1 && !meet_at_teardown() &&
+      std::uncaught_exceptions() > uncaught_at_construction_) {
+    // An exception unwinds past this communicator and the other ranks did not come to its
+    // teardown: they wait for this rank in a collective, and finalizing would hang them.
     std::string text = "gradcomm: rank " + std::to_string(rank_) + " of " + std::to_string(size_) +
                        ": an exception is unwinding past MpiCommunicator";
     const std::string& last = detail::last_error_on_this_thread();
     if (!last.empty()) text += " (the last gradcomm error on this thread: " + last + ")";
-    text += "; aborting the MPI job (freeing the communicator or finalizing MPI would wait for ranks that may be "
-            "waiting for this one)";
+    text += "; the other ranks did not reach its teardown within teardown_grace (they wait for this one): "
+            "aborting the MPI job";
     std::fprintf(stderr, "%s\n", text.c_str());
     std::fflush(stderr);
     MPI_Abort(comm_, 1);
