@@ -141,13 +141,9 @@ TEST(ThreadExchanger, DgcExactSelectionMatchesTheReferenceOnEveryRank) {
         }
       }
     });
-    struct RankState {
-      std::vector<float> u, v;
-    };
-    std::vector<std::vector<RankState>> ref(static_cast<std::size_t>(p));
+    std::vector<std::vector<testing::DgcReferenceRank>> ref(static_cast<std::size_t>(p));
     for (auto& r : ref)
-      for (const LayerSpec& l : layers)
-        r.push_back({std::vector<float>(l.numel, 0.0f), std::vector<float>(l.numel, 0.0f)});
+      for (const LayerSpec& l : layers) r.emplace_back(l.numel);
     for (int step = 0; step < kSteps; ++step) {
       std::size_t sparse_index = 0;
       for (std::size_t l : {std::size_t{0}, std::size_t{2}}) {
@@ -155,16 +151,8 @@ TEST(ThreadExchanger, DgcExactSelectionMatchesTheReferenceOnEveryRank) {
                           k = static_cast<std::size_t>(std::ceil(0.01 * static_cast<double>(n)));
         std::vector<float> expect(n, 0.0f);
         for (int r = 0; r < p; ++r) {
-          RankState& s = ref[static_cast<std::size_t>(r)][l];
-          for (std::size_t i = 0; i < n; ++i) {
-            s.u[i] = 0.9f * s.u[i] + grad_value(r, step, l, i);
-            s.v[i] = s.v[i] + s.u[i];
-          }
-          for (std::uint32_t i : testing::reference_topk(s.v, k)) {
-            expect[i] += s.v[i] * (1.0f / static_cast<float>(p));
-            s.v[i] = 0.0f;
-            s.u[i] = 0.0f;
-          }
+          ref[static_cast<std::size_t>(r)][l].step(
+              [&](std::size_t i) { return grad_value(r, step, l, i); }, k, p, expect);
         }
         for (int r = 0; r < p; ++r) {
           ASSERT_EQ(outs[step][r][l], expect)
