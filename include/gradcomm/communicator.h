@@ -91,6 +91,22 @@ class Communicator {
   // (NCCL: ncclCommAbort; MPI: MPI_Abort of the duplicated communicator's job).
   virtual void abort(const std::string& reason) = 0;
 
+  // Whether collectives take buffers on `device`: device() always; MpiCommunicator built
+  // with CUDA also takes CUDA buffers (staged through pinned host memory).
+  virtual bool accepts(Device device) const { return device == this->device(); }
+
+  // Hierarchies (the ranks of one host; the ranks with the same local rank across hosts).
+  // Both are collective over this communicator, issued in the same order as its other
+  // collectives on every rank, and block until the new communicator exists.
+  // split: the ranks passing the same color >= 0 form one new communicator, ranked by
+  // `key` (ties by rank here); a rank passing kNoColor takes part and gets nullptr.
+  // split_shared: the ranks that share this rank's host (its memory), ranked as here.
+  // The new communicator is independent: it outlives this one and has its own traffic.
+  // Communicators that cannot split throw kUnsupported.
+  static constexpr int kNoColor = -1;
+  virtual std::unique_ptr<Communicator> split(int color, int key);
+  virtual std::unique_ptr<Communicator> split_shared();
+
   const TrafficCounters& traffic() const noexcept { return traffic_; }
   void reset_traffic() noexcept { traffic_ = {}; }
 

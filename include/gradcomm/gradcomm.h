@@ -12,9 +12,11 @@
 #include "gradcomm/step_engine.h"
 #include "gradcomm/layer.h"
 #include "gradcomm/lgreco.h"
+#include "gradcomm/local_device.h"
 #include "gradcomm/onebit.h"
 #include "gradcomm/quantize.h"
 #include "gradcomm/tensor.h"
+#include "gradcomm/thread_communicator.h"
 #include "gradcomm/version.h"
 #if defined(GRADCOMM_HAVE_MPI)
 #include "gradcomm/mpi_communicator.h"

@@ -9,15 +9,27 @@
 namespace gradcomm {
 
 struct NcclCommunicatorOptions {
-  int device = -1;            // CUDA device; -1: the current device
+  // CUDA device; -1: the calling thread's current device (gradcomm::local_cuda_device()
+  // picks one per local rank and makes it current). Every call below makes it current
+  // for its duration, whatever device the calling thread has set.
+  int device = -1;
   void* stream = nullptr;     // cudaStream_t to enqueue on; nullptr: a stream of our own
-  // wait() gives up after this long: the communicator is aborted (ncclCommAbort) and an
-  // Error names the collective, so a dead peer ends the job instead of hanging it.
+  // The setup, every wait() and the teardown give up after this long (> 0): the
+  // communicator is aborted (ncclCommAbort) and an Error names the call, so a peer that
+  // died (before the setup, or in a collective) ends the job instead of hanging it.
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
 };
 
-// Bootstrapped from any existing communicator (MPI, or another NCCL one): rank 0 makes
-// the NCCL unique id and broadcasts it over `bootstrap`. Rank and size follow `bootstrap`.
+// Bootstrapped from a host communicator (MPI): rank 0 makes the NCCL unique id and
+// broadcasts it over `bootstrap`. Rank and size follow `bootstrap`. One rank per device:
+// NCCL refuses two ranks of one communicator on one device (ThreadCommunicator runs
+// several ranks on one GPU for tests).
+//
+// Failures: the NCCL communicator is non-blocking, so no call waits without a bound. A
+// timeout, an asynchronous NCCL error found by test()/wait(), or abort() aborts it
+// (ncclCommAbort); from then on every collective not yet seen complete, and every new
+// one, throws kCommunication naming the reason. Destroyed while an exception unwinds, it
+// aborts instead of waiting for its queued collectives (peers may never come).
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(Communicator& bootstrap, NcclCommunicatorOptions options = {});
@@ -42,9 +54,15 @@ class NcclCommunicator final : public Communicator {
   WorkHandle barrier() override;
   void abort(const std::string& reason) override;
 
+  // ncclCommSplit: the new communicator is on the same device with a stream of its own
+  // and the same timeout. split_shared() groups the ranks whose hostnames match.
+  std::unique_ptr<Communicator> split(int color, int key) override;
+  std::unique_ptr<Communicator> split_shared() override;
+
   struct State;  // NCCL and CUDA handles (kept out of this header)
 
  private:
+  explicit NcclCommunicator(std::shared_ptr<State> state);
   WorkHandle record(const char* what);
   int rank_ = 0;
   int size_ = 1;

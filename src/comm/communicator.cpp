@@ -36,8 +36,18 @@ std::uint64_t alltoall_wire_bytes(std::uint64_t total_bytes, int world_size) {
   return total_bytes * static_cast<std::uint64_t>(world_size - 1) / static_cast<std::uint64_t>(world_size);
 }
 
+std::unique_ptr<Communicator> Communicator::split(int color, int key) {
+  GRADCOMM_THROW(ErrorCode::kUnsupported, describe(), " cannot split (color ", color, ", key ",
+                 key, "): use MpiCommunicator, NcclCommunicator or ThreadCommunicator");
+}
+
+std::unique_ptr<Communicator> Communicator::split_shared() {
+  GRADCOMM_THROW(ErrorCode::kUnsupported, describe(),
+                 " cannot split by host: use MpiCommunicator, NcclCommunicator or ThreadCommunicator");
+}
+
 static void check_device(const Communicator& comm, TensorView t, const char* what) {
-  GRADCOMM_CHECK(t.device() == comm.device() || t.numel() == 0, ErrorCode::kInvalidArgument,
+  GRADCOMM_CHECK(comm.accepts(t.device()) || t.numel() == 0, ErrorCode::kInvalidArgument,
                  what, ": ", comm.describe(), " takes ", device_name(comm.device()),
                  " buffers, got ", t.describe(), " on rank ", comm.rank());
 }

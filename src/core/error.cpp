@@ -1,5 +1,7 @@
 #include "gradcomm/error.h"
 
+#include "core/last_error.h"
+
 namespace gradcomm {
 
 const char* error_code_name(ErrorCode code) noexcept {
@@ -34,6 +36,12 @@ Error::Error(ErrorCode code, std::string message, std::string where)
       where_(std::move(where)) {}
 
 namespace detail {
+namespace {
+thread_local std::string last_error;
+}  // namespace
+
+const std::string& last_error_on_this_thread() noexcept { return last_error; }
+
 void throw_error(ErrorCode code, const std::string& message, const char* file, int line,
                  const char* function) {
   std::string path = file;
@@ -44,7 +52,9 @@ void throw_error(ErrorCode code, const std::string& message, const char* file, i
       break;
     }
   }
-  throw Error(code, message, path + ":" + std::to_string(line) + " (" + function + ")");
+  Error error(code, message, path + ":" + std::to_string(line) + " (" + function + ")");
+  last_error = error.what();
+  throw error;
 }
 }  // namespace detail
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <numeric>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "core/float16.h"
 #include "gradcomm/mpi_communicator.h"
 #include "mpi/mpi_test_util.h"
+#include "uneven_parts.h"
 
 namespace gradcomm {
 namespace {
@@ -188,35 +190,19 @@ TEST(MpiCommunicator, TrafficFollowsTheAlgorithmModel) {
   EXPECT_EQ(comm.traffic().collectives, 2u);
 }
 
-// Uneven parts, an empty one among them: rank r sends (r + d) % 3 elements to rank d, each
-// element naming its sender and receiver, so a part landing in the wrong place shows.
+// Uneven parts, an empty one among them (tests/uneven_parts.h).
 TEST(MpiCommunicator, AlltoallvDeliversUnevenPartsInRankOrder) {
   MpiCommunicator comm(MPI_COMM_WORLD);
-  const int p = comm.size(), me = comm.rank();
-  auto count = [](int from, int to) { return static_cast<std::size_t>((from + to) % 3); };
-  std::vector<std::size_t> send_counts, recv_counts;
-  std::vector<std::int32_t> send;
-  for (int d = 0; d < p; ++d) {
-    send_counts.push_back(count(me, d));
-    recv_counts.push_back(count(d, me));
-    for (std::size_t j = 0; j < count(me, d); ++j) send.push_back(1000 * me + 10 * d + static_cast<int>(j));
-  }
-  std::vector<std::int32_t> recv(std::accumulate(recv_counts.begin(), recv_counts.end(), std::size_t{0}), -1);
+  testing::UnevenParts parts(comm.rank(), comm.size());
+  std::vector<std::int32_t> recv(parts.received(), -1);
   comm.reset_traffic();
-  comm.alltoallv(view(send), send_counts, view(recv), recv_counts)->wait();
-  std::size_t at = 0;
-  for (int src = 0; src < p; ++src) {
-    for (std::size_t j = 0; j < count(src, me); ++j) {
-      EXPECT_EQ(recv[at++], 1000 * src + 10 * me + static_cast<int>(j)) << "from rank " << src;
-    }
-  }
-  std::uint64_t expected = 0;
-  for (int d = 0; d < p; ++d) expected += d == me ? 0 : 4 * count(me, d);
-  EXPECT_EQ(comm.traffic().bytes_sent, expected);
+  comm.alltoallv(view(parts.send), parts.send_counts, view(recv), parts.recv_counts)->wait();
+  EXPECT_EQ(recv, parts.expected);
+  EXPECT_EQ(comm.traffic().bytes_sent, parts.bytes_to_others);
   // Counts that do not add up to the buffers are refused before MPI sees them.
-  std::vector<std::size_t> wrong = send_counts;
+  std::vector<std::size_t> wrong = parts.send_counts;
   wrong[0] += 1;
-  EXPECT_THROW(comm.alltoallv(view(send), wrong, view(recv), recv_counts), Error);
+  EXPECT_THROW(comm.alltoallv(view(parts.send), wrong, view(recv), parts.recv_counts), Error);
 }
 
 TEST(MpiCommunicator, LocalSizeErrorsAreCaughtBeforeMpi) {
@@ -226,7 +212,9 @@ TEST(MpiCommunicator, LocalSizeErrorsAreCaughtBeforeMpi) {
   EXPECT_THROW(comm.allgather(view(a), view(b)), Error);
   EXPECT_THROW(comm.broadcast(view(a), comm.size()), Error);
   std::vector<float> odd(comm.size() * 2 + 1);
-  if (comm.size() > 1) EXPECT_THROW(comm.alltoall(view(odd), view(odd)), Error);
+  if (comm.size() > 1) {
+    EXPECT_THROW(comm.alltoall(view(odd), view(odd)), Error);
+  }
 }
 
 TEST(MpiCommunicator, MismatchedSizesAcrossRanksFailOnEveryRank) {
@@ -256,6 +244,57 @@ TEST(MpiCommunicator, MismatchedSizesAcrossRanksFailOnEveryRank) {
   std::vector<float> ok(4, 1.0f);
   comm.allreduce(view(ok), view(ok), ReduceOp::kSum)->wait();
   EXPECT_EQ(ok[0], static_cast<float>(comm.size()));
+}
+
+// The last rank is late to an allreduce: the others' watchdog names the collective and
+// the ring neighbour each waits for (rank 0's left neighbour is the late rank), and the
+// same work completes once the late rank comes.
+TEST(MpiCommunicator, WatchdogNamesTheCollectiveAndTheRankWaitedFor) {
+  MpiCommunicator comm(MPI_COMM_WORLD, {.collective_timeout = std::chrono::milliseconds(300)});
+  const int p = comm.size(), me = comm.rank();
+  if (p < 2) GTEST_SKIP() << "a late rank needs two";
+  std::vector<float> data(1000, 1.0f);
+  const TensorView view = TensorView::of(std::span<float>(data));
+  if (me == p - 1) {
+    MPI_Barrier(MPI_COMM_WORLD);  // after the others gave up once
+    comm.allreduce(view, view, ReduceOp::kSum)->wait();
+  } else {
+    WorkHandle work = comm.allreduce(view, view, ReduceOp::kSum);
+    try {
+      work->wait();
+      ADD_FAILURE() << "the watchdog did not fire";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kCommunication);
+      EXPECT_NE(e.message().find("allreduce of 1000 elements on rank " + std::to_string(me) + " did not complete within"),
+                std::string::npos) << e.what();
+      EXPECT_NE(e.message().find("its left neighbour"), std::string::npos) << e.what();
+      if (me == 0) {
+        std::fprintf(stderr, "rank 0's watchdog: %s\n", e.what());
+        EXPECT_NE(e.message().find("ring step 1 of " + std::to_string(2 * (p - 1)) + " from rank " + std::to_string(p - 1)),
+                  std::string::npos) << e.what();
+      }
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    work->wait();
+  }
+  EXPECT_EQ(data[999], static_cast<float>(p));
+}
+
+// CUDA buffers are staged when built with CUDA (tests/mpi/test_cuda_staging.cpp), and
+// refused before MPI sees them otherwise.
+TEST(MpiCommunicator, CudaBuffersOnlyWhenBuiltWithCuda) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+#if defined(GRADCOMM_HAVE_CUDA)
+  EXPECT_TRUE(comm.accepts(Device::kCuda));
+#else
+  EXPECT_FALSE(comm.accepts(Device::kCuda));
+  float x = 0;
+  const TensorView on_cuda(&x, 1, DType::kFloat32, Device::kCuda);
+  EXPECT_THROW(comm.allreduce(on_cuda, on_cuda, ReduceOp::kSum), Error);
+  EXPECT_THROW(comm.broadcast(on_cuda, 0), Error);
+  EXPECT_THROW(comm.set_cuda_stream(nullptr), Error);
+#endif
+  EXPECT_TRUE(comm.accepts(Device::kCpu));
 }
 
 TEST(MpiCommunicator, DuplicatesTheUsersCommunicator) {

@@ -128,13 +128,9 @@ TEST(DgcMpi, ExactSelectionMatchesReference) {
   auto x = make_dgc(comm, o);
   Buffers buf(layers);
   // Reference state of every rank, sparse layers (0 and 2).
-  struct RankState {
-    std::vector<float> u, v;
-  };
-  std::vector<std::vector<RankState>> ref(static_cast<std::size_t>(p));
+  std::vector<std::vector<gradcomm::testing::DgcReferenceRank>> ref(static_cast<std::size_t>(p));
   for (auto& r : ref)
-    for (const LayerSpec& l : layers)
-      r.push_back({std::vector<float>(l.numel, 0.0f), std::vector<float>(l.numel, 0.0f)});
+    for (const LayerSpec& l : layers) r.emplace_back(l.numel);
   for (int step = 0; step < 4; ++step) {
     buf.fill(world_rank(), step);
     x->exchange(buf.grad_views, buf.out_views);
@@ -143,16 +139,7 @@ TEST(DgcMpi, ExactSelectionMatchesReference) {
       const std::size_t n = layers[l].numel, k = dgc_of(*x).k(l);
       std::vector<float> expect(n, 0.0f);
       for (int r = 0; r < p; ++r) {
-        RankState& s = ref[static_cast<std::size_t>(r)][l];
-        for (std::size_t i = 0; i < n; ++i) {
-          s.u[i] = 0.9f * s.u[i] + grad_value(r, step, l, i);
-          s.v[i] = s.v[i] + s.u[i];
-        }
-        for (std::uint32_t i : reference_topk(s.v, k)) {
-          expect[i] += s.v[i] * (1.0f / static_cast<float>(p));
-          s.v[i] = 0.0f;
-          s.u[i] = 0.0f;
-        }
+        ref[static_cast<std::size_t>(r)][l].step([&](std::size_t i) { return grad_value(r, step, l, i); }, k, p, expect);
       }
       const auto& mine = ref[static_cast<std::size_t>(world_rank())][l];
       ASSERT_TRUE(std::equal(mine.v.begin(), mine.v.end(), dgc_of(*x).residual(l).begin()))

@@ -1,55 +1,53 @@
-// NcclCommunicator on 2, 3 and 4 ranks, bootstrapped over MPI. Labelled gpu: needs one
-// CUDA device per rank (ranks share a device when there are fewer), and skips on every
-// rank when any rank has none.
+// NcclCommunicator on 2, 3 and 4 ranks, bootstrapped over MPI. Labelled gpu: needs a
+// CUDA device per rank on each host (NCCL refuses two ranks on one device: "Duplicate GPU
+// detected"), and skips on every rank when any rank has none or a host has more ranks
+// than devices. Several ranks on one GPU are ThreadCommunicator's (tests/gpu).
 #include <gtest/gtest.h>
 
 #if defined(GRADCOMM_HAVE_NCCL)
 #include <cuda_runtime.h>
 
+#include <numeric>
 #include <vector>
 
+#include "gradcomm/local_device.h"
 #include "gradcomm/mpi_communicator.h"
 #include "gradcomm/nccl_communicator.h"
+#include "mpi/cuda_buffers.h"
 #include "mpi/mpi_test_util.h"
+#include "uneven_parts.h"
 
 namespace gradcomm {
 namespace {
 
-bool have_device() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
 class NcclTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!testing::all_ranks(have_device())) GTEST_SKIP() << "no CUDA device on some rank";
+    if (!testing::all_ranks(testing::have_cuda_device())) GTEST_SKIP() << "no CUDA device on some rank";
+    mpi_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
+    host_ = mpi_->split_shared();
     int count = 0;
     cudaGetDeviceCount(&count);
-    cudaSetDevice(testing::world_rank() % count);
-    mpi_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
+    if (!testing::all_ranks(host_->size() <= count)) {
+      GTEST_SKIP() << "more ranks than CUDA devices on a host (" << host_->size() << " ranks, " << count
+                   << " devices): NCCL refuses two ranks on one device";
+    }
+    const LocalDevice local = local_cuda_device();  // as the binaries pick theirs
+    EXPECT_EQ(local.device, host_->rank()) << local.describe();
     nccl_ = std::make_unique<NcclCommunicator>(*mpi_);
   }
   template <typename T>
   T* device_copy(const std::vector<T>& host) {
-    T* ptr = nullptr;
-    EXPECT_EQ(cudaMalloc(&ptr, std::max<std::size_t>(1, host.size()) * sizeof(T)), cudaSuccess);
-    cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
-    buffers_.push_back(ptr);
-    return ptr;
+    return buffers_.copy(host);
   }
   template <typename T>
   std::vector<T> host_copy(const T* ptr, std::size_t n) {
-    std::vector<T> host(n);
-    cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost);
-    return host;
-  }
-  void TearDown() override {
-    for (void* p : buffers_) cudaFree(p);
+    return testing::DeviceBuffers::to_host(ptr, n);
   }
   std::unique_ptr<MpiCommunicator> mpi_;
+  std::unique_ptr<Communicator> host_;
   std::unique_ptr<NcclCommunicator> nccl_;
-  std::vector<void*> buffers_;
+  testing::DeviceBuffers buffers_;
 };
 
 TEST_F(NcclTest, AllreduceAllgatherAlltoallBroadcast) {
@@ -92,6 +90,64 @@ TEST_F(NcclTest, AllreduceAllgatherAlltoallBroadcast) {
   nccl_->broadcast(TensorView(bd, 11, DType::kFloat32, Device::kCuda), p - 1)->wait();
   EXPECT_EQ(host_copy(bd, 11)[10], 4.0f);
   nccl_->barrier()->wait();
+}
+
+TEST_F(NcclTest, AlltoallvAndAllgathervWithEmptyParts) {
+  const int p = nccl_->size(), me = nccl_->rank();
+  testing::UnevenParts parts(me, p);  // tests/uneven_parts.h
+  std::int32_t* dsend = device_copy(parts.send);
+  std::int32_t* drecv = device_copy(std::vector<std::int32_t>(parts.received(), -1));
+  nccl_->alltoallv(TensorView(dsend, parts.send.size(), DType::kInt32, Device::kCuda), parts.send_counts,
+                   TensorView(drecv, parts.received(), DType::kInt32, Device::kCuda), parts.recv_counts)->wait();
+  EXPECT_EQ(host_copy(drecv, parts.received()), parts.expected);
+
+  std::vector<std::size_t> counts(static_cast<std::size_t>(p));
+  for (int r = 0; r < p; ++r) counts[r] = r == 1 ? 0 : static_cast<std::size_t>(2 * r + 1);
+  const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
+  std::uint8_t* mine = device_copy(std::vector<std::uint8_t>(counts[me], static_cast<std::uint8_t>(me + 1)));
+  std::uint8_t* all = device_copy(std::vector<std::uint8_t>(total, 0));
+  nccl_->allgatherv(TensorView(mine, counts[me], DType::kUInt8, Device::kCuda),
+                    TensorView(all, total, DType::kUInt8, Device::kCuda), counts)->wait();
+  const auto gathered = host_copy(all, total);
+  std::size_t at = 0;
+  for (int r = 0; r < p; ++r)
+    for (std::size_t j = 0; j < counts[r]; ++j) ASSERT_EQ(gathered[at++], r + 1);
+}
+
+TEST_F(NcclTest, SplitByParityAndByHost) {
+  const int me = nccl_->rank();
+  std::unique_ptr<Communicator> half = nccl_->split(me % 2, -me);
+  ASSERT_NE(half, nullptr);
+  float* x = device_copy(std::vector<float>{static_cast<float>(me)});
+  half->allreduce(TensorView(x, 1, DType::kFloat32, Device::kCuda), TensorView(x, 1, DType::kFloat32, Device::kCuda),
+                  ReduceOp::kSum)->wait();
+  float expected = 0;
+  for (int r = me % 2; r < nccl_->size(); r += 2) expected += static_cast<float>(r);
+  EXPECT_EQ(host_copy(x, 1)[0], expected);
+  std::unique_ptr<Communicator> host = nccl_->split_shared();
+  EXPECT_EQ(host->size(), host_->size());
+  EXPECT_EQ(host->rank(), host_->rank());
+  std::unique_ptr<Communicator> none = nccl_->split(Communicator::kNoColor, 0);
+  EXPECT_EQ(none, nullptr);
+}
+
+// After abort() every work not yet seen complete fails, and no new collective starts:
+// none reports success on what the aborted communicator left in the buffers.
+TEST_F(NcclTest, AbortFailsPendingAndLaterCollectives) {
+  const std::size_t n = std::size_t{1} << 22;
+  float* big = device_copy(std::vector<float>(n, 1.0f));
+  WorkHandle pending = nccl_->allreduce(TensorView(big, n, DType::kFloat32, Device::kCuda),
+                                        TensorView(big, n, DType::kFloat32, Device::kCuda), ReduceOp::kSum);
+  nccl_->abort("the test aborts");
+  try {
+    pending->wait();
+    ADD_FAILURE() << "a work pending at the abort reported success";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kCommunication);
+    EXPECT_NE(e.message().find("the test aborts"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(pending->test(), Error);
+  EXPECT_THROW(nccl_->barrier(), Error);
 }
 
 TEST_F(NcclTest, HostBuffersAreRejected) {

@@ -4,12 +4,15 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "comm/mpi/mpi_call.h"
 #include "comm/mpi/reduce_16bit.h"
 #include "comm/mpi/work_pool.h"
+#include "core/last_error.h"
 #include "gradcomm/mpi_communicator.h"
 
 namespace gradcomm {
@@ -57,6 +60,7 @@ MpiCommunicator::MpiCommunicator(MpiCommunicatorOptions options) : options_(opti
 }
 
 void MpiCommunicator::init_from(MPI_Comm comm) {
+  uncaught_at_construction_ = std::uncaught_exceptions();
   GRADCOMM_MPI_CALL(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup of the user's communicator");
   // Failures come back as codes (turned into gradcomm::Error) instead of aborting the job.
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
@@ -64,11 +68,16 @@ void MpiCommunicator::init_from(MPI_Comm comm) {
   MPI_Comm_size(comm_, &size_);
   GRADCOMM_MPI_CALL(MPI_Comm_dup(comm_, &stage2_comm_), "MPI_Comm_dup for two-stage collectives");
   MPI_Comm_set_errhandler(stage2_comm_, MPI_ERRORS_RETURN);
+  // The teardown barrier's own: it must never match a collective a peer waits in.
+  GRADCOMM_MPI_CALL(MPI_Comm_dup(comm_, &farewell_comm_), "MPI_Comm_dup for the teardown");
+  MPI_Comm_set_errhandler(farewell_comm_, MPI_ERRORS_RETURN);
   pool_ = std::make_shared<WorkPool>();
   pool_->rank = rank_;
   pool_->size = size_;
   GRADCOMM_CHECK_ARG(options_.collective_timeout.count() >= 0, "MpiCommunicator: collective_timeout ",
                      options_.collective_timeout.count(), " ms < 0");
+  GRADCOMM_CHECK_ARG(options_.teardown_grace.count() >= 0, "MpiCommunicator: teardown_grace ",
+                     options_.teardown_grace.count(), " ms < 0");
   pool_->timeout = options_.collective_timeout;
   pool_->stage2 = stage2_comm_;
   MPI_Op_create(&detail::half_sum, 1, &half_sum_);
@@ -88,11 +97,46 @@ void MpiCommunicator::release() noexcept {
   }
   if (pool_) pool_->progress_rings();
   if (stage2_comm_ != MPI_COMM_NULL) MPI_Comm_free(&stage2_comm_);
+  if (farewell_comm_ != MPI_COMM_NULL) MPI_Comm_free(&farewell_comm_);
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   if (finalize_on_destroy_) MPI_Finalize();
 }
 
-MpiCommunicator::~MpiCommunicator() { release(); }
+bool MpiCommunicator::meet_at_teardown() noexcept {
+  MPI_Request request = MPI_REQUEST_NULL;
+  if (MPI_Ibarrier(farewell_comm_, &request) != MPI_SUCCESS) return false;
+  const auto deadline = std::chrono::steady_clock::now() + options_.teardown_grace;
+  for (;;) {
+    int done = 0;
+    if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return false;
+    if (done) return true;
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  // Never completed: the communicator cannot be freed with the barrier pending in it.
+  farewell_comm_ = MPI_COMM_NULL;
+  return false;
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && size_ > 1 && !meet_at_teardown() &&
+      std::uncaught_exceptions() > uncaught_at_construction_) {
+    // An exception unwinds past this communicator and the other ranks did not come to its
+    // teardown: they wait for this rank in a collective, and finalizing would hang them.
+    std::string text = "gradcomm: rank " + std::to_string(rank_) + " of " + std::to_string(size_) +
+                       ": an exception is unwinding past MpiCommunicator";
+    const std::string& last = detail::last_error_on_this_thread();
+    if (!last.empty()) text += " (the last gradcomm error on this thread: " + last + ")";
+    text += "; the other ranks did not reach its teardown within teardown_grace (they wait for this one): "
+            "aborting the MPI job";
+    std::fprintf(stderr, "%s\n", text.c_str());
+    std::fflush(stderr);
+    MPI_Abort(comm_, 1);
+  }
+  release();
+}
 
 WorkHandle MpiCommunicator::single_request(const char* what, std::size_t numel, MPI_Request request) {
   PooledWork* w = WorkPool::acquire(pool_, what, numel);
@@ -119,6 +163,10 @@ void MpiCommunicator::verify_same_size(const char* collective, std::size_t numel
 
 WorkHandle MpiCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp op) {
   check_allreduce(send, recv);
+  if (on_cuda(send, recv)) {
+    WorkHandle staged = stage({&send}, {&recv});
+    return finish_staging(std::move(staged), allreduce(send, recv, op));
+  }
   verify_same_size("allreduce", send.numel(), static_cast<int>(send.dtype()) * 4 + static_cast<int>(op));
   const int count = checked_count(send.numel(), "allreduce", rank_);
   const MPI_Datatype type = mpi_type(send.dtype());
@@ -148,6 +196,10 @@ WorkHandle MpiCommunicator::allreduce(TensorView send, TensorView recv, ReduceOp
 
 WorkHandle MpiCommunicator::allgather(TensorView send, TensorView recv) {
   check_allgather(send, recv);
+  if (on_cuda(send, recv)) {
+    WorkHandle staged = stage({&send}, {&recv});
+    return finish_staging(std::move(staged), allgather(send, recv));
+  }
   verify_same_size("allgather", send.numel(), static_cast<int>(send.dtype()));
   const int count = checked_count(send.numel(), "allgather", rank_);
   checked_count(recv.numel(), "allgather", rank_);
@@ -162,6 +214,10 @@ WorkHandle MpiCommunicator::allgather(TensorView send, TensorView recv) {
 WorkHandle MpiCommunicator::allgatherv(TensorView send, TensorView recv,
                                        std::span<const std::size_t> counts) {
   check_allgatherv(send, recv, counts);
+  if (on_cuda(send, recv)) {
+    WorkHandle staged = stage({&send}, {&recv});
+    return finish_staging(std::move(staged), allgatherv(send, recv, counts));
+  }
   verify_same_size("allgatherv", recv.numel(), static_cast<int>(send.dtype()));
   PooledWork* w = WorkPool::acquire(pool_, "allgatherv", recv.numel());
   WorkHandle handle_of_w(w);
@@ -183,6 +239,10 @@ WorkHandle MpiCommunicator::allgatherv(TensorView send, TensorView recv,
 
 WorkHandle MpiCommunicator::alltoall(TensorView send, TensorView recv) {
   check_alltoall(send, recv);
+  if (on_cuda(send, recv)) {
+    WorkHandle staged = stage({&send}, {&recv});
+    return finish_staging(std::move(staged), alltoall(send, recv));
+  }
   verify_same_size("alltoall", send.numel(), static_cast<int>(send.dtype()));
   const int count = checked_count(send.numel() / static_cast<std::size_t>(size_), "alltoall", rank_);
   count_traffic(alltoall_wire_bytes(send.nbytes(), size_));
@@ -196,6 +256,10 @@ WorkHandle MpiCommunicator::alltoall(TensorView send, TensorView recv) {
 WorkHandle MpiCommunicator::alltoallv(TensorView send, std::span<const std::size_t> send_counts,
                                       TensorView recv, std::span<const std::size_t> recv_counts) {
   check_alltoallv(send, send_counts, recv, recv_counts);
+  if (on_cuda(send, recv)) {
+    WorkHandle staged = stage({&send}, {&recv});
+    return finish_staging(std::move(staged), alltoallv(send, send_counts, recv, recv_counts));
+  }
   verify_same_size("alltoallv", static_cast<std::size_t>(size_), static_cast<int>(send.dtype()));
   PooledWork* w = WorkPool::acquire(pool_, "alltoallv", recv.numel());
   WorkHandle handle_of_w(w);
@@ -223,6 +287,10 @@ WorkHandle MpiCommunicator::alltoallv(TensorView send, std::span<const std::size
 
 WorkHandle MpiCommunicator::broadcast(TensorView buffer, int root) {
   check_broadcast(buffer, root);
+  if (on_cuda(buffer)) {
+    WorkHandle staged = stage({&buffer}, {&buffer});
+    return finish_staging(std::move(staged), broadcast(buffer, root));
+  }
   verify_same_size("broadcast", buffer.numel(), root * 8 + static_cast<int>(buffer.dtype()));
   const int count = checked_count(buffer.numel(), "broadcast", rank_);
   if (rank_ == root) count_traffic(buffer.nbytes());
@@ -237,6 +305,28 @@ WorkHandle MpiCommunicator::barrier() {
   GRADCOMM_MPI_CALL(MPI_Ibarrier(comm_, &request), "barrier on rank ", rank_);
   return single_request("barrier", 0, request);
 }
+
+bool MpiCommunicator::accepts(Device device) const {
+#if defined(GRADCOMM_HAVE_CUDA)
+  return device == Device::kCpu || device == Device::kCuda;  // CUDA: staged (device_staging_cuda.cpp)
+#else
+  return device == Device::kCpu;
+#endif
+}
+
+#if !defined(GRADCOMM_HAVE_CUDA)
+void MpiCommunicator::set_cuda_stream(void*, int) {
+  GRADCOMM_THROW(ErrorCode::kUnsupported, "MpiCommunicator::set_cuda_stream on rank ", rank_,
+                 ": gradcomm was built without CUDA");
+}
+// Unreachable: accepts() refuses CUDA buffers before a collective could stage them.
+WorkHandle MpiCommunicator::stage(std::initializer_list<TensorView*>, std::initializer_list<TensorView*>) {
+  GRADCOMM_THROW(ErrorCode::kInternal, "MpiCommunicator::stage without CUDA");
+}
+WorkHandle MpiCommunicator::finish_staging(WorkHandle, WorkHandle) {
+  GRADCOMM_THROW(ErrorCode::kInternal, "MpiCommunicator::finish_staging without CUDA");
+}
+#endif
 
 void MpiCommunicator::abort(const std::string& reason) {
   std::fprintf(stderr, "gradcomm: rank %d aborts the MPI job: %s\n", rank_, reason.c_str());

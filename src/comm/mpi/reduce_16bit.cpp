@@ -1,44 +1,39 @@
 #include "comm/mpi/reduce_16bit.h"
 
-#include <algorithm>
 #include <cstdint>
-#include <functional>
 
-#include "core/float16.h"
+#include "comm/reduce_element.h"
 
 namespace gradcomm::detail {
 namespace {
 
-template <float (*ToFloat)(std::uint16_t), std::uint16_t (*FromFloat)(float), typename Combine>
-void reduce_16bit(void* in, void* inout, int* len, Combine combine) {
+// MPI's user-function contract: inout[i] = in[i] op inout[i].
+template <std::uint16_t (*Combine)(std::uint16_t, std::uint16_t, ReduceOp)>
+void reduce_16bit(void* in, void* inout, int* len, ReduceOp op) {
   auto* a = static_cast<const std::uint16_t*>(in);
   auto* b = static_cast<std::uint16_t*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = FromFloat(combine(ToFloat(a[i]), ToFloat(b[i])));
+  for (int i = 0; i < *len; ++i) b[i] = Combine(a[i], b[i], op);
 }
 
 }  // namespace
 
 void half_sum(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<half_to_float, float_to_half>(in, inout, len, std::plus<float>());
+  reduce_16bit<combine_half>(in, inout, len, ReduceOp::kSum);
 }
 void half_max(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<half_to_float, float_to_half>(
-      in, inout, len, [](float x, float y) { return std::max(x, y); });
+  reduce_16bit<combine_half>(in, inout, len, ReduceOp::kMax);
 }
 void half_min(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<half_to_float, float_to_half>(
-      in, inout, len, [](float x, float y) { return std::min(x, y); });
+  reduce_16bit<combine_half>(in, inout, len, ReduceOp::kMin);
 }
 void bfloat_sum(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<bfloat16_to_float, float_to_bfloat16>(in, inout, len, std::plus<float>());
+  reduce_16bit<combine_bfloat16>(in, inout, len, ReduceOp::kSum);
 }
 void bfloat_max(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<bfloat16_to_float, float_to_bfloat16>(
-      in, inout, len, [](float x, float y) { return std::max(x, y); });
+  reduce_16bit<combine_bfloat16>(in, inout, len, ReduceOp::kMax);
 }
 void bfloat_min(void* in, void* inout, int* len, MPI_Datatype*) {
-  reduce_16bit<bfloat16_to_float, float_to_bfloat16>(
-      in, inout, len, [](float x, float y) { return std::min(x, y); });
+  reduce_16bit<combine_bfloat16>(in, inout, len, ReduceOp::kMin);
 }
 
 }  // namespace gradcomm::detail

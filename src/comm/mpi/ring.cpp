@@ -7,6 +7,7 @@
 // every ring in flight is advanced: ranks that wait on different rings never deadlock.
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "comm/mpi/mpi_call.h"
 #include "comm/mpi/work_pool.h"
@@ -86,6 +87,24 @@ void MpiCommunicator::WorkPool::progress(PooledWork& w) {
 void MpiCommunicator::WorkPool::progress_rings() {
   for (PooledWork* w : rings) progress(*w);
   std::erase_if(rings, [](const PooledWork* w) { return w->complete(); });
+}
+
+std::string MpiCommunicator::WorkPool::ring_waits_for(const PooledWork& w) const {
+  const int left = (rank - 1 + size) % size, right = (rank + 1) % size;
+  int received = 0, sent = 0;
+  MPI_Request_get_status(w.ring_requests[0], &received, MPI_STATUS_IGNORE);
+  MPI_Request_get_status(w.ring_requests[1], &sent, MPI_STATUS_IGNORE);
+  const std::string step = "ring step " + std::to_string(w.ring_step + 1) + " of " + std::to_string(w.ring_steps);
+  if (!received) {
+    // A stopped rank stalls the whole ring behind it: the left neighbour may be waiting too.
+    return "it waits for " + step + " from rank " + std::to_string(left) + ", its left neighbour (rank " +
+           std::to_string(left) + ", or a rank before it in the ring, died, hangs, or stopped calling collectives)";
+  }
+  if (!sent) {
+    return "rank " + std::to_string(right) + ", its right neighbour, has not taken " + step +
+           " (it died, hangs, or stopped calling collectives)";
+  }
+  return "a peer died, hangs, or stopped calling collectives";
 }
 
 }  // namespace gradcomm

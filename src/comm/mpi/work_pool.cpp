@@ -44,8 +44,8 @@ void MpiCommunicator::PooledWork::wait() {
   }
   const detail::Watchdog watchdog(pool->timeout, what, numel, pool->rank);
   for (unsigned polls = 0; !complete(); ++polls) {
-    pool->progress_rings();
-    watchdog.check(polls);  // MPI_Testall is the progress loop
+    pool->progress_rings();  // MPI_Testall is the progress loop
+    if (!complete() && watchdog.expired(polls)) watchdog.fail(pool->ring_waits_for(*this));
   }
 }
 

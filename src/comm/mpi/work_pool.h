@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "gradcomm/mpi_communicator.h"
@@ -70,6 +71,8 @@ struct MpiCommunicator::WorkPool {
   void progress(PooledWork& w);
   // Advances every ring in flight, in issue order, and forgets the finished ones.
   void progress_rings();
+  // For the watchdog's message: whom w's current ring step waits for.
+  std::string ring_waits_for(const PooledWork& w) const;
 };
 
 }  // namespace gradcomm
