@@ -14,6 +14,7 @@
 #include "gradcomm/lgreco.h"
 #include "gradcomm/onebit.h"
 #include "gradcomm/quantize.h"
+#include "gradcomm/sparse_allreduce.h"
 #include "gradcomm/tensor.h"
 #include "gradcomm/version.h"
 #if defined(GRADCOMM_HAVE_MPI)
