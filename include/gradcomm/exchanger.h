@@ -59,6 +59,7 @@ class Exchanger {
   StepEngine engine_;
   std::int64_t step_ = 0;
   std::vector<WorkHandle> works_;  // by collective id, this step; grow-only
+  std::size_t completed_ = 0;      // collectives of this step completed, in id order
 };
 
 }  // namespace gradcomm

@@ -38,6 +38,10 @@ NonFinitePolicy parse_nonfinite_policy(const std::string& name);
 struct StepEngineOptions {
   std::size_t bucket_bytes = 4u << 20;  // fuse summable payloads up to this size
   NonFinitePolicy nonfinite = NonFinitePolicy::kError;
+  // Layers through the sparse allreduce (Collective::kSparseAllreduce): their regions are
+  // rebalanced on the step's entries every this many steps (and whenever they do not fit
+  // the layer's size and k); 0: only then. One small allreduce per group each time.
+  std::int64_t region_refresh_steps = 50;
 };
 
 struct StepStats {
@@ -52,12 +56,18 @@ struct StepStats {
 struct CollectiveRequest {
   std::size_t id = 0;  // 0, 1, ... within the step; hand it back to complete()
   Collective collective = Collective::kAllreduce;
-  // kAllreduce: sum `send` (float32 or float16) into `recv` (the same numel and dtype;
-  //   the same memory unless the policy keeps this rank's payloads for a skipped step).
+  // kAllreduce: sum `send` (float32 or float16; uint32 for the sparse allreduce's
+  //   histogram) into `recv` (the same numel and dtype; the same memory unless the policy
+  //   keeps this rank's payloads for a skipped step).
   // kAllgather: every rank's `send` bytes, concatenated in rank order, into `recv`
   //   (world_size x send.numel() bytes).
+  // The phases of a sparse allreduce group (docs/wire-format.md, "Sparse allreduce group"):
+  // kAlltoall: part r of `send` to rank r, rank r's part for this rank into part r of `recv`.
+  // kAlltoallv: likewise with `send_counts` / `recv_counts` elements per rank.
+  // kAllgatherv: every rank's `send`, recv_counts[r] elements from rank r, into `recv`.
   TensorView send;
   TensorView recv;
+  std::span<const std::size_t> send_counts, recv_counts;  // valid until complete(id)
 };
 
 class StepEngine {
@@ -85,10 +95,21 @@ class StepEngine {
   // Throws gradcomm::Error (kInvalidArgument) naming the first layer not submitted in
   // this step: a driver checks before it waits for collectives that cannot start.
   void check_all_submitted() const;
-  // The next collective whose layers are all encoded, in the agreed order, once each.
+  // The next collective whose layers are all encoded, in the agreed order, once each. A
+  // sparse allreduce group runs several collectives in a row: its next one is ready only
+  // once the one before has completed (complete(id)), so a driver keeps calling
+  // next_ready() after each complete().
   std::optional<CollectiveRequest> next_ready();
-  // Collective `id` has completed on this rank: decodes its layers into their outputs.
+  // Whether the next collective is a sparse allreduce phase waiting for the one before it
+  // to complete: a driver that completes that one early lets the group go on.
+  bool waiting_for_phase() const noexcept;
+  // Collective `id` has completed on this rank: decodes its layers into their outputs (a
+  // sparse allreduce group: once its last collective completed). Any order.
   void complete(std::size_t id);
+  // The regions of the sparse allreduce layers (identical on every rank), for checkpoints:
+  // a step resumed after load_sparse_regions() uses the regions of the run that saved.
+  std::vector<std::byte> save_sparse_regions() const;
+  void load_sparse_regions(std::span<const std::byte> blob);
   // After every collective completed: applies the non-finite policy and returns the stats.
   // Throws gradcomm::Error (kNonFinite) under NonFinitePolicy::kError, on every rank alike.
   const StepStats& finish_step();
@@ -111,6 +132,16 @@ class StepEngine {
  private:
   // Decodes `layer`'s received payload into its output (through float32 for 16-bit layers).
   void decode_layer(std::size_t layer, TensorView received);
+  // The same for a layer of a sparse allreduce group (`group`: its number in the step)
+  // whose selection has arrived.
+  void decode_selected_layer(std::size_t layer, std::size_t group);
+  // Sparse allreduce groups: the request of a slot, and what a completed one does.
+  CollectiveRequest sparse_request(std::size_t id);
+  void complete_sparse(std::size_t id);
+  // The float32 output decode writes for `layer` (its own, or the widening buffer), and the
+  // narrowing of the latter into the layer's 16-bit output.
+  TensorView decode_target(std::size_t layer);
+  void finish_decode(std::size_t layer);
 
   struct Impl;
   std::shared_ptr<Compressor> compressor_;

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "exchange/start_collective.h"
 #include "gradcomm/agreement.h"
 
 namespace gradcomm {
@@ -27,13 +28,16 @@ void Exchanger::restore_step(std::int64_t step) {
   step_ = step;
 }
 
-void Exchanger::begin_step() { engine_.begin_step(step_); }
+void Exchanger::begin_step() {
+  engine_.begin_step(step_);
+  // A sparse allreduce group adds collectives: the handles grow to the most a step used.
+  if (works_.size() < engine_.collectives_this_step()) works_.resize(engine_.collectives_this_step());
+  completed_ = 0;
+}
 
 void Exchanger::issue_ready() {
   while (std::optional<CollectiveRequest> r = engine_.next_ready()) {
-    works_[r->id] = r->collective == Collective::kAllreduce
-                        ? comm_.allreduce(r->send, r->recv, ReduceOp::kSum)
-                        : comm_.allgather(r->send, r->recv);
+    works_[r->id] = detail::start_collective(comm_, r->collective, r->send, r->recv, r->send_counts, r->recv_counts);
   }
 }
 
@@ -41,9 +45,21 @@ void Exchanger::submit(std::size_t layer, TensorView grad, TensorView out) {
   engine_.submit(layer, grad, out);
   issue_ready();
   // Poke the collectives in flight so the transport progresses them while the caller
-  // computes the next gradient.
+  // computes the next gradient. Where a sparse allreduce group waits for its last phase,
+  // complete what is done, in order, so that its next phase starts now rather than at
+  // finish_step.
   for (WorkHandle& work : works_) {
     if (work) work->test();
+  }
+  try {
+    while (engine_.waiting_for_phase() && works_[completed_] && works_[completed_]->test()) {
+      works_[completed_].reset();
+      engine_.complete(completed_++);
+      issue_ready();
+    }
+  } catch (...) {
+    engine_.abandon_step();
+    throw;
   }
 }
 
@@ -51,10 +67,11 @@ const StepStats& Exchanger::finish_step() {
   engine_.check_all_submitted();
   issue_ready();
   try {
-    for (std::size_t id = 0; id < engine_.collectives_this_step(); ++id) {
-      works_[id]->wait();
-      works_[id].reset();
-      engine_.complete(id);
+    for (; completed_ < engine_.collectives_this_step(); ++completed_) {
+      issue_ready();  // a sparse allreduce phase becomes ready when the one before completes
+      works_[completed_]->wait();
+      works_[completed_].reset();
+      engine_.complete(completed_);
     }
   } catch (...) {
     // The step is lost; the works still in flight are left to complete when released

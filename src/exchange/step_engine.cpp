@@ -7,9 +7,13 @@
 
 #include "gradcomm/communicator.h"
 #include "core/float16.h"
+#include "exchange/step_engine_impl.h"
 #include "kernels/cpu/convert_kernels.h"
 
 namespace gradcomm {
+
+using detail::align_up;
+using detail::kAlign;
 
 const char* nonfinite_policy_name(NonFinitePolicy policy) noexcept {
   switch (policy) {
@@ -28,86 +32,6 @@ NonFinitePolicy parse_nonfinite_policy(const std::string& name) {
                  "' (expected error, skip_step or zero)");
 }
 
-namespace {
-
-constexpr std::size_t kAlign = 8;
-constexpr std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-
-// A byte buffer sized once, at construction, from the compressor's payload bounds: a
-// step never allocates.
-struct Arena {
-  std::vector<std::byte> bytes;
-  std::byte* at(std::size_t offset) { return bytes.data() + offset; }
-};
-
-}  // namespace
-
-// Wire layout of one step (docs/wire-format.md, "Exchange framing"):
-// - layers are taken in backward order (the reverse of registration) and cut into groups:
-//   consecutive allreduce layers of one dtype up to bucket_bytes, and consecutive
-//   allgather layers up to bucket_bytes;
-// - an allreduce group is the layers' payloads (each padded to 8 bytes), then one status
-//   element per layer, of the group's dtype: each rank adds 1 where its layer met a
-//   non-finite value, so after the sum every rank sees how many ranks did, per layer;
-// - an allgather group sends, per rank, a header of uint32 words
-//   [layer count, non-finite count of each layer], padded to 8 bytes, then each layer's
-//   payload padded to 8 bytes; every rank receives all ranks' blocks in rank order.
-struct StepEngine::Impl {
-  struct Group {
-    Collective collective;
-    DType dtype;
-    std::size_t first, last;   // positions [first, last) in backward order
-    std::size_t send_offset;   // into the send arena
-    std::size_t block_bytes;   // per rank
-    std::size_t header_bytes;  // allgather: header size; allreduce: offset of the status elements
-    std::size_t recv_offset;   // into the recv arena: allgather, and allreduce summed out of place
-    std::size_t pending;       // layers not yet encoded
-    bool issued, completed;
-  };
-
-  std::vector<std::size_t> order;            // position -> layer (backward order)
-  std::vector<std::size_t> position;         // layer -> position
-  std::vector<LayerWire> wire;               // this step, by layer
-  std::vector<std::size_t> group_of;         // by layer
-  std::vector<std::size_t> offset_in_block;  // by layer: payload offset within its block
-  std::vector<TensorView> outs;              // by layer, this step
-  std::vector<std::size_t> local_nonfinite;  // by layer, this rank
-  std::vector<char> submitted;               // by layer
-  std::vector<Group> groups;
-  std::size_t next_to_issue = 0;
-  bool in_step = false;
-  std::int64_t step = 0;
-  Arena send, recv, scratch;
-  // float32 copies of a 16-bit layer's gradient (while it is encoded) and update (while it
-  // is decoded), for the largest 16-bit layer.
-  std::vector<float> wide_grad, wide_out;
-  std::size_t send_capacity = 0, recv_capacity = 0;
-  // Non-finite findings of the completed groups, for the policy at finish_step().
-  std::size_t bad_layers = 0;
-  std::string first_bad;
-  // Ranks known to have met one: the most any fused allreduce layer counted, and the
-  // ranks named by allgather headers (by rank).
-  std::size_t bad_ranks_counted = 0;
-  std::vector<char> bad_rank;
-  std::size_t bad_ranks() const {
-    return std::max<std::size_t>(bad_ranks_counted,
-                                 static_cast<std::size_t>(std::count(bad_rank.begin(), bad_rank.end(), 1)));
-  }
-  StepStats stats;
-
-  // Under kSkipStep a skipped step gives every payload back to its compressor
-  // (on_step_skipped), so allreduce groups are summed out of place into the recv arena and
-  // this rank's payloads survive the sum. Set once, from the options.
-  bool sum_out_of_place = false;
-  // Where an allreduce group's sum lands.
-  std::byte* sum_of(const Group& g) {
-    return sum_out_of_place ? recv.at(g.recv_offset) : send.at(g.send_offset);
-  }
-  std::size_t allreduce_count(const Group& g) const {
-    return g.header_bytes / dtype_size(g.dtype) + (g.last - g.first);
-  }
-};
-
 StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
                        int world_size, int rank, StepEngineOptions options)
     : compressor_(std::move(compressor)), layers_(std::move(layers)), world_size_(world_size),
@@ -116,6 +40,8 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   GRADCOMM_CHECK_ARG(world_size_ >= 1 && rank_ >= 0 && rank_ < world_size_, "StepEngine: rank ",
                      rank_, " of world size ", world_size_);
   GRADCOMM_CHECK_ARG(options_.bucket_bytes > 0, "StepEngine: bucket_bytes must be positive");
+  GRADCOMM_CHECK_ARG(options_.region_refresh_steps >= 0, "StepEngine: region_refresh_steps must be >= 0, got ",
+                     options_.region_refresh_steps);
   compressor_->setup(layers_, world_size_, rank_);
   Impl& s = *impl_;
   const std::size_t n = layers_.size();
@@ -133,6 +59,9 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   s.submitted.resize(n);
   s.sum_out_of_place = options_.nonfinite == NonFinitePolicy::kSkipStep;
   s.groups.reserve(n);
+  s.slots.reserve(4 * n);
+  s.group_layers.reserve(n);
+  s.sparse.reset(n, world_size_, rank_, options_.region_refresh_steps);
   // Buffers from the compressor's bounds. Each layer may open a group of its own, which
   // costs at most a header word per layer and the alignment of its group.
   const auto p = static_cast<std::size_t>(world_size_);
@@ -164,12 +93,13 @@ StepEngine::~StepEngine() = default;
 std::string StepEngine::settings_fingerprint() const {
   return compressor_->settings_fingerprint() + " bucket_bytes=" +
          std::to_string(options_.bucket_bytes) + " nonfinite=" +
-         nonfinite_policy_name(options_.nonfinite);
+         nonfinite_policy_name(options_.nonfinite) +
+         " region_refresh_steps=" + std::to_string(options_.region_refresh_steps);
 }
 
 bool StepEngine::in_step() const noexcept { return impl_->in_step; }
 std::int64_t StepEngine::step() const noexcept { return impl_->step; }
-std::size_t StepEngine::collectives_this_step() const noexcept { return impl_->groups.size(); }
+std::size_t StepEngine::collectives_this_step() const noexcept { return impl_->slots.size(); }
 
 void StepEngine::begin_step(std::int64_t step) {
   Impl& s = *impl_;
@@ -190,9 +120,13 @@ void StepEngine::begin_step(std::int64_t step) {
                    compressor_->max_payload_bytes(layer));
     GRADCOMM_CHECK(w.collective == Collective::kAllgather
                        ? w.dtype == DType::kUInt8
-                       : (w.dtype == DType::kFloat32 || w.dtype == DType::kFloat16),
+                       : w.collective == Collective::kSparseAllreduce
+                       ? detail::sparse_wire_ok(w, layers_[layer].numel)
+                       : (w.collective == Collective::kAllreduce &&
+                          (w.dtype == DType::kFloat32 || w.dtype == DType::kFloat16)),
                    ErrorCode::kInternal, compressor_->name(), ": layer ", layer,
-                   " has an unsupported wire dtype ", dtype_name(w.dtype));
+                   " has an unsupported wire: ", collective_name(w.collective), " of ", w.count, " ",
+                   dtype_name(w.dtype), " (", w.slots, " slots of ", dtype_name(w.value_dtype), ")");
     s.wire[layer] = w;
     s.submitted[layer] = 0;
     s.local_nonfinite[layer] = 0;
@@ -223,7 +157,10 @@ void StepEngine::begin_step(std::int64_t step) {
   for (Impl::Group& g : s.groups) {
     g.send_offset = send_offset;
     g.recv_offset = recv_offset;
-    if (g.collective == Collective::kAllgather) {
+    if (g.collective == Collective::kSparseAllreduce) {
+      g.header_bytes = 0;  // the slot lists alone: counts and status travel in its phases
+      send_offset += g.block_bytes;
+    } else if (g.collective == Collective::kAllgather) {
       g.header_bytes = align_up(4 * (1 + (g.last - g.first)));
       for (std::size_t pos = g.first; pos < g.last; ++pos) {
         s.offset_in_block[s.order[pos]] += g.header_bytes;
@@ -242,6 +179,21 @@ void StepEngine::begin_step(std::int64_t step) {
                  ErrorCode::kInternal, "StepEngine: step ", step, " needs ", send_offset, " + ",
                  recv_offset, " bytes, over the ", s.send_capacity, " + ", s.recv_capacity,
                  " reserved from the compressor's bounds");
+  // The schedule: each group's collectives in group order; a sparse group's phases in a row.
+  s.slots.clear();
+  s.sparse.begin_step(step);
+  for (std::size_t gi = 0; gi < s.groups.size(); ++gi) {
+    Impl::Group& g = s.groups[gi];
+    g.first_slot = s.slots.size();
+    std::size_t phases = 1;
+    if (g.collective == Collective::kSparseAllreduce) {
+      s.group_layers.clear();
+      for (std::size_t pos = g.first; pos < g.last; ++pos) s.group_layers.push_back(s.order[pos]);
+      g.sparse = s.sparse.add_group(s.group_layers, layers_, s.wire);
+      phases = s.sparse.phases(g.sparse);
+    }
+    for (std::size_t phase = 0; phase < phases; ++phase) s.slots.push_back({gi, phase, false, false});
+  }
   s.next_to_issue = 0;
   s.bad_layers = 0;
   s.first_bad.clear();
@@ -284,12 +236,17 @@ void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
 
 std::optional<CollectiveRequest> StepEngine::next_ready() {
   Impl& s = *impl_;
-  if (!s.in_step || s.next_to_issue == s.groups.size()) return std::nullopt;
+  if (!s.in_step || s.next_to_issue == s.slots.size()) return std::nullopt;
   const std::size_t id = s.next_to_issue;
-  Impl::Group& g = s.groups[id];
-  if (g.pending != 0) return std::nullopt;
+  Impl::Slot& slot = s.slots[id];
+  Impl::Group& g = s.groups[slot.group];
+  // A group starts once all its layers are encoded; a later phase once the one before it
+  // (the slot just before) completed.
+  if (slot.phase == 0 ? g.pending != 0 : !s.slots[id - 1].completed) return std::nullopt;
   s.next_to_issue += 1;
+  slot.issued = true;
   g.issued = true;
+  if (g.collective == Collective::kSparseAllreduce) return sparse_request(id);
   const auto p = static_cast<std::size_t>(world_size_);
   std::byte* block = s.send.at(g.send_offset);
   CollectiveRequest request;
@@ -328,27 +285,38 @@ std::optional<CollectiveRequest> StepEngine::next_ready() {
   return request;
 }
 
-void StepEngine::decode_layer(std::size_t layer, TensorView received) {
+TensorView StepEngine::decode_target(std::size_t layer) {
   Impl& s = *impl_;
   const LayerSpec& spec = layers_[layer];
-  const TensorView out = s.outs[layer];
-  if (spec.dtype == DType::kFloat32) {
-    compressor_->decode(layer, received, out);
-    return;
-  }
-  compressor_->decode(layer, received, TensorView(s.wide_out.data(), spec.numel, DType::kFloat32));
-  kernels::narrow_from_f32(s.wide_out.data(), spec.dtype, static_cast<std::uint16_t*>(out.data()),
+  if (spec.dtype == DType::kFloat32) return s.outs[layer];
+  return TensorView(s.wide_out.data(), spec.numel, DType::kFloat32);
+}
+
+void StepEngine::finish_decode(std::size_t layer) {
+  Impl& s = *impl_;
+  const LayerSpec& spec = layers_[layer];
+  if (spec.dtype == DType::kFloat32) return;
+  kernels::narrow_from_f32(s.wide_out.data(), spec.dtype, static_cast<std::uint16_t*>(s.outs[layer].data()),
                            spec.numel);
+}
+
+void StepEngine::decode_layer(std::size_t layer, TensorView received) {
+  compressor_->decode(layer, received, decode_target(layer));
+  finish_decode(layer);
 }
 
 void StepEngine::complete(std::size_t id) {
   Impl& s = *impl_;
-  GRADCOMM_CHECK(s.in_step && id < s.groups.size() && s.groups[id].issued &&
-                     !s.groups[id].completed,
+  GRADCOMM_CHECK(s.in_step && id < s.slots.size() && s.slots[id].issued && !s.slots[id].completed,
                  ErrorCode::kInvalidArgument, "StepEngine::complete(", id, ") on rank ", rank_,
                  ": not a collective of step ", s.step, " that was issued and not completed (",
-                 s.next_to_issue, " of ", s.groups.size(), " issued)");
-  Impl::Group& g = s.groups[id];
+                 s.next_to_issue, " of ", s.slots.size(), " issued)");
+  s.slots[id].completed = true;
+  Impl::Group& g = s.groups[s.slots[id].group];
+  if (g.collective == Collective::kSparseAllreduce) {
+    complete_sparse(id);
+    return;
+  }
   g.completed = true;
   const auto p = static_cast<std::size_t>(world_size_);
   if (g.collective == Collective::kAllreduce) {
@@ -425,10 +393,10 @@ const StepStats& StepEngine::finish_step() {
   GRADCOMM_CHECK(s.in_step, ErrorCode::kInvalidArgument, "StepEngine::finish_step on rank ",
                  rank_, " outside a step: call begin_step() first");
   check_all_submitted();
-  for (std::size_t id = 0; id < s.groups.size(); ++id) {
-    GRADCOMM_CHECK(s.groups[id].completed, ErrorCode::kInvalidArgument,
+  for (std::size_t id = 0; id < s.slots.size(); ++id) {
+    GRADCOMM_CHECK(s.slots[id].completed, ErrorCode::kInvalidArgument,
                    "StepEngine::finish_step on rank ", rank_, ": collective ", id, " of ",
-                   s.groups.size(), " in step ", s.step, " has not completed");
+                   s.slots.size(), " in step ", s.step, " has not completed");
   }
   s.in_step = false;
   s.stats.nonfinite = s.bad_layers;
@@ -446,6 +414,12 @@ const StepStats& StepEngine::finish_step() {
         for (std::size_t pos = g.first; pos < g.last; ++pos) {
           const std::size_t layer = s.order[pos];
           const LayerWire& w = s.wire[layer];
+          if (g.collective == Collective::kSparseAllreduce) {
+            // Decode gave back what the selection dropped; the rest goes back now.
+            detail::SparseAllreduceGroup::keep_selected(s.send.at(g.send_offset + s.offset_in_block[layer]),
+                                                        w.slots, w.value_dtype,
+                                                        s.sparse.group(g.sparse).selected_indices(pos - g.first));
+          }
           compressor_->on_step_skipped(
               layer, TensorView(s.send.at(g.send_offset + s.offset_in_block[layer]), w.count,
                                 w.dtype));
@@ -463,6 +437,7 @@ const StepStats& StepEngine::finish_step() {
 void StepEngine::abandon_step() noexcept {
   impl_->in_step = false;
   impl_->groups.clear();
+  impl_->slots.clear();
 }
 
 }  // namespace gradcomm

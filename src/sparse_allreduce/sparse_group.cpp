@@ -78,6 +78,44 @@ void SparseAllreduceGroup::begin(int world_size, int rank, bool refresh,
   }
   phase_ = refresh_ ? Phase::kHistogram : Phase::kCounts;
   wire_bytes_ = 0;
+  reserve_for_bounds();
+}
+
+// What a group of these layers can need at most, reserved once: later steps with more
+// entries in a region than before then do not allocate (the buffers only grow when the
+// slots or the selection grow, as in a density warm-up).
+void SparseAllreduceGroup::reserve_for_bounds() {
+  const std::size_t L = layers_.size(), p = static_cast<std::size_t>(p_);
+  std::size_t entry_bytes_sum = 0, select = 0, merge = 0, bins = 0;
+  for (std::size_t l = 0; l < L; ++l) {
+    entry_bytes_sum += layers_[l].slots * entry_bytes(l);
+    select += layers_[l].select;
+    merge = std::max(merge, std::min(p * layers_[l].slots, layers_[l].numel * p));
+    bins += sparse_histogram_bins(layers_[l].numel, p_);
+  }
+  auto at_least = [](auto& v, std::size_t n) {
+    if (v.capacity() < n) v.reserve(n);
+  };
+  at_least(send_bytes_, std::max(entry_bytes_sum, 8 * select));
+  // An owner receives at most every rank's entries (all in its region).
+  at_least(recv_bytes_, std::max(p * entry_bytes_sum, 8 * select));
+  at_least(merge_keys_, merge);
+  at_least(merge_values_, merge);
+  at_least(candidate_indices_, merge);
+  at_least(candidate_sums_, merge);
+  at_least(select_keys_, merge);
+  at_least(select_scratch_, merge);
+  at_least(kept_, select);
+  at_least(selected_indices_, select);
+  at_least(selected_sums_, select);
+  at_least(selected_offset_, std::max(L + 1, p + 1));
+  at_least(cursor_, p);
+  at_least(send_words_, 2 * L * p);
+  at_least(recv_words_, 2 * L * p);
+  at_least(send_counts_, p);
+  at_least(recv_counts_, p);
+  at_least(bins_, L);
+  at_least(histogram_, bins);
 }
 
 SparsePhaseRequest SparseAllreduceGroup::request() {

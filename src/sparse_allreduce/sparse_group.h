@@ -84,6 +84,7 @@ class SparseAllreduceGroup {
   void reduce_entries();
   void take_selection();
   std::size_t entry_bytes(std::size_t l) const;
+  void reserve_for_bounds();
 
   int p_ = 1;
   int rank_ = 0;

@@ -17,6 +17,9 @@ using detail::load_value;
 void DgcCompressor::decode(std::size_t layer, TensorView received, TensorView out) {
   Layer& l = checked_layer("decode", layer, out, "output");
   float* dst = out.span<float>("DgcCompressor output").data();
+  GRADCOMM_CHECK(wire(layer).collective != Collective::kSparseAllreduce, ErrorCode::kInvalidArgument,
+                 "DgcCompressor::decode rank ", rank_, " layer ", layer,
+                 ": the layer goes through the sparse allreduce this step; its result comes to decode_selection");
   if (is_sparse(layer)) {
     decode_sparse(layer, l, received, dst);
   } else {

@@ -54,7 +54,8 @@ EncodeResult DgcCompressor::encode(std::size_t layer, TensorView grad, TensorVie
                  ": payload ", payload.describe(), ", expected ", w.count, " ", dtype_name(w.dtype),
                  " (epoch ", epoch_, ", density ", density_of(l), ")");
   if (w.collective == Collective::kAllreduce) return encode_dense(l, g, payload);
-  return encode_sparse(layer, l, g, k_for(l, density_of(l)), payload);
+  return encode_sparse(layer, l, g, k_for(l, density_of(l)), payload,
+                       options_.momentum_masking && w.collective != Collective::kSparseAllreduce);
 }
 
 EncodeResult DgcCompressor::encode_dense(Layer& l, const float* g, TensorView payload) {
@@ -103,7 +104,7 @@ std::uint32_t DgcCompressor::predicted_threshold(const Layer& l) {
 }
 
 EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const float* g,
-                                          std::size_t kk, TensorView payload) {
+                                          std::size_t kk, TensorView payload, bool mask_now) {
   const std::size_t n = l.numel;
   l.sparse_momentum = true;
   l.taken = Layer::Taken::kSelected;
@@ -187,10 +188,10 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
   const std::size_t vsize = dtype_size(options_.value_dtype);
   if (options_.value_dtype == DType::kFloat16) {
     auto* vals = reinterpret_cast<std::uint16_t*>(values);
-    kernels::dgc_pack_f16(indices, sent, l.v.data(), l.u.data(), options_.momentum_masking, vals);
+    kernels::dgc_pack_f16(indices, sent, l.v.data(), l.u.data(), mask_now, vals);
   } else {
     auto* vals = reinterpret_cast<float*>(values);
-    kernels::dgc_pack_f32(indices, sent, l.v.data(), l.u.data(), options_.momentum_masking, vals);
+    kernels::dgc_pack_f32(indices, sent, l.v.data(), l.u.data(), mask_now, vals);
   }
   // Padding slots and the tail to 8 bytes are zero, so payloads are fully defined bytes.
   std::byte* pad = values + sent * vsize;
