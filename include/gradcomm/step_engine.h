@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "gradcomm/compressor.h"
+#include "gradcomm/exchange_plan.h"
 #include "gradcomm/layer.h"
 #include "gradcomm/tensor.h"
 
@@ -42,10 +43,21 @@ struct StepEngineOptions {
   // rebalanced on the step's entries every this many steps (and whenever they do not fit
   // the layer's size and k); 0: only then. One small allreduce per group each time.
   std::int64_t region_refresh_steps = 50;
+  // Used by the Exchanger (the engine only folds them into its fingerprint): how layers that
+  // can go sparse cross the ranks, and whether over one flat world or hierarchically
+  // (docs/algorithms/sparse-allreduce.md, "Choosing"). kCompressor with kFlat: as the
+  // compressor is set, no plan, nothing measured.
+  ExchangeChoice exchange = ExchangeChoice::kCompressor;
+  Hierarchy hierarchy = Hierarchy::kFlat;
+  // Rank 0 prints the plan and its predicted times (stderr) once, at setup.
+  bool verbose = false;
 };
 
 struct StepStats {
   std::uint64_t wire_bytes = 0;     // bytes this rank sent in the step (algorithm model)
+  // Of those, bytes sent inside its host (a hierarchical exchange's local reduce-scatter
+  // and allgather); the rest crossed to other hosts.
+  std::uint64_t local_wire_bytes = 0;
   std::uint64_t payload_bytes = 0;  // bytes of payload this rank produced
   std::uint64_t collectives = 0;
   std::size_t nonfinite = 0;  // layers in which some rank saw a non-finite value this step
@@ -92,6 +104,10 @@ class StepEngine {
   // gradient and the update may be float32, float16 or bfloat16 (the layer's dtype);
   // compressors see float32.
   void submit(std::size_t layer, TensorView grad, TensorView out);
+  // The same, with `nonfinite_elsewhere` non-finite elements found before this gradient
+  // was formed added to the layer's count (a hierarchical exchange passes its host's: the
+  // sum it submits had its non-finite inputs zeroed), so the policy sees them.
+  void submit(std::size_t layer, TensorView grad, TensorView out, std::size_t nonfinite_elsewhere);
   // Throws gradcomm::Error (kInvalidArgument) naming the first layer not submitted in
   // this step: a driver checks before it waits for collectives that cannot start.
   void check_all_submitted() const;

@@ -1,100 +1,190 @@
 #include "gradcomm/exchanger.h"
 
+#include <cstdio>
+#include <cstring>
 #include <string>
 
-#include "exchange/start_collective.h"
+#include "core/state_blob.h"
+#include "exchange/engine_driver.h"
+#include "exchange/hierarchical_steps.h"
 #include "gradcomm/agreement.h"
 
 namespace gradcomm {
 
-Exchanger::Exchanger(Communicator& comm, std::shared_ptr<Compressor> compressor,
+namespace {
+
+constexpr char kStateMagic[8] = {'g', 'c', 'X', 'c', 'h', 'g', 's', '1'};
+
+bool planned(const ExchangerOptions& o) {
+  return o.exchange != ExchangeChoice::kCompressor || o.hierarchy != Hierarchy::kFlat;
+}
+
+}  // namespace
+
+Exchanger::Exchanger(Communicator& comm, std::shared_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
+                     ExchangerOptions options)
+    : Exchanger(comm, HostCommunicators{}, std::move(compressor), std::move(layers), options) {}
+
+Exchanger::Exchanger(Communicator& comm, HostCommunicators hosts, std::shared_ptr<Compressor> compressor,
                      std::vector<LayerSpec> layers, ExchangerOptions options)
-    : comm_(comm),
-      engine_(std::move(compressor), std::move(layers), comm.size(), comm.rank(), options) {
+    : comm_(comm), layers_(std::move(layers)) {
+  GRADCOMM_CHECK_ARG(compressor != nullptr, "Exchanger: no compressor given");
   GRADCOMM_CHECK_ARG(comm_.device() == Device::kCpu, "Exchanger: ", comm_.describe(),
                      " takes device buffers; this Exchanger stages payloads on the host");
-  check_agreement(comm_, engine_.layers(), engine_.settings_fingerprint(),
-                  "Exchanger setup (" + engine_.compressor().name() + ")");
-  works_.resize(engine_.layers().size());
+  GRADCOMM_CHECK_ARG(options.hierarchy != Hierarchy::kHierarchical || hosts.given(), "Exchanger on rank ",
+                     comm_.rank(), ": a hierarchical exchange needs the host communicators (local and cross)");
+  if (hosts.given()) {
+    GRADCOMM_CHECK_ARG(hosts.local->size() * hosts.cross->size() == comm_.size(), "Exchanger on rank ", comm_.rank(),
+                       ": ", hosts.cross->size(), " hosts x ", hosts.local->size(), " ranks per host is not the world of ",
+                       comm_.size());
+  }
+  if (planned(options)) {
+    // Ranks must agree on the layers before timing collectives and planning with them.
+    check_agreement(comm_, layers_,
+                    compressor->settings_fingerprint() + " exchange=" + exchange_choice_name(options.exchange) +
+                        " hierarchy=" + hierarchy_name(options.hierarchy),
+                    "Exchanger setup (" + compressor->name() + ")");
+    const bool can_be_hierarchical = hosts.given() && hosts.local->size() > 1 && hosts.cross->size() > 1;
+    const LinkModel links = measure_links(comm_, hosts.given() ? hosts.local : nullptr, hosts.given() ? hosts.cross : nullptr);
+    const ExchangeChoice choice =
+        options.exchange == ExchangeChoice::kCompressor ? ExchangeChoice::kAuto : options.exchange;
+    plan_ = plan_exchange(links, layer_costs(*compressor, layers_), choice, options.hierarchy,
+                          can_be_hierarchical || options.hierarchy == Hierarchy::kHierarchical,
+                          options.region_refresh_steps);
+    if (options.exchange == ExchangeChoice::kCompressor) plan_.exchange.clear();  // only the topology was asked for
+  }
+  if (plan_.hierarchical) {
+    hier_ = std::make_unique<detail::HierarchicalSteps>(*hosts.local, layers_, options.bucket_bytes);
+    engine_ = std::make_unique<StepEngine>(std::move(compressor), hier_->shard_layers(), hosts.cross->size(),
+                                           hosts.cross->rank(), options);
+    driver_ = std::make_unique<detail::EngineDriver>(*engine_, *hosts.cross);
+  } else {
+    engine_ = std::make_unique<StepEngine>(std::move(compressor), layers_, comm_.size(), comm_.rank(), options);
+    driver_ = std::make_unique<detail::EngineDriver>(*engine_, comm_);
+  }
+  check_agreement(driver_->comm(), engine_->layers(), engine_->settings_fingerprint(),
+                  "Exchanger setup (" + engine_->compressor().name() + ")");
+  apply_plan();
+  if (options.verbose && planned(options) && comm_.rank() == 0) {
+    std::fprintf(stderr, "gradcomm: %s", plan_.describe().c_str());
+    std::fflush(stderr);
+  }
 }
 
 Exchanger::~Exchanger() = default;
 
+void Exchanger::apply_plan() {
+  for (std::size_t layer = 0; layer < plan_.exchange.size(); ++layer) {
+    engine_->compressor().set_layer_exchange(layer, plan_.exchange[layer]);
+  }
+}
+
 void Exchanger::restore_step(std::int64_t step) {
-  GRADCOMM_CHECK(!engine_.in_step(), ErrorCode::kInvalidArgument, "Exchanger::restore_step(",
-                 step, ") on rank ", comm_.rank(), " inside step ", step_,
-                 ": finish the step first");
+  GRADCOMM_CHECK(!engine_->in_step(), ErrorCode::kInvalidArgument, "Exchanger::restore_step(", step, ") on rank ",
+                 comm_.rank(), " inside step ", step_, ": finish the step first");
   GRADCOMM_CHECK_ARG(step >= 0, "Exchanger::restore_step: step ", step, " < 0");
   step_ = step;
 }
 
 void Exchanger::begin_step() {
-  engine_.begin_step(step_);
-  // A sparse allreduce group adds collectives: the handles grow to the most a step used.
-  if (works_.size() < engine_.collectives_this_step()) works_.resize(engine_.collectives_this_step());
-  completed_ = 0;
-}
-
-void Exchanger::issue_ready() {
-  while (std::optional<CollectiveRequest> r = engine_.next_ready()) {
-    works_[r->id] = detail::start_collective(comm_, r->collective, r->send, r->recv, r->send_counts, r->recv_counts);
-  }
+  engine_->begin_step(step_);
+  driver_->begin_step();
+  if (hier_) hier_->begin_step();
 }
 
 void Exchanger::submit(std::size_t layer, TensorView grad, TensorView out) {
-  engine_.submit(layer, grad, out);
-  issue_ready();
-  // Poke the collectives in flight so the transport progresses them while the caller
-  // computes the next gradient. Where a sparse allreduce group waits for its last phase,
-  // complete what is done, in order, so that its next phase starts now rather than at
-  // finish_step.
-  for (WorkHandle& work : works_) {
-    if (work) work->test();
-  }
-  try {
-    while (engine_.waiting_for_phase() && works_[completed_] && works_[completed_]->test()) {
-      works_[completed_].reset();
-      engine_.complete(completed_++);
-      issue_ready();
+  if (hier_) {
+    try {
+      hier_->submit(layer, grad, out);
+      hier_->forward(*driver_, false);
+    } catch (...) {
+      hier_->abandon();
+      engine_->abandon_step();
+      throw;
     }
-  } catch (...) {
-    engine_.abandon_step();
-    throw;
+  } else {
+    engine_->submit(layer, grad, out);
+    driver_->issue_ready();
   }
+  // Keep the collectives in flight moving while the caller computes the next gradient.
+  driver_->poke();
 }
 
 const StepStats& Exchanger::finish_step() {
-  engine_.check_all_submitted();
-  issue_ready();
+  if (!hier_) {
+    engine_->check_all_submitted();
+    driver_->issue_ready();
+    driver_->complete_all();
+    step_ += 1;
+    return engine_->finish_step();
+  }
   try {
-    for (; completed_ < engine_.collectives_this_step(); ++completed_) {
-      issue_ready();  // a sparse allreduce phase becomes ready when the one before completes
-      works_[completed_]->wait();
-      works_[completed_].reset();
-      engine_.complete(completed_);
-    }
+    hier_->check_all_submitted();
+    hier_->forward(*driver_, true);
+    driver_->issue_ready();
+    driver_->complete_all();
+    stats_ = engine_->finish_step();
+    hier_->gather();
   } catch (...) {
-    // The step is lost; the works still in flight are left to complete when released
-    // (the caller aborts the communicator on such an error, which ends them).
-    engine_.abandon_step();
+    hier_->abandon();
+    engine_->abandon_step();
     throw;
   }
+  stats_.wire_bytes += hier_->wire_bytes();
+  stats_.local_wire_bytes = hier_->wire_bytes();
+  stats_.collectives += hier_->collectives();
   step_ += 1;
-  return engine_.finish_step();
+  return stats_;
 }
 
-const StepStats& Exchanger::exchange(std::span<const TensorView> grads,
-                                     std::span<const TensorView> outs) {
-  const std::size_t n = engine_.layers().size();
-  GRADCOMM_CHECK(grads.size() == n && outs.size() == n, ErrorCode::kSizeMismatch,
-                 "Exchanger::exchange: ", grads.size(), " gradients and ", outs.size(),
-                 " outputs for ", n, " layers");
+const StepStats& Exchanger::exchange(std::span<const TensorView> grads, std::span<const TensorView> outs) {
+  const std::size_t n = layers_.size();
+  GRADCOMM_CHECK(grads.size() == n && outs.size() == n, ErrorCode::kSizeMismatch, "Exchanger::exchange: ",
+                 grads.size(), " gradients and ", outs.size(), " outputs for ", n, " layers");
   begin_step();
   for (std::size_t pos = 0; pos < n; ++pos) {
     const std::size_t layer = n - 1 - pos;
     submit(layer, grads[layer], outs[layer]);
   }
   return finish_step();
+}
+
+std::vector<std::byte> Exchanger::save_exchange_state() const {
+  std::vector<std::byte> blob;
+  detail::StateBlobWriter w(blob);
+  w.bytes(kStateMagic, sizeof kStateMagic);
+  const std::vector<std::byte> plan = plan_.save();
+  const std::vector<std::byte> regions = engine_->save_sparse_regions();
+  w.value<std::uint64_t>(plan.size());
+  w.bytes(plan.data(), plan.size());
+  w.value<std::uint64_t>(regions.size());
+  w.bytes(regions.data(), regions.size());
+  return blob;
+}
+
+void Exchanger::load_exchange_state(std::span<const std::byte> blob) {
+  GRADCOMM_CHECK(!engine_->in_step(), ErrorCode::kInvalidArgument, "Exchanger::load_exchange_state on rank ",
+                 comm_.rank(), " inside step ", step_, ": finish the step first");
+  detail::StateBlobReader r(blob, "Exchanger::load_exchange_state on rank " + std::to_string(comm_.rank()));
+  char magic[sizeof kStateMagic];
+  r.bytes(magic, sizeof magic, "the magic");
+  GRADCOMM_CHECK(std::memcmp(magic, kStateMagic, sizeof kStateMagic) == 0, ErrorCode::kCorruptPayload,
+                 "Exchanger::load_exchange_state on rank ", comm_.rank(), ": not an exchange state");
+  const std::uint64_t plan_bytes = r.value<std::uint64_t>("the plan size");
+  ExchangePlan plan = ExchangePlan::load(r.view(plan_bytes, "the plan"));
+  const std::uint64_t region_bytes = r.value<std::uint64_t>("the regions size");
+  const std::span<const std::byte> regions = r.view(region_bytes, "the regions");
+  r.finish();
+  GRADCOMM_CHECK(plan.hierarchical == hierarchical(), ErrorCode::kInvalidArgument, "Exchanger::load_exchange_state on rank ",
+                 comm_.rank(), ": the state was saved by a ", plan.hierarchical ? "hierarchical" : "flat",
+                 " exchange, this one is ", hierarchical() ? "hierarchical" : "flat",
+                 "; construct the Exchanger with ExchangerOptions::hierarchy as saved");
+  GRADCOMM_CHECK(plan.exchange.empty() || plan.exchange.size() == layers_.size(), ErrorCode::kInvalidArgument,
+                 "Exchanger::load_exchange_state on rank ", comm_.rank(), ": a plan of ", plan.exchange.size(),
+                 " layers for ", layers_.size());
+  engine_->load_sparse_regions(regions);
+  plan_ = std::move(plan);
+  apply_plan();
 }
 
 }  // namespace gradcomm

@@ -94,7 +94,8 @@ std::string StepEngine::settings_fingerprint() const {
   return compressor_->settings_fingerprint() + " bucket_bytes=" +
          std::to_string(options_.bucket_bytes) + " nonfinite=" +
          nonfinite_policy_name(options_.nonfinite) +
-         " region_refresh_steps=" + std::to_string(options_.region_refresh_steps);
+         " region_refresh_steps=" + std::to_string(options_.region_refresh_steps) +
+         " exchange=" + exchange_choice_name(options_.exchange) + " hierarchy=" + hierarchy_name(options_.hierarchy);
 }
 
 bool StepEngine::in_step() const noexcept { return impl_->in_step; }
@@ -203,7 +204,9 @@ void StepEngine::begin_step(std::int64_t step) {
   s.in_step = true;
 }
 
-void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
+void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) { submit(layer, grad, out, 0); }
+
+void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out, std::size_t nonfinite_elsewhere) {
   Impl& s = *impl_;
   GRADCOMM_CHECK(s.in_step, ErrorCode::kInvalidArgument, "StepEngine::submit(layer ", layer,
                  ") on rank ", rank_, " outside a step: call begin_step() first");
@@ -229,7 +232,7 @@ void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
                           s.wide_grad.data(), spec.numel);
     grad = TensorView(s.wide_grad.data(), spec.numel, DType::kFloat32);
   }
-  s.local_nonfinite[layer] = compressor_->encode(layer, grad, payload).nonfinite;
+  s.local_nonfinite[layer] = compressor_->encode(layer, grad, payload).nonfinite + nonfinite_elsewhere;
   s.stats.payload_bytes += w.bytes();
   g.pending -= 1;
 }
