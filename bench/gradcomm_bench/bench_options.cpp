@@ -43,6 +43,12 @@ std::string bench_usage() {
          "  --lgreco-period F       lgreco-*: profile and re-plan every F steps (default: the F that puts one\n"
          "                          re-plan in the middle of each row's timed iterations)\n"
          "  --bucket-bytes SIZE     Exchanger fusion bucket (default 4M)\n"
+         "  --exchange E            how sparse layers cross the ranks: compressor (as the compressor says),\n"
+         "                          auto (the cost model picks per layer), dense, allgather, reduce_scatter\n"
+         "                          (the sparse allreduce) (default compressor)\n"
+         "  --hierarchy H           flat | hierarchical | auto (default flat): a dense sum inside each host,\n"
+         "                          the exchange across hosts, a dense allgather inside each host\n"
+         "  --ranks-per-host R      hosts of R consecutive ranks (default 0: the ranks sharing memory)\n"
          "  --json FILE             also write the rows as a JSON array (rank 0)\n"
          "  --link TEXT             label of the network in the JSON rows (bench/netem/run sets it)\n"
          "  --seed S                seed of the generated gradients (default 1)\n"
@@ -131,6 +137,9 @@ BenchOptions parse_bench_options(int argc, char** argv, const std::string& defau
     else if (flag == "--bits") o.runner.bits = static_cast<int>(parse_int(flag, value, 1, 8));
     else if (flag == "--lgreco-period") o.runner.lgreco_period = parse_int(flag, value, 1, 1 << 30);
     else if (flag == "--bucket-bytes") o.runner.bucket_bytes = parse_size(flag, value);
+    else if (flag == "--exchange") o.runner.exchange = parse_exchange_choice(value);
+    else if (flag == "--hierarchy") o.runner.hierarchy = parse_hierarchy(value);
+    else if (flag == "--ranks-per-host") o.runner.ranks_per_host = static_cast<int>(parse_int(flag, value, 0, 1 << 20));
     else GRADCOMM_THROW(ErrorCode::kInvalidArgument, "gradcomm-bench: unknown flag '", flag, "' (see -h)");
   }
   if (o.help) return o;

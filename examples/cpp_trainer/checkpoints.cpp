@@ -106,6 +106,9 @@ std::string resume_settings(const Options& o) {
   add("--weight-decay", number(o.weight_decay));
   add("--fp16-wire", o.fp16_wire ? "1" : "0");
   add("--nonfinite", o.nonfinite);
+  // Only when set: checkpoints from before these flags resume as they were.
+  if (o.exchange != "compressor") add("--exchange", o.exchange);
+  if (o.hierarchy != "flat") add("--hierarchy", o.hierarchy);
   if (o.optimizer == "onebit-adam") {
     add("--epochs", std::to_string(o.epochs));
     add("--freeze-fraction", number(o.freeze_fraction));

@@ -35,7 +35,7 @@ float global_mean(gradcomm::Communicator& comm, float local) {
   return value / static_cast<float>(comm.size());
 }
 
-int run(const Options& options, gradcomm::Communicator& comm) {
+int run(const Options& options, gradcomm::Communicator& comm, gradcomm::HostCommunicators hosts) {
   const int rank = comm.rank(), p = comm.size();
   Dataset all = load_digits(options.digits.empty() ? default_digits_path() : options.digits);
   Dataset train, test;
@@ -58,9 +58,12 @@ int run(const Options& options, gradcomm::Communicator& comm) {
 
   std::unique_ptr<gradcomm::Exchanger> exchanger;
   if (!optimizer->communicates()) {
-    exchanger = std::make_unique<gradcomm::Exchanger>(
-        comm, std::move(setup.compressor), specs,
-        gradcomm::ExchangerOptions{.nonfinite = gradcomm::parse_nonfinite_policy(options.nonfinite)});
+    gradcomm::ExchangerOptions xo;
+    xo.nonfinite = gradcomm::parse_nonfinite_policy(options.nonfinite);
+    xo.exchange = gradcomm::parse_exchange_choice(options.exchange);
+    xo.hierarchy = gradcomm::parse_hierarchy(options.hierarchy);
+    xo.verbose = !options.quiet;
+    exchanger = std::make_unique<gradcomm::Exchanger>(comm, hosts, std::move(setup.compressor), specs, xo);
   }
   // 1-bit Adam runs no Exchanger; its checkpoints carry the unused dense compressor.
   gradcomm::Compressor& compressor = exchanger ? exchanger->compressor() : *setup.compressor;
@@ -181,7 +184,15 @@ int main(int argc, char** argv) {
     gradcomm::MpiCommunicator comm;  // initializes (and finalizes) MPI
     int status = 0;
     try {
-      status = trainer::run(options, comm);
+      // The hosts, for a hierarchical exchange (a collective: every rank takes this branch).
+      std::unique_ptr<gradcomm::MpiHostCommunicators> hosts;
+      if (options.hierarchy != "flat") hosts = std::make_unique<gradcomm::MpiHostCommunicators>(comm, options.ranks_per_host);
+      status = trainer::run(options, comm, hosts ? hosts->get() : gradcomm::HostCommunicators{});
+    } catch (const gradcomm::Error& e) {
+      // Bad --exchange / --hierarchy / --ranks-per-host: raised alike on every rank, before any exchange.
+      if (e.code() != gradcomm::ErrorCode::kInvalidArgument) throw;
+      if (comm.rank() == 0) std::fprintf(stderr, "gradcomm-train: %s\n", e.message().c_str());
+      return 2;
     } catch (const std::invalid_argument& e) {
       // Settings errors are raised identically on every rank, before any exchange.
       if (comm.rank() == 0) std::fprintf(stderr, "gradcomm-train: %s\n", e.what());

@@ -22,6 +22,13 @@ Run under mpirun, e.g.  mpirun -np 4 gradcomm-train --compressor dgc --density 0
   --hidden A,B,...     mlp hidden widths   (default 256,128,64)
   --fp16-wire          fp16 values on the wire
   --nonfinite P        error | skip_step | zero (default error)
+  --exchange E         how DGC's sparse layers cross the ranks: compressor (its allgather),
+                       auto (the cost model picks per layer), dense, allgather, reduce_scatter
+                       (the sparse allreduce; docs/algorithms/sparse-allreduce.md) (default compressor)
+  --hierarchy H        flat | hierarchical (dense sum inside each host, the exchange across
+                       hosts) | auto (default flat); the plan is printed unless --quiet
+  --ranks-per-host R   hosts of R consecutive ranks for --hierarchy (default 0: the ranks
+                       sharing memory, MPI_COMM_TYPE_SHARED)
   --freeze-fraction F  onebit-adam warm-up share of the steps (default 0.2)
   --onebit-precondition 0|1  onebit-adam compresses m/(sqrt(v)+eps), robust (default 1);
                        0 compresses m as the reference does (diverges on digits, see docs)
@@ -76,6 +83,9 @@ bool parse_options(int argc, char** argv, Options& o) {
     else if (flag == "--weight-decay") o.weight_decay = parse_number<double>(flag, value());
     else if (flag == "--fp16-wire") o.fp16_wire = true;
     else if (flag == "--nonfinite") o.nonfinite = value();
+    else if (flag == "--exchange") o.exchange = value();
+    else if (flag == "--hierarchy") o.hierarchy = value();
+    else if (flag == "--ranks-per-host") o.ranks_per_host = parse_number<int>(flag, value());
     else if (flag == "--freeze-fraction") o.freeze_fraction = parse_number<double>(flag, value());
     else if (flag == "--onebit-precondition") o.onebit_precondition = parse_number<int>(flag, value()) != 0;
     else if (flag == "--onebit-eps") o.onebit_eps = parse_number<double>(flag, value());
@@ -100,6 +110,7 @@ bool parse_options(int argc, char** argv, Options& o) {
   if (o.hidden.empty()) throw std::invalid_argument("--hidden needs at least one width");
   for (std::size_t w : o.hidden)
     if (w == 0) throw std::invalid_argument("--hidden widths must be positive");
+  if (o.ranks_per_host < 0) throw std::invalid_argument("--ranks-per-host must be >= 0");
   if (o.checkpoint_every_epochs < 1) throw std::invalid_argument("--checkpoint-every-epochs must be at least 1");
   if (o.stop_after_epoch < 0) throw std::invalid_argument("--stop-after-epoch must be positive");
   if (o.checkpoint_dir.empty() && (o.resume || o.stop_after_epoch > 0))

@@ -26,16 +26,21 @@ class Communicator;
 // how many summed entries each owner keeps. Identical on every rank.
 struct SparseRegions {
   std::vector<std::size_t> bounds;  // p + 1 offsets: region r is [bounds[r], bounds[r + 1])
-  std::vector<std::size_t> quotas;  // p entries: region r keeps at most quotas[r] sums
+  // p entries: region r keeps at most quotas[r] sums. Every region with elements keeps at
+  // least one; the rest of `select` is shared out (docs/algorithms/sparse-allreduce.md).
+  std::vector<std::size_t> quotas;
   std::size_t numel = 0;
-  std::size_t select = 0;  // the sum of the quotas: the most entries the allreduce delivers
+  std::size_t select = 0;  // the selection size asked for (k)
 
   int world_size() const noexcept { return static_cast<int>(quotas.size()); }
+  // The sum of the quotas, max(select, regions with elements): the most entries delivered.
+  std::size_t kept() const;
   // The region holding `index` (< numel).
   int owner(std::size_t index) const;
 };
 
-// Regions of equal width; each keeps a share of `select` proportional to its width.
+// Regions of equal width; each keeps one sum and a share of the rest of `select`
+// proportional to its width.
 SparseRegions uniform_sparse_regions(std::size_t numel, std::size_t select, int world_size);
 
 // Bins of the index histogram the regions are balanced on: min(numel, 16 p), at least 1.
@@ -44,8 +49,9 @@ std::size_t sparse_histogram_bins(std::size_t numel, int world_size);
 void add_to_sparse_histogram(std::span<const std::uint32_t> indices, std::size_t numel,
                              std::span<std::uint32_t> histogram);
 // Regions whose boundaries sit at the bin edges where the cumulative count of `histogram`
-// (summed over ranks) is nearest to r/p of the total; each region keeps a share of `select`
-// proportional to the entries that fell into it. An empty histogram gives uniform regions.
+// (summed over ranks) is nearest to r/p of the total; each region with elements keeps one
+// sum and a share of the rest of `select` proportional to the entries that fell into it.
+// An empty histogram gives uniform regions.
 SparseRegions balanced_sparse_regions(std::span<const std::uint32_t> histogram, std::size_t numel,
                                       std::size_t select, int world_size);
 

@@ -25,11 +25,10 @@ SparseSelection sparse_allreduce(Communicator& comm, std::size_t numel, std::spa
     GRADCOMM_CHECK_ARG(regions.bounds[r] <= regions.bounds[r + 1], "sparse_allreduce: region ", r, " is [",
                        regions.bounds[r], ", ", regions.bounds[r + 1], ")");
   }
-  GRADCOMM_CHECK_ARG(regions.bounds.front() == 0 && regions.bounds.back() == numel && quota_sum == regions.select &&
-                         regions.select <= numel,
+  GRADCOMM_CHECK_ARG(regions.bounds.front() == 0 && regions.bounds.back() == numel && regions.select <= numel,
                      "sparse_allreduce: regions cover [", regions.bounds.front(), ", ", regions.bounds.back(),
-                     ") of ", numel, " elements with quotas summing to ", quota_sum, " for a selection of ",
-                     regions.select);
+                     ") of ", numel, " elements (quotas summing to ", quota_sum, ", selection of ", regions.select,
+                     ")");
   GRADCOMM_CHECK_ARG(numel < 0xffffffffu, "sparse_allreduce: ", numel,
                      " elements; indices are uint32 with 0xffffffff reserved");
   // The group reads a slot list: count | indices | values, as many slots as entries.

@@ -89,7 +89,7 @@ void SparseAllreduceGroup::reserve_for_bounds() {
   std::size_t entry_bytes_sum = 0, select = 0, merge = 0, bins = 0;
   for (std::size_t l = 0; l < L; ++l) {
     entry_bytes_sum += layers_[l].slots * entry_bytes(l);
-    select += layers_[l].select;
+    select += layers_[l].select + p;  // the quotas add up to at most select + p
     merge = std::max(merge, std::min(p * layers_[l].slots, layers_[l].numel * p));
     bins += sparse_histogram_bins(layers_[l].numel, p_);
   }
@@ -401,7 +401,7 @@ void SparseAllreduceGroup::reduce_entries() {
 void SparseAllreduceGroup::take_selection() {
   const std::size_t L = layers_.size(), p = static_cast<std::size_t>(p_);
   std::size_t most = 0;
-  for (std::size_t l = 0; l < L; ++l) most += layers_[l].regions->select;
+  for (std::size_t l = 0; l < L; ++l) most += layers_[l].regions->kept();
   selected_indices_.resize(most);
   selected_sums_.resize(most);
   selected_offset_.assign(L + 1, 0);

@@ -39,6 +39,25 @@ std::vector<std::size_t> apportion(std::size_t total, std::span<const std::size_
   return shares;
 }
 
+// Quotas: one for every region with elements, so that no region waits for the next
+// refresh to send anything (a region without quota would pile its ranks' entries up in
+// their residuals, and release them in one burst later), then the rest of `select` in
+// proportion to `weights`. They add up to max(select, regions with elements).
+std::vector<std::size_t> region_quotas(std::size_t select, std::span<const std::size_t> widths,
+                                       std::span<const std::size_t> weights) {
+  const std::size_t holding = static_cast<std::size_t>(
+      std::count_if(widths.begin(), widths.end(), [](std::size_t w) { return w > 0; }));
+  std::vector<std::size_t> weighted(weights.begin(), weights.end());
+  for (std::size_t j = 0; j < widths.size(); ++j) {
+    if (widths[j] == 0) weighted[j] = 0;
+  }
+  std::vector<std::size_t> quotas = apportion(select > holding ? select - holding : 0, weighted);
+  for (std::size_t j = 0; j < widths.size(); ++j) {
+    if (widths[j] > 0) quotas[j] += 1;
+  }
+  return quotas;
+}
+
 void check_world(int world_size, const char* what) {
   GRADCOMM_CHECK_ARG(world_size >= 1, what, ": world size ", world_size, " < 1");
 }
@@ -49,6 +68,8 @@ std::size_t bin_edge(std::size_t e, std::size_t bins, std::size_t numel) {
 }
 
 }  // namespace
+
+std::size_t SparseRegions::kept() const { return std::accumulate(quotas.begin(), quotas.end(), std::size_t{0}); }
 
 int SparseRegions::owner(std::size_t index) const {
   GRADCOMM_CHECK(index < numel && bounds.size() == quotas.size() + 1, ErrorCode::kInvalidArgument,
@@ -71,7 +92,7 @@ SparseRegions uniform_sparse_regions(std::size_t numel, std::size_t select, int 
   }
   std::vector<std::size_t> widths(p);
   for (std::size_t j = 0; j < p; ++j) widths[j] = r.bounds[j + 1] - r.bounds[j];
-  r.quotas = apportion(select, widths);
+  r.quotas = region_quotas(select, widths, widths);
   return r;
 }
 
@@ -124,10 +145,13 @@ SparseRegions balanced_sparse_regions(std::span<const std::uint32_t> histogram, 
   r.numel = numel;
   r.select = select;
   r.bounds.resize(p + 1);
-  std::vector<std::size_t> mass(p);
+  std::vector<std::size_t> mass(p), widths(p);
   for (std::size_t j = 0; j <= p; ++j) r.bounds[j] = bin_edge(edge[j], bins, numel);
-  for (std::size_t j = 0; j < p; ++j) mass[j] = cumulative[edge[j + 1]] - cumulative[edge[j]];
-  r.quotas = apportion(select, mass);
+  for (std::size_t j = 0; j < p; ++j) {
+    mass[j] = cumulative[edge[j + 1]] - cumulative[edge[j]];
+    widths[j] = r.bounds[j + 1] - r.bounds[j];
+  }
+  r.quotas = region_quotas(select, widths, mass);
   return r;
 }
 

@@ -21,12 +21,18 @@ TEST(SparseRegions, UniformCoversTheLayerAndSharesTheSelection) {
       EXPECT_EQ(r.bounds.front(), 0u);
       EXPECT_EQ(r.bounds.back(), n);
       EXPECT_TRUE(std::is_sorted(r.bounds.begin(), r.bounds.end()));
-      EXPECT_EQ(sum(r.quotas), select) << "p " << p << " n " << n;
+      std::size_t holding = 0;
       for (int j = 0; j < p; ++j) {
         if (r.bounds[j] == r.bounds[j + 1]) {
           EXPECT_EQ(r.quotas[j], 0u) << "empty region " << j << " keeps sums";
+        } else {
+          EXPECT_GE(r.quotas[j], 1u) << "region " << j << " keeps nothing";
+          ++holding;
         }
       }
+      // One per region with elements, the rest of the selection shared out.
+      EXPECT_EQ(sum(r.quotas), std::max(select, holding)) << "p " << p << " n " << n;
+      EXPECT_EQ(r.kept(), sum(r.quotas));
       for (std::size_t i = 0; i < n; ++i) {
         const int o = r.owner(i);
         ASSERT_TRUE(r.bounds[o] <= i && i < r.bounds[o + 1]) << i;
@@ -56,24 +62,29 @@ TEST(SparseRegions, BalancedSplitsAtTheHistogramQuantiles) {
   EXPECT_EQ(counted[63], 1u);  // 999
 }
 
-TEST(SparseRegions, AllMassInOneBinLeavesEmptyRegionsWithoutQuota) {
+TEST(SparseRegions, AllMassInOneBinGoesToOneOwnerAndEveryRegionKeepsOne) {
   const int p = 8;
   const std::size_t n = 100000;
   std::vector<std::uint32_t> h(sparse_histogram_bins(n, p), 0);
   h[5] = 1000;
   const SparseRegions r = balanced_sparse_regions(h, n, 100, p);
-  EXPECT_EQ(sum(r.quotas), 100u);
+  // Boundaries collapse onto the edges of bin 5: regions [0, bin 5), bin 5, [bin 6, n),
+  // the others empty. Bin 5 is [ceil(5 n / bins), ceil(6 n / bins)).
+  const std::size_t lo = (5 * n + h.size() - 1) / h.size(), hi = (6 * n + h.size() - 1) / h.size();
   std::size_t holding = 0;
+  int hot = -1;
   for (int j = 0; j < p; ++j) {
-    if (r.quotas[j] > 0) {
-      ++holding;
-      EXPECT_EQ(r.quotas[j], 100u);
-      // Bin 5 is [ceil(5 n / bins), ceil(6 n / bins)).
-      EXPECT_LE(r.bounds[j], (5 * n + h.size() - 1) / h.size());
-      EXPECT_GE(r.bounds[j + 1], (6 * n + h.size() - 1) / h.size());
+    if (r.bounds[j] == r.bounds[j + 1]) {
+      EXPECT_EQ(r.quotas[j], 0u);
+      continue;
     }
+    ++holding;
+    if (r.bounds[j] == lo && r.bounds[j + 1] == hi) hot = j;
   }
-  EXPECT_EQ(holding, 1u);
+  ASSERT_GE(hot, 0) << "no region is exactly bin 5";
+  EXPECT_EQ(holding, 3u);
+  EXPECT_EQ(r.quotas[hot], 98u);  // 1, and the 97 left after one for each of the 3 regions
+  EXPECT_EQ(sum(r.quotas), 100u);
 }
 
 TEST(SparseRegions, EmptyHistogramIsUniform) {
