@@ -36,6 +36,8 @@ std::string bench_usage() {
          compressors +
          "  --model NAME            exchange one step of a real model's layers (" + known_models() + ")\n"
          "  --models-dir DIR        where the <model>.txt layer tables are (default: the source tree's bench/models)\n"
+         "  --model-slice A:B       only the model's tensors A to B-1 (B 0: to the end): a model too large for the\n"
+         "                          machine's memory runs in parts whose bytes add up\n"
          "  --density D             dgc, dgc-fp16, lgreco-dgc: fraction of elements sent per layer, in (0, 1]\n"
          "                          (default 0.001; lgreco-dgc: the uniform default it plans against)\n"
          "  --bits B                quant, lgreco-quant: bits per element, 1 to 8 (default 4; lgreco-quant:\n"
@@ -128,6 +130,12 @@ BenchOptions parse_bench_options(int argc, char** argv, const std::string& defau
     else if (flag == "-a" || flag == "--average") o.time_across_ranks = static_cast<TimeAcrossRanks>(parse_int(flag, value, 0, 3));
     else if (flag == "--compressor") o.compressor = value;
     else if (flag == "--model") o.model = value;
+    else if (flag == "--model-slice") {
+      const std::size_t colon = value.find(':');
+      if (colon == std::string::npos) bad_value(flag, value, "A:B");
+      o.slice_first = static_cast<std::size_t>(parse_int(flag, value.substr(0, colon), 0, 1 << 30));
+      o.slice_end = static_cast<std::size_t>(parse_int(flag, value.substr(colon + 1), 0, 1 << 30));
+    }
     else if (flag == "--models-dir") o.models_dir = value;
     else if (flag == "--json") o.json_path = value;
     else if (flag == "--link") o.link = value;

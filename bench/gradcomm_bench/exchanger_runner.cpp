@@ -74,6 +74,20 @@ std::uint64_t ExchangerRunner::bytes_sent_outside_communicator() const {
   return hosts_.local->traffic().bytes_sent + hosts_.cross->traffic().bytes_sent;
 }
 
+std::string ExchangerRunner::plan_summary() const {
+  const ExchangePlan& plan = exchanger_.plan();
+  if (plan.predicted_seconds <= 0) return {};
+  std::map<SparseExchange, std::size_t> count;
+  for (SparseExchange e : plan.exchange) count[e] += 1;
+  std::string out = plan.hierarchical ? "hierarchical" : "flat";
+  const char* sep = ": ";
+  for (const auto& [e, n] : count) {
+    out += sep + std::to_string(n) + " " + sparse_exchange_name(e);
+    sep = ", ";
+  }
+  return out;
+}
+
 std::uint64_t ExchangerRunner::bytes_sent_inside_host() const {
   return hosts_.given() ? hosts_.local->traffic().bytes_sent : 0;
 }

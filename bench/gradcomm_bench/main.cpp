@@ -43,6 +43,7 @@ struct Row {
   std::uint64_t wire_bytes = 0;
   std::uint64_t local_wire_bytes = 0;  // of wire_bytes, inside the host (hierarchical)
   double predicted_us = 0;             // the Exchanger's plan (0: nothing planned)
+  std::string plan;                    // what it chose (empty: nothing planned)
   long long wrong = -1;  // -1: not checked
   PayloadSplit split;
 };
@@ -155,7 +156,7 @@ class Bench {
            collective_name(r.collective), r.time_us, r.algbw_gbps, r.busbw_gbps, wrong.c_str(),
            static_cast<unsigned long long>(r.wire_bytes));
     if (r.predicted_us > 0 || r.local_wire_bytes > 0) {
-      print0("#   predicted %.1f us by the plan; %llu of the wire bytes inside the host\n", r.predicted_us,
+      print0("#   plan %s, predicted %.1f us; %llu of the wire bytes inside the host\n", r.plan.c_str(), r.predicted_us,
              static_cast<unsigned long long>(r.local_wire_bytes));
     }
   }
@@ -196,6 +197,10 @@ class Bench {
           << ", \"collective\": \"" << collective_name(r.collective) << "\", \"ranks\": " << comm_.size()
           << ", \"model\": " << (o_.model.empty() ? std::string("null") : json_string(o_.model))
           << ", \"link\": " << json_string(o_.link) << ", \"iters\": " << o_.iters
+          << ", \"plan\": " << json_string(r.plan) << ", \"model_slice\": "
+          << (o_.slice_first || o_.slice_end
+                  ? json_string(std::to_string(o_.slice_first) + ":" + std::to_string(o_.slice_end))
+                  : std::string("null"))
           << ", \"exchange\": " << json_string(exchange_choice_name(o_.runner.exchange))
           << ", \"hierarchy\": " << json_string(hierarchy_name(o_.runner.hierarchy))
           << ", \"time_across_ranks\": " << json_string(time_across_ranks_name(o_.time_across_ranks)) << "}"
@@ -256,6 +261,7 @@ class Bench {
     row.local_wire_bytes =
         reduce_u64((runner->bytes_sent_inside_host() - local_before) / static_cast<std::uint64_t>(o_.iters), MPI_MAX);
     row.predicted_us = runner->predicted_seconds() * 1e6;
+    row.plan = runner->plan_summary();
     note_ = runner->note();
     return row;
   }
@@ -325,7 +331,23 @@ int main(int argc, char** argv) {
   std::optional<ModelTable> model;
   try {
     options = parse_bench_options(argc, argv, GRADCOMM_BENCH_MODELS_DIR, netem_link ? netem_link : "unshaped");
-    if (!options.help && !options.model.empty()) model = load_model(options.model, options.models_dir);
+    if (!options.help && !options.model.empty()) {
+      model = load_model(options.model, options.models_dir);
+      if (options.slice_first > 0 || options.slice_end > 0) {
+        const std::size_t end = options.slice_end == 0 ? model->layers.size() : options.slice_end;
+        GRADCOMM_CHECK_ARG(options.slice_first < end && end <= model->layers.size(), "gradcomm-bench: --model-slice ",
+                           options.slice_first, ":", options.slice_end, " outside the ", model->layers.size(),
+                           " tensors of ", options.model);
+        model->layers = std::vector<LayerSpec>(model->layers.begin() + static_cast<std::ptrdiff_t>(options.slice_first),
+                                               model->layers.begin() + static_cast<std::ptrdiff_t>(end));
+        model->params = model->params_1d = 0;
+        for (const LayerSpec& l : model->layers) {
+          model->params += l.numel;
+          if (l.ndim == 1) model->params_1d += l.numel;
+        }
+        model->source += ", tensors " + std::to_string(options.slice_first) + " to " + std::to_string(end - 1);
+      }
+    }
   } catch (const Error& e) {
     // Every rank read the same arguments and files and failed the same way, before any
     // collective: each can return.

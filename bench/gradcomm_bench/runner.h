@@ -102,8 +102,10 @@ class Runner {
   virtual std::uint64_t bytes_sent_outside_communicator() const { return 0; }
   // Of all bytes sent, those inside this rank's host (a hierarchical exchange); cumulative.
   virtual std::uint64_t bytes_sent_inside_host() const { return 0; }
-  // What the Exchanger's plan predicts for one step, in seconds (0: nothing planned).
+  // What the Exchanger's plan predicts for one step, in seconds (0: nothing planned), and
+  // what it chose, e.g. "hierarchical: 3 dense, 54 reduce_scatter" (empty: nothing planned).
   virtual double predicted_seconds() const { return 0.0; }
+  virtual std::string plan_summary() const { return {}; }
 
   // -c: how many elements of this rank's `outs` (after the first step of a fresh runner)
   // are wrong against the exact average; dense(i) is element i of all layers concatenated
@@ -143,6 +145,7 @@ class ExchangerRunner : public Runner {
   std::uint64_t bytes_sent_outside_communicator() const override;
   std::uint64_t bytes_sent_inside_host() const override;
   double predicted_seconds() const override { return exchanger_.plan().predicted_seconds; }
+  std::string plan_summary() const override;
 
  protected:
   Exchanger& exchanger() noexcept { return exchanger_; }

@@ -1,12 +1,15 @@
 // The hierarchical exchange and the plan, over real MPI communicators (2 to 8 ranks). Hosts
 // are blocks of 2 consecutive ranks where the world is even (np 2: one host of 2; np 4: 2
-// x 2; np 8: 4 x 2), of 1 rank where it is odd; under bench/netem (tests/mpi/netem_hosts.sh)
-// they are the emulated hosts themselves.
+// x 2; np 8: 4 x 2), of 1 rank where it is odd; with GRADCOMM_TEST_SHARED_HOSTS set (CTest
+// mpi.sparse_hierarchical.netem_2x2, under bench/netem/run) they are the ranks sharing
+// memory: the emulated hosts.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -72,6 +75,23 @@ ExchangerOptions hierarchical(std::size_t bucket = 4u << 20) {
   o.hierarchy = Hierarchy::kHierarchical;
   o.bucket_bytes = bucket;
   return o;
+}
+
+// Under bench/netem/run --hosts H --ranks-per-host R, the shared-memory split must find
+// the emulated hosts: R consecutive ranks each.
+TEST(Hierarchical, HostsAreTheEmulatedHosts) {
+  const char* link = std::getenv("GRADCOMM_NETEM_LINK");
+  if (!std::getenv("GRADCOMM_TEST_SHARED_HOSTS") || !link) GTEST_SKIP() << "not on emulated hosts";
+  const std::string text = link;
+  const std::size_t at = text.find("ranks_per_host=");
+  ASSERT_NE(at, std::string::npos) << text;
+  const int R = std::atoi(text.c_str() + at + 15);
+  MpiCommunicator world(MPI_COMM_WORLD);
+  MpiHostCommunicators hosts(world, 0);
+  EXPECT_EQ(hosts.local().size(), R) << text;
+  EXPECT_EQ(hosts.local().rank(), world_rank() % R);
+  EXPECT_EQ(hosts.cross().size(), world_size() / R);
+  EXPECT_EQ(hosts.cross().rank(), world_rank() / R);
 }
 
 TEST(Hierarchical, DenseIsTheAverageOnEveryRank) {
