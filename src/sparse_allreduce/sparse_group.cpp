@@ -120,7 +120,6 @@ void SparseAllreduceGroup::reserve_for_bounds() {
 
 SparsePhaseRequest SparseAllreduceGroup::request() {
   SparsePhaseRequest r;
-  const auto p = static_cast<std::size_t>(p_);
   switch (phase_) {
     case Phase::kHistogram:
       fill_histogram();
@@ -154,7 +153,6 @@ SparsePhaseRequest SparseAllreduceGroup::request() {
     case Phase::kDone:
       break;
   }
-  (void)p;
   GRADCOMM_THROW(ErrorCode::kInternal, "sparse allreduce on rank ", rank_, ": no phase left to request");
 }
 

@@ -21,12 +21,15 @@
 #include "gradcomm/exchanger.h"
 #include "gradcomm/host_communicators.h"
 #include "gradcomm/mpi_communicator.h"
+#include "mpi/gradient_model.h"
 #include "mpi/mpi_test_util.h"
 
 namespace gradcomm {
 namespace {
 
 using testing::all_ranks;
+using testing::Buffers;
+using testing::grad_value;
 using testing::same_on_all_ranks;
 using testing::world_rank;
 using testing::world_size;
@@ -40,35 +43,6 @@ int ranks_per_host() {
 std::vector<LayerSpec> model() {
   return {{"conv", 4099, 4, false}, {"bias", 37, 1, false}, {"fc", 2001, 2, false}, {"tiny", 1, 2, false}};
 }
-
-float grad_value(int rank, int step, std::size_t layer, std::size_t i) {
-  std::uint64_t x = (static_cast<std::uint64_t>(rank) << 48) ^ (static_cast<std::uint64_t>(step) << 32) ^
-                    (static_cast<std::uint64_t>(layer) << 24) ^ i;
-  x = (x ^ (x >> 33)) * 0xff51afd7ed558ccdull;
-  x = (x ^ (x >> 33)) * 0xc4ceb9fe1a85ec53ull;
-  x ^= x >> 33;
-  const float u = static_cast<float>(x >> 40) / static_cast<float>(1ull << 23) - 1.0f;
-  return (x & 63) == 0 ? 8.0f * u : u;
-}
-
-struct Buffers {
-  std::vector<std::vector<float>> grads, outs;
-  std::vector<TensorView> grad_views, out_views;
-  explicit Buffers(const std::vector<LayerSpec>& layers) {
-    for (const LayerSpec& l : layers) {
-      grads.emplace_back(l.numel);
-      outs.emplace_back(l.numel);
-    }
-    for (std::size_t i = 0; i < layers.size(); ++i) {
-      grad_views.push_back(TensorView::of(std::span<float>(grads[i])));
-      out_views.push_back(TensorView::of(std::span<float>(outs[i])));
-    }
-  }
-  void fill(int rank, int step) {
-    for (std::size_t l = 0; l < grads.size(); ++l)
-      for (std::size_t i = 0; i < grads[l].size(); ++i) grads[l][i] = grad_value(rank, step, l, i);
-  }
-};
 
 ExchangerOptions hierarchical(std::size_t bucket = 4u << 20) {
   ExchangerOptions o;
