@@ -38,6 +38,8 @@ std::string bench_usage() {
          compressors +
          "  --model NAME            exchange one step of a real model's layers (" + known_models() + ")\n"
          "  --models-dir DIR        where the <model>.txt layer tables are (default: the source tree's bench/models)\n"
+         "  --model-slice A:B       only the model's tensors A to B-1 (B 0: to the end): a model too large for the\n"
+         "                          machine's memory runs in parts whose bytes add up\n"
          "  --density D             dgc, dgc-fp16, lgreco-dgc: fraction of elements sent per layer, in (0, 1]\n"
          "                          (default 0.001; lgreco-dgc: the uniform default it plans against)\n"
          "  --bits B                quant, lgreco-quant: bits per element, 1 to 8 (default 4; lgreco-quant:\n"
@@ -45,6 +47,12 @@ std::string bench_usage() {
          "  --lgreco-period F       lgreco-*: profile and re-plan every F steps (default: the F that puts one\n"
          "                          re-plan in the middle of each row's timed iterations)\n"
          "  --bucket-bytes SIZE     Exchanger fusion bucket (default 4M)\n"
+         "  --exchange E            how sparse layers cross the ranks: compressor (as the compressor says),\n"
+         "                          auto (the cost model picks per layer), dense, allgather, reduce_scatter\n"
+         "                          (the sparse allreduce) (default compressor)\n"
+         "  --hierarchy H           flat | hierarchical | auto (default flat): a dense sum inside each host,\n"
+         "                          the exchange across hosts, a dense allgather inside each host\n"
+         "  --ranks-per-host R      hosts of R consecutive ranks (default 0: the ranks sharing memory)\n"
          "  --json FILE             also write the rows as a JSON array (rank 0)\n"
          "  --link TEXT             label of the network in the JSON rows (bench/netem/run sets it)\n"
          "  --seed S                seed of the generated gradients (default 1)\n"
@@ -86,6 +94,12 @@ BenchOptions parse_bench_options(int argc, char** argv, const std::string& defau
     else if (flag == "-a" || flag == "--average") o.time_across_ranks = static_cast<TimeAcrossRanks>(parse_integer(flag, value, 0, 3));
     else if (flag == "--compressor") o.compressor = value;
     else if (flag == "--model") o.model = value;
+    else if (flag == "--model-slice") {
+      const std::size_t colon = value.find(':');
+      GRADCOMM_CHECK_ARG(colon != std::string::npos, flag, " '", value, "' is not of the form A:B");
+      o.slice_first = static_cast<std::size_t>(parse_integer(flag, value.substr(0, colon), 0, 1 << 30));
+      o.slice_end = static_cast<std::size_t>(parse_integer(flag, value.substr(colon + 1), 0, 1 << 30));
+    }
     else if (flag == "--models-dir") o.models_dir = value;
     else if (flag == "--json") o.json_path = value;
     else if (flag == "--link") o.link = value;
@@ -96,6 +110,9 @@ BenchOptions parse_bench_options(int argc, char** argv, const std::string& defau
     else if (flag == "--bits") o.runner.bits = static_cast<int>(parse_integer(flag, value, 1, 8));
     else if (flag == "--lgreco-period") o.runner.lgreco_period = parse_integer(flag, value, 1, 1 << 30);
     else if (flag == "--bucket-bytes") o.runner.bucket_bytes = parse_bytes(flag, value);
+    else if (flag == "--exchange") o.runner.exchange = parse_exchange_choice(value);
+    else if (flag == "--hierarchy") o.runner.hierarchy = parse_hierarchy(value);
+    else if (flag == "--ranks-per-host") o.runner.ranks_per_host = static_cast<int>(parse_integer(flag, value, 0, 1 << 20));
     else GRADCOMM_THROW(ErrorCode::kInvalidArgument, "unknown flag '", flag, "' (see -h)");
   }
   if (o.help) return o;
@@ -135,6 +152,9 @@ std::string bench_settings(const BenchOptions& o, const std::string& model_finge
   s.add("--compressor", o.compressor).add("--model", o.model).add("model-table", model_fingerprint);
   s.add("--seed", o.seed).add("--density", o.runner.density).add("--bits", o.runner.bits);
   s.add("--lgreco-period", o.runner.lgreco_period).add("--bucket-bytes", o.runner.bucket_bytes);
+  s.add("--exchange", exchange_choice_name(o.runner.exchange)).add("--hierarchy", hierarchy_name(o.runner.hierarchy));
+  s.add("--ranks-per-host", o.runner.ranks_per_host);
+  s.add("--model-slice", std::to_string(o.slice_first) + ":" + std::to_string(o.slice_end));
   return s.add("--timeout", static_cast<double>(o.timeout.count()) / 1e3).text();
 }
 

@@ -29,6 +29,9 @@ struct BenchOptions {
 
   std::string compressor = "none";  // --compressor
   std::string model;                // --model: exchange a real model's layers instead of a sweep
+  // --model-slice A:B: only tensors [A, B) of the model (a model too large for this
+  // machine's memory runs in parts; their bytes add up). B = 0: to the end.
+  std::size_t slice_first = 0, slice_end = 0;
   std::string models_dir;           // --models-dir: where <model>.txt tables are
   std::string json_path;            // --json FILE
   std::string link;                 // --link: a label for the JSON rows (default: set by bench/netem/run)

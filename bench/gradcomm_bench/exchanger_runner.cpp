@@ -39,11 +39,22 @@ std::vector<LayerSpec> non_empty(std::vector<LayerSpec> layers) {
   GRADCOMM_CHECK_ARG(!layers.empty(), "gradcomm-bench: no layers to exchange");
   return layers;
 }
+
+ExchangerOptions exchanger_options(const RunnerConfig& config) {
+  ExchangerOptions o;
+  o.bucket_bytes = config.bucket_bytes;
+  o.nonfinite = NonFinitePolicy::kError;
+  o.exchange = config.exchange;
+  o.hierarchy = config.hierarchy;
+  o.verbose = config.print_plan;
+  return o;
+}
 }  // namespace
 
 ExchangerRunner::ExchangerRunner(Communicator& comm, std::unique_ptr<Compressor> compressor,
                                  std::vector<LayerSpec> layers, const RunnerConfig& config, CheckBound bound)
-    : exchanger_(comm, std::move(compressor), non_empty(std::move(layers)), ExchangerOptions{config.bucket_bytes, NonFinitePolicy::kError}),
+    : hosts_(config.hosts),
+      exchanger_(comm, config.hosts, std::move(compressor), non_empty(std::move(layers)), exchanger_options(config)),
       bound_(std::move(bound)) {
   std::map<Collective, std::size_t> bytes;
   for (std::size_t layer = 0; layer < exchanger_.layers().size(); ++layer) {
@@ -55,6 +66,30 @@ ExchangerRunner::ExchangerRunner(Communicator& comm, std::unique_ptr<Compressor>
                 })->first;
   split_.allreduce = bytes[Collective::kAllreduce];
   split_.allgather = bytes[Collective::kAllgather];
+  split_.sparse_allreduce = bytes[Collective::kSparseAllreduce];
+}
+
+std::uint64_t ExchangerRunner::bytes_sent_outside_communicator() const {
+  if (!hosts_.given()) return 0;
+  return hosts_.local->traffic().bytes_sent + hosts_.cross->traffic().bytes_sent;
+}
+
+std::string ExchangerRunner::plan_summary() const {
+  const ExchangePlan& plan = exchanger_.plan();
+  if (plan.predicted_seconds <= 0) return {};
+  std::map<SparseExchange, std::size_t> count;
+  for (SparseExchange e : plan.exchange) count[e] += 1;
+  std::string out = plan.hierarchical ? "hierarchical" : "flat";
+  const char* sep = ": ";
+  for (const auto& [e, n] : count) {
+    out += sep + std::to_string(n) + " " + sparse_exchange_name(e);
+    sep = ", ";
+  }
+  return out;
+}
+
+std::uint64_t ExchangerRunner::bytes_sent_inside_host() const {
+  return hosts_.given() ? hosts_.local->traffic().bytes_sent : 0;
 }
 
 void ExchangerRunner::step(std::span<const TensorView> grads, std::span<const TensorView> outs) {

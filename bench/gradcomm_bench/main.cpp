@@ -43,6 +43,9 @@ struct Row {
   double algbw_gbps = 0;
   double busbw_gbps = 0;
   std::uint64_t wire_bytes = 0;
+  std::uint64_t local_wire_bytes = 0;  // of wire_bytes, inside the host (hierarchical)
+  double predicted_us = 0;             // the Exchanger's plan (0: nothing planned)
+  std::string plan;                    // what it chose (empty: nothing planned)
   long long wrong = -1;  // -1: not checked
   PayloadSplit split;
 };
@@ -54,10 +57,8 @@ void check_mpi(int rc, const char* what, int rank) {
 
 double bus_factor(Collective collective, int p) {
   if (p <= 1) return 0;
-  return collective == Collective::kAllgather ? static_cast<double>(p - 1) / p : 2.0 * (p - 1) / p;
+  return collective == Collective::kAllreduce ? 2.0 * (p - 1) / p : static_cast<double>(p - 1) / p;
 }
-
-const char* collective_name(Collective c) { return c == Collective::kAllgather ? "allgather" : "allreduce"; }
 
 std::string json_string(const std::string& s) {
   std::string out = "\"";
@@ -92,7 +93,13 @@ class Bench {
              static_cast<unsigned long long>(dense_wire),
              rows.back().wire_bytes ? static_cast<double>(dense_wire) / static_cast<double>(rows.back().wire_bytes) : 0.0);
       const PayloadSplit& split = rows.back().split;
-      if (split.allreduce + split.allgather > 0) {
+      if (split.sparse_allreduce > 0) {
+        print0("# payload per rank per step: %llu B of slot lists through the sparse allreduce (about %llu B sent"
+               " to their owners and back as kept sums), %llu B allgathered, %llu B allreduced\n",
+               static_cast<unsigned long long>(split.sparse_allreduce),
+               static_cast<unsigned long long>(2 * split.sparse_allreduce),
+               static_cast<unsigned long long>(split.allgather), static_cast<unsigned long long>(split.allreduce));
+      } else if (split.allreduce + split.allgather > 0) {
         print0("# payload per rank per step: %llu B allgathered (sparse) + %llu B allreduced (dense) = %llu B;"
                " by the algorithm model (no framing) that sends %llu + %llu B\n",
                static_cast<unsigned long long>(split.allgather), static_cast<unsigned long long>(split.allreduce),
@@ -122,6 +129,13 @@ class Bench {
 
   void header(const RunnerEntry& entry) {
     print0("# gradcomm-bench %s: compressor %s (%s)\n", version(), entry.name, entry.summary);
+    if (o_.runner.exchange != ExchangeChoice::kCompressor || o_.runner.hierarchy != Hierarchy::kFlat) {
+      print0("# exchange %s, hierarchy %s", exchange_choice_name(o_.runner.exchange), hierarchy_name(o_.runner.hierarchy));
+      if (o_.runner.hosts.given()) {
+        print0(" (%d hosts x %d ranks)", o_.runner.hosts.cross->size(), o_.runner.hosts.local->size());
+      }
+      print0("\n");
+    }
     print0("# %d ranks, %s; link: %s\n", comm_.size(), comm_.describe().c_str(), o_.link.c_str());
     if (o_.model.empty()) {
       print0("# minBytes %zu maxBytes %zu step: %s\n", o_.min_bytes, o_.max_bytes,
@@ -143,6 +157,10 @@ class Bench {
     print0("  %10zu %13zu %7s %10s %12.1f %8.3f %8.3f %8s %14llu\n", r.bytes, r.count, "float",
            collective_name(r.collective), r.time_us, r.algbw_gbps, r.busbw_gbps, wrong.c_str(),
            static_cast<unsigned long long>(r.wire_bytes));
+    if (r.predicted_us > 0 || r.local_wire_bytes > 0) {
+      print0("#   plan %s, predicted %.1f us; %llu of the wire bytes inside the host\n", r.plan.c_str(), r.predicted_us,
+             static_cast<unsigned long long>(r.local_wire_bytes));
+    }
   }
 
   void print_note() {
@@ -171,14 +189,22 @@ class Bench {
       char numbers[512];
       std::snprintf(numbers, sizeof numbers,
                     "\"size_bytes\": %zu, \"count\": %zu, \"time_us\": %.3f, \"algbw_gbps\": %.6f, "
-                    "\"busbw_gbps\": %.6f, \"wire_bytes_per_rank\": %llu, ",
+                    "\"busbw_gbps\": %.6f, \"wire_bytes_per_rank\": %llu, \"local_wire_bytes_per_rank\": %llu, "
+                    "\"predicted_us\": %.3f, ",
                     r.bytes, r.count, r.time_us, r.algbw_gbps, r.busbw_gbps,
-                    static_cast<unsigned long long>(r.wire_bytes));
+                    static_cast<unsigned long long>(r.wire_bytes), static_cast<unsigned long long>(r.local_wire_bytes),
+                    r.predicted_us);
       out << "  {\"compressor\": " << json_string(o_.compressor) << ", " << numbers
           << "\"wrong\": " << (r.wrong < 0 ? std::string("null") : std::to_string(r.wrong))
           << ", \"collective\": \"" << collective_name(r.collective) << "\", \"ranks\": " << comm_.size()
           << ", \"model\": " << (o_.model.empty() ? std::string("null") : json_string(o_.model))
           << ", \"link\": " << json_string(o_.link) << ", \"iters\": " << o_.iters
+          << ", \"plan\": " << json_string(r.plan) << ", \"model_slice\": "
+          << (o_.slice_first || o_.slice_end
+                  ? json_string(std::to_string(o_.slice_first) + ":" + std::to_string(o_.slice_end))
+                  : std::string("null"))
+          << ", \"exchange\": " << json_string(exchange_choice_name(o_.runner.exchange))
+          << ", \"hierarchy\": " << json_string(hierarchy_name(o_.runner.hierarchy))
           << ", \"time_across_ranks\": " << json_string(time_across_ranks_name(o_.time_across_ranks)) << "}"
           << (i + 1 < rows.size() ? "," : "") << "\n";
     }
@@ -225,7 +251,7 @@ class Bench {
     for (int i = 0; i < o_.warmup; ++i) runner->step(grads, outs);
     comm_.barrier()->wait();
     const auto bytes_sent = [&] { return comm_.traffic().bytes_sent + runner->bytes_sent_outside_communicator(); };
-    const std::uint64_t sent_before = bytes_sent();
+    const std::uint64_t sent_before = bytes_sent(), local_before = runner->bytes_sent_inside_host();
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < o_.iters; ++i) runner->step(grads, outs);
     const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
@@ -234,6 +260,10 @@ class Bench {
     row.algbw_gbps = seconds > 0 ? static_cast<double>(row.bytes) / seconds / 1e9 : 0;
     row.busbw_gbps = row.algbw_gbps * bus_factor(row.collective, comm_.size());
     row.wire_bytes = reduce_u64((bytes_sent() - sent_before) / static_cast<std::uint64_t>(o_.iters), MPI_MAX);
+    row.local_wire_bytes =
+        reduce_u64((runner->bytes_sent_inside_host() - local_before) / static_cast<std::uint64_t>(o_.iters), MPI_MAX);
+    row.predicted_us = runner->predicted_seconds() * 1e6;
+    row.plan = runner->plan_summary();
     note_ = runner->note();
     return row;
   }
@@ -297,6 +327,21 @@ std::string message_of(const std::exception& e) {
   return error ? error->message() : e.what();
 }
 
+// --model-slice A:B: only tensors A to B-1 (B 0: to the end) of the table.
+void keep_slice(ModelTable& model, std::size_t first, std::size_t last_plus_one) {
+  const std::size_t end = last_plus_one == 0 ? model.layers.size() : last_plus_one;
+  GRADCOMM_CHECK_ARG(first < end && end <= model.layers.size(), "--model-slice ", first, ":", last_plus_one,
+                     " outside the ", model.layers.size(), " tensors of ", model.name);
+  model.layers = std::vector<LayerSpec>(model.layers.begin() + static_cast<std::ptrdiff_t>(first),
+                                        model.layers.begin() + static_cast<std::ptrdiff_t>(end));
+  model.params = model.params_1d = 0;
+  for (const LayerSpec& l : model.layers) {
+    model.params += l.numel;
+    if (l.ndim == 1) model.params_1d += l.numel;
+  }
+  model.source += ", tensors " + std::to_string(first) + " to " + std::to_string(end - 1);
+}
+
 // This rank's command line and --model table, read before it talks to any other rank.
 void prepare_locally(int argc, char** argv, BenchOptions& options, std::optional<ModelTable>& model,
                      launch::LocalStart& start) {
@@ -305,7 +350,10 @@ void prepare_locally(int argc, char** argv, BenchOptions& options, std::optional
   try {
     options = parse_bench_options(argc, argv, GRADCOMM_BENCH_MODELS_DIR, netem_link ? netem_link : "unshaped");
     if (options.help) start.ask_help();
-    else if (!options.model.empty()) model = load_model(options.model, options.models_dir);
+    else if (!options.model.empty()) {
+      model = load_model(options.model, options.models_dir);
+      if (options.slice_first > 0 || options.slice_end > 0) keep_slice(*model, options.slice_first, options.slice_end);
+    }
   } catch (const std::exception& e) {
     start.fail(message_of(e));
   }
@@ -362,6 +410,13 @@ int main(int argc, char** argv) {
       if (!verdict.message.empty()) std::fprintf(stderr, "%s\n", verdict.message.c_str());
       return verdict.exit_status;
     }
+    // The hosts of a hierarchical exchange (collective; every rank agreed on the flags).
+    std::unique_ptr<MpiHostCommunicators> hosts;
+    if (options.runner.hierarchy != Hierarchy::kFlat) {
+      hosts = std::make_unique<MpiHostCommunicators>(comm, options.runner.ranks_per_host);
+      options.runner.hosts = hosts->get();
+    }
+    options.runner.print_plan = model.has_value();
     return Bench(comm, std::move(options), std::move(model)).run() == 0 ? 0 : 1;
   } catch (const std::exception& e) {
     // This may have happened on this rank alone; the others would wait for it.

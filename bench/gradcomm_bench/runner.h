@@ -32,6 +32,11 @@ struct RunnerConfig {
   // it from -c, -w and -n when the flag is absent (see lgreco_period_for()).
   std::int64_t lgreco_period = 0;
   std::size_t bucket_bytes = ExchangerOptions{}.bucket_bytes;  // --bucket-bytes
+  ExchangeChoice exchange = ExchangeChoice::kCompressor;  // --exchange
+  Hierarchy hierarchy = Hierarchy::kFlat;                  // --hierarchy
+  int ranks_per_host = 0;                                  // --ranks-per-host (0: shared memory)
+  HostCommunicators hosts;  // set by main() when --hierarchy is not flat
+  bool print_plan = false;  // rank 0 prints the Exchanger's plan (model runs)
 };
 
 // The -c contract: every output element must satisfy |out - dense| <= abs + rel * |dense|,
@@ -48,6 +53,7 @@ struct CheckBound {
 struct PayloadSplit {
   std::uint64_t allreduce = 0;
   std::uint64_t allgather = 0;
+  std::uint64_t sparse_allreduce = 0;  // slot lists through the sparse allreduce
 };
 
 // The bound of any fp32 sum of p benchmark values (in [-1, 1)) scaled by 1/p, whatever the
@@ -94,6 +100,12 @@ class Runner {
   // Bytes this runner sent by means the communicator's traffic() does not count (its own
   // MPI calls), by the same algorithm model; cumulative. wire_bytes = traffic + this.
   virtual std::uint64_t bytes_sent_outside_communicator() const { return 0; }
+  // Of all bytes sent, those inside this rank's host (a hierarchical exchange); cumulative.
+  virtual std::uint64_t bytes_sent_inside_host() const { return 0; }
+  // What the Exchanger's plan predicts for one step, in seconds (0: nothing planned), and
+  // what it chose, e.g. "hierarchical: 3 dense, 54 reduce_scatter" (empty: nothing planned).
+  virtual double predicted_seconds() const { return 0.0; }
+  virtual std::string plan_summary() const { return {}; }
 
   // -c: how many elements of this rank's `outs` (after the first step of a fresh runner)
   // are wrong against the exact average; dense(i) is element i of all layers concatenated
@@ -133,12 +145,18 @@ class ExchangerRunner : public Runner {
   PayloadSplit payload_split() const override { return split_; }
   CheckBound bound() const override { return bound_; }
   void step(std::span<const TensorView> grads, std::span<const TensorView> outs) override;
+  // The host communicators' traffic (a hierarchical exchange runs on them, not on comm).
+  std::uint64_t bytes_sent_outside_communicator() const override;
+  std::uint64_t bytes_sent_inside_host() const override;
+  double predicted_seconds() const override { return exchanger_.plan().predicted_seconds; }
+  std::string plan_summary() const override;
 
  protected:
   Exchanger& exchanger() noexcept { return exchanger_; }
   const Exchanger& exchanger() const noexcept { return exchanger_; }
 
  private:
+  HostCommunicators hosts_;
   Exchanger exchanger_;
   CheckBound bound_;
   Collective collective_ = Collective::kAllreduce;

@@ -96,7 +96,7 @@ auto agreed(Build&& build) {
   }
 }
 
-int run(const Options& options, const Dataset& all, gradcomm::Communicator& comm) {
+int run(const Options& options, const Dataset& all, gradcomm::Communicator& comm, gradcomm::HostCommunicators hosts) {
   const int rank = comm.rank(), p = comm.size();
   Dataset train, test;
   split(all, 0.2, /*seed=*/12345, train, test);  // fixed split: runs compare on the same test set
@@ -123,9 +123,12 @@ int run(const Options& options, const Dataset& all, gradcomm::Communicator& comm
 
   std::unique_ptr<gradcomm::Exchanger> exchanger;
   if (!optimizer->communicates()) {
-    exchanger = std::make_unique<gradcomm::Exchanger>(
-        comm, std::move(setup.compressor), specs,
-        gradcomm::ExchangerOptions{.nonfinite = gradcomm::parse_nonfinite_policy(options.nonfinite)});
+    gradcomm::ExchangerOptions xo;
+    xo.nonfinite = gradcomm::parse_nonfinite_policy(options.nonfinite);
+    xo.exchange = gradcomm::parse_exchange_choice(options.exchange);
+    xo.hierarchy = gradcomm::parse_hierarchy(options.hierarchy);
+    xo.verbose = !options.quiet;
+    exchanger = std::make_unique<gradcomm::Exchanger>(comm, hosts, std::move(setup.compressor), specs, xo);
   }
   // 1-bit Adam runs no Exchanger; its checkpoints carry the unused dense compressor.
   gradcomm::Compressor& compressor = exchanger ? exchanger->compressor() : *setup.compressor;
@@ -260,7 +263,12 @@ int main(int argc, char** argv) {
       if (!verdict.message.empty()) std::fprintf(stderr, "%s\n", verdict.message.c_str());
       return verdict.exit_status;
     }
-    return trainer::run(options, prepared.data, comm);
+    // The hosts, for a hierarchical exchange (a collective: every rank agreed on --hierarchy).
+    std::unique_ptr<gradcomm::MpiHostCommunicators> hosts;
+    if (options.hierarchy != "flat") {
+      hosts = std::make_unique<gradcomm::MpiHostCommunicators>(comm, options.ranks_per_host);
+    }
+    return trainer::run(options, prepared.data, comm, hosts ? hosts->get() : gradcomm::HostCommunicators{});
   } catch (const std::invalid_argument& e) {
     // From the agreed settings and data alone: the same on every rank, before training.
     if (comm.rank() == 0) std::fprintf(stderr, "%s: %s\n", kProgram.c_str(), e.what());

@@ -28,6 +28,13 @@ Every rank must be given the same settings: the ranks check that they agree befo
   --hidden A,B,...     mlp hidden widths, 1 to 1048576 each (default 256,128,64)
   --fp16-wire          fp16 values on the wire
   --nonfinite P        error | skip_step | zero (default error)
+  --exchange E         how DGC's sparse layers cross the ranks: compressor (its allgather),
+                       auto (the cost model picks per layer), dense, allgather, reduce_scatter
+                       (the sparse allreduce; docs/algorithms/sparse-allreduce.md) (default compressor)
+  --hierarchy H        flat | hierarchical (dense sum inside each host, the exchange across
+                       hosts) | auto (default flat); the plan is printed unless --quiet
+  --ranks-per-host R   hosts of R consecutive ranks for --hierarchy (default 0: the ranks
+                       sharing memory, MPI_COMM_TYPE_SHARED)
   --freeze-fraction F  onebit-adam warm-up share of the steps, in (0, 1] (default 0.2)
   --onebit-precondition 0|1  onebit-adam compresses m/(sqrt(v)+eps), robust (default 1);
                        0 compresses m as the reference does (diverges on digits, see docs)
@@ -74,6 +81,8 @@ void check_combination(const Options& o) {
   expect_one_of("--compressor", o.compressor, {"none", "dgc", "quant", "lgreco-dgc", "lgreco-quant"});
   expect_one_of("--optimizer", o.optimizer, {"sgd", "adam", "onebit-adam"});
   expect_one_of("--nonfinite", o.nonfinite, {"error", "skip_step", "zero"});
+  expect_one_of("--exchange", o.exchange, {"compressor", "auto", "dense", "allgather", "reduce_scatter"});
+  expect_one_of("--hierarchy", o.hierarchy, {"flat", "hierarchical", "auto"});
   const bool compressor_has_momentum = o.compressor == "dgc" || o.compressor == "lgreco-dgc";
   if (o.optimizer == "adam" && compressor_has_momentum) {
     throw std::invalid_argument("--optimizer adam cannot follow --compressor " + o.compressor +
@@ -116,6 +125,9 @@ bool parse_options(int argc, char** argv, Options& o) {
     else if (flag == "--weight-decay") o.weight_decay = launch::parse_real(flag, value(), {.lo = 0.0});
     else if (flag == "--fp16-wire") o.fp16_wire = true;
     else if (flag == "--nonfinite") o.nonfinite = value();
+    else if (flag == "--exchange") o.exchange = value();
+    else if (flag == "--hierarchy") o.hierarchy = value();
+    else if (flag == "--ranks-per-host") o.ranks_per_host = parse_int(flag, value(), 0, 1 << 20);
     else if (flag == "--freeze-fraction") o.freeze_fraction = launch::parse_real(flag, value(), {0.0, 1.0, true, false});
     else if (flag == "--onebit-precondition") o.onebit_precondition = launch::parse_integer(flag, value(), 0, 1) == 1;
     else if (flag == "--onebit-eps") o.onebit_eps = launch::parse_real(flag, value(), {.lo = 0.0, .lo_open = true});
@@ -175,6 +187,10 @@ std::vector<Setting> run_settings(const Options& o) {
       {"--freeze-fraction", launch::shortest(o.freeze_fraction), onebit},
       {"--onebit-precondition", o.onebit_precondition ? "1" : "0", onebit},
       {"--onebit-eps", launch::shortest(o.onebit_eps), onebit},
+      // Stored only when set: checkpoints from before these flags resume as they were.
+      {"--exchange", o.exchange, o.exchange != "compressor"},
+      {"--hierarchy", o.hierarchy, o.hierarchy != "flat"},
+      {"--ranks-per-host", std::to_string(o.ranks_per_host), o.hierarchy != "flat"},
       {"--checkpoint-dir", o.checkpoint_dir, false},
       {"--checkpoint-every-epochs", std::to_string(o.checkpoint_every_epochs), false},
       {"--resume", o.resume ? "1" : "0", false},

@@ -25,6 +25,9 @@ struct Options {
   std::vector<std::size_t> hidden = {256, 128, 64};  // uneven widths: layers differ in shape
   bool fp16_wire = false;           // fp16 values/dense tensors on the wire
   std::string nonfinite = "error";  // error|skip_step|zero
+  std::string exchange = "compressor";  // compressor|auto|dense|allgather|reduce_scatter
+  std::string hierarchy = "flat";       // flat|hierarchical|auto
+  int ranks_per_host = 0;               // hosts for --hierarchy: 0 = the ranks sharing memory
   double freeze_fraction = 0.2;     // onebit-adam: warm-up share of all steps
   bool onebit_precondition = true;  // onebit-adam: compress m/(sqrt(v)+eps) (0: the reference)
   double onebit_eps = 1e-5;         // onebit-adam: eps (1e-8 diverges after the freeze on digits)

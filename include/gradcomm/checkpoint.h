@@ -23,7 +23,9 @@
 //       60     L  compressor name (Compressor::name())
 //     60+L     4  header CRC32C over bytes [0, 60+L)
 //        H   ...  payload: sections, each [u32 name length][name][u64 size][size bytes];
-//                 section 0 is the compressor state, named "gradcomm.compressor".
+//                 section 0 is the compressor state, named "gradcomm.compressor"; the
+//                 Exchanger overload of save_checkpoint adds "gradcomm.exchange" (its plan
+//                 and sparse allreduce regions, Exchanger::save_exchange_state).
 #pragma once
 
 #include <cstddef>

@@ -20,13 +20,37 @@ namespace gradcomm {
 enum class Collective : std::uint8_t {
   kAllreduce,  // payloads are summable: summed across ranks element by element
   kAllgather,  // payloads are opaque bytes: every rank receives all ranks' payloads
+  // Payloads are sparse slot lists (docs/wire-format.md, "Sparse slot list"): the sparse
+  // allreduce sums them by index across ranks and delivers the largest sums of each region
+  // (docs/algorithms/sparse-allreduce.md); the compressor takes them in decode_selection().
+  kSparseAllreduce,
+  // Only in the StepEngine's CollectiveRequest, for the phases of a sparse allreduce.
+  kAllgatherv,
+  kAlltoall,
+  kAlltoallv,
 };
+const char* collective_name(Collective collective) noexcept;
+
+// How a layer that can go sparse crosses the ranks (a plan from the cost model, or the
+// user's choice; docs/algorithms/sparse-allreduce.md, "Choosing").
+enum class SparseExchange : std::uint8_t {
+  kAllgather,      // every rank receives every rank's k entries: (p - 1) k
+  kReduceScatter,  // the sparse allreduce: about 2k whatever p
+  kDense,          // a dense allreduce of the whole layer
+};
+const char* sparse_exchange_name(SparseExchange exchange) noexcept;
+// "allgather", "reduce_scatter" or "dense"; throws kInvalidArgument otherwise.
+SparseExchange parse_sparse_exchange(const std::string& name);
 
 // What one layer puts on the wire in the current step.
 struct LayerWire {
   Collective collective = Collective::kAllreduce;
-  DType dtype = DType::kFloat32;  // allreduce: kFloat32 or kFloat16; allgather: kUInt8
+  DType dtype = DType::kFloat32;  // allreduce: kFloat32 or kFloat16; otherwise kUInt8
   std::size_t count = 0;          // elements per rank
+  // kSparseAllreduce: the slots of the slot list (k) and the dtype of its values
+  // (kFloat32 or kFloat16); `count` is the list's bytes.
+  std::size_t slots = 0;
+  DType value_dtype = DType::kFloat32;
 
   std::size_t bytes() const { return count * dtype_size(dtype); }
 };
@@ -88,6 +112,24 @@ class Compressor {
   // into `out`. Throws kCorruptPayload for a payload that fails validation, without
   // writing out of bounds. Every rank must produce bitwise the same `out`.
   virtual void decode(std::size_t layer, TensorView received, TensorView out) = 0;
+
+  // kSparseAllreduce layers: the exchange kept the entries `indices` (uint32, ascending)
+  // with `sums` (float32: the sum over ranks of their entries there); `own_payload` is the
+  // slot list encode() wrote. Writes the averaged update into `out` and gives back to this
+  // rank's error feedback what it sent that was not kept. Every rank gets the same
+  // indices and sums. The default throws kUnsupported.
+  virtual void decode_selection(std::size_t layer, TensorView own_payload, TensorView indices,
+                                TensorView sums, TensorView out);
+
+  // Asks `layer` to cross the ranks as `exchange` from the next step on (a setting, like a
+  // density; the same on every rank). Returns false when the compressor has no such
+  // choice for the layer (dense compressors, layers that always stay dense). The default
+  // returns false.
+  virtual bool set_layer_exchange(std::size_t layer, SparseExchange exchange) {
+    (void)layer;
+    (void)exchange;
+    return false;
+  }
 
   // The step was skipped on every rank (NonFinitePolicy::kSkipStep) after this layer was
   // encoded and decoded. `own_payload` is what encode() wrote for this rank. A compressor

@@ -85,6 +85,12 @@ struct DgcOptions {
   // The largest density set_layer_density() may give a layer (0: `density`). Only sizes
   // the payload bound (max_payload_bytes), so the Exchanger's workspace covers it.
   double max_layer_density = 0.0;
+  // How sparse layers cross the ranks (set_layer_exchange() changes it per layer):
+  // kAllgather sends every rank's k slots to every rank; kReduceScatter runs the sparse
+  // allreduce (docs/algorithms/sparse-allreduce.md): about 2k slots per rank whatever the
+  // ranks, the global selection per region, what a rank sent and the selection dropped back
+  // into its v; kDense allreduces the layer (momentum applied after the average).
+  SparseExchange exchange = SparseExchange::kAllgather;
 };
 
 // The epochs before the density is `options.density` for good: one past the last warm-up
@@ -115,6 +121,9 @@ class DgcCompressor final : public Compressor {
   LayerWire wire(std::size_t layer) const override;
   EncodeResult encode(std::size_t layer, TensorView grad, TensorView payload) override;
   void decode(std::size_t layer, TensorView received, TensorView out) override;
+  void decode_selection(std::size_t layer, TensorView own_payload, TensorView indices, TensorView sums,
+                        TensorView out) override;
+  bool set_layer_exchange(std::size_t layer, SparseExchange exchange) override;
   void on_step_skipped(std::size_t layer, TensorView own_payload) override;
   void set_execution(const ExecutionContext& context) override;
   void set_step(std::int64_t step) override;
@@ -132,6 +141,8 @@ class DgcCompressor final : public Compressor {
   void set_layer_density(std::size_t layer, double density);
   // The density `layer` uses this step.
   double layer_density(std::size_t layer) const;
+  // How `layer` crosses the ranks when it is sparse (options.exchange unless set per layer).
+  SparseExchange layer_exchange(std::size_t layer) const;
   // The payload bytes per rank `layer` would send at `density` (no warm-up): the sparse
   // gather, or the dense tensor where dense_fallback switches it.
   std::size_t payload_bytes_at(std::size_t layer, double density) const;
@@ -158,6 +169,7 @@ class DgcCompressor final : public Compressor {
     std::size_t numel = 0;
     bool dense_always = false;
     double target = 0;  // density after warm-up (options.density unless set per layer)
+    SparseExchange exchange = SparseExchange::kAllgather;
     Device device = Device::kCpu;
     int device_index = 0;
     std::vector<float> u, v;  // a CPU layer's state (a CUDA layer's is in device_)
@@ -188,8 +200,10 @@ class DgcCompressor final : public Compressor {
   std::size_t sparse_payload_bytes(std::size_t k) const;
   double clip_limit() const;  // 0: no local clipping
   EncodeResult encode_dense(std::size_t index, Layer& layer, const float* grad, TensorView payload);
+  // `mask_now`: momentum masking at packing time; the sparse allreduce masks in
+  // decode_selection instead, where it knows which entries the selection kept.
   EncodeResult encode_sparse(std::size_t index, Layer& layer, const float* grad, std::size_t k,
-                             TensorView payload);
+                             TensorView payload, bool mask_now);
   void decode_dense(std::size_t index, Layer& layer, TensorView received, float* out);
   void decode_sparse(std::size_t index, const Layer& layer, TensorView received, float* out);
   // A CUDA layer's state copied into the host mirrors (u, v and the thresholds).

@@ -13,7 +13,7 @@
 // "Exchange framing"): every driver sends exactly these bytes.
 //
 // Layers may all live on the CPU or all on one CUDA device (LayerSpec::device). On a
-// device, the engine's buffers are device memory allocated once, every kernel and copy of
+// device, the engine's buffers are device memory (grown only when a step needs more), every kernel and copy of
 // a step is enqueued on the stream of set_stream() (the compressors' too, through
 // Compressor::set_execution), nothing is allocated, and the host waits for the stream once
 // per step, in finish_step(), to read the status words for the non-finite policy.
@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "gradcomm/compressor.h"
+#include "gradcomm/exchange_plan.h"
 #include "gradcomm/layer.h"
 #include "gradcomm/tensor.h"
 
@@ -50,10 +51,25 @@ struct StepEngineOptions {
   // some ranks only (set_epoch, a state restored on one rank) then fails on every rank
   // instead of framing collectives of other sizes. The PyTorch hooks turn it on.
   bool agree_every_step = false;
+  // Layers through the sparse allreduce (Collective::kSparseAllreduce): their regions are
+  // rebalanced on the step's entries every this many steps (and whenever they do not fit
+  // the layer's size and k); 0: only then. One small allreduce per group each time.
+  std::int64_t region_refresh_steps = 50;
+  // Used by the Exchanger (the engine only folds them into its fingerprint): how layers that
+  // can go sparse cross the ranks, and whether over one flat world or hierarchically
+  // (docs/algorithms/sparse-allreduce.md, "Choosing"). kCompressor with kFlat: as the
+  // compressor is set, no plan, nothing measured.
+  ExchangeChoice exchange = ExchangeChoice::kCompressor;
+  Hierarchy hierarchy = Hierarchy::kFlat;
+  // Rank 0 prints the plan and its predicted times (stderr) once, at setup.
+  bool verbose = false;
 };
 
 struct StepStats {
   std::uint64_t wire_bytes = 0;     // bytes this rank sent in the step (algorithm model)
+  // Of those, bytes sent inside its host (a hierarchical exchange's local reduce-scatter
+  // and allgather); the rest crossed to other hosts.
+  std::uint64_t local_wire_bytes = 0;
   std::uint64_t payload_bytes = 0;  // bytes of payload this rank produced
   std::uint64_t collectives = 0;
   std::size_t nonfinite = 0;  // layers in which some rank saw a non-finite value this step
@@ -64,19 +80,25 @@ struct StepStats {
 struct CollectiveRequest {
   std::size_t id = 0;  // 0, 1, ... within the step; hand it back to complete()
   Collective collective = Collective::kAllreduce;
-  // kAllreduce: sum `send` (float32 or float16) into `recv` (the same numel and dtype;
-  //   the same memory unless the policy keeps this rank's payloads for a skipped step).
+  // kAllreduce: sum `send` (float32 or float16; uint32 for the sparse allreduce's
+  //   histogram) into `recv` (the same numel and dtype; the same memory unless the policy
+  //   keeps this rank's payloads for a skipped step).
   // kAllgather: every rank's `send` bytes, concatenated in rank order, into `recv`
   //   (world_size x send.numel() bytes).
+  // The phases of a sparse allreduce group (docs/wire-format.md, "Sparse allreduce group"):
+  // kAlltoall: part r of `send` to rank r, rank r's part for this rank into part r of `recv`.
+  // kAlltoallv: likewise with `send_counts` / `recv_counts` elements per rank.
+  // kAllgatherv: every rank's `send`, recv_counts[r] elements from rank r, into `recv`.
   TensorView send;
   TensorView recv;
+  std::span<const std::size_t> send_counts, recv_counts;  // valid until complete(id)
 };
 
 class StepEngine {
  public:
   // Validates the options, sets the compressor up for `layers` (forward order; a step
-  // submits them in reverse) and reserves every buffer a step can need, so steady-state
-  // steps never allocate.
+  // submits them in reverse) and reserves the send buffers from the compressor's bounds;
+  // the receive buffers grow to what steps use, so steady-state steps never allocate.
   StepEngine(std::shared_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
              int world_size, int rank, StepEngineOptions options = {});
   ~StepEngine();
@@ -99,13 +121,28 @@ class StepEngine {
   // gradient and the update may be float32, float16 or bfloat16 (the layer's dtype);
   // compressors see float32.
   void submit(std::size_t layer, TensorView grad, TensorView out);
+  // The same, with `nonfinite_elsewhere` non-finite elements found before this gradient
+  // was formed added to the layer's count (a hierarchical exchange passes its host's: the
+  // sum it submits had its non-finite inputs zeroed), so the policy sees them.
+  void submit(std::size_t layer, TensorView grad, TensorView out, std::size_t nonfinite_elsewhere);
   // Throws gradcomm::Error (kInvalidArgument) naming the first layer not submitted in
   // this step: a driver checks before it waits for collectives that cannot start.
   void check_all_submitted() const;
-  // The next collective whose layers are all encoded, in the agreed order, once each.
+  // The next collective whose layers are all encoded, in the agreed order, once each. A
+  // sparse allreduce group runs several collectives in a row: its next one is ready only
+  // once the one before has completed (complete(id)), so a driver keeps calling
+  // next_ready() after each complete().
   std::optional<CollectiveRequest> next_ready();
-  // Collective `id` has completed on this rank: decodes its layers into their outputs.
+  // Whether the next collective is a sparse allreduce phase waiting for the one before it
+  // to complete: a driver that completes that one early lets the group go on.
+  bool waiting_for_phase() const noexcept;
+  // Collective `id` has completed on this rank: decodes its layers into their outputs (a
+  // sparse allreduce group: once its last collective completed). Any order.
   void complete(std::size_t id);
+  // The regions of the sparse allreduce layers (identical on every rank), for checkpoints:
+  // a step resumed after load_sparse_regions() uses the regions of the run that saved.
+  std::vector<std::byte> save_sparse_regions() const;
+  void load_sparse_regions(std::span<const std::byte> blob);
   // After every collective completed: applies the non-finite policy and returns the stats.
   // Throws gradcomm::Error (kNonFinite) under NonFinitePolicy::kError, on every rank alike.
   const StepStats& finish_step();
@@ -135,9 +172,19 @@ class StepEngine {
  private:
   // Decodes `layer`'s received payload into its output (through float32 for 16-bit layers).
   void decode_layer(std::size_t layer, TensorView received);
+  // The same for a layer of a sparse allreduce group (`group`: its number in the step)
+  // whose selection has arrived.
+  void decode_selected_layer(std::size_t layer, std::size_t group);
+  // Sparse allreduce groups: the request of a slot, and what a completed one does.
+  CollectiveRequest sparse_request(std::size_t id);
+  void complete_sparse(std::size_t id);
+  // The float32 output decode writes for `layer` (its own, or the widening buffer), and the
+  // narrowing of the latter into the layer's 16-bit output.
+  TensorView decode_target(std::size_t layer);
+  void finish_decode(std::size_t layer);
   // Adds a group's non-finite findings from its status words (host-readable memory).
-  void count_allreduce_status(std::size_t id, const std::byte* status);
-  void count_allgather_headers(std::size_t id, const std::byte* headers, std::size_t pitch);
+  void count_allreduce_status(std::size_t group, const std::byte* status);
+  void count_allgather_headers(std::size_t group, const std::byte* headers, std::size_t pitch);
 
   struct Impl;
   std::shared_ptr<Compressor> compressor_;

@@ -15,6 +15,9 @@
 namespace gradcomm {
 namespace {
 
+// The Exchanger's plan and sparse allreduce regions (Exchanger::save_exchange_state).
+constexpr const char* kExchangeSection = "gradcomm.exchange";
+
 // What each rank tells the others after its local part.
 struct Report {
   bool ok = true;
@@ -101,9 +104,12 @@ CheckpointShard load_impl(const std::string& prefix, Communicator& comm, Compres
   // Every shard is valid and from one save: now change state, all or nothing.
   const std::vector<std::byte> previous = compressor.save_state();
   const std::int64_t previous_step = exchanger ? exchanger->step() : 0;
+  const std::vector<std::byte> previous_exchange = exchanger ? exchanger->save_exchange_state() : std::vector<std::byte>{};
   error = run_locally([&] {
     compressor.load_state(shard.compressor_state());
     if (exchanger) exchanger->restore_step(shard.step);
+    // Checkpoints from before the exchange state existed have none: the plan stays as built.
+    if (exchanger && shard.has(kExchangeSection)) exchanger->load_exchange_state(shard.blob(kExchangeSection));
   });
   mine = {!error, error ? error->code() : ErrorCode::kInternal, shard.step, shard.save_id};
   reports = gather_reports(comm, mine);
@@ -111,6 +117,7 @@ CheckpointShard load_impl(const std::string& prefix, Communicator& comm, Compres
   if (!all_ok) {
     compressor.load_state(previous);
     if (exchanger && !error) exchanger->restore_step(previous_step);
+    if (exchanger) exchanger->load_exchange_state(previous_exchange);
     throw_if_any_failed(reports, comm.rank(), error ? &*error : nullptr, what);
   }
   return shard;
@@ -153,7 +160,10 @@ void save_checkpoint(const std::string& prefix, Communicator& comm, const Compre
 
 void save_checkpoint(const std::string& prefix, Communicator& comm, const Exchanger& exchanger,
                      std::span<const CheckpointBlob> blobs) {
-  save_impl(prefix, comm, exchanger.compressor(), exchanger.step(), blobs);
+  const std::vector<std::byte> state = exchanger.save_exchange_state();
+  std::vector<CheckpointBlob> all(blobs.begin(), blobs.end());
+  all.push_back({kExchangeSection, state});
+  save_impl(prefix, comm, exchanger.compressor(), exchanger.step(), all);
 }
 
 CheckpointShard load_checkpoint(const std::string& prefix, Communicator& comm, Compressor& compressor) {

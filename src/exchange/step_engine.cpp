@@ -2,20 +2,22 @@
 
 #include <algorithm>
 #include <cstring>
-#include <tuple>
-#include <utility>
 #include <sstream>
 #include <string>
+#include <tuple>
 
 #include "gradcomm/agreement.h"
 #include "gradcomm/communicator.h"
 #include "core/float16.h"
-#include "exchange/step_memory.h"
+#include "exchange/step_engine_impl.h"
 #if defined(GRADCOMM_HAVE_CUDA)
 #include "kernels/cuda/engine_kernels.cuh"
 #endif
 
 namespace gradcomm {
+
+using detail::align_up;
+using detail::kAlign;
 
 const char* nonfinite_policy_name(NonFinitePolicy policy) noexcept {
   switch (policy) {
@@ -36,9 +38,6 @@ NonFinitePolicy parse_nonfinite_policy(const std::string& name) {
 
 namespace {
 
-constexpr std::size_t kAlign = 8;
-constexpr std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-
 // Where the layers live: every layer on the CPU, or every layer on one CUDA device.
 std::pair<Device, int> placement_of(std::span<const LayerSpec> layers) {
   if (layers.empty()) return {Device::kCpu, 0};
@@ -54,93 +53,6 @@ std::pair<Device, int> placement_of(std::span<const LayerSpec> layers) {
 
 }  // namespace
 
-// Wire layout of one step (docs/wire-format.md, "Exchange framing"):
-// - layers are taken in backward order (the reverse of registration) and cut into groups:
-//   consecutive allreduce layers of one dtype up to bucket_bytes, and consecutive
-//   allgather layers up to bucket_bytes;
-// - an allreduce group is the layers' payloads (each padded to 8 bytes), then one status
-//   element per layer, of the group's dtype: each rank adds 1 where its layer met a
-//   non-finite value, so after the sum every rank sees how many ranks did, per layer;
-// - an allgather group sends, per rank, a header of uint32 words
-//   [layer count, non-finite count of each layer], padded to 8 bytes, then each layer's
-//   payload padded to 8 bytes; every rank receives all ranks' blocks in rank order.
-//
-// Layers on a CUDA device: the same bytes, written by kernels on the step's stream. The
-// compressors add their non-finite counts to a device word per layer, the framing kernels
-// read them, and the status words each group brings back are copied to pinned host memory
-// after its collective; finish_step() waits for the stream once and evaluates them there.
-struct StepEngine::Impl {
-  struct Group {
-    Collective collective;
-    DType dtype;
-    std::size_t first, last;   // positions [first, last) in backward order
-    std::size_t send_offset;   // into the send buffer
-    std::size_t block_bytes;   // per rank
-    std::size_t header_bytes;  // allgather: header size; allreduce: offset of the status elements
-    std::size_t recv_offset;   // into the recv buffer: allgather, and allreduce summed out of place
-    std::size_t status_offset; // into the host staging of status words (device layers)
-    std::size_t pending;       // layers not yet encoded
-    bool issued, completed;
-  };
-
-  Device device = Device::kCpu;
-  int device_index = 0;
-  detail::StepMover mover;  // the step's stream, for device layers
-  std::vector<std::size_t> order;            // position -> layer (backward order)
-  std::vector<std::size_t> position;         // layer -> position
-  std::vector<LayerWire> wire;               // this step, by layer
-  std::vector<std::size_t> group_of;         // by layer
-  std::vector<std::size_t> offset_in_block;  // by layer: payload offset within its block
-  std::vector<TensorView> outs;              // by layer, this step
-  std::vector<std::size_t> local_nonfinite;  // by layer, this rank (host layers)
-  std::vector<char> submitted;               // by layer
-  std::vector<Group> groups;
-  std::size_t next_to_issue = 0;
-  bool in_step = false;
-  std::int64_t step = 0;
-  std::uint64_t layout_fingerprint = 0;
-  detail::StepBuffer send, recv, scratch;
-  std::size_t send_capacity = 0, recv_capacity = 0, status_capacity = 0;
-  // float32 copies of a 16-bit layer's gradient (while it is encoded) and update (while it
-  // is decoded), for the largest 16-bit layer.
-  detail::StepBuffer wide_grad, wide_out;
-  // Device layers: the compressors' non-finite counts and corrupt-payload word, and the
-  // pinned copies of the status words and of that word.
-  // [non-finite count of layer 0, 1, ...][lowest rank with a corrupt payload, per layer]
-  detail::StepBuffer device_words;
-  detail::HostStaging status_host;
-  // Non-finite findings of the completed groups, for the policy at finish_step().
-  std::size_t bad_layers = 0;
-  std::string first_bad;
-  // Ranks known to have met one: the most any fused allreduce layer counted, and the
-  // ranks named by allgather headers (by rank).
-  std::size_t bad_ranks_counted = 0;
-  std::vector<char> bad_rank;
-  std::size_t bad_ranks() const {
-    return std::max<std::size_t>(bad_ranks_counted,
-                                 static_cast<std::size_t>(std::count(bad_rank.begin(), bad_rank.end(), 1)));
-  }
-  StepStats stats;
-
-  // Under kSkipStep a skipped step gives every payload back to its compressor
-  // (on_step_skipped), so allreduce groups are summed out of place into the recv buffer and
-  // this rank's payloads survive the sum. Set once, from the options.
-  bool sum_out_of_place = false;
-  // Where an allreduce group's sum lands.
-  std::byte* sum_of(const Group& g) const {
-    return sum_out_of_place ? recv.at(g.recv_offset) : send.at(g.send_offset);
-  }
-  std::size_t allreduce_count(const Group& g) const {
-    return g.header_bytes / dtype_size(g.dtype) + (g.last - g.first);
-  }
-  bool on_device() const { return device == Device::kCuda; }
-  std::size_t layer_count = 0;
-  std::uint32_t* nonfinite_counts() const { return reinterpret_cast<std::uint32_t*>(device_words.at(0)); }
-  std::uint32_t* corrupt_payloads() const {
-    return reinterpret_cast<std::uint32_t*>(device_words.at(4 * layer_count));
-  }
-};
-
 StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
                        int world_size, int rank, StepEngineOptions options)
     : compressor_(std::move(compressor)), layers_(std::move(layers)), world_size_(world_size),
@@ -149,6 +61,8 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   GRADCOMM_CHECK_ARG(world_size_ >= 1 && rank_ >= 0 && rank_ < world_size_, "StepEngine: rank ",
                      rank_, " of world size ", world_size_);
   GRADCOMM_CHECK_ARG(options_.bucket_bytes > 0, "StepEngine: bucket_bytes must be positive");
+  GRADCOMM_CHECK_ARG(options_.region_refresh_steps >= 0, "StepEngine: region_refresh_steps must be >= 0, got ",
+                     options_.region_refresh_steps);
   Impl& s = *impl_;
   std::tie(s.device, s.device_index) = placement_of(layers_);
   s.mover.device = s.device;
@@ -176,14 +90,15 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   s.submitted.resize(n);
   s.sum_out_of_place = options_.nonfinite == NonFinitePolicy::kSkipStep;
   s.groups.reserve(n);
+  s.slots.reserve(4 * n);
+  s.group_layers.reserve(n);
+  s.sparse.reset(n, world_size_, rank_, options_.region_refresh_steps);
   // Buffers from the compressor's bounds. Each layer may open a group of its own, which
   // costs at most a header word per layer and the alignment of its group.
   const auto p = static_cast<std::size_t>(world_size_);
-  std::size_t send_bound = 0, scratch_bound = 0;
+  std::size_t send_bound = 0;
   for (std::size_t layer = 0; layer < n; ++layer) {
-    const std::size_t max_bytes = compressor_->max_payload_bytes(layer);
-    send_bound += align_up(max_bytes) + 3 * kAlign;
-    scratch_bound = std::max(scratch_bound, max_bytes * p);
+    send_bound += align_up(compressor_->max_payload_bytes(layer)) + 3 * kAlign;
   }
   s.send_capacity = send_bound;
   s.recv_capacity = p * send_bound;
@@ -192,8 +107,11 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   s.status_capacity = n * (4 + 16 * p) + 64;
   const int d = s.device_index;
   s.send = detail::StepBuffer(s.device, d, s.send_capacity);
-  s.recv = detail::StepBuffer(s.device, d, s.recv_capacity);
-  s.scratch = detail::StepBuffer(s.device, d, scratch_bound);
+  // The receive side (allgathers: p payloads) grows in begin_step to what steps use: sized
+  // from the bounds it would be p times the largest step, at 16 ranks gigabytes for a
+  // ResNet-50 whose layers are summed or go through the sparse allreduce.
+  s.recv = detail::StepBuffer(s.device, d, 0);
+  s.scratch = detail::StepBuffer(s.device, d, 0);
   s.wide_grad = detail::StepBuffer(s.device, d, widest * sizeof(float));
   s.wide_out = detail::StepBuffer(s.device, d, widest * sizeof(float));
   s.layer_count = n;
@@ -209,13 +127,15 @@ std::string StepEngine::settings_fingerprint() const {
   return compressor_->settings_fingerprint() + " bucket_bytes=" +
          std::to_string(options_.bucket_bytes) + " nonfinite=" +
          nonfinite_policy_name(options_.nonfinite) +
-         " agree_every_step=" + (options_.agree_every_step ? "1" : "0");
+         " agree_every_step=" + (options_.agree_every_step ? "1" : "0") +
+         " region_refresh_steps=" + std::to_string(options_.region_refresh_steps) +
+         " exchange=" + exchange_choice_name(options_.exchange) + " hierarchy=" + hierarchy_name(options_.hierarchy);
 }
 
 bool StepEngine::in_step() const noexcept { return impl_->in_step; }
 std::uint64_t StepEngine::layout_fingerprint() const noexcept { return impl_->layout_fingerprint; }
 std::int64_t StepEngine::step() const noexcept { return impl_->step; }
-std::size_t StepEngine::collectives_this_step() const noexcept { return impl_->groups.size(); }
+std::size_t StepEngine::collectives_this_step() const noexcept { return impl_->slots.size(); }
 Device StepEngine::device() const noexcept { return impl_->device; }
 int StepEngine::device_index() const noexcept { return impl_->device_index; }
 void* StepEngine::stream() const noexcept { return impl_->mover.stream; }
@@ -251,9 +171,17 @@ void StepEngine::begin_step(std::int64_t step) {
                    compressor_->max_payload_bytes(layer));
     GRADCOMM_CHECK(w.collective == Collective::kAllgather
                        ? w.dtype == DType::kUInt8
-                       : (w.dtype == DType::kFloat32 || w.dtype == DType::kFloat16),
+                       : w.collective == Collective::kSparseAllreduce
+                       ? detail::sparse_wire_ok(w, layers_[layer].numel)
+                       : (w.collective == Collective::kAllreduce &&
+                          (w.dtype == DType::kFloat32 || w.dtype == DType::kFloat16)),
                    ErrorCode::kInternal, compressor_->name(), ": layer ", layer,
-                   " has an unsupported wire dtype ", dtype_name(w.dtype));
+                   " has an unsupported wire: ", collective_name(w.collective), " of ", w.count, " ",
+                   dtype_name(w.dtype), " (", w.slots, " slots of ", dtype_name(w.value_dtype), ")");
+    GRADCOMM_CHECK(w.collective != Collective::kSparseAllreduce || !s.on_device(), ErrorCode::kUnsupported,
+                   "StepEngine on rank ", rank_, ": layer ", layer, " ('", layers_[layer].name,
+                   "') would go through the sparse allreduce, which runs on host layers only; "
+                   "exchange CUDA layers with ExchangeChoice::kCompressor, kDense or kAllgather");
     s.wire[layer] = w;
     s.submitted[layer] = 0;
     s.local_nonfinite[layer] = 0;
@@ -285,7 +213,10 @@ void StepEngine::begin_step(std::int64_t step) {
     g.send_offset = send_offset;
     g.recv_offset = recv_offset;
     g.status_offset = status_offset;
-    if (g.collective == Collective::kAllgather) {
+    if (g.collective == Collective::kSparseAllreduce) {
+      g.header_bytes = 0;  // the slot lists alone: counts and status travel in its phases
+      send_offset += g.block_bytes;
+    } else if (g.collective == Collective::kAllgather) {
       g.header_bytes = align_up(4 * (1 + (g.last - g.first)));
       for (std::size_t pos = g.first; pos < g.last; ++pos) {
         s.offset_in_block[s.order[pos]] += g.header_bytes;
@@ -307,6 +238,16 @@ void StepEngine::begin_step(std::int64_t step) {
                  ErrorCode::kInternal, "StepEngine: step ", step, " needs ", send_offset, " + ",
                  recv_offset, " bytes, over the ", s.send_capacity, " + ", s.recv_capacity,
                  " reserved from the compressor's bounds");
+  // Grow-only: a step no larger than an earlier one allocates nothing.
+  std::size_t scratch_needed = 0;
+  for (const Impl::Group& g : s.groups) {
+    if (g.collective != Collective::kAllgather) continue;
+    for (std::size_t pos = g.first; pos < g.last; ++pos) {
+      scratch_needed = std::max(scratch_needed, p * s.wire[s.order[pos]].bytes());
+    }
+  }
+  s.recv.grow(recv_offset);
+  s.scratch.grow(scratch_needed);
   std::uint64_t hash = fingerprint_bytes(&step, sizeof step);
   for (const LayerWire& w : s.wire) {
     const std::uint64_t words[3] = {static_cast<std::uint64_t>(w.collective), static_cast<std::uint64_t>(w.dtype),
@@ -314,6 +255,21 @@ void StepEngine::begin_step(std::int64_t step) {
     hash = fingerprint_bytes(words, sizeof words, hash);
   }
   s.layout_fingerprint = hash;
+  // The schedule: each group's collectives in group order; a sparse group's phases in a row.
+  s.slots.clear();
+  s.sparse.begin_step(step);
+  for (std::size_t gi = 0; gi < s.groups.size(); ++gi) {
+    Impl::Group& g = s.groups[gi];
+    g.first_slot = s.slots.size();
+    std::size_t phases = 1;
+    if (g.collective == Collective::kSparseAllreduce) {
+      s.group_layers.clear();
+      for (std::size_t pos = g.first; pos < g.last; ++pos) s.group_layers.push_back(s.order[pos]);
+      g.sparse = s.sparse.add_group(s.group_layers, layers_, s.wire);
+      phases = s.sparse.phases(g.sparse);
+    }
+    for (std::size_t phase = 0; phase < phases; ++phase) s.slots.push_back({gi, phase, false, false});
+  }
   s.next_to_issue = 0;
   s.bad_layers = 0;
   s.first_bad.clear();
@@ -323,7 +279,9 @@ void StepEngine::begin_step(std::int64_t step) {
   s.in_step = true;
 }
 
-void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
+void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) { submit(layer, grad, out, 0); }
+
+void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out, std::size_t nonfinite_elsewhere) {
   Impl& s = *impl_;
   const detail::DeviceScope device_scope(s.device, s.device_index);
   GRADCOMM_CHECK(s.in_step, ErrorCode::kInvalidArgument, "StepEngine::submit(layer ", layer,
@@ -354,11 +312,11 @@ void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
   TensorView payload(s.send.at(g.send_offset + s.offset_in_block[layer]), w.count, w.dtype, s.device,
                      s.device_index);
   if (spec.dtype != DType::kFloat32) {
-    auto* wide = reinterpret_cast<float*>(s.wide_grad.at(0));
+    float* wide = s.wide(s.wide_grad);
     s.mover.widen(grad.data(), spec.dtype, wide, spec.numel);
     grad = TensorView(wide, spec.numel, DType::kFloat32, s.device, s.device_index);
   }
-  s.local_nonfinite[layer] = compressor_->encode(layer, grad, payload).nonfinite;
+  s.local_nonfinite[layer] = compressor_->encode(layer, grad, payload).nonfinite + nonfinite_elsewhere;
   s.stats.payload_bytes += w.bytes();
   g.pending -= 1;
 }
@@ -366,12 +324,17 @@ void StepEngine::submit(std::size_t layer, TensorView grad, TensorView out) {
 std::optional<CollectiveRequest> StepEngine::next_ready() {
   Impl& s = *impl_;
   const detail::DeviceScope device_scope(s.device, s.device_index);
-  if (!s.in_step || s.next_to_issue == s.groups.size()) return std::nullopt;
+  if (!s.in_step || s.next_to_issue == s.slots.size()) return std::nullopt;
   const std::size_t id = s.next_to_issue;
-  Impl::Group& g = s.groups[id];
-  if (g.pending != 0) return std::nullopt;
+  Impl::Slot& slot = s.slots[id];
+  Impl::Group& g = s.groups[slot.group];
+  // A group starts once all its layers are encoded; a later phase once the one before it
+  // (the slot just before) completed.
+  if (slot.phase == 0 ? g.pending != 0 : !s.slots[id - 1].completed) return std::nullopt;
   s.next_to_issue += 1;
+  slot.issued = true;
   g.issued = true;
+  if (g.collective == Collective::kSparseAllreduce) return sparse_request(id);
   const auto p = static_cast<std::size_t>(world_size_);
   const std::size_t nlayers = g.last - g.first;
   std::byte* block = s.send.at(g.send_offset);
@@ -427,17 +390,23 @@ std::optional<CollectiveRequest> StepEngine::next_ready() {
   return request;
 }
 
-void StepEngine::decode_layer(std::size_t layer, TensorView received) {
+TensorView StepEngine::decode_target(std::size_t layer) {
   Impl& s = *impl_;
   const LayerSpec& spec = layers_[layer];
-  const TensorView out = s.outs[layer];
-  if (spec.dtype == DType::kFloat32) {
-    compressor_->decode(layer, received, out);
-    return;
-  }
-  auto* wide = reinterpret_cast<float*>(s.wide_out.at(0));
-  compressor_->decode(layer, received, TensorView(wide, spec.numel, DType::kFloat32, s.device, s.device_index));
-  s.mover.narrow(wide, spec.dtype, out.data(), spec.numel);
+  if (spec.dtype == DType::kFloat32) return s.outs[layer];
+  return TensorView(s.wide(s.wide_out), spec.numel, DType::kFloat32, s.device, s.device_index);
+}
+
+void StepEngine::finish_decode(std::size_t layer) {
+  Impl& s = *impl_;
+  const LayerSpec& spec = layers_[layer];
+  if (spec.dtype == DType::kFloat32) return;
+  s.mover.narrow(s.wide(s.wide_out), spec.dtype, s.outs[layer].data(), spec.numel);
+}
+
+void StepEngine::decode_layer(std::size_t layer, TensorView received) {
+  compressor_->decode(layer, received, decode_target(layer));
+  finish_decode(layer);
 }
 
 void StepEngine::count_allreduce_status(std::size_t id, const std::byte* status) {
@@ -488,12 +457,17 @@ void StepEngine::count_allgather_headers(std::size_t id, const std::byte* header
 void StepEngine::complete(std::size_t id) {
   Impl& s = *impl_;
   const detail::DeviceScope device_scope(s.device, s.device_index);
-  GRADCOMM_CHECK(s.in_step && id < s.groups.size() && s.groups[id].issued &&
-                     !s.groups[id].completed,
+  GRADCOMM_CHECK(s.in_step && id < s.slots.size() && s.slots[id].issued && !s.slots[id].completed,
                  ErrorCode::kInvalidArgument, "StepEngine::complete(", id, ") on rank ", rank_,
                  ": not a collective of step ", s.step, " that was issued and not completed (",
-                 s.next_to_issue, " of ", s.groups.size(), " issued)");
-  Impl::Group& g = s.groups[id];
+                 s.next_to_issue, " of ", s.slots.size(), " issued)");
+  s.slots[id].completed = true;
+  const std::size_t group = s.slots[id].group;
+  Impl::Group& g = s.groups[group];
+  if (g.collective == Collective::kSparseAllreduce) {
+    complete_sparse(id);
+    return;
+  }
   g.completed = true;
   const auto p = static_cast<std::size_t>(world_size_);
   const std::size_t nlayers = g.last - g.first;
@@ -502,7 +476,7 @@ void StepEngine::complete(std::size_t id) {
     if (s.on_device()) {  // evaluated after the step's one synchronisation
       s.mover.copy(s.status_host.at(g.status_offset), block + g.header_bytes, nlayers * dtype_size(g.dtype));
     } else {
-      count_allreduce_status(id, block + g.header_bytes);
+      count_allreduce_status(group, block + g.header_bytes);
     }
     for (std::size_t pos = g.first; pos < g.last; ++pos) {
       const std::size_t layer = s.order[pos];
@@ -519,7 +493,7 @@ void StepEngine::complete(std::size_t id) {
     s.mover.copy_rows(s.status_host.at(g.status_offset), g.header_bytes, recv, g.block_bytes,
                       g.header_bytes, p);
   } else {
-    count_allgather_headers(id, recv, g.block_bytes);
+    count_allgather_headers(group, recv, g.block_bytes);
   }
   for (std::size_t pos = g.first; pos < g.last; ++pos) {
     const std::size_t layer = s.order[pos];
@@ -546,10 +520,10 @@ const StepStats& StepEngine::finish_step() {
   GRADCOMM_CHECK(s.in_step, ErrorCode::kInvalidArgument, "StepEngine::finish_step on rank ",
                  rank_, " outside a step: call begin_step() first");
   check_all_submitted();
-  for (std::size_t id = 0; id < s.groups.size(); ++id) {
-    GRADCOMM_CHECK(s.groups[id].completed, ErrorCode::kInvalidArgument,
+  for (std::size_t id = 0; id < s.slots.size(); ++id) {
+    GRADCOMM_CHECK(s.slots[id].completed, ErrorCode::kInvalidArgument,
                    "StepEngine::finish_step on rank ", rank_, ": collective ", id, " of ",
-                   s.groups.size(), " in step ", s.step, " has not completed");
+                   s.slots.size(), " in step ", s.step, " has not completed");
   }
   s.in_step = false;
   if (s.on_device()) {
@@ -590,6 +564,12 @@ const StepStats& StepEngine::finish_step() {
         for (std::size_t pos = g.first; pos < g.last; ++pos) {
           const std::size_t layer = s.order[pos];
           const LayerWire& w = s.wire[layer];
+          if (g.collective == Collective::kSparseAllreduce) {
+            // Decode gave back what the selection dropped; the rest goes back now.
+            detail::SparseAllreduceGroup::keep_selected(s.send.at(g.send_offset + s.offset_in_block[layer]),
+                                                        w.slots, w.value_dtype,
+                                                        s.sparse.group(g.sparse).selected_indices(pos - g.first));
+          }
           compressor_->on_step_skipped(
               layer, TensorView(s.send.at(g.send_offset + s.offset_in_block[layer]), w.count,
                                 w.dtype, s.device, s.device_index));
@@ -607,6 +587,7 @@ const StepStats& StepEngine::finish_step() {
 void StepEngine::abandon_step() noexcept {
   impl_->in_step = false;
   impl_->groups.clear();
+  impl_->slots.clear();
 }
 
 }  // namespace gradcomm

@@ -19,8 +19,8 @@ namespace {
 
 }  // namespace
 
-StepBuffer::StepBuffer(Device device, int device_index, std::size_t bytes) : size_(bytes), device_(device) {
-  (void)device_index;  // the CPU build has no devices
+StepBuffer::StepBuffer(Device device, int device_index, std::size_t bytes)
+    : size_(bytes), device_(device), device_index_(device_index) {
   if (device == Device::kCpu) {
     host_.resize(bytes);
     data_ = host_.data();
@@ -34,6 +34,11 @@ StepBuffer::StepBuffer(Device device, int device_index, std::size_t bytes) : siz
 }
 
 StepBuffer::~StepBuffer() { release(); }
+
+void StepBuffer::grow(std::size_t bytes) {
+  if (bytes <= size_) return;
+  *this = StepBuffer(device_, device_index_, bytes);
+}
 
 void StepBuffer::release() noexcept {
 #if defined(GRADCOMM_HAVE_CUDA)
@@ -50,6 +55,7 @@ StepBuffer& StepBuffer::operator=(StepBuffer&& other) noexcept {
   if (this != &other) {
     release();
     device_ = other.device_;
+    device_index_ = other.device_index_;
     size_ = std::exchange(other.size_, 0);
     host_ = std::move(other.host_);
     data_ = device_ == Device::kCpu ? host_.data() : other.data_;

@@ -26,12 +26,16 @@ class StepBuffer {
 
   std::byte* at(std::size_t offset) const { return data_ + offset; }
   std::size_t size() const noexcept { return size_; }
+  // At least `bytes` (zeroed when it grows; the old contents are dropped): buffers sized to
+  // what steps use, so a step no larger than an earlier one allocates nothing.
+  void grow(std::size_t bytes);
 
  private:
   void release() noexcept;
   std::byte* data_ = nullptr;
   std::size_t size_ = 0;
   Device device_ = Device::kCpu;
+  int device_index_ = 0;
   std::vector<std::byte> host_;  // the CPU buffer's storage
 };
 

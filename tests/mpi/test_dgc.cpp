@@ -15,6 +15,7 @@
 #include "gradcomm/dgc.h"
 #include "gradcomm/exchanger.h"
 #include "gradcomm/mpi_communicator.h"
+#include "mpi/gradient_model.h"
 #include "mpi/mpi_test_util.h"
 #include "unit/dgc_reference.h"
 
@@ -24,6 +25,8 @@ namespace {
 using gradcomm::testing::reference_topk;
 
 using gradcomm::testing::all_ranks;
+using gradcomm::testing::Buffers;
+using gradcomm::testing::grad_value;
 using gradcomm::testing::same_on_all_ranks;
 using gradcomm::testing::world_rank;
 using gradcomm::testing::world_size;
@@ -32,37 +35,6 @@ using gradcomm::testing::world_size;
 std::vector<LayerSpec> model() {
   return {{"conv", 4099, 4, false}, {"bias", 37, 1, false}, {"fc", 2000, 2, false}};
 }
-
-float grad_value(int rank, int step, std::size_t layer, std::size_t i) {
-  std::uint64_t x = (static_cast<std::uint64_t>(rank) << 48) ^
-                    (static_cast<std::uint64_t>(step) << 32) ^
-                    (static_cast<std::uint64_t>(layer) << 24) ^ i;
-  x = (x ^ (x >> 33)) * 0xff51afd7ed558ccdull;
-  x = (x ^ (x >> 33)) * 0xc4ceb9fe1a85ec53ull;
-  x ^= x >> 33;
-  // Uniform in [-1, 1), with a heavier tail on a few elements, as real gradients have.
-  const float u = static_cast<float>(x >> 40) / static_cast<float>(1ull << 23) - 1.0f;
-  return (x & 63) == 0 ? 8.0f * u : u;
-}
-
-struct Buffers {
-  std::vector<std::vector<float>> grads, outs;
-  std::vector<TensorView> grad_views, out_views;
-  explicit Buffers(const std::vector<LayerSpec>& layers) {
-    for (const LayerSpec& l : layers) {
-      grads.emplace_back(l.numel);
-      outs.emplace_back(l.numel);
-    }
-    for (std::size_t i = 0; i < layers.size(); ++i) {
-      grad_views.push_back(TensorView::of(std::span<float>(grads[i])));
-      out_views.push_back(TensorView::of(std::span<float>(outs[i])));
-    }
-  }
-  void fill(int rank, int step) {
-    for (std::size_t l = 0; l < grads.size(); ++l)
-      for (std::size_t i = 0; i < grads[l].size(); ++i) grads[l][i] = grad_value(rank, step, l, i);
-  }
-};
 
 DgcOptions no_warmup(double density, DgcSelection selection) {
   DgcOptions o;

@@ -225,6 +225,14 @@ INSTANTIATE_TEST_SUITE_P(
                              o.value_dtype = DType::kFloat16;
                              return std::make_unique<DgcCompressor>(o);
                            }},
+                      Case{"dgc_reduce_scatter",
+                           [] {
+                             DgcOptions o;
+                             o.density = 0.02;
+                             o.warmup_densities = {};
+                             o.exchange = SparseExchange::kReduceScatter;
+                             return std::make_unique<DgcCompressor>(o);
+                           }},
                       Case{"quantize", [] { return std::make_unique<QuantizeCompressor>(); }},
                       Case{"quantize_stochastic_2bit",
                            [] {

@@ -21,16 +21,13 @@ namespace gradcomm::python {
 void bind_compressors(py::module_& m) {
   py::class_<LayerWire>(m, "LayerWire", "What one layer puts on the wire this step.")
       .def_property_readonly("collective",
-                             [](const LayerWire& w) {
-                               return w.collective == Collective::kAllreduce ? "allreduce"
-                                                                             : "allgather";
-                             })
+                             [](const LayerWire& w) { return collective_name(w.collective); })
       .def_property_readonly("dtype", [](const LayerWire& w) { return dtype_name(w.dtype); })
       .def_readonly("count", &LayerWire::count, "elements per rank")
       .def_property_readonly("nbytes", &LayerWire::bytes, "bytes per rank")
       .def("__repr__", [](const LayerWire& w) {
         return std::string("LayerWire(") +
-               (w.collective == Collective::kAllreduce ? "allreduce" : "allgather") + ", " +
+               collective_name(w.collective) + ", " +
                dtype_name(w.dtype) + "[" + std::to_string(w.count) + "])";
       });
 

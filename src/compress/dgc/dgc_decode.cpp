@@ -22,6 +22,9 @@ void DgcCompressor::decode(std::size_t layer, TensorView received, TensorView ou
                  "DgcCompressor::decode rank ", rank_, " layer ", layer, ": received ", received.describe(),
                  " is not on the layer's device (", device_name(l.device), ")");
   auto* dst = static_cast<float*>(out.data());
+  GRADCOMM_CHECK(wire(layer).collective != Collective::kSparseAllreduce, ErrorCode::kInvalidArgument,
+                 "DgcCompressor::decode rank ", rank_, " layer ", layer,
+                 ": the layer goes through the sparse allreduce this step; its result comes to decode_selection");
   if (is_sparse(layer)) {
     decode_sparse(layer, l, received, dst);
   } else {

@@ -40,7 +40,10 @@ EncodeResult DgcCompressor::encode(std::size_t layer, TensorView grad, TensorVie
                  rank_, " layer ", layer, ": gradient ", grad.describe(), ", expected float32");
   const auto* g = static_cast<const float*>(grad.data());
   if (w.collective == Collective::kAllreduce) return encode_dense(layer, l, g, payload);
-  return encode_sparse(layer, l, g, k_for(l, density_of(l)), payload);
+  // The sparse allreduce masks momentum in decode_selection, where it knows which of the
+  // sent entries the selection kept.
+  return encode_sparse(layer, l, g, k_for(l, density_of(l)), payload,
+                       options_.momentum_masking && w.collective != Collective::kSparseAllreduce);
 }
 
 EncodeResult DgcCompressor::encode_dense(std::size_t index, Layer& l, const float* g, TensorView payload) {
@@ -82,7 +85,7 @@ EncodeResult DgcCompressor::encode_dense(std::size_t index, Layer& l, const floa
 }
 
 EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const float* g,
-                                          std::size_t kk, TensorView payload) {
+                                          std::size_t kk, TensorView payload, bool mask_now) {
   const std::size_t n = l.numel;
   l.sparse_momentum = true;
   l.taken = Layer::Taken::kSelected;
@@ -95,7 +98,7 @@ EncodeResult DgcCompressor::encode_sparse(std::size_t index, Layer& l, const flo
   args.k = kk;
   args.momentum = options_.momentum;
   args.nesterov = options_.nesterov;
-  args.masking = options_.momentum_masking;
+  args.masking = mask_now;
   args.exact = options_.selection == DgcSelection::kExact || static_cast<double>(n) * d < 2.0;
   args.density = d;
   args.sample_stride = sample_stride_;

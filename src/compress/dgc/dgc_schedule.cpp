@@ -55,8 +55,13 @@ std::size_t DgcCompressor::k_for(const Layer& layer, double d) const {
 }
 
 bool DgcCompressor::sparse_for(const Layer& layer, std::size_t k) const {
-  if (layer.dense_always) return false;
+  if (layer.dense_always || layer.exchange == SparseExchange::kDense) return false;
   if (!options_.dense_fallback) return true;
+  if (layer.exchange == SparseExchange::kReduceScatter) {
+    // Bytes each rank sends: about k entries to their owners and k kept sums (8 bytes)
+    // to the others, against a ring allreduce's 2n elements, whatever p.
+    return (4 + dtype_size(options_.value_dtype) + 8) * k <= 2 * dtype_size(options_.dense_dtype) * layer.numel;
+  }
   // Bytes each rank receives: an allgather of k (index, value) slots from p ranks, against
   // a ring allreduce's 2n elements. With fp32 on both sides this is k/n <= 1/p.
   const std::size_t slot = 4 + dtype_size(options_.value_dtype);
@@ -81,16 +86,20 @@ bool DgcCompressor::is_sparse(std::size_t layer) const {
 LayerWire DgcCompressor::wire(std::size_t layer) const {
   const Layer& l = layers_.at(layer);
   const std::size_t kk = k_for(l, density_of(l));
-  if (sparse_for(l, kk)) return {Collective::kAllgather, DType::kUInt8, sparse_payload_bytes(kk)};
-  return {Collective::kAllreduce, options_.dense_dtype, l.numel};
+  if (!sparse_for(l, kk)) return {Collective::kAllreduce, options_.dense_dtype, l.numel};
+  if (l.exchange == SparseExchange::kReduceScatter) {
+    return {Collective::kSparseAllreduce, DType::kUInt8, sparse_payload_bytes(kk), kk, options_.value_dtype};
+  }
+  return {Collective::kAllgather, DType::kUInt8, sparse_payload_bytes(kk)};
 }
 
 std::size_t DgcCompressor::max_payload_bytes(std::size_t layer) const {
   const Layer& l = layers_.at(layer);
   std::size_t most = l.numel * dtype_size(options_.dense_dtype);
+  // Whatever exchange the layer is given later (set_layer_exchange comes after the
+  // Exchanger sized its workspace), so every layer that can go sparse counts its slots.
   auto consider = [&](double d) {
-    const std::size_t kk = k_for(l, d);
-    if (sparse_for(l, kk)) most = std::max(most, sparse_payload_bytes(kk));
+    if (!l.dense_always) most = std::max(most, sparse_payload_bytes(k_for(l, d)));
   };
   consider(options_.density);
   consider(options_.max_layer_density > 0.0 ? options_.max_layer_density : options_.density);

@@ -62,6 +62,9 @@ DgcCompressor::DgcCompressor(DgcOptions options) : options_(std::move(options)) 
   GRADCOMM_CHECK_ARG(o.max_layer_density == 0.0 || (density_ok(o.max_layer_density) && o.max_layer_density >= o.density),
                      "DgcCompressor: max_layer_density must be 0 (off) or in [density, 1], got ",
                      o.max_layer_density);
+  GRADCOMM_CHECK_ARG(o.exchange == SparseExchange::kAllgather || o.exchange == SparseExchange::kReduceScatter ||
+                         o.exchange == SparseExchange::kDense,
+                     "DgcCompressor: unknown exchange ", static_cast<int>(o.exchange));
   GRADCOMM_CHECK_ARG(wire_dtype_ok(o.dense_dtype),
                      "DgcCompressor: dense_dtype must be float32 or float16, got ",
                      dtype_name(o.dense_dtype));
@@ -93,9 +96,13 @@ void DgcCompressor::setup(std::span<const LayerSpec> layers, int world_size, int
     layer.numel = spec.numel;
     layer.dense_always = is_dense_by_default(spec) || spec.numel == 0;
     layer.target = options_.density;
+    layer.exchange = options_.exchange;
     layer.device = spec.device;
     layer.device_index = spec.device_index;
     if (spec.device == Device::kCuda) {
+      GRADCOMM_CHECK(options_.exchange != SparseExchange::kReduceScatter, ErrorCode::kUnsupported,
+                     "DgcCompressor::setup rank ", rank, " layer ", i, " ('", spec.name,
+                     "'): the sparse allreduce (exchange reduce_scatter) runs on host layers only");
       const std::size_t slots = layer.dense_always ? 0 : max_payload_bytes(i) / (4 + dtype_size(options_.value_dtype));
       on_device.push_back({i, spec.numel, spec.device_index, !layer.dense_always, slots});
       continue;
@@ -132,7 +139,7 @@ std::string DgcCompressor::settings_fingerprint() const {
     << " selection=" << dgc_selection_name(o.selection) << " sample=" << o.sample_fraction
     << " seed=" << o.seed << " values=" << dtype_name(o.value_dtype)
     << " dense=" << dtype_name(o.dense_dtype) << " fallback=" << o.dense_fallback
-    << " max_layer_density=" << o.max_layer_density;
+    << " max_layer_density=" << o.max_layer_density << " exchange=" << sparse_exchange_name(o.exchange);
   return s.str();
 }
 
