@@ -9,13 +9,14 @@
 #include "gradcomm/communicator.h"
 #include "gradcomm/error.h"
 #include "kernels/cpu/dgc_kernels.h"
+#include "kernels/shared/dgc_math.h"
 
 namespace gradcomm::detail {
 
 namespace {
 
 constexpr std::size_t kCountBytes = 4;  // the slot list's leading uint32 count
-constexpr std::uint32_t kSentinel = kernels::kDgcSentinel;
+constexpr std::uint32_t kSentinel = kernels::dgc::kSentinel;
 
 std::uint32_t load_u32(const std::byte* p) {
   std::uint32_t x;

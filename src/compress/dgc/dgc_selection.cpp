@@ -4,14 +4,10 @@
 
 #include <cstring>
 
-#include "compress/dgc/dgc_payload.h"
 #include "gradcomm/dgc.h"
+#include "kernels/shared/dgc_math.h"
 
 namespace gradcomm {
-
-using detail::kHeaderBytes;
-using detail::load_u32;
-using detail::load_value;
 
 SparseExchange DgcCompressor::layer_exchange(std::size_t layer) const { return layers_.at(layer).exchange; }
 
@@ -50,25 +46,23 @@ void DgcCompressor::decode_selection(std::size_t layer, TensorView own_payload, 
                    "DgcCompressor::decode_selection rank ", rank_, " layer ", layer, ": selected index ", kept[j],
                    " at ", j, " (layer has ", l.numel, " elements; indices must increase)");
   }
-  const auto* base = static_cast<const std::byte*>(own_payload.data());
-  const std::uint32_t count = load_u32(base);
+  const auto* base = static_cast<const std::uint8_t*>(own_payload.data());
+  const std::uint32_t count = kernels::dgc::payload_count(base);
   GRADCOMM_CHECK(count <= kk, ErrorCode::kInvalidArgument, "DgcCompressor::decode_selection rank ", rank_,
                  " layer ", layer, ": own payload claims ", count, " entries in ", kk, " slots");
   std::memset(dst, 0, l.numel * sizeof(float));
   const float inv = 1.0f / static_cast<float>(world_size_);
   for (std::size_t j = 0; j < kept.size(); ++j) dst[kept[j]] = kept_sums[j] * inv;
 
-  const std::byte* idx = base + kHeaderBytes;
-  const std::byte* val = idx + 4 * kk;
   const bool half = options_.value_dtype == DType::kFloat16;
   std::size_t s = 0;
   for (std::size_t j = 0; j < count; ++j) {
-    const std::uint32_t i = load_u32(idx + 4 * j);
+    const std::uint32_t i = kernels::dgc::payload_index(base, j);
     while (s < kept.size() && kept[s] < i) ++s;
     if (s < kept.size() && kept[s] == i) {
       if (options_.momentum_masking) l.u[i] = 0.0f;
     } else {
-      l.v[i] += load_value(val, j, half);
+      l.v[i] += kernels::dgc::payload_value(base, kk, j, half);
     }
   }
 }
