@@ -36,6 +36,10 @@ std::string bench_usage() {
          "  -a, --average 0|1|2|3   time reported: rank 0, average, min or max over ranks (default 3, max)\n"
          "  --compressor NAME       what to exchange with (default none):\n" +
          compressors +
+         "  --device cpu|cuda       where the row's gradients and outputs live (default cpu); cuda: each rank\n"
+         "                          takes its local GPU (OMPI_COMM_WORLD_LOCAL_RANK or LOCAL_RANK) and exchanges\n"
+         "                          over NCCL when built with it, else MPI staging through pinned host memory\n"
+         "                          (compressors none, fp16, dgc, dgc-fp16, quant)\n"
          "  --model NAME            exchange one step of a real model's layers (" + known_models() + ")\n"
          "  --models-dir DIR        where the <model>.txt layer tables are (default: the source tree's bench/models)\n"
          "  --model-slice A:B       only the model's tensors A to B-1 (B 0: to the end): a model too large for the\n"
@@ -93,6 +97,7 @@ BenchOptions parse_bench_options(int argc, char** argv, const std::string& defau
     else if (flag == "-c" || flag == "--check") o.check = parse_integer(flag, value, 0, 1) == 1;
     else if (flag == "-a" || flag == "--average") o.time_across_ranks = static_cast<TimeAcrossRanks>(parse_integer(flag, value, 0, 3));
     else if (flag == "--compressor") o.compressor = value;
+    else if (flag == "--device") o.device = value;
     else if (flag == "--model") o.model = value;
     else if (flag == "--model-slice") {
       const std::size_t colon = value.find(':');
@@ -130,6 +135,18 @@ BenchOptions parse_bench_options(int argc, char** argv, const std::string& defau
   GRADCOMM_CHECK_ARG(o.runner.bucket_bytes > 0, "--bucket-bytes must be positive");
   GRADCOMM_CHECK_ARG(o.model.empty() || !o.models_dir.empty(), "--model needs --models-dir");
   find_runner(o.compressor);  // rejects unknown and not-yet-built compressors before any work
+  GRADCOMM_CHECK_ARG(o.device == "cpu" || o.device == "cuda", "--device '", o.device, "': expected cpu or cuda");
+  if (o.device == "cuda") {
+    // The runners whose whole exchange is the Exchanger's; the others call MPI or a
+    // host-side planner of their own.
+    const bool on_device = o.compressor == "none" || o.compressor == "fp16" || o.compressor == "dgc" ||
+                           o.compressor == "dgc-fp16" || o.compressor == "quant";
+    GRADCOMM_CHECK_ARG(on_device, "--device cuda with --compressor ", o.compressor,
+                       ": runs on the host only (on the GPU: none, fp16, dgc, dgc-fp16, quant)");
+    GRADCOMM_CHECK_ARG(o.runner.exchange == ExchangeChoice::kCompressor && o.runner.hierarchy == Hierarchy::kFlat,
+                       "--device cuda takes the compressor's own exchange, flat (--exchange compressor "
+                       "--hierarchy flat): the sparse allreduce and the planned exchanges run on the host only");
+  }
   // The runner's own MPI_Allreduce takes an int count.
   GRADCOMM_CHECK_ARG(o.compressor != "mpi" || o.max_bytes / 4 <= static_cast<std::size_t>(INT32_MAX),
                      "-e ", o.max_bytes, " with --compressor mpi: over MPI's int count of floats (at most ",
@@ -149,7 +166,7 @@ std::string bench_settings(const BenchOptions& o, const std::string& model_finge
   launch::SettingsText s;
   s.add("-b", o.min_bytes).add("-e", o.max_bytes).add("-i", o.step_bytes).add("-f", o.step_factor);
   s.add("-n", o.iters).add("-w", o.warmup).add("-c", o.check).add("-a", static_cast<int>(o.time_across_ranks));
-  s.add("--compressor", o.compressor).add("--model", o.model).add("model-table", model_fingerprint);
+  s.add("--compressor", o.compressor).add("--device", o.device).add("--model", o.model).add("model-table", model_fingerprint);
   s.add("--seed", o.seed).add("--density", o.runner.density).add("--bits", o.runner.bits);
   s.add("--lgreco-period", o.runner.lgreco_period).add("--bucket-bytes", o.runner.bucket_bytes);
   s.add("--exchange", exchange_choice_name(o.runner.exchange)).add("--hierarchy", hierarchy_name(o.runner.hierarchy));

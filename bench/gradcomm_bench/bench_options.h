@@ -28,6 +28,7 @@ struct BenchOptions {
   TimeAcrossRanks time_across_ranks = TimeAcrossRanks::kMax;  // -a
 
   std::string compressor = "none";  // --compressor
+  std::string device = "cpu";       // --device: cpu | cuda (the row's buffers on the local GPU)
   std::string model;                // --model: exchange a real model's layers instead of a sweep
   // --model-slice A:B: only tensors [A, B) of the model (a model too large for this
   // machine's memory runs in parts; their bytes add up). B = 0: to the end.

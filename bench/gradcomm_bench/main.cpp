@@ -25,6 +25,7 @@
 #include "gradcomm_bench/bench_options.h"
 #include "gradcomm_bench/models.h"
 #include "gradcomm_bench/runner.h"
+#include "launch/device.h"
 #include "launch/node.h"
 #include "launch/start.h"
 
@@ -71,8 +72,11 @@ std::string json_string(const std::string& s) {
 
 class Bench {
  public:
-  Bench(MpiCommunicator& comm, BenchOptions options, std::optional<ModelTable> model)
-      : comm_(comm), o_(std::move(options)), model_(std::move(model)) {}
+  // `exchange_comm`: what the runners exchange over (NCCL for --device cuda; else `comm`).
+  Bench(MpiCommunicator& comm, Communicator& exchange_comm, launch::RankDevice device, BenchOptions options,
+        std::optional<ModelTable> model)
+      : comm_(comm), xcomm_(exchange_comm), device_(std::move(device)), o_(std::move(options)),
+        model_(std::move(model)) {}
 
   // Runs every row and prints them on rank 0; returns the number of wrong elements.
   long long run() {
@@ -136,7 +140,8 @@ class Bench {
       }
       print0("\n");
     }
-    print0("# %d ranks, %s; link: %s\n", comm_.size(), comm_.describe().c_str(), o_.link.c_str());
+    print0("# %d ranks, %s; link: %s\n", comm_.size(), xcomm_.describe().c_str(), o_.link.c_str());
+    if (device_.device != Device::kCpu) print0("# gradients on %s (rank 0)\n", device_.description.c_str());
     if (o_.model.empty()) {
       print0("# minBytes %zu maxBytes %zu step: %s\n", o_.min_bytes, o_.max_bytes,
              (o_.step_factor > 0 ? std::to_string(o_.step_factor) + "(factor)" : std::to_string(o_.step_bytes) + "(bytes)").c_str());
@@ -221,16 +226,28 @@ class Bench {
     fill_gradient(o_.seed, comm_.rank(), grad_);
   }
 
-  Row measure(const RunnerEntry& entry, const std::vector<LayerSpec>& layers, std::size_t count) {
+  Row measure(const RunnerEntry& entry, std::vector<LayerSpec> layers, std::size_t count) {
     prepare(count);
-    std::vector<TensorView> grads, outs;
+    // --device cuda: the row's gradient and output live on the GPU (the gradient copied
+    // there once); the -c check reads the output back.
+    const std::size_t sizes[2] = {count, count};
+    launch::DeviceMirror mirror(device_, sizes);
+    if (mirror.active()) mirror.upload(0, grad_.data());
+    const auto base = [&](std::size_t which) {
+      std::vector<float>& host = which == 0 ? grad_ : out_;
+      return mirror.active() ? static_cast<float*>(mirror.view(which).data()) : host.data();
+    };
+    std::vector<TensorView> grads, outs, host_outs;
     std::size_t offset = 0;
-    for (const LayerSpec& layer : layers) {
-      grads.emplace_back(grad_.data() + offset, layer.numel, DType::kFloat32);
-      outs.emplace_back(out_.data() + offset, layer.numel, DType::kFloat32);
+    for (LayerSpec& layer : layers) {
+      layer.device = device_.device;
+      layer.device_index = device_.index;
+      grads.emplace_back(base(0) + offset, layer.numel, DType::kFloat32, device_.device, device_.index);
+      outs.emplace_back(base(1) + offset, layer.numel, DType::kFloat32, device_.device, device_.index);
+      host_outs.emplace_back(out_.data() + offset, layer.numel, DType::kFloat32);
       offset += layer.numel;
     }
-    std::unique_ptr<Runner> runner = entry.make(comm_, layers, o_.runner);
+    std::unique_ptr<Runner> runner = entry.make(xcomm_, layers, o_.runner);
     if (o_.check && !bound_printed_) {
       print0("#   -c bound: %s\n", runner->bound().statement.c_str());
       bound_printed_ = true;
@@ -244,13 +261,14 @@ class Bench {
       // The first step of a fresh runner: error-feedback state is still zero, so the
       // compressor's bound applies to this one step exactly.
       runner->step(grads, outs);
-      const std::uint64_t local = runner->count_wrong(outs, DenseReference(o_.seed, comm_.size())) +
+      if (mirror.active()) mirror.download(1, out_.data());
+      const std::uint64_t local = runner->count_wrong(host_outs, DenseReference(o_.seed, comm_.size())) +
                                   differs_from_rank0(count);
       row.wrong = static_cast<long long>(reduce_u64(local, MPI_SUM));
     }
     for (int i = 0; i < o_.warmup; ++i) runner->step(grads, outs);
     comm_.barrier()->wait();
-    const auto bytes_sent = [&] { return comm_.traffic().bytes_sent + runner->bytes_sent_outside_communicator(); };
+    const auto bytes_sent = [&] { return xcomm_.traffic().bytes_sent + runner->bytes_sent_outside_communicator(); };
     const std::uint64_t sent_before = bytes_sent(), local_before = runner->bytes_sent_inside_host();
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < o_.iters; ++i) runner->step(grads, outs);
@@ -313,6 +331,8 @@ class Bench {
   }
 
   MpiCommunicator& comm_;
+  Communicator& xcomm_;
+  launch::RankDevice device_;
   BenchOptions o_;
   std::optional<ModelTable> model_;
   std::vector<float> grad_, out_, chunk_;
@@ -344,7 +364,7 @@ void keep_slice(ModelTable& model, std::size_t first, std::size_t last_plus_one)
 
 // This rank's command line and --model table, read before it talks to any other rank.
 void prepare_locally(int argc, char** argv, BenchOptions& options, std::optional<ModelTable>& model,
-                     launch::LocalStart& start) {
+                     launch::RankDevice& device, launch::LocalStart& start) {
   // Read once: bench/netem/run describes the emulated link it runs us under.
   const char* netem_link = std::getenv("GRADCOMM_NETEM_LINK");
   try {
@@ -354,6 +374,7 @@ void prepare_locally(int argc, char** argv, BenchOptions& options, std::optional
       model = load_model(options.model, options.models_dir);
       if (options.slice_first > 0 || options.slice_end > 0) keep_slice(*model, options.slice_first, options.slice_end);
     }
+    if (!options.help) device = launch::take_device(options.device);
   } catch (const std::exception& e) {
     start.fail(message_of(e));
   }
@@ -386,8 +407,9 @@ int main(int argc, char** argv) {
   using namespace gradcomm::bench;
   BenchOptions options;
   std::optional<ModelTable> model;
+  launch::RankDevice device;
   launch::LocalStart start;
-  prepare_locally(argc, argv, options, model, start);
+  prepare_locally(argc, argv, options, model, device, start);
   // A rank that failed above still initializes MPI, to tell the others in
   // agree_to_start() instead of leaving them waiting.
   std::unique_ptr<MpiCommunicator> mpi;
@@ -417,7 +439,17 @@ int main(int argc, char** argv) {
       options.runner.hosts = hosts->get();
     }
     options.runner.print_plan = model.has_value();
-    return Bench(comm, std::move(options), std::move(model)).run() == 0 ? 0 : 1;
+    // --device cuda: NCCL's setup is the next collective (or MPI stages device buffers).
+    std::string transport;
+    std::unique_ptr<Communicator> device_comm = launch::device_communicator(comm, device, options.timeout, transport);
+    if (device.device != Device::kCpu) {
+      std::printf("%s: rank %d exchanges on %s over %s\n", kProgram.c_str(), comm.rank(), device.description.c_str(),
+                  transport.c_str());
+      std::fflush(stdout);
+    }
+    return Bench(comm, device_comm ? *device_comm : comm, device, std::move(options), std::move(model)).run() == 0
+               ? 0
+               : 1;
   } catch (const std::exception& e) {
     // This may have happened on this rank alone; the others would wait for it.
     const auto* error = dynamic_cast<const Error*>(&e);

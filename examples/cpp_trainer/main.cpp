@@ -13,6 +13,7 @@
 
 #include "checkpoints.h"
 #include "digits.h"
+#include "launch/device.h"
 #include "launch/node.h"
 #include "launch/settings.h"
 #include "launch/start.h"
@@ -44,6 +45,7 @@ const std::string kProgram = "gradcomm-train";
 struct Prepared {
   Options options;
   Dataset data;
+  launch::RankDevice device;  // --device: the GPU this rank took
 };
 
 void prepare_locally(int argc, char** argv, Prepared& prepared, launch::LocalStart& start) {
@@ -54,6 +56,7 @@ void prepare_locally(int argc, char** argv, Prepared& prepared, launch::LocalSta
     }
     const Options& o = prepared.options;
     prepared.data = load_digits(o.digits.empty() ? default_digits_path() : o.digits);
+    prepared.device = launch::take_device(o.device);
   } catch (const std::exception& e) {
     start.fail(e.what());
   }
@@ -96,7 +99,9 @@ auto agreed(Build&& build) {
   }
 }
 
-int run(const Options& options, const Dataset& all, gradcomm::Communicator& comm, gradcomm::HostCommunicators hosts) {
+// `device_comm`: the communicator of CUDA layers (--device cuda), or null: `comm`.
+int run(const Options& options, const Dataset& all, gradcomm::Communicator& comm, gradcomm::HostCommunicators hosts,
+        const launch::RankDevice& device, gradcomm::Communicator* device_comm) {
   const int rank = comm.rank(), p = comm.size();
   Dataset train, test;
   split(all, 0.2, /*seed=*/12345, train, test);  // fixed split: runs compare on the same test set
@@ -120,6 +125,15 @@ int run(const Options& options, const Dataset& all, gradcomm::Communicator& comm
   std::vector<Parameter> params = model->parameters();
   std::vector<gradcomm::LayerSpec> specs;
   for (const Parameter& prm : params) specs.push_back({prm.name, prm.value->size(), prm.ndim, false});
+  // --device cuda: the gradients cross to the GPU before they are submitted and the
+  // updates come back after the step.
+  std::vector<std::size_t> sizes;
+  for (gradcomm::LayerSpec& spec : specs) {
+    spec.device = device.device;
+    spec.device_index = device.index;
+    sizes.push_back(spec.numel);
+  }
+  launch::DeviceMirror mirror(device, sizes);
 
   std::unique_ptr<gradcomm::Exchanger> exchanger;
   if (!optimizer->communicates()) {
@@ -128,7 +142,8 @@ int run(const Options& options, const Dataset& all, gradcomm::Communicator& comm
     xo.exchange = gradcomm::parse_exchange_choice(options.exchange);
     xo.hierarchy = gradcomm::parse_hierarchy(options.hierarchy);
     xo.verbose = !options.quiet;
-    exchanger = std::make_unique<gradcomm::Exchanger>(comm, hosts, std::move(setup.compressor), specs, xo);
+    exchanger = std::make_unique<gradcomm::Exchanger>(device_comm ? *device_comm : comm, hosts,
+                                                      std::move(setup.compressor), specs, xo);
   }
   // 1-bit Adam runs no Exchanger; its checkpoints carry the unused dense compressor.
   gradcomm::Compressor& compressor = exchanger ? exchanger->compressor() : *setup.compressor;
@@ -178,6 +193,10 @@ int run(const Options& options, const Dataset& all, gradcomm::Communicator& comm
         // Submit as backward produces them: the weight and bias of layer l.
         for (std::size_t k : {2 * l + 1, 2 * l}) {
           auto view = gradcomm::TensorView::of(std::span<float>(*params[k].grad));
+          if (mirror.active()) {
+            mirror.upload(k, params[k].grad->data());
+            view = mirror.view(k);
+          }
           exchanger->submit(k, view, view);
         }
       });
@@ -185,6 +204,9 @@ int run(const Options& options, const Dataset& all, gradcomm::Communicator& comm
       if (exchanger) {
         const auto exchange_start = std::chrono::steady_clock::now();
         bytes = exchanger->finish_step().wire_bytes;
+        if (mirror.active()) {
+          for (std::size_t k = 0; k < params.size(); ++k) mirror.download(k, params[k].grad->data());
+        }
         exchange_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - exchange_start).count();
         if (setup.after_step) setup.after_step(comm, step);
       }
@@ -268,7 +290,17 @@ int main(int argc, char** argv) {
     if (options.hierarchy != "flat") {
       hosts = std::make_unique<gradcomm::MpiHostCommunicators>(comm, options.ranks_per_host);
     }
-    return trainer::run(options, prepared.data, comm, hosts ? hosts->get() : gradcomm::HostCommunicators{});
+    // --device cuda: NCCL's setup is the next collective (or MPI stages device buffers).
+    std::string transport;
+    std::unique_ptr<gradcomm::Communicator> device_comm =
+        launch::device_communicator(comm, prepared.device, options.timeout, transport);
+    if (prepared.device.device != gradcomm::Device::kCpu && !options.quiet) {
+      std::printf("%s: rank %d exchanges on %s over %s\n", kProgram.c_str(), comm.rank(),
+                  prepared.device.description.c_str(), transport.c_str());
+      std::fflush(stdout);
+    }
+    return trainer::run(options, prepared.data, comm, hosts ? hosts->get() : gradcomm::HostCommunicators{},
+                        prepared.device, device_comm.get());
   } catch (const std::invalid_argument& e) {
     // From the agreed settings and data alone: the same on every rank, before training.
     if (comm.rank() == 0) std::fprintf(stderr, "%s: %s\n", kProgram.c_str(), e.what());

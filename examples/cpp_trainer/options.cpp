@@ -35,6 +35,11 @@ Every rank must be given the same settings: the ranks check that they agree befo
                        hosts) | auto (default flat); the plan is printed unless --quiet
   --ranks-per-host R   hosts of R consecutive ranks for --hierarchy (default 0: the ranks
                        sharing memory, MPI_COMM_TYPE_SHARED)
+  --device D           cpu | cuda (default cpu): where gradients are exchanged; cuda: each rank
+                       takes its local GPU (OMPI_COMM_WORLD_LOCAL_RANK or LOCAL_RANK) and says
+                       which, the model's own arithmetic stays on the host, its gradients are
+                       copied to the GPU, compressed and exchanged there (NCCL when built with
+                       it, else MPI staging through pinned memory) and the updates copied back
   --freeze-fraction F  onebit-adam warm-up share of the steps, in (0, 1] (default 0.2)
   --onebit-precondition 0|1  onebit-adam compresses m/(sqrt(v)+eps), robust (default 1);
                        0 compresses m as the reference does (diverges on digits, see docs)
@@ -83,6 +88,11 @@ void check_combination(const Options& o) {
   expect_one_of("--nonfinite", o.nonfinite, {"error", "skip_step", "zero"});
   expect_one_of("--exchange", o.exchange, {"compressor", "auto", "dense", "allgather", "reduce_scatter"});
   expect_one_of("--hierarchy", o.hierarchy, {"flat", "hierarchical", "auto"});
+  expect_one_of("--device", o.device, {"cpu", "cuda"});
+  if (o.device == "cuda" && (o.optimizer == "onebit-adam" || o.exchange != "compressor" || o.hierarchy != "flat")) {
+    throw std::invalid_argument("--device cuda exchanges through the compressor's own exchange, flat: it takes "
+                                "neither --optimizer onebit-adam nor --exchange/--hierarchy other than their defaults");
+  }
   const bool compressor_has_momentum = o.compressor == "dgc" || o.compressor == "lgreco-dgc";
   if (o.optimizer == "adam" && compressor_has_momentum) {
     throw std::invalid_argument("--optimizer adam cannot follow --compressor " + o.compressor +
@@ -125,6 +135,7 @@ bool parse_options(int argc, char** argv, Options& o) {
     else if (flag == "--weight-decay") o.weight_decay = launch::parse_real(flag, value(), {.lo = 0.0});
     else if (flag == "--fp16-wire") o.fp16_wire = true;
     else if (flag == "--nonfinite") o.nonfinite = value();
+    else if (flag == "--device") o.device = value();
     else if (flag == "--exchange") o.exchange = value();
     else if (flag == "--hierarchy") o.hierarchy = value();
     else if (flag == "--ranks-per-host") o.ranks_per_host = parse_int(flag, value(), 0, 1 << 20);
@@ -191,6 +202,7 @@ std::vector<Setting> run_settings(const Options& o) {
       {"--exchange", o.exchange, o.exchange != "compressor"},
       {"--hierarchy", o.hierarchy, o.hierarchy != "flat"},
       {"--ranks-per-host", std::to_string(o.ranks_per_host), o.hierarchy != "flat"},
+      {"--device", o.device, false},
       {"--checkpoint-dir", o.checkpoint_dir, false},
       {"--checkpoint-every-epochs", std::to_string(o.checkpoint_every_epochs), false},
       {"--resume", o.resume ? "1" : "0", false},

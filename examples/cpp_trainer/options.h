@@ -27,6 +27,7 @@ struct Options {
   std::string nonfinite = "error";  // error|skip_step|zero
   std::string exchange = "compressor";  // compressor|auto|dense|allgather|reduce_scatter
   std::string hierarchy = "flat";       // flat|hierarchical|auto
+  std::string device = "cpu";           // cpu|cuda: where gradients are exchanged
   int ranks_per_host = 0;               // hosts for --hierarchy: 0 = the ranks sharing memory
   double freeze_fraction = 0.2;     // onebit-adam: warm-up share of all steps
   bool onebit_precondition = true;  // onebit-adam: compress m/(sqrt(v)+eps) (0: the reference)

@@ -59,8 +59,8 @@ LocalDevice local_cuda_device() {
   chosen.local = local_rank_from_environment();
 #if defined(GRADCOMM_HAVE_CUDA)
   const cudaError_t status = cudaGetDeviceCount(&chosen.device_count);
-  GRADCOMM_CHECK(status == cudaSuccess && chosen.device_count > 0, ErrorCode::kCuda, "local rank ",
-                 chosen.local.rank, " (", chosen.local.source, "): no CUDA device visible (",
+  GRADCOMM_CHECK(status == cudaSuccess && chosen.device_count > 0, ErrorCode::kCuda, "local_cuda_device (local rank ",
+                 chosen.local.rank, " from ", chosen.local.source, "): no CUDA device visible (",
                  status == cudaSuccess ? "none found" : cudaGetErrorString(status), ")");
   chosen.device = chosen.local.rank % chosen.device_count;
   GRADCOMM_CUDA_CALL(cudaSetDevice(chosen.device), "local rank ", chosen.local.rank,

@@ -42,10 +42,10 @@ Exchanger::Exchanger(Communicator& comm, HostCommunicators hosts, std::shared_pt
     : comm_(comm), layers_(std::move(layers)) {
   GRADCOMM_CHECK_ARG(compressor != nullptr, "Exchanger: no compressor given");
   const Device device = layers_.empty() ? Device::kCpu : layers_.front().device;
-  GRADCOMM_CHECK_ARG(comm_.device() == device, "Exchanger: the layers are on ", device_name(device), " but ",
+  GRADCOMM_CHECK_ARG(comm_.accepts(device), "Exchanger: the layers are on ", device_name(device), " but ",
                      comm_.describe(), " takes ", device_name(comm_.device()),
-                     " buffers (CUDA layers need a communicator for device buffers: "
-                     "NcclCommunicator, or MpiCommunicator staging through host memory)");
+                     " buffers (CUDA layers need a communicator that takes device buffers: "
+                     "NcclCommunicator, ThreadCommunicator on a device, or MpiCommunicator built with CUDA)");
   GRADCOMM_CHECK(device == Device::kCpu || !planned(options), ErrorCode::kUnsupported, "Exchanger on rank ",
                  comm_.rank(), ": ExchangerOptions exchange '", exchange_choice_name(options.exchange),
                  "' and hierarchy '", hierarchy_name(options.hierarchy),

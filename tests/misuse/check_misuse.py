@@ -199,6 +199,15 @@ def altered_digits(tmp):
     return out
 
 
+def has_gpu():
+    """Whether this machine shows a CUDA device (then --device cuda is no misuse)."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return listed.returncode == 0 and "GPU" in listed.stdout
+
+
 def cases(kind, tmp):
     train = ["--epochs", "2", "--quiet", "--hidden", "32"]
     bench = ["-b", "8", "-e", "64K", "-f", "8", "-n", "2", "-w", "1"]
@@ -227,6 +236,12 @@ def cases(kind, tmp):
                  says=[(0, "gradcomm-train: --lr '0': expected a finite number > 0")], once=["--lr '0'"]),
             Case("--help on every rank", "train", 2, ["--help"], exits=0, says=[(0, "--timeout SECONDS")],
                  once=["--timeout SECONDS"]),
+            *([] if has_gpu() else [
+                Case("--device cuda without a GPU", "train", 2, train + ["--device", "cuda"],
+                     says=[(0, "local_cuda_device (local rank 0"), (1, "local_cuda_device (local rank 1")]),
+                Case("--device cuda without a GPU", "bench", 3, bench + ["--device", "cuda"],
+                     says=[(r, f"local_cuda_device (local rank {r}") for r in range(3)]),
+            ]),
             Case("unknown compressor on rank 1", "bench", 2, bench, (1, ["--compressor", "topk"]),
                  says=[(1, "unknown compressor 'topk' (available: none"), (0, "rank(s) 1 " + not_started)]),
             Case("row too large for memory on rank 0 of 3", "bench", 3, bench,

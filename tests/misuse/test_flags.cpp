@@ -111,6 +111,12 @@ TEST(TrainerFlags, RefusesEveryValueOutOfRange) {
       {{"--optimizer", "adam", "--compressor", "dgc"}, "--optimizer adam cannot follow --compressor dgc"},
       {{"--optimizer", "adam", "--compressor", "lgreco-dgc"}, "cannot follow --compressor lgreco-dgc"},
       {{"--optimizer", "onebit-adam", "--compressor", "quant"}, "it cannot follow --compressor quant"},
+      {{"--device", "gpu"}, "--device 'gpu': expected cpu | cuda"},
+      {{"--device", "cuda", "--optimizer", "onebit-adam"}, "--device cuda exchanges through the compressor's own"},
+      {{"--device", "cuda", "--compressor", "dgc", "--exchange", "reduce_scatter"}, "neither --optimizer onebit-adam"},
+      {{"--exchange", "ring"}, "--exchange 'ring': expected compressor | auto | dense | allgather | reduce_scatter"},
+      {{"--hierarchy", "tree"}, "--hierarchy 'tree': expected flat | hierarchical | auto"},
+      {{"--ranks-per-host", "-1"}, "--ranks-per-host '-1'"},
       {{"--learning-rate", "0.1"}, "unknown flag '--learning-rate' (see --help)"},
       {{"--epochs"}, "--epochs needs a value"},
   };
@@ -167,6 +173,12 @@ TEST(BenchFlags, RefusesEveryValueOutOfRange) {
       {{"--compressor", "topk"}, "unknown compressor 'topk' (available: none, fp16, mpi"},
       {{"--iters"}, "--iters needs a value (see -h)"},
       {{"--frobnicate", "1"}, "unknown flag '--frobnicate' (see -h)"},
+      {{"--device", "tpu"}, "--device 'tpu': expected cpu or cuda"},
+      {{"--device", "cuda", "--compressor", "onebit"}, "--device cuda with --compressor onebit: runs on the host only"},
+      {{"--device", "cuda", "--compressor", "dgc", "--exchange", "reduce_scatter"}, "--device cuda takes the compressor's own exchange"},
+      {{"--exchange", "ring"}, "unknown exchange 'ring'"},
+      {{"--hierarchy", "tree"}, "unknown hierarchy 'tree'"},
+      {{"--model-slice", "3"}, "--model-slice '3' is not of the form A:B"},
   };
   expect_refusals(refusals, bench_refusal);
   EXPECT_EQ(bench_refusal({"-b", "8", "-e", "1G", "-f", "2", "--timeout", "0", "--seed", "18446744073709551615"}),
