@@ -1,14 +1,10 @@
 #include "launch/settings.h"
 
-#include <charconv>
+#include "gradcomm/error.h"
 
 namespace launch {
 
-std::string shortest(double x) {
-  char buf[64];
-  const auto end = std::to_chars(buf, buf + sizeof buf, x).ptr;
-  return std::string(buf, end);
-}
+std::string shortest(double x) { return gradcomm::detail::shortest(x); }
 
 SettingsText& SettingsText::add(const std::string& key, const std::string& value) {
   if (!text_.empty()) text_ += ' ';

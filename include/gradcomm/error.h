@@ -1,9 +1,11 @@
 // gradcomm::Error: the one exception type thrown at the API boundary.
 #pragma once
 
+#include <charconv>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace gradcomm {
 
@@ -41,11 +43,31 @@ namespace detail {
 [[noreturn]] void throw_error(ErrorCode code, const std::string& message, const char* file,
                               int line, const char* function);
 
+// A floating-point number in its shortest form that reads back exactly ("0.1", "1e-05"):
+// messages and settings fingerprints show what the user typed, and two settings that
+// differ never print alike.
+template <typename Float>
+std::string shortest(Float x) {
+  char text[64];
+  const auto end = std::to_chars(text, text + sizeof text, x).ptr;
+  return std::string(text, end);
+}
+
+template <typename Part>
+void append_part(std::ostringstream& out, const Part& part) {
+  if constexpr (std::is_floating_point_v<Part>) {
+    out << shortest(part);
+  } else {
+    out << part;
+  }
+}
+
 // Builds a message from any streamable pieces: GRADCOMM_CHECK(a == b, "n=", n, " k=", k).
+// Floating-point pieces print in their shortest exact form.
 template <typename... Parts>
 std::string concat(const Parts&... parts) {
   std::ostringstream out;
-  (out << ... << parts);
+  (append_part(out, parts), ...);
   return out.str();
 }
 }  // namespace detail

@@ -130,17 +130,15 @@ void DgcCompressor::set_execution(const ExecutionContext& context) {
 
 std::string DgcCompressor::settings_fingerprint() const {
   const DgcOptions& o = options_;
-  std::ostringstream s;
-  s.precision(17);
-  s << "dgc density=" << o.density << " warmup=[";
-  for (double d : o.warmup_densities) s << d << ',';
-  s << "] steps_per_epoch=" << o.steps_per_epoch << " momentum=" << o.momentum
-    << " nesterov=" << o.nesterov << " masking=" << o.momentum_masking << " clip=" << o.clip_norm
-    << " selection=" << dgc_selection_name(o.selection) << " sample=" << o.sample_fraction
-    << " seed=" << o.seed << " values=" << dtype_name(o.value_dtype)
-    << " dense=" << dtype_name(o.dense_dtype) << " fallback=" << o.dense_fallback
-    << " max_layer_density=" << o.max_layer_density << " exchange=" << sparse_exchange_name(o.exchange);
-  return s.str();
+  std::string warmup;
+  for (double d : o.warmup_densities) warmup += detail::shortest(d) + ',';
+  return detail::concat("dgc density=", o.density, " warmup=[", warmup, "] steps_per_epoch=", o.steps_per_epoch,
+                        " momentum=", o.momentum, " nesterov=", o.nesterov, " masking=", o.momentum_masking,
+                        " clip=", o.clip_norm, " selection=", dgc_selection_name(o.selection),
+                        " sample=", o.sample_fraction, " seed=", o.seed, " values=", dtype_name(o.value_dtype),
+                        " dense=", dtype_name(o.dense_dtype), " fallback=", o.dense_fallback,
+                        " max_layer_density=", o.max_layer_density,
+                        " exchange=", sparse_exchange_name(o.exchange));
 }
 
 DgcCompressor::Layer& DgcCompressor::checked_layer(const char* call, std::size_t layer,
