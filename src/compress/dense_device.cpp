@@ -6,7 +6,6 @@
 #if defined(GRADCOMM_HAVE_CUDA)
 #include <map>
 
-#include "compress/device_status.h"
 #include "kernels/cuda/dense_kernels.cuh"
 #include "kernels/cuda/device_buffer.cuh"
 #endif

@@ -9,7 +9,6 @@
 #if defined(GRADCOMM_HAVE_CUDA)
 #include <map>
 
-#include "compress/device_status.h"
 #include "kernels/cuda/dense_kernels.cuh"
 #include "kernels/cuda/device_buffer.cuh"
 #include "kernels/cuda/quantize_kernels.cuh"

@@ -43,4 +43,17 @@ struct Buffers {
   }
 };
 
+// DGC's error-feedback ledger: what enters v this step from gradient g, momentum u (0.9)
+// and residual v, before the encode: v + (Nesterov) m*(u + g) + g, or (plain) m*u + g.
+// Summed over ranks, this minus the residual after the step is p times the update.
+inline std::vector<float> dgc_ledger_input(std::span<const float> u, std::span<const float> v,
+                                           std::span<const float> g, bool nesterov) {
+  std::vector<float> in(g.size());
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const float un = nesterov ? 0.9f * (u[i] + g[i]) : 0.9f * u[i] + g[i];
+    in[i] = v[i] + (nesterov ? un + g[i] : un);
+  }
+  return in;
+}
+
 }  // namespace gradcomm::testing

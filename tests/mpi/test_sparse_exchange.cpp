@@ -161,14 +161,7 @@ TEST(SparseExchange, NothingLostAndBitwiseIdenticalAcrossRanks) {
       // What enters v this step: (Nesterov) m*(u + g) + g, or (plain) m*u + g.
       std::vector<std::vector<float>> balance(layers.size());
       for (std::size_t l : kSparseLayers) {
-        const auto u = c.momentum(l);
-        const auto v = c.residual(l);
-        balance[l].resize(layers[l].numel);
-        for (std::size_t i = 0; i < layers[l].numel; ++i) {
-          const float g = buf.grads[l][i];
-          const float un = o.nesterov ? 0.9f * (u[i] + g) : 0.9f * u[i] + g;
-          balance[l][i] = v[i] + (o.nesterov ? un + g : un);
-        }
+        balance[l] = testing::dgc_ledger_input(c.momentum(l), c.residual(l), buf.grads[l], o.nesterov);
       }
       const StepStats& stats = x->exchange(buf.grad_views, buf.out_views);
       EXPECT_FALSE(stats.skipped);

@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <map>
 
-#include "compress/device_status.h"
 #include "kernels/cuda/device_buffer.cuh"
 #include "kernels/cuda/dgc_kernels.cuh"
 #endif
