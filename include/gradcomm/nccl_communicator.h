@@ -30,6 +30,10 @@ struct NcclCommunicatorOptions {
 // (ncclCommAbort); from then on every collective not yet seen complete, and every new
 // one, throws kCommunication naming the reason. Destroyed while an exception unwinds, it
 // aborts instead of waiting for its queued collectives (peers may never come).
+// A work handed to wait_stream() is watched by the device, not the host: its release
+// does not wait, and a collective that never ends shows as a stream that never drains.
+// Keep the bound by wait()ing (or test()ing) the step's last work before synchronising
+// with that stream: NCCL's stream runs in order, so it covers the earlier ones.
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(Communicator& bootstrap, NcclCommunicatorOptions options = {});
@@ -40,6 +44,10 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   Device device() const override { return Device::kCuda; }
+  // CUDA buffers; and host buffers for allreduce, allgather and broadcast, copied through
+  // device memory (the setup's agreements, Exchanger's and OneBitAdam's, pass small host
+  // arrays). A host-buffer collective's wait_stream() waits on the host.
+  bool accepts(Device device) const override;
   std::string describe() const override;
   void* stream() const noexcept;  // the cudaStream_t collectives run on
 
@@ -53,6 +61,11 @@ class NcclCommunicator final : public Communicator {
   WorkHandle broadcast(TensorView buffer, int root) override;
   WorkHandle barrier() override;
   void abort(const std::string& reason) override;
+  // Collectives issued after this call start on NCCL's stream only once the work queued
+  // on `cuda_stream` so far has run (an event, no host wait). Its works' wait_stream()
+  // makes a stream wait on the collective the same way, so a caller encodes layer i+1 on
+  // its stream while layer i's collective runs on stream().
+  void follow_stream(void* cuda_stream) override;
 
   // ncclCommSplit: the new communicator is on the same device with a stream of its own
   // and the same timeout. split_shared() groups the ranks whose hostnames match.
@@ -64,6 +77,8 @@ class NcclCommunicator final : public Communicator {
  private:
   explicit NcclCommunicator(std::shared_ptr<State> state);
   WorkHandle record(const char* what);
+  // A work on staged host buffers: copies `device_recv` to `host_recv` when it completes.
+  static WorkHandle staged(WorkHandle work, TensorView device_recv, void* host_recv);
   int rank_ = 0;
   int size_ = 1;
   std::shared_ptr<State> state_;

@@ -14,6 +14,8 @@ NcclCommunicator::State::~State() {
       if (w->event) cudaEventDestroy(w->event);
       delete w;
     }
+    if (follow_event) cudaEventDestroy(follow_event);
+    if (host_stage) cudaFree(host_stage);
     if (scratch) cudaFree(scratch);
     if (own_stream && stream) cudaStreamDestroy(stream);
   } catch (...) {  // no device to switch to: nothing of ours can be freed on it either
@@ -31,6 +33,8 @@ void NcclCommunicator::State::open(int on_device, void* caller_stream) {
   }
   GRADCOMM_CUDA_CALL(cudaMalloc(&scratch, sizeof(int)), "NcclCommunicator: cudaMalloc on rank ",
                      rank, " (cuda:", device, ")");
+  GRADCOMM_CUDA_CALL(cudaEventCreateWithFlags(&follow_event, cudaEventDisableTiming),
+                     "NcclCommunicator: cudaEventCreate on rank ", rank, " (cuda:", device, ")");
 }
 
 void NcclCommunicator::State::check_usable(const char* what) const {
@@ -82,6 +86,12 @@ bool NcclWork::test() {
   s.check_usable(what);  // after an abort: fail, never query the aborted communicator
   const cudaError_t status = cudaEventQuery(event);
   if (status == cudaSuccess) {
+    if (staged_bytes != 0) {
+      const detail::DeviceGuard guard(s.device);
+      GRADCOMM_CUDA_CALL(cudaMemcpy(host_recv, staged_recv, staged_bytes, cudaMemcpyDeviceToHost),
+                         what, " on rank ", s.rank, ": copying the result to the host buffer");
+      staged_bytes = 0;
+    }
     complete = true;
     return true;
   }
@@ -123,13 +133,34 @@ void NcclWork::wait() {
   }
 }
 
+void NcclWork::wait_stream(void* cuda_stream) {
+  if (complete) return;  // the host saw it end: whatever is enqueued from now on follows
+  NcclCommunicator::State& s = *state;
+  s.check_usable(what);  // an aborted collective's buffers hold garbage: never hand them on
+  if (staged_bytes != 0) {  // the result still has to reach its host buffer
+    wait();
+    return;
+  }
+  const auto waiting = static_cast<cudaStream_t>(cuda_stream);
+  if (waiting != s.stream) {
+    const detail::DeviceGuard guard(s.device);
+    GRADCOMM_CUDA_CALL(cudaStreamWaitEvent(waiting, event, 0), what, " on rank ", s.rank,
+                       " (cuda:", s.device, "): cudaStreamWaitEvent");
+  }
+  stream_ordered = true;
+}
+
 void NcclWork::release() noexcept {
-  if (!complete) {  // complete it (or fail), so the buffers are not written later
+  if (!complete && !stream_ordered) {  // complete it (or fail), so the buffers are not written later
     try {
       wait();
     } catch (...) {
     }
   }
+  // A recycled event may be recorded again at once: a stream already waiting on it keeps
+  // the record it was given.
+  stream_ordered = false;
+  staged_bytes = 0;
   const std::shared_ptr<NcclCommunicator::State> owner = std::move(state);  // may be the last owner
   try {
     owner->free_works.push_back(this);
