@@ -44,10 +44,6 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   Device device() const override { return Device::kCuda; }
-  // CUDA buffers; and host buffers for allreduce, allgather and broadcast, copied through
-  // device memory (the setup's agreements, Exchanger's and OneBitAdam's, pass small host
-  // arrays). A host-buffer collective's wait_stream() waits on the host.
-  bool accepts(Device device) const override;
   std::string describe() const override;
   void* stream() const noexcept;  // the cudaStream_t collectives run on
 
@@ -77,8 +73,6 @@ class NcclCommunicator final : public Communicator {
  private:
   explicit NcclCommunicator(std::shared_ptr<State> state);
   WorkHandle record(const char* what);
-  // A work on staged host buffers: copies `device_recv` to `host_recv` when it completes.
-  static WorkHandle staged(WorkHandle work, TensorView device_recv, void* host_recv);
   int rank_ = 0;
   int size_ = 1;
   std::shared_ptr<State> state_;

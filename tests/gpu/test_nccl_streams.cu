@@ -109,25 +109,6 @@ TEST_F(NcclOneRank, WorksAndTheirEventsAreRecycled) {
   EXPECT_EQ(x.download(), std::vector<float>(97, 1.0f));
 }
 
-// The setup agreements pass host arrays: staged through device memory, also in place.
-TEST_F(NcclOneRank, HostBuffersGoThroughTheDevice) {
-  std::vector<std::uint32_t> words = {5, 9}, out(2, 0);
-  nccl_->allreduce(TensorView::of(std::span<std::uint32_t>(words)), TensorView::of(std::span<std::uint32_t>(out)),
-                   ReduceOp::kMax)->wait();
-  EXPECT_EQ(out, words);
-  std::vector<float> same = {1.5f, -2.0f, 0.25f};
-  WorkHandle w = nccl_->allreduce(TensorView::of(std::span<float>(same)), TensorView::of(std::span<float>(same)),
-                                  ReduceOp::kSum);
-  w->wait_stream(user_);  // a host result: waits on the host, so it is in place now
-  EXPECT_EQ(same, (std::vector<float>{1.5f, -2.0f, 0.25f}));
-  std::vector<std::uint8_t> gathered(3, 0), mine = {1, 2, 3};
-  nccl_->allgather(TensorView::of(std::span<std::uint8_t>(mine)), TensorView::of(std::span<std::uint8_t>(gathered)))
-      ->wait();
-  EXPECT_EQ(gathered, mine);
-  EXPECT_THROW(nccl_->alltoall(TensorView::of(std::span<std::uint8_t>(mine)), TensorView::of(std::span<std::uint8_t>(gathered))),
-               Error);
-}
-
 }  // namespace
 }  // namespace gradcomm
 #endif

@@ -37,62 +37,7 @@ struct Invitation {
   std::int32_t status;  // ncclResult_t of ncclGetUniqueId on rank 0
 };
 
-bool on_host(TensorView t) { return t.device() == Device::kCpu && t.numel() != 0; }
-
-void refuse_host_buffers(const char* what, TensorView send, TensorView recv, int rank) {
-  GRADCOMM_CHECK(!on_host(send) && !on_host(recv), ErrorCode::kInvalidArgument, what, " on rank ",
-                 rank, ": NcclCommunicator takes host buffers for allreduce, allgather and "
-                 "broadcast only; got ", send.describe(), " and ", recv.describe(),
-                 ": pass CUDA buffers");
-}
-
-// Host buffers of one collective, copied to the device: the views NCCL runs on, and where
-// the result goes back to (NcclWork::test copies it once the collective completes).
-struct HostStaged {
-  TensorView send, recv;
-  void* host_recv = nullptr;
-};
-
-HostStaged stage_host_buffers(NcclCommunicator::State& s, TensorView send, TensorView recv,
-                              const char* what) {
-  GRADCOMM_CHECK(on_host(send) == on_host(recv) || send.numel() == 0 || recv.numel() == 0,
-                 ErrorCode::kInvalidArgument, what, " on rank ", s.rank,
-                 ": one buffer on the host and one on the device (", send.describe(), ", ",
-                 recv.describe(), "): pass both on one device");
-  const bool in_place = send.data() == recv.data();
-  const std::size_t recv_at = (send.nbytes() + 255) / 256 * 256;
-  const std::size_t bytes = in_place ? send.nbytes() : recv_at + recv.nbytes();
-  if (bytes > s.host_stage_bytes) {
-    // Host-buffer collectives are small and waited for before the next (setup
-    // agreements), so none is in flight here.
-    if (s.host_stage) cudaFree(s.host_stage);
-    s.host_stage = nullptr;
-    s.host_stage_bytes = 0;
-    GRADCOMM_CUDA_CALL(cudaMalloc(&s.host_stage, bytes), what, " on rank ", s.rank,
-                       ": cudaMalloc of ", bytes, " bytes to stage host buffers");
-    s.host_stage_bytes = bytes;
-  }
-  auto* base = static_cast<char*>(s.host_stage);
-  GRADCOMM_CUDA_CALL(cudaMemcpyAsync(base, send.data(), send.nbytes(), cudaMemcpyHostToDevice, s.stream),
-                     what, " on rank ", s.rank, ": copying the host buffer to the device");
-  void* device_recv = in_place ? base : base + recv_at;
-  return {TensorView(base, send.numel(), send.dtype(), Device::kCuda, s.device),
-          TensorView(device_recv, recv.numel(), recv.dtype(), Device::kCuda, s.device), recv.data()};
-}
-
 }  // namespace
-
-bool NcclCommunicator::accepts(Device device) const {
-  return device == Device::kCuda || device == Device::kCpu;
-}
-
-WorkHandle NcclCommunicator::staged(WorkHandle work, TensorView device_recv, void* host_recv) {
-  auto& w = static_cast<NcclWork&>(*work);
-  w.host_recv = host_recv;
-  w.staged_recv = device_recv.data();
-  w.staged_bytes = device_recv.nbytes();
-  return work;
-}
 
 NcclCommunicator::NcclCommunicator(Communicator& bootstrap, NcclCommunicatorOptions options)
     : rank_(bootstrap.rank()), size_(bootstrap.size()), state_(std::make_shared<State>()) {
@@ -188,10 +133,6 @@ WorkHandle NcclCommunicator::allreduce(TensorView send, TensorView recv, ReduceO
   State& s = *state_;
   s.check_usable("allreduce");
   const detail::DeviceGuard guard(s.device);
-  if (on_host(send) || on_host(recv)) {
-    const HostStaged h = stage_host_buffers(s, send, recv, "allreduce");
-    return staged(allreduce(h.send, h.recv, op), h.recv, h.host_recv);
-  }
   count_traffic(allreduce_wire_bytes(send.nbytes(), size_));
   s.settle(ncclAllReduce(send.data(), recv.data(), send.numel(), nccl_type(send.dtype()),
                          nccl_op(op), s.comm, s.stream),
@@ -204,10 +145,6 @@ WorkHandle NcclCommunicator::allgather(TensorView send, TensorView recv) {
   State& s = *state_;
   s.check_usable("allgather");
   const detail::DeviceGuard guard(s.device);
-  if (on_host(send) || on_host(recv)) {
-    const HostStaged h = stage_host_buffers(s, send, recv, "allgather");
-    return staged(allgather(h.send, h.recv), h.recv, h.host_recv);
-  }
   count_traffic(allgather_wire_bytes(send.nbytes(), size_));
   s.settle(ncclAllGather(send.data(), recv.data(), send.numel(), nccl_type(send.dtype()), s.comm,
                          s.stream),
@@ -231,7 +168,6 @@ WorkHandle NcclCommunicator::allgatherv(TensorView send, TensorView recv,
   check_allgatherv(send, recv, counts);
   State& s = *state_;
   s.check_usable("allgatherv");
-  refuse_host_buffers("allgatherv", send, recv, rank_);
   const detail::DeviceGuard guard(s.device);
   count_traffic(send.nbytes() * static_cast<std::uint64_t>(size_ - 1));
   // NCCL has no allgatherv: one broadcast per rank, grouped into a single launch.
@@ -253,7 +189,6 @@ WorkHandle NcclCommunicator::alltoall(TensorView send, TensorView recv) {
   check_alltoall(send, recv);
   State& s = *state_;
   s.check_usable("alltoall");
-  refuse_host_buffers("alltoall", send, recv, rank_);
   const detail::DeviceGuard guard(s.device);
   count_traffic(alltoall_wire_bytes(send.nbytes(), size_));
   const std::size_t chunk = send.numel() / static_cast<std::size_t>(size_);
@@ -276,7 +211,6 @@ WorkHandle NcclCommunicator::alltoallv(TensorView send, std::span<const std::siz
   check_alltoallv(send, send_counts, recv, recv_counts);
   State& s = *state_;
   s.check_usable("alltoallv");
-  refuse_host_buffers("alltoallv", send, recv, rank_);
   const detail::DeviceGuard guard(s.device);
   count_traffic(alltoallv_wire_bytes(send_counts, dtype_size(send.dtype()), rank_));
   const std::size_t esize = dtype_size(send.dtype());
@@ -308,10 +242,6 @@ WorkHandle NcclCommunicator::broadcast(TensorView buffer, int root) {
   State& s = *state_;
   s.check_usable("broadcast");
   const detail::DeviceGuard guard(s.device);
-  if (on_host(buffer)) {
-    const HostStaged h = stage_host_buffers(s, buffer, buffer, "broadcast");
-    return staged(broadcast(h.send, root), h.recv, h.host_recv);
-  }
   if (rank_ == root) count_traffic(buffer.nbytes());
   s.settle(ncclBroadcast(buffer.data(), buffer.data(), buffer.numel(), nccl_type(buffer.dtype()),
                          root, s.comm, s.stream),

@@ -30,9 +30,6 @@ struct NcclCommunicator::State {
   // follow_stream's: recorded on the caller's stream, then waited on by ours. One event
   // serves every call, since cudaStreamWaitEvent takes the record made before it.
   cudaEvent_t follow_event = nullptr;
-  // Device copies of host buffers (see NcclCommunicator::accepts): grow-only.
-  void* host_stage = nullptr;
-  std::size_t host_stage_bytes = 0;
   std::chrono::milliseconds timeout{};
   bool aborted = false;
   std::string abort_reason;
@@ -66,11 +63,6 @@ class NcclWork final : public Work {
   // A stream waits on the event (wait_stream): that stream orders whatever reads the
   // buffers, so release() need not hold the host until the collective ends.
   bool stream_ordered = false;
-  // A collective on host buffers: its result is copied from the device to `host_recv`
-  // once the host sees it complete.
-  void* host_recv = nullptr;
-  const void* staged_recv = nullptr;
-  std::size_t staged_bytes = 0;
 
   bool test() override;
   void wait() override;

@@ -15,7 +15,6 @@ NcclCommunicator::State::~State() {
       delete w;
     }
     if (follow_event) cudaEventDestroy(follow_event);
-    if (host_stage) cudaFree(host_stage);
     if (scratch) cudaFree(scratch);
     if (own_stream && stream) cudaStreamDestroy(stream);
   } catch (...) {  // no device to switch to: nothing of ours can be freed on it either
@@ -86,12 +85,6 @@ bool NcclWork::test() {
   s.check_usable(what);  // after an abort: fail, never query the aborted communicator
   const cudaError_t status = cudaEventQuery(event);
   if (status == cudaSuccess) {
-    if (staged_bytes != 0) {
-      const detail::DeviceGuard guard(s.device);
-      GRADCOMM_CUDA_CALL(cudaMemcpy(host_recv, staged_recv, staged_bytes, cudaMemcpyDeviceToHost),
-                         what, " on rank ", s.rank, ": copying the result to the host buffer");
-      staged_bytes = 0;
-    }
     complete = true;
     return true;
   }
@@ -137,10 +130,6 @@ void NcclWork::wait_stream(void* cuda_stream) {
   if (complete) return;  // the host saw it end: whatever is enqueued from now on follows
   NcclCommunicator::State& s = *state;
   s.check_usable(what);  // an aborted collective's buffers hold garbage: never hand them on
-  if (staged_bytes != 0) {  // the result still has to reach its host buffer
-    wait();
-    return;
-  }
   const auto waiting = static_cast<cudaStream_t>(cuda_stream);
   if (waiting != s.stream) {
     const detail::DeviceGuard guard(s.device);
@@ -160,7 +149,6 @@ void NcclWork::release() noexcept {
   // A recycled event may be recorded again at once: a stream already waiting on it keeps
   // the record it was given.
   stream_ordered = false;
-  staged_bytes = 0;
   const std::shared_ptr<NcclCommunicator::State> owner = std::move(state);  // may be the last owner
   try {
     owner->free_works.push_back(this);
