@@ -32,6 +32,8 @@
 #   build-digits/      digits.csv.gz from scikit-learn (57 KB), where the image has no sklearn
 #   build-pylibs/      pytest and its dependencies (pure Python), where the image has none
 # Environment: GRADCOMM_GPU_BUILD (build dir, default build-gpu), CUDA_ARCHS (default 90),
+# GRADCOMM_GPU_BUDGET (seconds for the whole run, default 570: each stage's timeout is cut
+# to what is left, and a stage with no time left fails as no-time),
 # GRADCOMM_GPU_REUSE_BUILD=1 (use an already configured build dir as it is: CTest's
 # no-device check on the default build), GRADCOMM_GPU_CONFIGURE_ONLY=1 (stop after the
 # configure), GRADCOMM_GPU_PROBE_ONLY=1 (stop after the device probe: 77 with a device),
@@ -61,6 +63,7 @@ out=$(cd "$out" && pwd)
 build=${GRADCOMM_GPU_BUILD:-build-gpu}
 jobs=$(nproc)
 started=$SECONDS
+budget=${GRADCOMM_GPU_BUDGET:-570}  # seconds for the whole run: a lent machine's command limit is 600
 declare -a names=() states=() seconds=()
 status=0
 
@@ -70,7 +73,10 @@ record() {  # record STAGE STATE SECONDS
 }
 stage() {  # stage NAME TIMEOUT COMMAND...: runs it into OUTDIR/NAME.log, records the outcome
   local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
+  local t0=$SECONDS left=$((budget - (SECONDS - started)))
+  # Every stage within the whole run's budget, so a slow one leaves results, not a kill.
+  if [ $left -lt 15 ]; then echo "run.sh: out of time (budget ${budget} s)" > "$out/$name.log"; record "$name" no-time 0; status=1; return 1; fi
+  [ $limit -gt $left ] && limit=$left
   timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
   local rc=$?
   if [ $rc = 0 ]; then record "$name" passed $((SECONDS - t0));
