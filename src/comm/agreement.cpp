@@ -119,11 +119,19 @@ void on_host_arrays(Communicator& comm, TensorView send, TensorView recv, const 
     void* p;
     ~FreeOnExit() { cudaFree(p); }
   } free_on_exit{managed};
+  // Managed memory is reachable from every device; the views name the caller's current
+  // one (a communicator that wraps them as framework tensors, the hooks', asks).
+  int device_index = 0;
+  GRADCOMM_CUDA_CALL(cudaGetDevice(&device_index), "layer agreement: cudaGetDevice");
   auto* base = static_cast<char*>(managed);
   if (send.nbytes() != 0) std::memcpy(base, send.data(), send.nbytes());
-  collective(TensorView(base, send.numel(), send.dtype(), comm.device()),
-             TensorView(base + recv_at, recv.numel(), recv.dtype(), comm.device()))
+  collective(TensorView(base, send.numel(), send.dtype(), comm.device(), device_index),
+             TensorView(base + recv_at, recv.numel(), recv.dtype(), comm.device(), device_index))
       ->wait();
+  // A transport may complete a work by ordering streams rather than the host (torch's
+  // gloo on CUDA tensors): the device drains before the host reads. Once, at setup.
+  GRADCOMM_CUDA_CALL(cudaDeviceSynchronize(), "layer agreement over ", comm.describe(),
+                     ": cudaDeviceSynchronize");
   if (recv.nbytes() != 0) std::memcpy(recv.data(), base + recv_at, recv.nbytes());
 #else
   GRADCOMM_THROW(ErrorCode::kInvalidArgument, "layer agreement: ", comm.describe(),
