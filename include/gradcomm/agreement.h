@@ -1,5 +1,7 @@
 // Setup-time agreement: every rank checks that all ranks registered the same layers
-// with the same settings, before the first exchange. No per-call cost.
+// with the same settings, before the first exchange. No per-call cost. Works over any
+// communicator: one that takes device buffers only (NCCL, a ThreadCommunicator on CUDA)
+// exchanges the few words through CUDA managed memory.
 #pragma once
 
 #include <cstddef>

@@ -30,6 +30,10 @@ struct NcclCommunicatorOptions {
 // (ncclCommAbort); from then on every collective not yet seen complete, and every new
 // one, throws kCommunication naming the reason. Destroyed while an exception unwinds, it
 // aborts instead of waiting for its queued collectives (peers may never come).
+// A work handed to wait_stream() is watched by the device, not the host: its release
+// does not wait, and a collective that never ends shows as a stream that never drains.
+// Keep the bound by wait()ing (or test()ing) the step's last work before synchronising
+// with that stream: NCCL's stream runs in order, so it covers the earlier ones.
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(Communicator& bootstrap, NcclCommunicatorOptions options = {});
@@ -53,6 +57,11 @@ class NcclCommunicator final : public Communicator {
   WorkHandle broadcast(TensorView buffer, int root) override;
   WorkHandle barrier() override;
   void abort(const std::string& reason) override;
+  // Collectives issued after this call start on NCCL's stream only once the work queued
+  // on `cuda_stream` so far has run (an event, no host wait). Its works' wait_stream()
+  // makes a stream wait on the collective the same way, so a caller encodes layer i+1 on
+  // its stream while layer i's collective runs on stream().
+  void follow_stream(void* cuda_stream) override;
 
   // ncclCommSplit: the new communicator is on the same device with a stream of its own
   // and the same timeout. split_shared() groups the ranks whose hostnames match.

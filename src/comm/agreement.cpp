@@ -1,9 +1,16 @@
 #include "gradcomm/agreement.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
+
+#if defined(GRADCOMM_HAVE_CUDA)
+#include "comm/cuda_call.h"
+#endif
 
 namespace gradcomm {
 namespace {
@@ -92,6 +99,46 @@ SettingDifference first_difference(const std::string& a, const std::string& b) {
 
 TensorView u32(std::vector<std::uint32_t>& v) { return TensorView::of(std::span<std::uint32_t>(v)); }
 
+// Runs one collective of the agreement on host arrays and waits for it. A communicator
+// that takes device buffers only (NCCL, a ThreadCommunicator on CUDA) gets them in CUDA
+// managed memory, which the host fills before the call and reads once the collective has
+// completed, whatever device the communicator is on. A few words, at setup only.
+using Collective = std::function<WorkHandle(TensorView send, TensorView recv)>;
+void on_host_arrays(Communicator& comm, TensorView send, TensorView recv, const Collective& collective) {
+  if (comm.accepts(Device::kCpu)) {
+    collective(send, recv)->wait();
+    return;
+  }
+#if defined(GRADCOMM_HAVE_CUDA)
+  const std::size_t recv_at = (send.nbytes() + 255) / 256 * 256;
+  void* managed = nullptr;
+  GRADCOMM_CUDA_CALL(cudaMallocManaged(&managed, std::max<std::size_t>(recv_at + recv.nbytes(), 1)),
+                     "layer agreement over ", comm.describe(), ": cudaMallocManaged of ",
+                     recv_at + recv.nbytes(), " bytes");
+  struct FreeOnExit {
+    void* p;
+    ~FreeOnExit() { cudaFree(p); }
+  } free_on_exit{managed};
+  // Managed memory is reachable from every device; the views name the caller's current
+  // one (a communicator that wraps them as framework tensors, the hooks', asks).
+  int device_index = 0;
+  GRADCOMM_CUDA_CALL(cudaGetDevice(&device_index), "layer agreement: cudaGetDevice");
+  auto* base = static_cast<char*>(managed);
+  if (send.nbytes() != 0) std::memcpy(base, send.data(), send.nbytes());
+  collective(TensorView(base, send.numel(), send.dtype(), comm.device(), device_index),
+             TensorView(base + recv_at, recv.numel(), recv.dtype(), comm.device(), device_index))
+      ->wait();
+  // A transport may complete a work by ordering streams rather than the host (torch's
+  // gloo on CUDA tensors): the device drains before the host reads. Once, at setup.
+  GRADCOMM_CUDA_CALL(cudaDeviceSynchronize(), "layer agreement over ", comm.describe(),
+                     ": cudaDeviceSynchronize");
+  if (recv.nbytes() != 0) std::memcpy(recv.data(), base + recv_at, recv.nbytes());
+#else
+  GRADCOMM_THROW(ErrorCode::kInvalidArgument, "layer agreement: ", comm.describe(),
+                 " takes no host buffers, and this build has no CUDA to stage them");
+#endif
+}
+
 // Only on a mismatch: gathers every rank's layers and settings and names the first
 // difference, identically on every rank (all ranks see the same gathered data).
 [[noreturn]] void explain_mismatch(Communicator& comm, std::span<const LayerSpec> layers,
@@ -100,7 +147,8 @@ TensorView u32(std::vector<std::uint32_t>& v) { return TensorView::of(std::span<
   std::vector<std::uint32_t> local_counts = {static_cast<std::uint32_t>(layers.size()),
                                              static_cast<std::uint32_t>(settings.size())};
   std::vector<std::uint32_t> counts(2 * static_cast<std::size_t>(p));
-  comm.allgather(u32(local_counts), u32(counts))->wait();
+  on_host_arrays(comm, u32(local_counts), u32(counts),
+                 [&](TensorView send, TensorView recv) { return comm.allgather(send, recv); });
 
   std::vector<std::uint32_t> records(layers.size() * 4);
   for (std::size_t i = 0; i < layers.size(); ++i) {
@@ -117,10 +165,13 @@ TensorView u32(std::vector<std::uint32_t>& v) { return TensorView::of(std::span<
     total_text += text_counts[r];
   }
   std::vector<std::uint32_t> all_records(total_records);
-  comm.allgatherv(u32(records), u32(all_records), record_counts)->wait();
+  on_host_arrays(comm, u32(records), u32(all_records), [&](TensorView send, TensorView recv) {
+    return comm.allgatherv(send, recv, record_counts);
+  });
   std::vector<std::uint8_t> text(settings.begin(), settings.end()), all_text(total_text);
-  comm.allgatherv(TensorView::of(std::span<std::uint8_t>(text)),
-                  TensorView::of(std::span<std::uint8_t>(all_text)), text_counts)->wait();
+  on_host_arrays(comm, TensorView::of(std::span<std::uint8_t>(text)),
+                 TensorView::of(std::span<std::uint8_t>(all_text)),
+                 [&](TensorView send, TensorView recv) { return comm.allgatherv(send, recv, text_counts); });
 
   auto layer_of = [&](int r, std::size_t i) {
     std::size_t base = 0;
@@ -182,8 +233,10 @@ bool same_on_all_ranks(Communicator& comm, std::uint64_t fingerprint) {
   std::vector<std::uint32_t> words = {static_cast<std::uint32_t>(fingerprint),
                                       static_cast<std::uint32_t>(fingerprint >> 32)};
   std::vector<std::uint32_t> high = words, low = words;
-  comm.allreduce(u32(words), u32(high), ReduceOp::kMax)->wait();
-  comm.allreduce(u32(words), u32(low), ReduceOp::kMin)->wait();
+  on_host_arrays(comm, u32(words), u32(high),
+                 [&](TensorView send, TensorView recv) { return comm.allreduce(send, recv, ReduceOp::kMax); });
+  on_host_arrays(comm, u32(words), u32(low),
+                 [&](TensorView send, TensorView recv) { return comm.allreduce(send, recv, ReduceOp::kMin); });
   return high == low;
 }
 

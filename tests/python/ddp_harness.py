@@ -41,8 +41,11 @@ def _entry(rank, world_size, port, fn, args, results, pg_timeout):
         results.put((rank, False, traceback.format_exc()))
 
 
-def run_ranks(fn, world_size: int, *args, timeout: float = 120.0, pg_timeout: float = 60.0):
-    ctx = mp.get_context("fork")
+def run_ranks(fn, world_size: int, *args, timeout: float = 120.0, pg_timeout: float = 60.0,
+              start_method: str = "fork"):
+    """start_method "spawn" for ranks that use CUDA (a forked child cannot); `fn` must then
+    be importable by name (a module-level function of a module on sys.path)."""
+    ctx = mp.get_context(start_method)
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, results, pg_timeout))

@@ -258,6 +258,18 @@ WorkHandle NcclCommunicator::barrier() {
   return record("barrier");
 }
 
+void NcclCommunicator::follow_stream(void* cuda_stream) {
+  State& s = *state_;
+  const auto producer = static_cast<cudaStream_t>(cuda_stream);
+  if (producer == s.stream) return;  // one stream: already in order
+  s.check_usable("follow_stream");
+  const detail::DeviceGuard guard(s.device);
+  GRADCOMM_CUDA_CALL(cudaEventRecord(s.follow_event, producer), "follow_stream on rank ", rank_,
+                     " (cuda:", s.device, "): cudaEventRecord on the caller's stream (it must be on this device)");
+  GRADCOMM_CUDA_CALL(cudaStreamWaitEvent(s.stream, s.follow_event, 0), "follow_stream on rank ",
+                     rank_, ": cudaStreamWaitEvent");
+}
+
 void NcclCommunicator::abort(const std::string& reason) {
   state_->abort_comm("rank " + std::to_string(rank_) + " aborted: " + reason);
 }

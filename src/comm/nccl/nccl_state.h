@@ -27,6 +27,9 @@ struct NcclCommunicator::State {
   int rank = 0;
   int size = 1;
   int* scratch = nullptr;  // a device int for barrier()
+  // follow_stream's: recorded on the caller's stream, then waited on by ours. One event
+  // serves every call, since cudaStreamWaitEvent takes the record made before it.
+  cudaEvent_t follow_event = nullptr;
   std::chrono::milliseconds timeout{};
   bool aborted = false;
   std::string abort_reason;
@@ -57,9 +60,13 @@ class NcclWork final : public Work {
   const char* what = "";
   cudaEvent_t event = nullptr;  // created once, recorded per collective
   bool complete = false;        // seen complete: stays so after an abort
+  // A stream waits on the event (wait_stream): that stream orders whatever reads the
+  // buffers, so release() need not hold the host until the collective ends.
+  bool stream_ordered = false;
 
   bool test() override;
   void wait() override;
+  void wait_stream(void* cuda_stream) override;
   void release() noexcept override;
 };
 

@@ -14,6 +14,7 @@ NcclCommunicator::State::~State() {
       if (w->event) cudaEventDestroy(w->event);
       delete w;
     }
+    if (follow_event) cudaEventDestroy(follow_event);
     if (scratch) cudaFree(scratch);
     if (own_stream && stream) cudaStreamDestroy(stream);
   } catch (...) {  // no device to switch to: nothing of ours can be freed on it either
@@ -31,6 +32,8 @@ void NcclCommunicator::State::open(int on_device, void* caller_stream) {
   }
   GRADCOMM_CUDA_CALL(cudaMalloc(&scratch, sizeof(int)), "NcclCommunicator: cudaMalloc on rank ",
                      rank, " (cuda:", device, ")");
+  GRADCOMM_CUDA_CALL(cudaEventCreateWithFlags(&follow_event, cudaEventDisableTiming),
+                     "NcclCommunicator: cudaEventCreate on rank ", rank, " (cuda:", device, ")");
 }
 
 void NcclCommunicator::State::check_usable(const char* what) const {
@@ -123,13 +126,29 @@ void NcclWork::wait() {
   }
 }
 
+void NcclWork::wait_stream(void* cuda_stream) {
+  if (complete) return;  // the host saw it end: whatever is enqueued from now on follows
+  NcclCommunicator::State& s = *state;
+  s.check_usable(what);  // an aborted collective's buffers hold garbage: never hand them on
+  const auto waiting = static_cast<cudaStream_t>(cuda_stream);
+  if (waiting != s.stream) {
+    const detail::DeviceGuard guard(s.device);
+    GRADCOMM_CUDA_CALL(cudaStreamWaitEvent(waiting, event, 0), what, " on rank ", s.rank,
+                       " (cuda:", s.device, "): cudaStreamWaitEvent");
+  }
+  stream_ordered = true;
+}
+
 void NcclWork::release() noexcept {
-  if (!complete) {  // complete it (or fail), so the buffers are not written later
+  if (!complete && !stream_ordered) {  // complete it (or fail), so the buffers are not written later
     try {
       wait();
     } catch (...) {
     }
   }
+  // A recycled event may be recorded again at once: a stream already waiting on it keeps
+  // the record it was given.
+  stream_ordered = false;
   const std::shared_ptr<NcclCommunicator::State> owner = std::move(state);  // may be the last owner
   try {
     owner->free_works.push_back(this);
