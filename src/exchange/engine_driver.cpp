@@ -40,8 +40,16 @@ void EngineDriver::complete_all() {
     for (; completed_ < engine_.collectives_this_step(); ++completed_) {
       issue_ready();  // a sparse allreduce phase becomes ready when the one before completes
       // Device layers: the decode kernels wait for the collective on the stream (NCCL), or
-      // the host waits first (host transports); host layers: the host waits.
-      works_[completed_]->wait_stream(engine_.stream());
+      // the host waits first (host transports); host layers: the host waits. The step's
+      // last collective is waited for on the host: a device transport's wait() gives up
+      // after its timeout (a dead peer), where the stream synchronisation of finish_step
+      // would hang; the collectives run in order, so that one wait bounds them all.
+      const bool last = completed_ + 1 == engine_.collectives_this_step();
+      if (last && engine_.device() != Device::kCpu) {
+        works_[completed_]->wait();
+      } else {
+        works_[completed_]->wait_stream(engine_.stream());
+      }
       works_[completed_].reset();
       engine_.complete(completed_);
     }
