@@ -8,7 +8,7 @@ alpha-beta model calibrated on them and projected to more ranks
     /usr/bin/python3 bench/sparse_scaling.py report out/scaling [--plot docs/img/sparse_scaling.png]
 
 `measure` runs gradcomm-bench under mpirun (oversubscribed, unshaped: only the bytes
-count) for every model, rank count and exchange, -w 1 -n 2 -c 0 at density 0.001 with
+count) for every model, rank count and exchange, -w 1 -n 2 -c 0 (--warmup, --iters) at density 0.001 with
 float32 values. A model too large for the machine's memory at that many ranks runs in
 slices of its tensors (--model-slice) whose bytes add up; rows go to OUT/scaling.json.
 `report` fits the volume model per model and exchange on the measured points, prints the
@@ -83,7 +83,8 @@ def measure(args):
                     with tempfile.TemporaryDirectory() as tmp:
                         out = os.path.join(tmp, "row.json")
                         cmd = [args.mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(p),
-                               args.bench, "--model", model, "--models-dir", models_dir, "-w", "1", "-n", "2", "-c", "0",
+                               args.bench, "--model", model, "--models-dir", models_dir, "-w", str(args.warmup),
+                               "-n", str(args.iters), "-c", "0",
                                "--density", str(args.density), "--json", out, *flags]
                         if len(parts) > 1:
                             cmd += ["--model-slice", f"{first}:{end}"]
@@ -241,6 +242,10 @@ def main():
     m.add_argument("--density", type=float, default=0.001)
     m.add_argument("--budget-gb", type=float, help="host memory for one run (default 60%% of MemAvailable)")
     m.add_argument("--timeout", type=int, default=1800)
+    # The step after the first counts only steady-state bytes (the first step of the sparse
+    # allreduce also computes its regions); fewer steps save time on large models.
+    m.add_argument("--warmup", type=int, default=1, help="untimed steps per run (default 1)")
+    m.add_argument("--iters", type=int, default=2, help="measured steps per run (default 2)")
     r = sub.add_parser("report")
     r.add_argument("results")
     r.add_argument("--plot")
