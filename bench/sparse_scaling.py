@@ -27,9 +27,12 @@ EXCHANGES = {
     "allgather": ["--compressor", "dgc", "--exchange", "allgather"],
     "reduce_scatter": ["--compressor", "dgc", "--exchange", "reduce_scatter"],
 }
-# Bytes of host memory one rank needs per parameter of a slice: gradient, output, DGC's
-# u and v, the send arena (4 bytes each), with room for the rest.
-BYTES_PER_PARAM = 28
+# Bytes of host memory one rank may need per parameter of a slice. The buffers counted
+# (gradient, output, DGC's u and v, the send arena: 4 bytes each) make 20, but with 28 the
+# dense run of BERT-large at 2 ranks (a first slice of 250M parameters) was killed for
+# memory on a 24 GiB machine, while slices of at most 143M ran: what MPI and the allocator
+# add is not counted, so leave room.
+BYTES_PER_PARAM = 64
 
 
 def model_tensors(models_dir, model):
