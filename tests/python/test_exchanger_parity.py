@@ -117,6 +117,7 @@ def _hook_against_exchanger(rank, world, kind, options, dtype):
         replans = (state.replans, planner.replans, state.planned_settings())
     if state.exchange != "compressor":
         steps[-1]["exchanges"] = (state._exchanger.exchanges, exchanger.exchanges)
+        steps[-1]["plan"] = state.plan
     return steps, replans
 
 
@@ -144,6 +145,8 @@ def test_hook_is_bitwise_the_cpp_exchanger(case, world):
             # 1-D tensors stay dense), the same plan as the C++ Exchanger's, on every rank.
             hook_plan, cpp_plan = steps[-1]["exchanges"]
             assert hook_plan == cpp_plan == results[0][0][-1]["exchanges"][0], (rank, hook_plan)
+            # The printed plan (links averaged over the ranks, predicted times) is one table.
+            assert steps[-1]["plan"] and steps[-1]["plan"] == results[0][0][-1]["plan"], rank
             if options["exchange"] != "auto":
                 assert hook_plan == ["reduce_scatter" if p.dim() > 1 else "dense"
                                      for p in tiny_net().parameters()], hook_plan
