@@ -13,6 +13,9 @@ from models import attach_hook, tiny_net, train_steps
 TOTAL, STOP = 7, 3
 HOOKS = {
     "dgc": dict(density=0.05, warmup=(0.3,), steps_per_epoch=2, dense_fallback=False),
+    # The sparse allreduce: its plan and regions travel in the shard.
+    "dgc-reduce-scatter": dict(density=0.05, warmup=(0.3,), steps_per_epoch=2,
+                               dense_fallback=False, exchange="reduce_scatter"),
     "dgc-fp16-exact": dict(density=0.1, fp16=True, selection="exact", warmup=None),
     # Saved before the freeze, resumed across it; and saved after it (errors in flight).
     "onebit-across-freeze": dict(freeze_step=STOP + 1),

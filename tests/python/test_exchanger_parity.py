@@ -42,6 +42,14 @@ CASES = {
     "lgreco-dgc": ("lgreco", dict(family="dgc", replan_every=3, default=0.05,
                                   candidates=(0.01, 0.05, 0.2, 0.5)), torch.float32),
     # 16-bit models: the engine widens the gradients and narrows the update alike.
+    # The sparse allreduce (regions owned by ranks, a global top-k) and the cost model's own
+    # choice, through the hook's exchange argument (issue 16).
+    "dgc-reduce-scatter": ("dgc", dict(density=0.05, warmup=(0.3,), dense_fallback=False,
+                                       exchange="reduce_scatter"), torch.float32),
+    "dgc-reduce-scatter-exact-fp16": ("dgc", dict(density=0.1, warmup=None, fp16=True,
+                                                  selection="exact", bucket_bytes=512,
+                                                  exchange="reduce_scatter"), torch.float32),
+    "dgc-auto": ("dgc", dict(density=0.05, warmup=(0.3,), exchange="auto"), torch.float32),
     "dgc-bf16-model": ("dgc", dict(density=0.05, warmup=None, dense_fallback=False),
                        torch.bfloat16),
     "quant-bf16-model": ("quant", dict(bits=4, bucket_size=64), torch.bfloat16),
@@ -66,7 +74,8 @@ def _hook_against_exchanger(rank, world, kind, options, dtype):
     twin = tiny_net().to(dtype)
     twin_opt = type(opt)(twin.parameters(), **opt.defaults)
     exchanger = native.Exchanger(communicator(None), state._make_compressor(),
-                                 _layer_specs(twin), state.bucket_bytes, state.nonfinite)
+                                 _layer_specs(twin), state.bucket_bytes, state.nonfinite,
+                                 exchange=state.exchange)
     epoch_driven = state._epoch_driven()
     if epoch_driven:
         exchanger.compressor.set_epoch(0)
@@ -106,6 +115,9 @@ def _hook_against_exchanger(rank, world, kind, options, dtype):
     replans = None
     if planner is not None:
         replans = (state.replans, planner.replans, state.planned_settings())
+    if state.exchange != "compressor":
+        steps[-1]["exchanges"] = (state._exchanger.exchanges, exchanger.exchanges)
+        steps[-1]["plan"] = state.plan
     return steps, replans
 
 
@@ -128,6 +140,16 @@ def test_hook_is_bitwise_the_cpp_exchanger(case, world):
             assert torch.equal(s["hook"], results[0][0][i]["hook"]), where
         # The exchange did something: the update is not the local gradient.
         assert not torch.equal(steps[-1]["hook"], steps[-1]["local"]), case
+        if "exchange" in options:
+            # The hook ran what it was asked: every matrix through the forced exchange (the
+            # 1-D tensors stay dense), the same plan as the C++ Exchanger's, on every rank.
+            hook_plan, cpp_plan = steps[-1]["exchanges"]
+            assert hook_plan == cpp_plan == results[0][0][-1]["exchanges"][0], (rank, hook_plan)
+            # The printed plan (links averaged over the ranks, predicted times) is one table.
+            assert steps[-1]["plan"] and steps[-1]["plan"] == results[0][0][-1]["plan"], rank
+            if options["exchange"] != "auto":
+                assert hook_plan == ["reduce_scatter" if p.dim() > 1 else "dense"
+                                     for p in tiny_net().parameters()], hook_plan
         if replans is not None:
             state_replans, cpp_replans, plan = replans
             assert state_replans == cpp_replans == 2, replans

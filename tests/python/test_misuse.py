@@ -159,8 +159,9 @@ def _load_mismatched(rank, world):
     dist.all_gather_object(everyone, saved)
     other_rank = everyone[(rank + 1) % world]  # another rank's real shard
     other_density = gct.DGCState(density=0.2, warmup=None)
+    other_exchange = gct.DGCState(density=0.1, warmup=None, exchange="reduce_scatter")
     for target, shard in ((state, other_rank), (other_density, saved),
-                          (gct.LGreCoState(), saved)):
+                          (gct.LGreCoState(), saved), (other_exchange, saved)):
         try:
             target.load_state_dict(shard)
             errors.append(None)
@@ -177,9 +178,11 @@ def _load_mismatched(rank, world):
 
 def test_loading_another_ranks_or_settings_shard_is_refused():
     for rank, errors in enumerate(run_ranks(_load_mismatched, 2)):
-        wrong_rank, wrong_settings, wrong_kind, not_onebit = errors
+        wrong_rank, wrong_settings, wrong_kind, wrong_exchange, not_onebit = errors
         assert wrong_rank and (f"this is the shard of rank {(rank + 1) % 2}, not of rank {rank}"
                                in wrong_rank), wrong_rank
         assert wrong_settings and "settings differ" in wrong_settings
         assert wrong_kind and "a 'dgc' state, expected 'lgreco'" in wrong_kind
+        assert wrong_exchange and ("saved with exchange='compressor', this state has "
+                                   "exchange='reduce_scatter'") in wrong_exchange, wrong_exchange
         assert not_onebit and "not a OneBitAdam state" in not_onebit

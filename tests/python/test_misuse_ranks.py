@@ -106,6 +106,8 @@ DISAGREEMENTS = {
     "dgc-bucket_bytes": (lambda r, net, m: (gct.DGCState(bucket_bytes=(4 << 20, 1 << 20)[r]),
                                             gct.dgc_hook), "bucket_bytes", (4 << 20, 1 << 20)),
     "dgc-seed": (lambda r, net, m: (gct.DGCState(seed=(5, 6)[r]), gct.dgc_hook), "seed", (5, 6)),
+    "dgc-exchange": (lambda r, net, m: (gct.DGCState(exchange=("allgather", "reduce_scatter")[r]),
+                                        gct.dgc_hook), "exchange", ("allgather", "reduce_scatter")),
     "dgc-selection": (lambda r, net, m: (gct.DGCState(selection=("sampled", "exact")[r]),
                                          gct.dgc_hook), "selection", ("sampled", "exact")),
     "dgc-steps_per_epoch": (lambda r, net, m: (gct.DGCState(steps_per_epoch=(0, 10)[r]),
@@ -372,6 +374,12 @@ CONSTRUCTION = {
                         r"DGCState: density must be finite, got nan"),
     "dgc-momentum-string": (lambda p: gct.DGCState(momentum="0.9"),
                             r"DGCState: momentum must be a number, got '0\.9'"),
+    "dgc-exchange-None": (lambda p: gct.DGCState(exchange=None),
+                          r"DGCState: exchange must be one of \('compressor', 'auto', 'dense', "
+                          r"'allgather', 'reduce_scatter'\), got None"),
+    "dgc-hierarchy-hierarchical": (lambda p: gct.DGCState(hierarchy="hierarchical"),
+                                   r"DGCState: hierarchy='hierarchical' is not available in the "
+                                   r"DDP hooks: .*host"),
     "quant-bits-None": (lambda p: gct.QuantState(bits=None),
                         r"QuantState: bits must be a number, got None"),
     "quant-bits-9": (lambda p: gct.QuantState(bits=9), r"bits 9 outside 1\.\.8"),

@@ -66,9 +66,15 @@ CheckpointShard parse_shard(const py::bytes& shard, int rank, int world_size,
                                 ShardExpectation{rank, world_size, compressor}, source);
 }
 
+// The Exchanger's plan and sparse allreduce regions, as save_checkpoint names the section:
+// a resumed reduce-scatter continues with the regions it stopped with.
+constexpr const char* kExchangeSection = "gradcomm.exchange";
+
 py::bytes shard_bytes(int rank, int world_size, std::int64_t step, const std::string& compressor,
-                      std::span<const std::byte> state, const std::string& layers) {
-  const CheckpointBlob blobs[] = {{kLayersSection, bytes_of(layers)}};
+                      std::span<const std::byte> state, const std::string& layers,
+                      std::span<const std::byte> exchange_state = {}) {
+  std::vector<CheckpointBlob> blobs{{kLayersSection, bytes_of(layers)}};
+  if (!exchange_state.empty()) blobs.push_back({kExchangeSection, exchange_state});
   ShardContents contents;
   contents.rank = rank;
   contents.world_size = world_size;
@@ -153,7 +159,8 @@ void bind_exchanger(py::module_& m) {
       "update into the outputs at finish_step().")
       .def(py::init([](py::object communicator, std::shared_ptr<Compressor> compressor,
                        std::vector<LayerSpec> layers, std::size_t bucket_bytes,
-                       const std::string& nonfinite, bool agree_every_step) {
+                       const std::string& nonfinite, bool agree_every_step,
+                       const std::string& exchange) {
              auto self = std::make_unique<PyExchanger>();
              auto& comm = communicator.cast<Communicator&>();
              self->communicator = std::move(communicator);
@@ -162,6 +169,7 @@ void bind_exchanger(py::module_& m) {
              options.bucket_bytes = bucket_bytes;
              options.nonfinite = parse_nonfinite_policy(nonfinite);
              options.agree_every_step = agree_every_step;
+             options.exchange = parse_exchange_choice(exchange);
              py::gil_scoped_release release;  // the setup agreement runs collectives
              self->exchanger = std::make_unique<Exchanger>(comm, std::move(compressor),
                                                            std::move(layers), options);
@@ -169,7 +177,8 @@ void bind_exchanger(py::module_& m) {
            }),
            py::arg("communicator"), py::arg("compressor"), py::arg("layers"),
            py::arg("bucket_bytes") = defaults.bucket_bytes, py::arg("nonfinite") = "error",
-           py::arg("agree_every_step") = defaults.agree_every_step)
+           py::arg("agree_every_step") = defaults.agree_every_step,
+           py::arg("exchange") = exchange_choice_name(defaults.exchange))
       .def("begin_step", [](PyExchanger& self) { self.get().begin_step(); })
       .def(
           "set_stream",
@@ -228,11 +237,13 @@ void bind_exchanger(py::module_& m) {
           [](PyExchanger& self) {
             Exchanger& ex = self.get();
             const std::vector<std::byte> state = ex.compressor().save_state();
+            const std::vector<std::byte> exchange = ex.save_exchange_state();
             return shard_bytes(ex.communicator().rank(), ex.communicator().size(), ex.step(),
-                               ex.compressor().name(), state, layer_table(ex.layers()));
+                               ex.compressor().name(), state, layer_table(ex.layers()), exchange);
           },
           "This rank's state as a checkpoint shard (the C++ checkpoint format: checksummed "
-          "header and payload, the step, the compressor state, the layer table).")
+          "header and payload, the step, the compressor state, the layer table, the exchange "
+          "plan and sparse allreduce regions).")
       .def(
           "load_shard",
           [](PyExchanger& self, const py::bytes& shard, const std::string& source) {
@@ -254,10 +265,26 @@ void bind_exchanger(py::module_& m) {
             }
             ex.compressor().load_state(parsed.compressor_state());
             ex.restore_step(parsed.step);
+            // Shards written before the exchange state was saved have none: the plan stays as built.
+            if (parsed.has(kExchangeSection)) ex.load_exchange_state(parsed.blob(kExchangeSection));
           },
           py::arg("shard"), py::arg("source") = "state_dict",
           "Validates a shard (checksums, rank, world size, compressor, layers) and restores the "
           "compressor state and the step from it.")
+      .def_property_readonly(
+          "plan",
+          [](PyExchanger& self) {
+            const ExchangePlan& plan = self.get().plan();
+            return plan.exchange.empty() && !plan.hierarchical ? std::string() : plan.describe();
+          },
+          "The exchange plan (links measured, per layer the predicted times and the choice) as "
+          "a table; empty with exchange 'compressor', where nothing is planned.")
+      .def_property_readonly("exchanges", [](PyExchanger& self) {
+            std::vector<std::string> names;
+            for (SparseExchange e : self.get().plan().exchange) names.push_back(sparse_exchange_name(e));
+            return names;
+          },
+          "Per layer the exchange the plan gives it (empty with exchange 'compressor').")
       .def_property_readonly("step", [](PyExchanger& self) { return self.get().step(); })
       .def("restore_step", [](PyExchanger& self, std::int64_t step) { self.get().restore_step(step); },
            py::arg("step"))

@@ -32,6 +32,9 @@ import gradcomm._gradcomm as _native
 from gradcomm.torch._comm import communicator as torch_communicator
 
 _NONFINITE_POLICIES = ("error", "skip_step", "zero")
+#: How a DGC state's sparse layers cross the ranks (ExchangerOptions::exchange):
+#: "compressor" keeps DGC's allgather; "auto" lets the cost model pick per layer.
+EXCHANGES = ("compressor", "auto", "dense", "allgather", "reduce_scatter")
 #: Gradient dtypes the hooks take: compressors, momenta and residuals stay float32; the
 #: update is written back in the bucket's dtype.
 _GRADIENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -61,6 +64,18 @@ def _choice(owner: str, name: str, value, choices: tuple):
     if value not in choices:
         raise _invalid(f"{owner}: {name} must be one of {choices}, got {value!r}")
     return value
+
+
+def _exchange_choice(owner: str, exchange: str, hierarchy: str) -> str:
+    """`exchange`, checked; `hierarchy` must be "flat": the hooks have no host communicators."""
+    if hierarchy != "flat":
+        raise _invalid(
+            f"{owner}: hierarchy={hierarchy!r} is not available in the DDP hooks: the "
+            "hierarchical exchange needs a communicator inside each host and one across "
+            "hosts, which gradcomm does not build over torch.distributed yet. Use "
+            "hierarchy='flat' (the default), or gradcomm-train / the C++ Exchanger with "
+            "MpiHostCommunicators for a hierarchical exchange")
+    return _choice(owner, "exchange", exchange, EXCHANGES)
 
 
 def _nonfinite_policy(policy: str) -> str:
@@ -103,8 +118,10 @@ class CompressedHookState:
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
                  nonfinite: str = "error",
                  communicator: Optional[gradcomm.Communicator] = None,
-                 bucket_bytes: int = 4 << 20):
+                 bucket_bytes: int = 4 << 20, exchange: str = "compressor",
+                 hierarchy: str = "flat"):
         self.process_group = process_group
+        self.exchange = _exchange_choice(type(self).__name__, exchange, hierarchy)
         # A gradcomm Communicator (gradcomm.MpiCommunicator under mpirun) that carries the
         # hook's collectives instead of the process group.
         self.communicator = communicator
@@ -193,6 +210,13 @@ class CompressedHookState:
         return None if self._exchanger is None else self._exchanger.compressor
 
     @property
+    def plan(self) -> str:
+        """The exchange plan as a table (the links measured at setup, per layer the
+        predicted milliseconds of each exchange and the choice); empty with
+        exchange="compressor" or before the first backward."""
+        return "" if self._exchanger is None else self._exchanger.plan
+
+    @property
     def layer_names(self) -> List[str]:
         """The registered layers' keys, in registration order (empty before the first
         backward)."""
@@ -234,13 +258,15 @@ class CompressedHookState:
         words = [f"{key}={value if isinstance(value, str) else repr(value)}".replace(" ", "")
                  for key, value in
                  [("hook", self._kind), ("nonfinite", self.nonfinite),
-                  ("bucket_bytes", self.bucket_bytes)] + sorted(self._settings().items())]
+                  ("bucket_bytes", self.bucket_bytes), ("exchange", self.exchange)]
+                 + sorted(self._settings().items())]
         _native.check_agreement(comm, " ".join(words), f"{self._name} settings")
         compressor = self._make_compressor()
         # Every step's layout is agreed before its first collective: a schedule moved on
         # one rank only (set_epoch, load_state_dict) fails on every rank, never hangs.
         self._exchanger = _native.Exchanger(comm, compressor, layers, self.bucket_bytes,
-                                            self.nonfinite, agree_every_step=True)
+                                            self.nonfinite, agree_every_step=True,
+                                            exchange=self.exchange)
         self._layer_of = {p: i for i, p in enumerate(params)}
         failure = None
         if self._pending_state is not None:
@@ -281,7 +307,8 @@ class CompressedHookState:
         else:  # before the first backward: what was loaded, if anything
             shard = None if self._pending_state is None else self._pending_state["shard"]
         return {"kind": self._kind, "version": STATE_VERSION, "settings": self._settings(),
-                "epoch": self.epoch, "shard": shard, "extra": self._extra_state()}
+                "exchange": self.exchange, "epoch": self.epoch, "shard": shard,
+                "extra": self._extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a shard saved by ``state_dict()`` on the same rank of a job of the same
@@ -302,6 +329,12 @@ class CompressedHookState:
         if state.get("settings") != self._settings():
             raise _invalid(f"{name}.load_state_dict: settings differ: saved "
                            f"{state.get('settings')}, here {self._settings()}")
+        # States saved before the exchange was a setting used the compressor's own.
+        saved_exchange = state.get("exchange", "compressor")
+        if saved_exchange != self.exchange:
+            raise _invalid(f"{name}.load_state_dict: saved with exchange={saved_exchange!r}, "
+                           f"this state has exchange={self.exchange!r}: the shard's plan and "
+                           "regions belong to the exchange it was saved with")
         if self._exchanger is not None:
             self._restore(state)
             return

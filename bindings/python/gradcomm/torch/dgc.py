@@ -76,6 +76,15 @@ class DGCState(CompressedHookState):
             once (rank 0) that the warm-up is not advancing. Default 1000; 0: never.
         bucket_bytes: summable payloads are fused into allreduces, and sparse ones into
             allgathers, of up to this many bytes.
+        exchange: how the sparse tensors cross the ranks: ``"compressor"`` (default: DGC's
+            allgather of every rank's slots, whose volume grows with the ranks),
+            ``"allgather"`` (the same, planned), ``"reduce_scatter"`` (the sparse allreduce:
+            regions owned by ranks, a global top-k, volume about constant in the ranks),
+            ``"dense"`` (every tensor allreduced densely), or ``"auto"`` (the cost model
+            picks per tensor from the links measured at the first backward). CPU tensors
+            only. See docs/algorithms/sparse-allreduce.md.
+        hierarchy: only ``"flat"``: the hierarchical exchange needs per-host communicators
+            that the hooks do not build over torch.distributed (anything else raises).
     """
 
     _kind = "dgc"
@@ -89,8 +98,10 @@ class DGCState(CompressedHookState):
                  sample_fraction: float = 0.01, seed: int = 0x5eed,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
                  nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None,
-                 bucket_bytes: int = 4 << 20, warmup_check_steps: int = 1000):
-        super().__init__(process_group, named_parameters, nonfinite, communicator, bucket_bytes)
+                 bucket_bytes: int = 4 << 20, warmup_check_steps: int = 1000,
+                 exchange: str = "compressor", hierarchy: str = "flat"):
+        super().__init__(process_group, named_parameters, nonfinite, communicator, bucket_bytes,
+                         exchange=exchange, hierarchy=hierarchy)
         self.warmup_check_steps = int(warmup_check_steps)
         self._warned_warmup = False
         name = type(self).__name__
