@@ -35,8 +35,10 @@ SparseSelection sparse_allreduce(Communicator& comm, std::size_t numel, std::spa
   const std::size_t count = indices.size();
   std::vector<std::uint32_t> list(1 + 2 * count);
   list[0] = static_cast<std::uint32_t>(count);
-  std::memcpy(list.data() + 1, indices.data(), 4 * count);
-  std::memcpy(list.data() + 1 + count, values.data(), 4 * count);
+  if (count > 0) {  // an empty span's data() may be null, which memcpy must not get
+    std::memcpy(list.data() + 1, indices.data(), 4 * count);
+    std::memcpy(list.data() + 1 + count, values.data(), 4 * count);
+  }
   // The regions fit the layer (checked above), so the group keeps them as they are.
   SparseRegions used = regions;
   detail::SparseGroupLayer layer;
