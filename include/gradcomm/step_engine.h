@@ -1,8 +1,8 @@
 // StepEngine: one step of a gradient exchange, without a communicator.
 //
-// Given the layers and a compressor, the engine lays out a step (consecutive summable
-// payloads of one dtype fused into allreduce groups, opaque payloads into allgather
-// blocks), encodes each layer into flat buffers as it is submitted, says which collective
+// Given the layers and a compressor, the engine lays out a step (summable payloads of one
+// dtype fused into allreduce groups, opaque payloads into allgather blocks, each group up
+// to bucket_bytes, its layers need not be neighbours), encodes each layer into flat buffers as it is submitted, says which collective
 // is ready to start next (in the order every rank agrees on), decodes what the collectives
 // delivered, applies the non-finite policy (giving a skipped step's payloads back to the
 // compressor) and reports the step's stats. It never communicates: the driver moves the

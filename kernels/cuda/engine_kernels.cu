@@ -14,10 +14,10 @@ unsigned blocks_for(std::size_t n) {
   return static_cast<unsigned>(std::clamp<std::size_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
 }
 
-__global__ void status_kernel(const std::uint32_t* counts, std::size_t first_layer, std::size_t layers,
-                              void* status, bool half) {
+__global__ void status_kernel(const std::uint32_t* counts, const std::uint32_t* layers_in_order,
+                              std::size_t first, std::size_t layers, void* status, bool half) {
   for (std::size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < layers; i += gridDim.x * blockDim.x) {
-    const float flag = counts[first_layer - i] != 0 ? 1.0f : 0.0f;
+    const float flag = counts[layers_in_order[first + i]] != 0 ? 1.0f : 0.0f;
     if (half) {
       static_cast<std::uint16_t*>(status)[i] = float_to_half(flag);
     } else {
@@ -26,13 +26,14 @@ __global__ void status_kernel(const std::uint32_t* counts, std::size_t first_lay
   }
 }
 
-__global__ void header_kernel(const std::uint32_t* counts, std::size_t first_layer, std::size_t layers,
-                              std::uint32_t* header, std::size_t header_words) {
+__global__ void header_kernel(const std::uint32_t* counts, const std::uint32_t* layers_in_order,
+                              std::size_t first, std::size_t layers, std::uint32_t* header,
+                              std::size_t header_words) {
   for (std::size_t w = blockIdx.x * blockDim.x + threadIdx.x; w < header_words; w += gridDim.x * blockDim.x) {
     if (w == 0) {
       header[0] = static_cast<std::uint32_t>(layers);
     } else if (w <= layers) {
-      header[w] = counts[first_layer - (w - 1)];
+      header[w] = counts[layers_in_order[first + (w - 1)]];
     } else {
       header[w] = 0;
     }
@@ -53,17 +54,19 @@ __global__ void narrow_kernel(const float* in, bool bfloat16, std::uint16_t* out
 
 }  // namespace
 
-void frame_allreduce_status(const std::uint32_t* counts, std::size_t first_layer, std::size_t layers,
-                            void* status, bool half, void* stream) {
+void frame_allreduce_status(const std::uint32_t* counts, const std::uint32_t* layers_in_order,
+                            std::size_t first, std::size_t layers, void* status, bool half, void* stream) {
   if (layers == 0) return;
-  status_kernel<<<blocks_for(layers), kThreads, 0, as_stream(stream)>>>(counts, first_layer, layers, status, half);
+  status_kernel<<<blocks_for(layers), kThreads, 0, as_stream(stream)>>>(counts, layers_in_order, first, layers,
+                                                                       status, half);
   check_launch("the StepEngine's status framing");
 }
 
-void frame_allgather_header(const std::uint32_t* counts, std::size_t first_layer, std::size_t layers,
-                            std::uint32_t* header, std::size_t header_words, void* stream) {
-  header_kernel<<<blocks_for(header_words), kThreads, 0, as_stream(stream)>>>(counts, first_layer, layers, header,
-                                                                              header_words);
+void frame_allgather_header(const std::uint32_t* counts, const std::uint32_t* layers_in_order,
+                            std::size_t first, std::size_t layers, std::uint32_t* header,
+                            std::size_t header_words, void* stream) {
+  header_kernel<<<blocks_for(header_words), kThreads, 0, as_stream(stream)>>>(counts, layers_in_order, first, layers,
+                                                                              header, header_words);
   check_launch("the StepEngine's header framing");
 }
 

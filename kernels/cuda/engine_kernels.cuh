@@ -11,15 +11,17 @@
 namespace gradcomm::kernels::cuda {
 
 // Allreduce group: status element i (float32, or float16 when `half`) = 1 where
-// counts[layer_of(i)] != 0, else 0, for the `layers` layers whose first (in backward
-// order) is `first_layer` and the rest descend from it (layer_of(i) = first_layer - i).
-void frame_allreduce_status(const std::uint32_t* counts, std::size_t first_layer, std::size_t layers,
-                            void* status, bool half, void* stream);
+// counts[layers_in_order[first + i]] != 0, else 0, for the group's `layers` layers, which
+// sit at positions [first, first + layers) of the step's order (device memory: position ->
+// layer index).
+void frame_allreduce_status(const std::uint32_t* counts, const std::uint32_t* layers_in_order,
+                            std::size_t first, std::size_t layers, void* status, bool half, void* stream);
 
 // Allgather group: header words [layers, counts of the layers as above], then zero words
 // up to `header_words`.
-void frame_allgather_header(const std::uint32_t* counts, std::size_t first_layer, std::size_t layers,
-                            std::uint32_t* header, std::size_t header_words, void* stream);
+void frame_allgather_header(const std::uint32_t* counts, const std::uint32_t* layers_in_order,
+                            std::size_t first, std::size_t layers, std::uint32_t* header,
+                            std::size_t header_words, void* stream);
 
 // out = float32(in) / in = dtype(out) for float16 (bfloat16 = false) or bfloat16.
 void widen_to_f32(const std::uint16_t* in, bool bfloat16, float* out, std::size_t n, void* stream);

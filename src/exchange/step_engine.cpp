@@ -90,6 +90,8 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   s.submitted.resize(n);
   s.sum_out_of_place = options_.nonfinite == NonFinitePolicy::kSkipStep;
   s.groups.reserve(n);
+  s.next_member.resize(n);
+  s.open_groups.reserve(n);
   s.slots.reserve(4 * n);
   s.group_layers.reserve(n);
   s.sparse.reset(n, world_size_, rank_, options_.region_refresh_steps);
@@ -116,8 +118,8 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   s.wide_out = detail::StepBuffer(s.device, d, widest * sizeof(float));
   s.layer_count = n;
   if (s.on_device()) {
-    s.device_words = detail::StepBuffer(s.device, d, 8 * n);
-    s.status_host = detail::HostStaging(s.device, s.status_capacity + 4 * n);
+    s.device_words = detail::StepBuffer(s.device, d, 12 * n);
+    s.status_host = detail::HostStaging(s.device, s.status_capacity + 8 * n);
   }
 }
 
@@ -162,8 +164,9 @@ void StepEngine::begin_step(std::int64_t step) {
   const std::size_t n = layers_.size();
   const auto p = static_cast<std::size_t>(world_size_);
   s.groups.clear();
-  for (std::size_t pos = 0; pos < n; ++pos) {
-    const std::size_t layer = s.order[pos];
+  s.open_groups.clear();
+  for (std::size_t walked = 0; walked < n; ++walked) {
+    const std::size_t layer = n - 1 - walked;  // backward order: the order gradients come in
     const LayerWire w = compressor_->wire(layer);
     GRADCOMM_CHECK(w.bytes() <= compressor_->max_payload_bytes(layer), ErrorCode::kInternal,
                    compressor_->name(), ": layer ", layer, " wants ", w.bytes(),
@@ -187,25 +190,65 @@ void StepEngine::begin_step(std::int64_t step) {
     s.local_nonfinite[layer] = 0;
     s.outs[layer] = {};
     const std::size_t bytes = align_up(w.bytes());
-    bool join = false;
-    if (!s.groups.empty()) {
-      const Impl::Group& g = s.groups.back();
-      join = g.collective == w.collective && g.dtype == w.dtype &&
-             g.block_bytes + bytes <= options_.bucket_bytes;
-    }
-    if (!join) {
+    // The open group of this collective and dtype takes the layer while it fits; a full
+    // one is closed (it keeps its place by its last layer) and the layer opens the next.
+    std::size_t* open = std::find_if(s.open_groups.data(), s.open_groups.data() + s.open_groups.size(),
+                                     [&](std::size_t gi) {
+                                       return s.groups[gi].collective == w.collective && s.groups[gi].dtype == w.dtype;
+                                     });
+    const bool found = open != s.open_groups.data() + s.open_groups.size();
+    if (found && s.groups[*open].block_bytes + bytes <= options_.bucket_bytes) {
+      Impl::Group& g = s.groups[*open];
+      s.next_member[g.tail] = layer;
+      g.tail = layer;
+      g.last_seen = walked;
+      g.pending += 1;
+      g.block_bytes += bytes;
+    } else {
       Impl::Group g{};
       g.collective = w.collective;
       g.dtype = w.dtype;
-      g.first = pos;
+      g.head = g.tail = layer;
+      g.last_seen = walked;
+      g.pending = 1;
+      g.block_bytes = bytes;
       s.groups.push_back(g);
+      if (found) {
+        *open = s.groups.size() - 1;
+      } else {
+        s.open_groups.push_back(s.groups.size() - 1);
+      }
     }
-    Impl::Group& g = s.groups.back();
-    g.last = pos + 1;
-    g.pending += 1;
-    s.group_of[layer] = s.groups.size() - 1;
-    s.offset_in_block[layer] = g.block_bytes;  // rebased below for allgather headers
-    g.block_bytes += bytes;
+  }
+  // Every rank computes the same order from the same wires (the layout fingerprint below
+  // covers them): groups by their last layer, a group's layers in a row.
+  std::sort(s.groups.begin(), s.groups.end(),
+            [](const Impl::Group& a, const Impl::Group& b) { return a.last_seen < b.last_seen; });
+  bool order_changed = false;
+  std::size_t pos = 0;
+  for (std::size_t gi = 0; gi < s.groups.size(); ++gi) {
+    Impl::Group& g = s.groups[gi];
+    g.first = pos;
+    std::size_t offset = 0;
+    for (std::size_t layer = g.head;; layer = s.next_member[layer]) {
+      order_changed = order_changed || s.order[pos] != layer;
+      s.order[pos] = layer;
+      s.position[layer] = pos;
+      s.group_of[layer] = gi;
+      s.offset_in_block[layer] = offset;  // rebased below for allgather headers
+      offset += align_up(s.wire[layer].bytes());
+      pos += 1;
+      if (layer == g.tail) break;
+    }
+    g.last = pos;
+  }
+  if (s.on_device() && (order_changed || !s.order_uploaded)) {
+    // The framing kernels read the order on the device. The pinned copy is free again:
+    // finish_step() waited for the stream that read it last.
+    auto* staged = reinterpret_cast<std::uint32_t*>(s.status_host.at(s.status_capacity + 4 * n));
+    for (std::size_t i = 0; i < n; ++i) staged[i] = static_cast<std::uint32_t>(s.order[i]);
+    s.mover.copy(s.order_on_device(), staged, 4 * n);
+    s.order_uploaded = true;
   }
   // Place the groups; allgather blocks start with a header, so shift their payloads.
   std::size_t send_offset = 0, recv_offset = 0, status_offset = 0;
@@ -346,7 +389,7 @@ std::optional<CollectiveRequest> StepEngine::next_ready() {
     std::byte* status = block + g.header_bytes;
     if (s.on_device()) {
 #if defined(GRADCOMM_HAVE_CUDA)
-      kernels::cuda::frame_allreduce_status(s.nonfinite_counts(), s.order[g.first], nlayers, status,
+      kernels::cuda::frame_allreduce_status(s.nonfinite_counts(), s.order_on_device(), g.first, nlayers, status,
                                             g.dtype == DType::kFloat16, s.mover.stream);
 #endif
     } else {
@@ -369,7 +412,7 @@ std::optional<CollectiveRequest> StepEngine::next_ready() {
     auto* header = reinterpret_cast<std::uint32_t*>(block);
     if (s.on_device()) {
 #if defined(GRADCOMM_HAVE_CUDA)
-      kernels::cuda::frame_allgather_header(s.nonfinite_counts(), s.order[g.first], nlayers, header,
+      kernels::cuda::frame_allgather_header(s.nonfinite_counts(), s.order_on_device(), g.first, nlayers, header,
                                             g.header_bytes / 4, s.mover.stream);
 #endif
     } else {

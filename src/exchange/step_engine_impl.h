@@ -28,18 +28,12 @@ bool sparse_wire_ok(const LayerWire& wire, std::size_t numel);
 
 // Wire layout of one step (docs/wire-format.md, "Exchange framing"):
 // - layers are taken in backward order (the reverse of registration) and cut into groups:
-//   consecutive allreduce layers of one dtype up to bucket_bytes, and consecutive
-//   allgather layers up to bucket_bytes;
-// - an allreduce group is the layers' payloads (each padded to 8 bytes), then one status
-//   element per layer, of the group's dtype: each rank adds 1 where its layer met a
-//   non-finite value, so after the sum every rank sees how many ranks did, per layer;
-// - an allgather group sends, per rank, a header of uint32 words
-//   [layer count, non-finite count of each layer], padded to 8 bytes, then each layer's
-//   payload padded to 8 bytes; every rank receives all ranks' blocks in rank order;
-// - a sparse allreduce group holds its layers' slot lists (each padded to 8 bytes) and
-//   runs 3 or 4 collectives in a row (detail::SparseAllreduceGroup), each a slot of the
-//   step's schedule: every group's collectives in group order, one after the other.
-//
+//   each layer joins the open group of its collective and dtype while that group stays
+//   within bucket_bytes, else it closes that group and opens the next one; the groups are
+//   then put in the order in which their last layer comes, and their layers one after the
+//   other, in backward order within a group (the step's order: position -> layer). So a
+//   small summed layer between two compressed ones (a bias between weights) shares one
+//   allreduce with the others instead of cutting the allgather in two;
 // Layers on a CUDA device: the same bytes, written by kernels on the step's stream. The
 // compressors add their non-finite counts to a device word per layer, the framing kernels
 // read them, and the status words each group brings back are copied to pinned host memory
@@ -49,7 +43,9 @@ struct StepEngine::Impl {
   struct Group {
     Collective collective;
     DType dtype;
-    std::size_t first, last;   // positions [first, last) in backward order
+    std::size_t first, last;   // positions [first, last) in the step's order
+    std::size_t head, tail;    // while laying out: its first and last layer (next_member links them)
+    std::size_t last_seen;     // while laying out: backward index of its last layer
     std::size_t send_offset;   // into the send arena
     std::size_t block_bytes;   // per rank
     std::size_t header_bytes;  // allgather: header size; allreduce: offset of the status elements
@@ -70,8 +66,10 @@ struct StepEngine::Impl {
   Device device = Device::kCpu;
   int device_index = 0;
   detail::StepMover mover;  // the step's stream, for device layers
-  std::vector<std::size_t> order;            // position -> layer (backward order)
+  std::vector<std::size_t> order;            // position -> layer (this step's; see above)
   std::vector<std::size_t> position;         // layer -> position
+  std::vector<std::size_t> next_member;      // by layer, while laying out: next layer of its group
+  std::vector<std::size_t> open_groups;      // while laying out: one group per collective and dtype
   std::vector<LayerWire> wire;               // this step, by layer
   std::vector<std::size_t> group_of;         // by layer
   std::vector<std::size_t> offset_in_block;  // by layer: payload offset within its block
@@ -93,7 +91,8 @@ struct StepEngine::Impl {
   detail::StepBuffer wide_grad, wide_out;
   // Device layers: the compressors' non-finite counts and corrupt-payload words
   // ([non-finite count of layer 0, 1, ...][lowest rank with a corrupt payload, per layer]),
-  // and the pinned copies of the status words and of those words.
+  // then the step's order for the framing kernels ([layer at position 0, 1, ...]); and the
+  // pinned copies of the status words, of the corrupt-payload words and of the order.
   detail::StepBuffer device_words;
   detail::HostStaging status_host;
   std::size_t layer_count = 0;
@@ -126,6 +125,8 @@ struct StepEngine::Impl {
   std::uint32_t* corrupt_payloads() const {
     return reinterpret_cast<std::uint32_t*>(device_words.at(4 * layer_count));
   }
+  bool order_uploaded = false;  // order_on_device() holds `order`
+  std::uint32_t* order_on_device() const { return reinterpret_cast<std::uint32_t*>(device_words.at(8 * layer_count)); }
   float* wide(const detail::StepBuffer& buffer) const { return reinterpret_cast<float*>(buffer.at(0)); }
 };
 

@@ -5,7 +5,13 @@ sending fewer bytes than its uniform default. One job runs every configuration i
 (the process group is set up once). Baselines are read at the epoch count of the run
 they are compared with: their data order and learning rate do not depend on the total,
 so a 20-epoch run passes through exactly the state a 12-epoch run ends in. Training is deterministic (one thread per rank, gloo
-sums in a fixed order), so the margins below are the same on every run of one build."""
+sums in a fixed order), so the margins below are the same on every run of one build.
+
+DGC and dense SGD are compared by their means over SEEDS: at 0.1% density one run's final
+accuracy on the 360 test images moves by a point or more with the seed or with a change
+of summation order (measured, seeds 0, 1, 2: DGC minus dense -0.84, -1.39, -0.56 points
+with one bucket layout and -1.67, +0.28, +0.56 with the next), which is the size of the
+margin: one seed would test the seed, not DGC."""
 
 import dataclasses
 
@@ -23,6 +29,8 @@ from ddp_harness import run_ranks
 # runs at the same eps, so the two are compared like for like. L-GreCo needs neither.
 LONG, SHORT = 20, 12
 ADAM_EPS = 1e-5
+SEEDS = (0, 1, 2)  # the runs of MEAN_OVER_SEEDS; the others run seed 0
+MEAN_OVER_SEEDS = ("dense-sgd", "dgc-0.001")
 RUNS = {  # name: (epochs, options)
     "dense-sgd": (LONG, dict(hook="allreduce")),
     "dgc-0.001": (LONG, dict(hook="dgc", density=0.001)),
@@ -37,12 +45,16 @@ RUNS = {  # name: (epochs, options)
 def _train_all(rank, world):
     out = {}
     for name, (epochs, options) in RUNS.items():
-        result = digits.train(rank, world, digits.Config(epochs=epochs, **options))
-        history = result["history"]
-        out[name] = {"accuracy": [h["accuracy"] for h in history],
-                     "mean_bytes": sum(h["bytes_per_step"] for h in history) / len(history),
-                     "last_bytes": history[-1]["bytes_per_step"],
-                     "params": result["params"]}
+        for seed in SEEDS if name in MEAN_OVER_SEEDS else SEEDS[:1]:
+            result = digits.train(rank, world, digits.Config(epochs=epochs, seed=seed, **options))
+            history = result["history"]
+            if seed == SEEDS[0]:
+                out[name] = {"accuracy": [h["accuracy"] for h in history],
+                             "mean_bytes": sum(h["bytes_per_step"] for h in history) / len(history),
+                             "last_bytes": history[-1]["bytes_per_step"],
+                             "params": [], "final_by_seed": []}
+            out[name]["params"].append(result["params"])
+            out[name]["final_by_seed"].append(history[-1]["accuracy"])
     return out
 
 
@@ -55,6 +67,10 @@ def runs():
               f"{r['accuracy'][-1]:6.2f}% (dense SGD at that epoch "
               f"{results[0]['dense-sgd']['accuracy'][len(r['accuracy']) - 1]:6.2f}%)  "
               f"bytes/rank/step: mean {r['mean_bytes']:9.0f}, last epoch {r['last_bytes']:9.0f}")
+    for name in MEAN_OVER_SEEDS:
+        finals = results[0][name]["final_by_seed"]
+        print(f"  {name:14s} seeds {SEEDS}: {', '.join(f'{a:.2f}' for a in finals)}  "
+              f"mean {sum(finals) / len(finals):6.2f}%")
     return results[0], results
 
 
@@ -69,13 +85,17 @@ def test_every_rank_ends_with_the_same_parameters(runs):
     _, all_ranks = runs
     for name in RUNS:
         for r in range(1, 4):
-            assert all_ranks[r][name]["params"].equal(all_ranks[0][name]["params"]), (name, r)
+            for mine, first in zip(all_ranks[r][name]["params"], all_ranks[0][name]["params"]):
+                assert mine.equal(first), (name, r)
 
 
 def test_dgc_within_1_5_points_of_dense(runs):
     rank0, _ = runs
     dense, dgc = rank0["dense-sgd"], rank0["dgc-0.001"]
-    assert _final(dgc) >= _final(dense, LONG) - 1.5, (_final(dgc), _final(dense, LONG))
+    assert len(dense["accuracy"]) == len(dgc["accuracy"]) == LONG
+    dgc_mean = sum(dgc["final_by_seed"]) / len(SEEDS)
+    dense_mean = sum(dense["final_by_seed"]) / len(SEEDS)
+    assert dgc_mean >= dense_mean - 1.5, (dgc["final_by_seed"], dense["final_by_seed"])
     # After the warm-up: 0.1% of each weight tensor, biases dense.
     assert dgc["last_bytes"] < dense["last_bytes"] / 50, (dgc["last_bytes"], dense["last_bytes"])
 

@@ -194,29 +194,51 @@ TEST(StepEngine, CollectivesStartOnlyWhenTheirLayersAreEncodedAndInOrder) {
     TensorView g = TensorView::of(std::span<float>(grads[l]));
     engine.submit(l, g, g);
   };
-  // Backward order: fc2.b (dense), fc2.w (sparse), fc1.b (dense), fc1.w (sparse): four
-  // groups, since the collective kind changes at every layer.
+  // Backward order: fc2.b (dense), fc2.w (sparse), fc1.b (dense), fc1.w (sparse). Each
+  // layer joins the open group of its kind: one allreduce {fc2.b, fc1.b}, complete at
+  // fc1.b, then one allgather {fc2.w, fc1.w}, complete at fc1.w.
   submit(3);
+  EXPECT_FALSE(engine.next_ready().has_value());  // fc1.b is not encoded yet
+  submit(2);
+  EXPECT_FALSE(engine.next_ready().has_value());  // the allgather comes second
+  submit(1);
   auto first = engine.next_ready();
   ASSERT_TRUE(first.has_value());
   EXPECT_EQ(first->id, 0u);
   EXPECT_EQ(first->collective, Collective::kAllreduce);
-  EXPECT_EQ(first->send.numel(), 10u + 1u);  // the layer's payload, then its status element
-  EXPECT_FALSE(engine.next_ready().has_value());
-  submit(1);  // out of order: fc1.b is encoded, but fc2.w's group is still waiting
-  EXPECT_FALSE(engine.next_ready().has_value());
-  submit(2);
-  auto second = engine.next_ready();
-  ASSERT_TRUE(second.has_value());
-  EXPECT_EQ(second->collective, Collective::kAllgather);
-  auto third = engine.next_ready();
-  ASSERT_TRUE(third.has_value());
-  EXPECT_EQ(third->id, 2u);
+  EXPECT_EQ(first->send.numel(), 10u + 30u + 2u);  // both payloads, then a status element each
   EXPECT_FALSE(engine.next_ready().has_value());
   EXPECT_THROW(engine.check_all_submitted(), Error);  // fc1.w is missing
   submit(0);
-  EXPECT_EQ(engine.next_ready()->id, 3u);
-  EXPECT_EQ(engine.collectives_this_step(), 4u);
+  auto second = engine.next_ready();
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->id, 1u);
+  EXPECT_EQ(second->collective, Collective::kAllgather);
+  EXPECT_FALSE(engine.next_ready().has_value());
+  EXPECT_EQ(engine.collectives_this_step(), 2u);
+}
+
+TEST(StepEngine, AFullGroupIsClosedAndTheLayerOpensTheNext) {
+  // Dense float32 at bucket_bytes 1300, backward order fc2.b (40 bytes), fc2.w (1200),
+  // fc1.b (120), fc1.w (2400): {fc2.b, fc2.w} (1240 bytes), then fc1.b alone (1360 would
+  // not fit), then fc1.w alone (larger than a bucket), in that order however the layers
+  // are submitted.
+  StepEngine engine(std::make_shared<DenseCompressor>(), model(), 1, 0, StepEngineOptions{.bucket_bytes = 1300});
+  engine.begin_step(0);
+  std::vector<std::vector<float>> grads;
+  for (std::size_t l = 0; l < 4; ++l) grads.emplace_back(model()[l].numel, 1.0f);
+  for (std::size_t l = 0; l < 4; ++l) {  // forward order: nothing can start before fc2.b
+    TensorView g = TensorView::of(std::span<float>(grads[l]));
+    engine.submit(l, g, g);
+  }
+  const std::size_t expected_numel[] = {10 + 300 + 2, 30 + 1, 600 + 1};
+  for (std::size_t id = 0; id < 3; ++id) {
+    auto request = engine.next_ready();
+    ASSERT_TRUE(request.has_value());
+    EXPECT_EQ(request->id, id);
+    EXPECT_EQ(request->send.numel(), expected_numel[id]);
+  }
+  EXPECT_FALSE(engine.next_ready().has_value());
 }
 
 TEST(StepEngine, NonFinitePolicyIsAppliedAlikeOnEveryRank) {
