@@ -9,9 +9,10 @@ sums in a fixed order), so the margins below are the same on every run of one bu
 
 DGC and dense SGD are compared by their means over SEEDS: at 0.1% density one run's final
 accuracy on the 360 test images moves by a point or more with the seed or with a change
-of summation order (measured, seeds 0, 1, 2: DGC minus dense -0.84, -1.39, -0.56 points
-with one bucket layout and -1.67, +0.28, +0.56 with the next), which is the size of the
-margin: one seed would test the seed, not DGC."""
+of summation order (measured on torch 2.15, seeds 0, 1, 2: DGC minus dense -0.84, -1.39,
+-0.56 points with one bucket layout and -1.67, +0.28, +0.56 with the next; on torch 1.13
+with the second, -1.12, -0.55, -1.67), which is the size of the margin: one seed would
+test the seed, not DGC."""
 
 import dataclasses
 
