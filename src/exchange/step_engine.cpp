@@ -76,12 +76,9 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   }
   compressor_->setup(layers_, world_size_, rank_);
   const std::size_t n = layers_.size();
-  s.order.resize(n);
+  // No layer is n: the first step finds its order changed (and uploads it on a device).
+  s.order.assign(n, n);
   s.position.resize(n);
-  for (std::size_t pos = 0; pos < n; ++pos) {
-    s.order[pos] = n - 1 - pos;
-    s.position[n - 1 - pos] = pos;
-  }
   s.wire.resize(n);
   s.group_of.resize(n);
   s.offset_in_block.resize(n);
@@ -192,11 +189,10 @@ void StepEngine::begin_step(std::int64_t step) {
     const std::size_t bytes = align_up(w.bytes());
     // The open group of this collective and dtype takes the layer while it fits; a full
     // one is closed (it keeps its place by its last layer) and the layer opens the next.
-    std::size_t* open = std::find_if(s.open_groups.data(), s.open_groups.data() + s.open_groups.size(),
-                                     [&](std::size_t gi) {
-                                       return s.groups[gi].collective == w.collective && s.groups[gi].dtype == w.dtype;
-                                     });
-    const bool found = open != s.open_groups.data() + s.open_groups.size();
+    const auto open = std::find_if(s.open_groups.begin(), s.open_groups.end(), [&](std::size_t gi) {
+      return s.groups[gi].collective == w.collective && s.groups[gi].dtype == w.dtype;
+    });
+    const bool found = open != s.open_groups.end();
     if (found && s.groups[*open].block_bytes + bytes <= options_.bucket_bytes) {
       Impl::Group& g = s.groups[*open];
       s.next_member[g.tail] = layer;
@@ -242,13 +238,12 @@ void StepEngine::begin_step(std::int64_t step) {
     }
     g.last = pos;
   }
-  if (s.on_device() && (order_changed || !s.order_uploaded)) {
+  if (s.on_device() && order_changed) {
     // The framing kernels read the order on the device. The pinned copy is free again:
     // finish_step() waited for the stream that read it last.
     auto* staged = reinterpret_cast<std::uint32_t*>(s.status_host.at(s.status_capacity + 4 * n));
     for (std::size_t i = 0; i < n; ++i) staged[i] = static_cast<std::uint32_t>(s.order[i]);
     s.mover.copy(s.order_on_device(), staged, 4 * n);
-    s.order_uploaded = true;
   }
   // Place the groups; allgather blocks start with a header, so shift their payloads.
   std::size_t send_offset = 0, recv_offset = 0, status_offset = 0;

@@ -34,6 +34,16 @@ bool sparse_wire_ok(const LayerWire& wire, std::size_t numel);
 //   other, in backward order within a group (the step's order: position -> layer). So a
 //   small summed layer between two compressed ones (a bias between weights) shares one
 //   allreduce with the others instead of cutting the allgather in two;
+// - an allreduce group is the layers' payloads (each padded to 8 bytes), then one status
+//   element per layer, of the group's dtype: each rank adds 1 where its layer met a
+//   non-finite value, so after the sum every rank sees how many ranks did, per layer;
+// - an allgather group sends, per rank, a header of uint32 words
+//   [layer count, non-finite count of each layer], padded to 8 bytes, then each layer's
+//   payload padded to 8 bytes; every rank receives all ranks' blocks in rank order;
+// - a sparse allreduce group holds its layers' slot lists (each padded to 8 bytes) and
+//   runs 3 or 4 collectives in a row (detail::SparseAllreduceGroup), each a slot of the
+//   step's schedule: every group's collectives in group order, one after the other.
+//
 // Layers on a CUDA device: the same bytes, written by kernels on the step's stream. The
 // compressors add their non-finite counts to a device word per layer, the framing kernels
 // read them, and the status words each group brings back are copied to pinned host memory
@@ -66,7 +76,8 @@ struct StepEngine::Impl {
   Device device = Device::kCpu;
   int device_index = 0;
   detail::StepMover mover;  // the step's stream, for device layers
-  std::vector<std::size_t> order;            // position -> layer (this step's; see above)
+  std::vector<std::size_t> order;            // position -> layer (this step's; see above; on a device,
+                                             // order_on_device() holds a copy)
   std::vector<std::size_t> position;         // layer -> position
   std::vector<std::size_t> next_member;      // by layer, while laying out: next layer of its group
   std::vector<std::size_t> open_groups;      // while laying out: one group per collective and dtype
@@ -125,7 +136,6 @@ struct StepEngine::Impl {
   std::uint32_t* corrupt_payloads() const {
     return reinterpret_cast<std::uint32_t*>(device_words.at(4 * layer_count));
   }
-  bool order_uploaded = false;  // order_on_device() holds `order`
   std::uint32_t* order_on_device() const { return reinterpret_cast<std::uint32_t*>(device_words.at(8 * layer_count)); }
   float* wide(const detail::StepBuffer& buffer) const { return reinterpret_cast<float*>(buffer.at(0)); }
 };

@@ -241,6 +241,51 @@ TEST(StepEngine, AFullGroupIsClosedAndTheLayerOpensTheNext) {
   EXPECT_FALSE(engine.next_ready().has_value());
 }
 
+TEST(StepEngine, AGroupClosedEarlyStartsBeforeOneStillOpen) {
+  // Two DGC weights whose payloads never fit one bucket together, with a bias after each.
+  // Backward order b2, w2, b1, w1: the allreduce {b2, b1} stays open across w2, whose
+  // allgather is closed by w1 and so comes first: allgather {w2}, allreduce {b2, b1},
+  // allgather {w1}. Cutting at every change of kind would make it four collectives.
+  DgcOptions o;
+  o.density = 0.01;
+  o.warmup_densities.clear();
+  o.dense_fallback = false;
+  const std::vector<LayerSpec> layers = {{"w1", 6000, 2}, {"b1", 4, 1}, {"w2", 6000, 2}, {"b2", 4, 1}};
+  auto probe = std::make_shared<DgcCompressor>(o);
+  probe->setup(layers, 1, 0);
+  const std::size_t weight_bytes = probe->wire(0).bytes();
+  ASSERT_EQ(probe->wire(0).collective, Collective::kAllgather);
+  ASSERT_EQ(probe->wire(1).collective, Collective::kAllreduce);
+  ASSERT_GT(weight_bytes, 32u);  // the two biases (16 bytes each) fit beside each other
+  StepEngine engine(std::make_shared<DgcCompressor>(o), layers, 1, 0,
+                    StepEngineOptions{.bucket_bytes = weight_bytes});
+  engine.begin_step(0);
+  std::vector<std::vector<float>> grads;
+  for (const LayerSpec& l : layers) grads.emplace_back(l.numel, 1.0f);
+  auto submit = [&](std::size_t l) {
+    TensorView g = TensorView::of(std::span<float>(grads[l]));
+    engine.submit(l, g, g);
+  };
+  submit(3);
+  EXPECT_FALSE(engine.next_ready().has_value());
+  submit(2);
+  auto first = engine.next_ready();
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->collective, Collective::kAllgather);
+  EXPECT_FALSE(engine.next_ready().has_value());  // b1 is not encoded yet
+  submit(1);
+  auto second = engine.next_ready();
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->collective, Collective::kAllreduce);
+  EXPECT_EQ(second->send.numel(), 4u + 4u + 2u);  // b2 and b1, then a status element each
+  EXPECT_FALSE(engine.next_ready().has_value());
+  submit(0);
+  auto third = engine.next_ready();
+  ASSERT_TRUE(third.has_value());
+  EXPECT_EQ(third->collective, Collective::kAllgather);
+  EXPECT_EQ(engine.collectives_this_step(), 3u);
+}
+
 TEST(StepEngine, NonFinitePolicyIsAppliedAlikeOnEveryRank) {
   for (NonFinitePolicy policy : {NonFinitePolicy::kError, NonFinitePolicy::kSkipStep, NonFinitePolicy::kZero}) {
     const std::size_t p = 3;
