@@ -45,8 +45,8 @@ struct LinkCost {
   double beta = 0.0;   // seconds per byte
 };
 
-// The links as measured at setup (identical on every rank: the measurements are averaged
-// by one allreduce), and the shape of the world.
+// The links as measured at setup (identical on every rank: each number is the median over
+// the ranks of their measurements, gathered by one allgather), and the shape of the world.
 struct LinkModel {
   LinkCost world;  // collectives over all ranks (flat)
   LinkCost intra;  // inside a host (hierarchical: local reduce-scatter and allgather)
@@ -57,11 +57,22 @@ struct LinkModel {
   int ranks_per_host = 1;
 };
 
-// Collective: times a few small allreduces on `world` (and on `local` and `cross` where
-// given, all ranks at once, as the hierarchical exchange would use them) and one pass over
-// a local buffer, fits alpha and beta per link class, and averages the results over all
-// ranks. `local`/`cross` are null for a flat world.
-LinkModel measure_links(Communicator& world, Communicator* local, Communicator* cross);
+// What measure_links samples. The bandwidth messages should be as large as what the plan
+// will move over each link: on oversubscribed or shared-memory links the time per byte of
+// a message of tens of megabytes can be several times that of a few megabytes.
+struct LinkMeasureOptions {
+  std::size_t bandwidth_bytes = std::size_t{4} << 20;        // world and across hosts
+  std::size_t local_bandwidth_bytes = std::size_t{4} << 20;  // inside a host
+  int repeats = 5;  // timed samples per size, after one untimed; their median counts
+};
+
+// Collective: times allreduces of 8 bytes and of the options' bandwidth sizes on `world`
+// (and on `local` and `cross` where given, all ranks at once, as the hierarchical exchange
+// would use them) and a pass over a local buffer, each the median of `repeats` samples,
+// fits alpha and beta per link class, and takes the median of every number over all
+// ranks. `local`/`cross` are null for a flat world. Every rank must pass the same options.
+LinkModel measure_links(Communicator& world, Communicator* local, Communicator* cross,
+                        const LinkMeasureOptions& options = {});
 
 // What the model needs of one layer.
 struct LayerCost {

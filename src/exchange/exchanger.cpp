@@ -1,5 +1,6 @@
 #include "gradcomm/exchanger.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -15,6 +16,17 @@ namespace gradcomm {
 namespace {
 
 constexpr char kStateMagic[8] = {'g', 'c', 'X', 'c', 'h', 'g', 's', '1'};
+
+// The host's links are sampled at the size of the largest layer (the hierarchical exchange
+// moves whole layers through them), within [4 MiB, 64 MiB] to bound the setup's time; the
+// links between hosts carry compressed payloads and keep the default.
+LinkMeasureOptions link_sample_sizes(std::span<const LayerSpec> layers) {
+  LinkMeasureOptions o;
+  std::size_t largest = 0;
+  for (const LayerSpec& l : layers) largest = std::max(largest, l.numel * sizeof(float));
+  o.local_bandwidth_bytes = std::clamp(largest, o.local_bandwidth_bytes, std::size_t{64} << 20);
+  return o;
+}
 
 bool planned(const ExchangerOptions& o) {
   return o.exchange != ExchangeChoice::kCompressor || o.hierarchy != Hierarchy::kFlat;
@@ -64,7 +76,8 @@ Exchanger::Exchanger(Communicator& comm, HostCommunicators hosts, std::shared_pt
                         " hierarchy=" + hierarchy_name(options.hierarchy),
                     "Exchanger setup (" + compressor->name() + ")");
     const bool can_be_hierarchical = hosts.given() && hosts.local->size() > 1 && hosts.cross->size() > 1;
-    const LinkModel links = measure_links(comm_, hosts.given() ? hosts.local : nullptr, hosts.given() ? hosts.cross : nullptr);
+    const LinkModel links = measure_links(comm_, hosts.given() ? hosts.local : nullptr,
+                                          hosts.given() ? hosts.cross : nullptr, link_sample_sizes(layers_));
     const ExchangeChoice choice =
         options.exchange == ExchangeChoice::kCompressor ? ExchangeChoice::kAuto : options.exchange;
     plan_ = plan_exchange(links, layer_costs(*compressor, layers_), choice, options.hierarchy,

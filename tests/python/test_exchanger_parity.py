@@ -145,7 +145,7 @@ def test_hook_is_bitwise_the_cpp_exchanger(case, world):
             # 1-D tensors stay dense), the same plan as the C++ Exchanger's, on every rank.
             hook_plan, cpp_plan = steps[-1]["exchanges"]
             assert hook_plan == cpp_plan == results[0][0][-1]["exchanges"][0], (rank, hook_plan)
-            # The printed plan (links averaged over the ranks, predicted times) is one table.
+            # The printed plan (links as the median over the ranks, predicted times) is one table.
             assert steps[-1]["plan"] and steps[-1]["plan"] == results[0][0][-1]["plan"], rank
             if options["exchange"] != "auto":
                 assert hook_plan == ["reduce_scatter" if p.dim() > 1 else "dense"

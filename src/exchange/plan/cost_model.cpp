@@ -103,16 +103,18 @@ double sparse_allreduce_seconds(const LinkCost& c, int q, double k, double entry
   return t;
 }
 
-// Compute, in passes over float32 elements: a dense layer is copied in and scaled out; a
-// sparse one is accumulated (u, v and g), scanned for the selection and its output
-// cleared; the allgather's decode adds q k entries, the sparse allreduce's owner sorts its
-// about k entries.
+// Compute, in passes over float32 elements, a pass being what measure_links times: read one
+// float and write one (8 bytes). A dense layer is copied in and scaled out (2 passes). A
+// sparse one is accumulated in one fused pass that reads g, u and v, writes u and v and
+// collects the candidates on the way (20 bytes: 2.5 passes), and its output is cleared
+// before the entries are added (4 bytes: 0.5); the allgather's decode adds q k entries,
+// the sparse allreduce's owner sorts its about k entries.
 double compute_seconds(const LinkModel& m, SparseExchange e, double n, double k, int q) {
   const double c = m.seconds_per_element;
   switch (e) {
     case SparseExchange::kDense: return 2.0 * c * n;
-    case SparseExchange::kAllgather: return c * (5.0 * n + q * k);
-    case SparseExchange::kReduceScatter: return c * (5.0 * n + k * (std::log2(std::max(2.0, k)) + 2.0));
+    case SparseExchange::kAllgather: return c * (3.0 * n + q * k);
+    case SparseExchange::kReduceScatter: return c * (3.0 * n + k * (std::log2(std::max(2.0, k)) + 2.0));
   }
   return 0.0;
 }
