@@ -438,7 +438,10 @@ int main(int argc, char** argv) {
       hosts = std::make_unique<MpiHostCommunicators>(comm, options.runner.ranks_per_host);
       options.runner.hosts = hosts->get();
     }
-    options.runner.print_plan = model.has_value();
+    // The plan, with the links it was made from: on --model runs, and wherever the cost
+    // model chose (auto), so a choice can be checked against what was measured.
+    options.runner.print_plan = model.has_value() || options.runner.exchange == ExchangeChoice::kAuto ||
+                                options.runner.hierarchy == Hierarchy::kAuto;
     // --device cuda: NCCL's setup is the next collective (or MPI stages device buffers).
     std::string transport;
     std::unique_ptr<Communicator> device_comm = launch::device_communicator(comm, device, options.timeout, transport);

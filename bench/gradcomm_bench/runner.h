@@ -36,7 +36,7 @@ struct RunnerConfig {
   Hierarchy hierarchy = Hierarchy::kFlat;                  // --hierarchy
   int ranks_per_host = 0;                                  // --ranks-per-host (0: shared memory)
   HostCommunicators hosts;  // set by main() when --hierarchy is not flat
-  bool print_plan = false;  // rank 0 prints the Exchanger's plan (model runs)
+  bool print_plan = false;  // rank 0 prints the Exchanger's plan (model runs, auto choices)
 };
 
 // The -c contract: every output element must satisfy |out - dense| <= abs + rel * |dense|,
