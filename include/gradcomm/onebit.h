@@ -122,7 +122,10 @@ struct OneBitAdamOptions {
   std::size_t bucket_bytes = 4u << 20;
 };
 
-// One parameter tensor the optimizer updates in place (float32, host memory).
+// One parameter tensor the optimizer updates in place (host memory). float32, or float16 or
+// bfloat16: then the optimizer keeps a float32 master copy, applies every update to it and
+// writes the parameter from it rounded to nearest even, and takes gradients (and writes
+// momenta) in the parameter's dtype; m, v and the 1-bit errors are float32 either way.
 struct OneBitParam {
   std::string name;
   TensorView value;

@@ -11,25 +11,34 @@
 #include "gradcomm/exchanger.h"
 #include "gradcomm/layer.h"
 #include "gradcomm/onebit.h"
+#include "kernels/cpu/convert_kernels.h"
 
 namespace gradcomm {
 namespace {
 
 constexpr std::uint32_t kAdamMagic = 0x41314347u;  // "GC1A"
-constexpr std::uint32_t kAdamVersion = 1;
+// 2: each parameter's float32 master copy follows its m and v (16-bit parameters). 1 (no
+// masters: float32 parameters only) still loads.
+constexpr std::uint32_t kAdamVersion = 2;
 
 bool finite_nonneg(float x) { return std::isfinite(x) && x >= 0.0f; }
+
+bool is_16bit(DType dtype) { return dtype == DType::kFloat16 || dtype == DType::kBFloat16; }
 
 }  // namespace
 
 struct OneBitAdam::Impl {
   std::vector<OneBitParam> params;
   std::vector<std::vector<float>> m, v;
+  // By param, for 16-bit parameters only (empty for float32 ones): the float32 master
+  // copy the update is applied to (the parameter gets it rounded once per step, so steps
+  // smaller than the 16-bit spacing still add up), and the widened gradient.
+  std::vector<std::vector<float>> master, wide;
   // The dense exchanges: every parameter's gradient in the warm-up, the uncompressed ones'
   // after the freeze. The same StepEngine and wire format as every Exchanger, so a DDP
   // hook driving gradcomm's Exchanger over the same layers averages bitwise alike.
   std::unique_ptr<Exchanger> warmup, uncompressed;
-  std::vector<std::vector<float>> averaged;  // by param: the dense exchange's output
+  std::vector<std::vector<std::byte>> averaged;  // by param: the dense exchange's output (its dtype)
   std::vector<TensorView> averaged_views, uncompressed_in, uncompressed_out;
   // Compressed params, in registration order: their error states and the fused call.
   std::vector<std::size_t> compressed;  // index -> param
@@ -42,6 +51,24 @@ struct OneBitAdam::Impl {
   std::vector<TensorView> exchanged_scratch;  // step(): the compressed params' gradients
   // The step whose momenta exchange_momentum() averaged (-1: none yet).
   std::int64_t exchanged_step = -1;
+
+  // The float32 values the update applies to: the master copy, or the parameter itself.
+  float* weights(std::size_t i) {
+    return master[i].empty() ? static_cast<float*>(params[i].value.data()) : master[i].data();
+  }
+  // A gradient (in its parameter's dtype) as float32.
+  const float* widened(std::size_t i, const TensorView& grad) {
+    if (grad.dtype() == DType::kFloat32) return static_cast<const float*>(grad.data());
+    kernels::widen_to_f32(static_cast<const std::uint16_t*>(grad.data()), grad.dtype(), wide[i].data(),
+                          wide[i].size());
+    return wide[i].data();
+  }
+  // After an update: the parameter from its master copy, rounded to nearest even.
+  void publish(std::size_t i) {
+    if (master[i].empty()) return;
+    kernels::narrow_from_f32(master[i].data(), params[i].value.dtype(),
+                             static_cast<std::uint16_t*>(params[i].value.data()), master[i].size());
+  }
 };
 
 namespace {
@@ -50,7 +77,7 @@ std::vector<LayerSpec> layers_of(const std::vector<OneBitParam>& params, bool on
   std::vector<LayerSpec> layers;
   for (const OneBitParam& param : params) {
     if (only_uncompressed && param.compressed) continue;
-    layers.push_back({param.name, param.value.numel(), 1, !param.compressed});
+    layers.push_back({param.name, param.value.numel(), 1, !param.compressed, param.value.dtype()});
   }
   return layers;
 }
@@ -82,9 +109,10 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
   const int p = comm.size();
   for (std::size_t i = 0; i < count; ++i) {
     const OneBitParam& param = s.params[i];
-    GRADCOMM_CHECK_ARG(param.value.dtype() == DType::kFloat32 && param.value.device() == Device::kCpu,
-                       "OneBitAdam: parameter ", i, " ('", param.name, "') is ",
-                       param.value.describe(), "; expected float32 on cpu");
+    GRADCOMM_CHECK_ARG((param.value.dtype() == DType::kFloat32 || is_16bit(param.value.dtype())) &&
+                           param.value.device() == Device::kCpu,
+                       "OneBitAdam: parameter ", i, " ('", param.name, "') is ", param.value.describe(),
+                       "; expected float32, float16 or bfloat16 on cpu");
     GRADCOMM_CHECK_ARG(param.mask.empty() || param.compressed, "OneBitAdam: parameter ", i, " ('",
                        param.name, "') is uncompressed; its mask would never apply (masks zero "
                        "momentum after the 1-bit exchange only)");
@@ -109,6 +137,8 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
 
   s.m.resize(count);
   s.v.resize(count);
+  s.master.resize(count);
+  s.wide.resize(count);
   s.averaged.resize(count);
   s.state_of.assign(count, std::numeric_limits<std::size_t>::max());
   std::vector<std::size_t> numels;
@@ -116,8 +146,15 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
     const std::size_t n = s.params[i].value.numel();
     s.m[i].assign(n, 0.0f);
     s.v[i].assign(n, 0.0f);
-    s.averaged[i].assign(n, 0.0f);
-    s.averaged_views.push_back(TensorView::of(std::span<float>(s.averaged[i])));
+    const DType dtype = s.params[i].value.dtype();
+    if (is_16bit(dtype)) {
+      s.master[i].resize(n);
+      kernels::widen_to_f32(static_cast<const std::uint16_t*>(s.params[i].value.data()), dtype,
+                            s.master[i].data(), n);
+      s.wide[i].resize(n);
+    }
+    s.averaged[i].assign(n * dtype_size(dtype), std::byte{0});
+    s.averaged_views.emplace_back(s.averaged[i].data(), n, dtype);
     if (!s.params[i].compressed) continue;
     s.state_of[i] = s.compressed.size();
     s.compressed.push_back(i);
@@ -177,11 +214,12 @@ void OneBitAdam::check_gradients(const char* call, std::span<const TensorView> g
                  compressed_only ? " compressed parameters" : " parameters");
   for (std::size_t j = 0; j < expected; ++j) {
     const std::size_t i = compressed_only ? s.compressed[j] : j;
-    GRADCOMM_CHECK(grads[j].numel() == s.params[i].value.numel() && grads[j].dtype() == DType::kFloat32 &&
+    const TensorView& value = s.params[i].value;
+    GRADCOMM_CHECK(grads[j].numel() == value.numel() && grads[j].dtype() == value.dtype() &&
                        grads[j].device() == Device::kCpu,
-                   ErrorCode::kSizeMismatch, "OneBitAdam::", call, " on rank ", comm_.rank(),
-                   ": gradient ", j, " ('", s.params[i].name, "') is ", grads[j].describe(),
-                   "; expected float32[", s.params[i].value.numel(), "] on cpu");
+                   ErrorCode::kSizeMismatch, "OneBitAdam::", call, " on rank ", comm_.rank(), ": gradient ", j,
+                   " ('", s.params[i].name, "') is ", grads[j].describe(), "; expected ", dtype_name(value.dtype()),
+                   "[", value.numel(), "] on cpu (the parameter's dtype)");
   }
 }
 
@@ -209,7 +247,7 @@ void OneBitAdam::adam_update(std::size_t i, const float* g, bool update_v, float
   const float bc1 = corrections().m;
   float* m = s.m[i].data();
   float* v = s.v[i].data();
-  float* w = static_cast<float*>(s.params[i].value.data());
+  float* w = s.weights(i);
   const std::size_t n = s.m[i].size();
   for (std::size_t k = 0; k < n; ++k) {
     if (g) {
@@ -221,6 +259,7 @@ void OneBitAdam::adam_update(std::size_t i, const float* g, bool update_v, float
     if (o.weight_decay > 0.0f) update += o.weight_decay * w[k];
     w[k] += -o.lr * update;
   }
+  s.publish(i);
 }
 
 void OneBitAdam::warmup_update(std::span<const TensorView> averaged) {
@@ -230,7 +269,7 @@ void OneBitAdam::warmup_update(std::span<const TensorView> averaged) {
   check_gradients("warmup_update", averaged, false);
   const float sqrt_bc2 = corrections().sqrt_v_live;
   for (std::size_t i = 0; i < averaged.size(); ++i) {
-    adam_update(i, static_cast<const float*>(averaged[i].data()), true, sqrt_bc2);
+    adam_update(i, impl_->widened(i, averaged[i]), true, sqrt_bc2);
   }
   step_ += 1;
   last_nonfinite_ = 0;
@@ -255,7 +294,7 @@ OneBitResult OneBitAdam::exchange_momentum(std::span<const TensorView> local_gra
   for (std::size_t c = 0; c < s.compressed.size(); ++c) {
     const std::size_t i = s.compressed[c];
     float* m = s.m[i].data();
-    const auto* g = static_cast<const float*>(local_grads[c].data());
+    const float* g = s.widened(i, local_grads[c]);
     const std::size_t n = s.m[i].size();
     for (std::size_t k = 0; k < n; ++k) m[k] = m[k] * o.beta1 + (1.0f - o.beta1) * g[k];
     if (o.precondition) {
@@ -288,11 +327,16 @@ OneBitResult OneBitAdam::exchange_momentum(std::span<const TensorView> local_gra
       for (std::size_t k = 0; k < n; ++k) m[k] *= mask[k];
     }
     if (!momenta_out.empty()) {
-      GRADCOMM_CHECK(momenta_out[c].numel() == n && momenta_out[c].dtype() == DType::kFloat32 &&
+      const DType dtype = s.params[i].value.dtype();
+      GRADCOMM_CHECK(momenta_out[c].numel() == n && momenta_out[c].dtype() == dtype &&
                          momenta_out[c].device() == Device::kCpu,
                      ErrorCode::kSizeMismatch, "OneBitAdam::exchange_momentum: output ", c, " is ",
-                     momenta_out[c].describe(), "; expected float32[", n, "] on cpu");
-      std::copy(m, m + n, static_cast<float*>(momenta_out[c].data()));
+                     momenta_out[c].describe(), "; expected ", dtype_name(dtype), "[", n, "] on cpu");
+      if (dtype == DType::kFloat32) {
+        std::copy(m, m + n, static_cast<float*>(momenta_out[c].data()));
+      } else {
+        kernels::narrow_from_f32(m, dtype, static_cast<std::uint16_t*>(momenta_out[c].data()), n);
+      }
     }
   }
   s.exchanged_step = step_;
@@ -316,10 +360,11 @@ void OneBitAdam::frozen_update(std::span<const TensorView> uncompressed_averaged
   for (std::size_t i = 0; i < s.params.size(); ++i) {
     if (!s.params[i].compressed) {
       const TensorView& g = uncompressed_averaged[next_uncompressed++];
-      GRADCOMM_CHECK(g.numel() == s.params[i].value.numel() && g.dtype() == DType::kFloat32,
+      GRADCOMM_CHECK(g.numel() == s.params[i].value.numel() && g.dtype() == s.params[i].value.dtype(),
                      ErrorCode::kSizeMismatch, "OneBitAdam::frozen_update: gradient of '",
-                     s.params[i].name, "' is ", g.describe());
-      adam_update(i, static_cast<const float*>(g.data()), true, bc.sqrt_v_live);
+                     s.params[i].name, "' is ", g.describe(), "; expected the parameter's ",
+                     s.params[i].value.describe());
+      adam_update(i, s.widened(i, g), true, bc.sqrt_v_live);
       continue;
     }
     if (!o.precondition) {
@@ -328,13 +373,14 @@ void OneBitAdam::frozen_update(std::span<const TensorView> uncompressed_averaged
     }
     // The exchanged value is the update itself.
     const float* u = s.preconditioned[s.state_of[i]].data();
-    float* w = static_cast<float*>(s.params[i].value.data());
+    float* w = s.weights(i);
     const std::size_t n = s.m[i].size();
     for (std::size_t k = 0; k < n; ++k) {
       float update = u[k] / bc.m;
       if (o.weight_decay > 0.0f) update += o.weight_decay * w[k];
       w[k] += -o.lr * update;
     }
+    s.publish(i);
   }
   step_ += 1;
 }
@@ -379,6 +425,8 @@ std::vector<std::byte> OneBitAdam::save_state() const {
     w.value(static_cast<std::uint8_t>(s.params[i].compressed));
     w.bytes(s.m[i].data(), s.m[i].size() * sizeof(float));
     w.bytes(s.v[i].data(), s.v[i].size() * sizeof(float));
+    w.value(static_cast<std::uint8_t>(!s.master[i].empty()));
+    w.bytes(s.master[i].data(), s.master[i].size() * sizeof(float));
   }
   for (const OneBitErrorState& state : s.states) {
     const std::vector<std::byte> e = state.save();
@@ -391,10 +439,12 @@ std::vector<std::byte> OneBitAdam::save_state() const {
 void OneBitAdam::load_state(std::span<const std::byte> blob) {
   Impl& s = *impl_;
   detail::StateBlobReader r(blob, detail::concat("OneBitAdam::load_state on rank ", comm_.rank()));
-  GRADCOMM_CHECK(r.value<std::uint32_t>("magic") == kAdamMagic &&
-                     r.value<std::uint32_t>("version") == kAdamVersion,
-                 ErrorCode::kCorruptPayload, "OneBitAdam::load_state on rank ", comm_.rank(),
-                 ": not a OneBitAdam state (bad magic or version)");
+  GRADCOMM_CHECK(r.value<std::uint32_t>("magic") == kAdamMagic, ErrorCode::kCorruptPayload,
+                 "OneBitAdam::load_state on rank ", comm_.rank(), ": not a OneBitAdam state (bad magic)");
+  const auto version = r.value<std::uint32_t>("version");
+  GRADCOMM_CHECK(version == 1 || version == kAdamVersion, ErrorCode::kCorruptPayload,
+                 "OneBitAdam::load_state on rank ", comm_.rank(), ": state version ", version,
+                 "; this gradcomm reads 1 and ", kAdamVersion);
   const auto size = r.value<std::int32_t>("world size");
   const auto rank = r.value<std::int32_t>("rank");
   GRADCOMM_CHECK(size == comm_.size() && rank == comm_.rank(), ErrorCode::kCorruptPayload,
@@ -407,7 +457,7 @@ void OneBitAdam::load_state(std::span<const std::byte> blob) {
   GRADCOMM_CHECK(count == s.params.size(), ErrorCode::kCorruptPayload, "OneBitAdam::load_state on rank ",
                  comm_.rank(), ": blob has ", count, " parameters, optimizer has ", s.params.size());
   // Read into fresh buffers first, so a blob that fails half-way leaves the state as it was.
-  std::vector<std::vector<float>> m(count), v(count);
+  std::vector<std::vector<float>> m(count), v(count), master(count);
   for (std::size_t i = 0; i < count; ++i) {
     const auto n = r.value<std::uint64_t>("parameter length");
     const auto compressed = r.value<std::uint8_t>("parameter kind");
@@ -420,6 +470,16 @@ void OneBitAdam::load_state(std::span<const std::byte> blob) {
     v[i].resize(n);
     r.bytes(m[i].data(), n * sizeof(float), "momentum");
     r.bytes(v[i].data(), n * sizeof(float), "variance");
+    // Version 1 was written by float32 parameters only: no master copies.
+    const bool has_master = version >= 2 && r.value<std::uint8_t>("master flag") != 0;
+    GRADCOMM_CHECK(has_master == !s.master[i].empty(), ErrorCode::kCorruptPayload, "OneBitAdam::load_state on rank ",
+                   comm_.rank(), ": parameter ", i, " ('", s.params[i].name, "') is ",
+                   dtype_name(s.params[i].value.dtype()), " but the blob was saved from ",
+                   has_master ? "a 16-bit" : "a float32", " parameter");
+    if (has_master) {
+      master[i].resize(n);
+      r.bytes(master[i].data(), n * sizeof(float), "master copy");
+    }
   }
   std::vector<OneBitErrorState> states;
   for (const OneBitErrorState& existing : s.states) {
@@ -431,6 +491,11 @@ void OneBitAdam::load_state(std::span<const std::byte> blob) {
   r.finish();
   s.m = std::move(m);
   s.v = std::move(v);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (s.master[i].empty()) continue;
+    s.master[i] = std::move(master[i]);
+    s.publish(i);  // the parameter as the saved run had it
+  }
   for (std::size_t c = 0; c < s.states.size(); ++c) std::swap(s.states[c], states[c]);
   if (!options_.precondition) {
     for (std::size_t c = 0; c < s.compressed.size(); ++c) {

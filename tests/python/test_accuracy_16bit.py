@@ -1,10 +1,10 @@
 """16-bit models and the quantization hook on the digits MLP of examples/torch_ddp_digits.py
 (issue 15), on 2 and 4 gloo ranks: with every hook that takes 16-bit gradients (dense
-allreduce, DGC, L-GreCo, quant), a bfloat16 and a float16 model (model.to(dtype)) end at
-most 1 point of test accuracy below the float32 run with the same hook and seed, and every
-rank ends with bitwise the same parameters; the 4-bit quantization hook ends at most 0.5
-points below dense, and its bytes per step are printed next to dense and the float16 wire.
-1-bit Adam is float32-only: test_misuse_ranks.py checks that it refuses 16-bit models.
+allreduce, DGC, L-GreCo, quant, 1-bit Adam), a bfloat16 and a float16 model
+(model.to(dtype)) end at most 1 point of test accuracy below the float32 run with the same
+hook and seed, and every rank ends with bitwise the same parameters; the 4-bit quantization
+hook ends at most 0.5 points below dense, and its bytes per step are printed next to dense
+and the float16 wire.
 ("Within" is one-sided, as in test_accuracy.py: doing better is no defect.)
 
 Each world size is one job that runs every configuration in turn (the process group is set
@@ -39,6 +39,8 @@ HOOKS = {  # name: Config options (momentum and seed: the Config's, for all)
     "dgc": dict(hook="dgc", density=0.01),
     "lgreco": dict(hook="lgreco", family="quant", replan_every=20),
     "quant": dict(hook="quant", bits=4),
+    # Its own optimizer (Adam, then the 1-bit stage from 20% of the steps), lr adam_lr.
+    "onebit-adam": dict(hook="onebit-adam", adam_lr=5e-3, adam_eps=1e-5),
 }
 DTYPES = ("float32", "bfloat16", "float16")
 SEEDS = (0, 1, 2)

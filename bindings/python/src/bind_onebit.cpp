@@ -1,5 +1,6 @@
-// The 1-bit compressed allreduce (include/gradcomm/onebit.h) for gradcomm.torch.OneBitAdam.
-// The optimizer arithmetic stays in torch; what crosses the network is what this computes.
+// The 1-bit compressed allreduce and the C++ OneBitAdam (include/gradcomm/onebit.h), for
+// gradcomm.torch.OneBitAdam: the optimizer's arithmetic and what crosses the network are
+// computed here; Python hands over the tensors.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -21,15 +22,16 @@ struct NativeOneBitAdam {
   std::vector<Borrowed> params;
   std::unique_ptr<OneBitAdam> optimizer;
 
-  // Float32 views of one tensor per parameter (all of them, or the compressed ones), in
-  // registration order; `held` keeps their buffers alive for the call.
+  // Views of one tensor per parameter (all of them, or the compressed ones), in
+  // registration order, each in its parameter's dtype; `held` keeps their buffers alive
+  // for the call.
   std::vector<TensorView> gradients(const py::list& tensors, std::vector<Borrowed>& held,
                                     bool compressed_only, const char* call) const {
     std::vector<TensorView> views;
     std::size_t index = 0;
     for (std::size_t i = 0; i < params.size() && index < tensors.size(); ++i) {
       if (compressed_only && !compressed[i]) continue;
-      held.push_back(borrow(tensors[index++], call, DType::kFloat32, params[i].view.numel()));
+      held.push_back(borrow(tensors[index++], call, params[i].view.dtype(), params[i].view.numel()));
       views.push_back(held.back().view);
     }
     GRADCOMM_CHECK(index == tensors.size(), ErrorCode::kSizeMismatch, "NativeOneBitAdam.", call, ": ",
@@ -69,7 +71,7 @@ void bind_onebit(py::module_& m) {
              auto self = std::make_unique<NativeOneBitAdam>();
              std::vector<OneBitParam> views;
              for (const auto& [name, tensor] : params) {
-               self->params.push_back(borrow(tensor, "NativeOneBitAdam: parameter", DType::kFloat32));
+               self->params.push_back(borrow(tensor, "NativeOneBitAdam: parameter"));  // dtype: OneBitAdam checks
                views.push_back(OneBitParam{name, self->params.back().view, true, {}});
                self->compressed.push_back(1);
              }
@@ -98,7 +100,8 @@ void bind_onebit(py::module_& m) {
              std::vector<Borrowed> held;
              std::vector<TensorView> views;
              for (std::size_t i = 0; i < grads.size(); ++i) {
-               held.push_back(borrow(grads[i], "NativeOneBitAdam.step: gradient", DType::kFloat32,
+               held.push_back(borrow(grads[i], "NativeOneBitAdam.step: gradient",
+                                     i < self.params.size() ? self.params[i].view.dtype() : DType::kFloat32,
                                      i < self.params.size() ? self.params[i].view.numel() : 0));
                views.push_back(held.back().view);
              }

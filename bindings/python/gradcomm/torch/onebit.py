@@ -11,7 +11,9 @@ the hook hands every parameter's local gradient to the C++ optimizer, which fold
 the momentum (``m = b1*m + (1-b1)*g``) and averages the momenta through the
 error-compensated 1-bit compressed allreduce (one alltoall and one allgather per step, about
 1/32 of the bytes), and ``step()`` applies
-``p -= lr * (m / (sqrt(v) + eps) + weight_decay * p)``. After the freeze ``p.grad`` holds the
+``p -= lr * (m / (sqrt(v) + eps) + weight_decay * p)``. bfloat16 and float16 parameters
+are updated through a float32 master copy kept by the C++ optimizer (each step rounds it
+once into the parameter); m, v and the errors are float32. After the freeze ``p.grad`` holds the
 averaged (compressed) momentum, not a gradient: call ``zero_grad()`` before the next
 backward, as usual, and read gradients before ``step()``.
 """
@@ -27,6 +29,10 @@ import gradcomm._gradcomm as _native
 from gradcomm.torch._comm import communicator as torch_communicator
 from gradcomm.torch._exchange import STATE_VERSION, _check_bucket_object, _invalid
 from gradcomm.torch.dense import AllreduceState
+
+
+# What the C++ optimizer updates: 16-bit parameters through a float32 master copy.
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class OneBitAdam(torch.optim.Optimizer):
@@ -112,10 +118,12 @@ class OneBitAdam(torch.optim.Optimizer):
 
     def _check_parameters(self) -> None:
         for p in self._params:
-            if not p.is_contiguous() or p.dtype != torch.float32 or p.device.type != "cpu":
+            if (not p.is_contiguous() or p.dtype not in _DTYPES
+                    or p.device.type != "cpu"):
                 raise _invalid(f"OneBitAdam: a parameter of shape {tuple(p.shape)} is "
                                f"{p.dtype} on {p.device} (contiguous: {p.is_contiguous()}); "
-                               "gradcomm's 1-bit Adam updates contiguous float32 CPU tensors")
+                               "gradcomm's 1-bit Adam updates contiguous float32, bfloat16 or "
+                               "float16 CPU tensors")
 
     @property
     def _hook_state(self) -> AllreduceState:
@@ -201,9 +209,6 @@ class OneBitAdam(torch.optim.Optimizer):
         if not native.frozen:
             return self._dense._exchange(bucket)
         buffer = bucket.buffer()
-        if buffer.dtype != torch.float32:
-            raise _invalid(f"onebit_adam_hook takes float32 gradients, the bucket holds "
-                           f"{buffer.dtype} ({buffer.numel()} elements)")
         future = torch.futures.Future()
         self._held.append((buffer, list(bucket.parameters()), future))
         if not bucket.is_last():
