@@ -24,6 +24,11 @@ struct LayerSpec {
   int device_index = 0;
 };
 
+// The element types gradcomm exchanges and updates: float32, float16 and bfloat16.
+inline bool is_gradient_dtype(DType dtype) {
+  return dtype == DType::kFloat32 || dtype == DType::kFloat16 || dtype == DType::kBFloat16;
+}
+
 // A layer the compressor leaves dense: marked so, or 1-D (as in the DGC reference).
 inline bool is_dense_by_default(const LayerSpec& layer) {
   return layer.force_dense || layer.ndim <= 1;

@@ -68,8 +68,7 @@ StepEngine::StepEngine(std::shared_ptr<Compressor> compressor, std::vector<Layer
   s.mover.device = s.device;
   std::size_t widest = 0;
   for (const LayerSpec& spec : layers_) {
-    GRADCOMM_CHECK_ARG(spec.dtype == DType::kFloat32 || spec.dtype == DType::kFloat16 ||
-                           spec.dtype == DType::kBFloat16,
+    GRADCOMM_CHECK_ARG(is_gradient_dtype(spec.dtype),
                        "StepEngine: layer '", spec.name, "' has ", dtype_name(spec.dtype),
                        " gradients; gradcomm exchanges float32, float16 and bfloat16");
     if (spec.dtype != DType::kFloat32) widest = std::max(widest, spec.numel);

@@ -23,8 +23,6 @@ constexpr std::uint32_t kAdamVersion = 2;
 
 bool finite_nonneg(float x) { return std::isfinite(x) && x >= 0.0f; }
 
-bool is_16bit(DType dtype) { return dtype == DType::kFloat16 || dtype == DType::kBFloat16; }
-
 }  // namespace
 
 struct OneBitAdam::Impl {
@@ -109,8 +107,7 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
   const int p = comm.size();
   for (std::size_t i = 0; i < count; ++i) {
     const OneBitParam& param = s.params[i];
-    GRADCOMM_CHECK_ARG((param.value.dtype() == DType::kFloat32 || is_16bit(param.value.dtype())) &&
-                           param.value.device() == Device::kCpu,
+    GRADCOMM_CHECK_ARG(is_gradient_dtype(param.value.dtype()) && param.value.device() == Device::kCpu,
                        "OneBitAdam: parameter ", i, " ('", param.name, "') is ", param.value.describe(),
                        "; expected float32, float16 or bfloat16 on cpu");
     GRADCOMM_CHECK_ARG(param.mask.empty() || param.compressed, "OneBitAdam: parameter ", i, " ('",
@@ -147,7 +144,7 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
     s.m[i].assign(n, 0.0f);
     s.v[i].assign(n, 0.0f);
     const DType dtype = s.params[i].value.dtype();
-    if (is_16bit(dtype)) {
+    if (dtype != DType::kFloat32) {
       s.master[i].resize(n);
       kernels::widen_to_f32(static_cast<const std::uint16_t*>(s.params[i].value.data()), dtype,
                             s.master[i].data(), n);
