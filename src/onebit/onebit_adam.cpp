@@ -30,8 +30,11 @@ struct OneBitAdam::Impl {
   std::vector<std::vector<float>> m, v;
   // By param, for 16-bit parameters only (empty for float32 ones): the float32 master
   // copy the update is applied to (the parameter gets it rounded once per step, so steps
-  // smaller than the 16-bit spacing still add up), and the widened gradient.
-  std::vector<std::vector<float>> master, wide;
+  // smaller than the 16-bit spacing still add up).
+  std::vector<std::vector<float>> master;
+  // One 16-bit gradient widened to float32, as large as the largest 16-bit parameter:
+  // each is read by its own parameter's update before the next is widened.
+  std::vector<float> wide;
   // The dense exchanges: every parameter's gradient in the warm-up, the uncompressed ones'
   // after the freeze. The same StepEngine and wire format as every Exchanger, so a DDP
   // hook driving gradcomm's Exchanger over the same layers averages bitwise alike.
@@ -54,12 +57,11 @@ struct OneBitAdam::Impl {
   float* weights(std::size_t i) {
     return master[i].empty() ? static_cast<float*>(params[i].value.data()) : master[i].data();
   }
-  // A gradient (in its parameter's dtype) as float32.
-  const float* widened(std::size_t i, const TensorView& grad) {
+  // A gradient (in its parameter's dtype) as float32, valid until the next call.
+  const float* widened(const TensorView& grad) {
     if (grad.dtype() == DType::kFloat32) return static_cast<const float*>(grad.data());
-    kernels::widen_to_f32(static_cast<const std::uint16_t*>(grad.data()), grad.dtype(), wide[i].data(),
-                          wide[i].size());
-    return wide[i].data();
+    kernels::widen_to_f32(static_cast<const std::uint16_t*>(grad.data()), grad.dtype(), wide.data(), grad.numel());
+    return wide.data();
   }
   // After an update: the parameter from its master copy, rounded to nearest even.
   void publish(std::size_t i) {
@@ -135,7 +137,6 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
   s.m.resize(count);
   s.v.resize(count);
   s.master.resize(count);
-  s.wide.resize(count);
   s.averaged.resize(count);
   s.state_of.assign(count, std::numeric_limits<std::size_t>::max());
   std::vector<std::size_t> numels;
@@ -148,7 +149,7 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
       s.master[i].resize(n);
       kernels::widen_to_f32(static_cast<const std::uint16_t*>(s.params[i].value.data()), dtype,
                             s.master[i].data(), n);
-      s.wide[i].resize(n);
+      if (s.wide.size() < n) s.wide.resize(n);
     }
     s.averaged[i].assign(n * dtype_size(dtype), std::byte{0});
     s.averaged_views.emplace_back(s.averaged[i].data(), n, dtype);
@@ -266,7 +267,7 @@ void OneBitAdam::warmup_update(std::span<const TensorView> averaged) {
   check_gradients("warmup_update", averaged, false);
   const float sqrt_bc2 = corrections().sqrt_v_live;
   for (std::size_t i = 0; i < averaged.size(); ++i) {
-    adam_update(i, impl_->widened(i, averaged[i]), true, sqrt_bc2);
+    adam_update(i, impl_->widened(averaged[i]), true, sqrt_bc2);
   }
   step_ += 1;
   last_nonfinite_ = 0;
@@ -291,7 +292,7 @@ OneBitResult OneBitAdam::exchange_momentum(std::span<const TensorView> local_gra
   for (std::size_t c = 0; c < s.compressed.size(); ++c) {
     const std::size_t i = s.compressed[c];
     float* m = s.m[i].data();
-    const float* g = s.widened(i, local_grads[c]);
+    const float* g = s.widened(local_grads[c]);
     const std::size_t n = s.m[i].size();
     for (std::size_t k = 0; k < n; ++k) m[k] = m[k] * o.beta1 + (1.0f - o.beta1) * g[k];
     if (o.precondition) {
@@ -361,7 +362,7 @@ void OneBitAdam::frozen_update(std::span<const TensorView> uncompressed_averaged
                      ErrorCode::kSizeMismatch, "OneBitAdam::frozen_update: gradient of '",
                      s.params[i].name, "' is ", g.describe(), "; expected the parameter's ",
                      s.params[i].value.describe());
-      adam_update(i, s.widened(i, g), true, bc.sqrt_v_live);
+      adam_update(i, s.widened(g), true, bc.sqrt_v_live);
       continue;
     }
     if (!o.precondition) {
