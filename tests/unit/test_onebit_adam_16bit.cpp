@@ -228,6 +228,58 @@ TEST(OneBitAdam16Resume, SavedStateResumesBitwiseAndFloat32StatesAreRefused) {
   for (int r = 0; r < p; ++r) EXPECT_EQ(resumed[r], full[r].params16) << "rank " << r;
 }
 
+// A state written before 16-bit parameters existed (version 1: no master flag after each
+// parameter's m and v) still loads into float32 parameters: made here from a version 2
+// blob by taking the flags out, it restores the same momenta and steps on alike.
+TEST(OneBitAdamState, Version1BlobsFromFloat32ParametersStillLoad) {
+  ThreadCommunicator::run(2, [&](ThreadCommunicator& comm) {
+    std::vector<std::vector<float>> a, b;
+    std::vector<OneBitParam> va, vb;
+    for (std::size_t i = 0; i < std::size(kSizes); ++i) {
+      a.emplace_back(kSizes[i], 0.5f);
+      b.emplace_back(kSizes[i], 0.5f);
+      va.push_back({"p" + std::to_string(i), TensorView::of(std::span<float>(a[i])), true, {}});
+      vb.push_back({"p" + std::to_string(i), TensorView::of(std::span<float>(b[i])), true, {}});
+    }
+    OneBitAdam saved(comm, va, options());
+    std::vector<std::vector<float>> g(std::size(kSizes));
+    auto step = [&](OneBitAdam& opt, int t) {
+      std::vector<TensorView> in;
+      for (std::size_t i = 0; i < std::size(kSizes); ++i) {
+        g[i].resize(kSizes[i]);
+        for (std::size_t k = 0; k < kSizes[i]; ++k)
+          g[i][k] = widen(gradient(comm.rank(), t, i, k, DType::kBFloat16), DType::kBFloat16);
+        in.push_back(TensorView::of(std::span<float>(g[i])));
+      }
+      opt.step(in);
+    };
+    for (int t = 0; t < kSaveAt; ++t) step(saved, t);
+    std::vector<std::byte> blob = saved.save_state();
+    // magic, version, world size, rank, step, count; then per parameter: length, kind, m, v, flag.
+    std::uint32_t version = 1;
+    std::memcpy(blob.data() + 4, &version, sizeof version);
+    std::size_t at = 4 + 4 + 4 + 4 + 8 + 8;
+    for (std::size_t i = 0; i < std::size(kSizes); ++i) {
+      at += 8 + 1 + 2 * kSizes[i] * sizeof(float);
+      ASSERT_EQ(blob[at], std::byte{0}) << "a float32 parameter has no master copy";
+      blob.erase(blob.begin() + static_cast<std::ptrdiff_t>(at));
+    }
+    OneBitAdam loaded(comm, vb, options());
+    loaded.load_state(blob);
+    EXPECT_EQ(loaded.steps_done(), kSaveAt);
+    for (std::size_t i = 0; i < std::size(kSizes); ++i) {
+      ASSERT_TRUE(std::equal(loaded.momentum(i).begin(), loaded.momentum(i).end(),
+                             saved.momentum(i).begin()));
+    }
+    b = a;  // the parameters as the saved run has them (state blobs do not hold float32 ones)
+    for (int t = kSaveAt; t < kSteps; ++t) {
+      step(saved, t);
+      step(loaded, t);
+    }
+    EXPECT_EQ(a, b);
+  });
+}
+
 TEST(OneBitAdam16Gradients, AGradientOfAnotherDtypeIsRefusedNamingBoth) {
   ThreadCommunicator::run(1, [&](ThreadCommunicator& comm) {
     std::vector<std::uint16_t> value(8, 0);
