@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "bindings.h"
@@ -110,14 +111,27 @@ py::list layers_of_shard(const CheckpointShard& shard) {
   return layers;
 }
 
+// Throws, naming the first layer that differs, unless `here` (the model's layers, as
+// (name, numel, dtype) tuples) are the layers the shard was saved with.
+void check_layers(const py::list& saved, const py::list& here, const std::string& source) {
+  for (std::size_t i = 0; i < std::max<std::size_t>(saved.size(), here.size()); ++i) {
+    const std::string was = i < saved.size() ? describe_layer(saved[i]) : "(none)";
+    const std::string now = i < here.size() ? describe_layer(here[i]) : "(none)";
+    GRADCOMM_CHECK(was == now, ErrorCode::kInvalidArgument, source,
+                   ": the shard is of another model (layer ", i, ": saved ", was, ", here ", now,
+                   ")");
+  }
+}
+
 }  // namespace
 
 void bind_exchanger(py::module_& m) {
   m.def(
       "read_shard",
       [](const py::bytes& shard, int rank, int world_size, const std::string& compressor,
-         const std::string& source) {
+         const std::string& source, const std::optional<py::list>& layers) {
         const CheckpointShard parsed = parse_shard(shard, rank, world_size, compressor, source);
+        if (layers) check_layers(layers_of_shard(parsed), *layers, source);
         py::dict out;
         out["step"] = parsed.step;
         out["layers"] = layers_of_shard(parsed);
@@ -126,11 +140,10 @@ void bind_exchanger(py::module_& m) {
         return out;
       },
       py::arg("shard"), py::arg("rank"), py::arg("world_size"), py::arg("compressor"),
-      py::arg("source") = "state_dict",
-      "Checks a shard (checksums, rank, world size, compressor name) and returns its step, "
-      "layer table [(name, numel, dtype)] and state bytes.");
-  m.def("describe_layer", &describe_layer, py::arg("layer"),
-        "'name dtype[numel]' of a (name, numel, dtype) layer tuple, as errors name it.");
+      py::arg("source") = "state_dict", py::arg("layers") = py::none(),
+      "Checks a shard (checksums, rank, world size, compressor name and, when `layers` "
+      "[(name, numel, dtype)] are given, its layers) and returns its step, layer table and "
+      "state bytes.");
   m.def(
       "check_agreement",
       [](py::object communicator, const std::string& settings, const std::string& what) {
@@ -251,18 +264,11 @@ void bind_exchanger(py::module_& m) {
             const CheckpointShard parsed = parse_shard(shard, ex.communicator().rank(),
                                                        ex.communicator().size(),
                                                        ex.compressor().name(), source);
-            const py::list saved = layers_of_shard(parsed);
-            const auto here = ex.layers();
-            for (std::size_t i = 0; i < std::max<std::size_t>(saved.size(), here.size()); ++i) {
-              const std::string was = i < saved.size() ? describe_layer(saved[i]) : "(none)";
-              const std::string now =
-                  i < here.size() ? describe_layer(py::make_tuple(here[i].name, here[i].numel,
-                                                                  dtype_name(here[i].dtype)))
-                                  : "(none)";
-              GRADCOMM_CHECK(was == now, ErrorCode::kInvalidArgument, source,
-                             ": the shard is of another model (layer ", i,
-                             ": saved ", was, ", here ", now, ")");
+            py::list here;
+            for (const LayerSpec& l : ex.layers()) {
+              here.append(py::make_tuple(l.name, l.numel, dtype_name(l.dtype)));
             }
+            check_layers(layers_of_shard(parsed), here, source);
             ex.compressor().load_state(parsed.compressor_state());
             ex.restore_step(parsed.step);
             // Shards written before the exchange state was saved have none: the plan stays as built.

@@ -47,6 +47,10 @@ def _invalid(message: str) -> "gradcomm.InvalidArgumentError":
     return gradcomm.InvalidArgumentError(message)
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 def _number(owner: str, name: str, value, kind=float):
     """`value` as a finite float (or int), or an InvalidArgumentError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -247,7 +251,7 @@ class CompressedHookState:
             params = seen
             keys = [self._key(p, i) for i, p in enumerate(params)]
         layers = [gradcomm.LayerSpec(key, p.numel(), max(p.dim(), 1),
-                                     dtype=str(p.dtype).replace("torch.", ""),
+                                     dtype=_dtype_name(p.dtype),
                                      device=p.device.type, device_index=p.device.index or 0)
                   for key, p in zip(keys, params)]
         comm = self.communicator
@@ -340,20 +344,13 @@ class CompressedHookState:
             return
         step = 0
         if state["shard"] is not None:
-            shard = _native.read_shard(state["shard"], self.rank, self.world_size,
-                                       self._make_compressor().name,
-                                       f"{name}.load_state_dict on rank {self.rank}")
-            step = shard["step"]
-            if self._names is not None:
-                here = [(n, p.numel(), str(p.dtype).replace("torch.", ""))
-                        for p, n in self._names.items() if p.requires_grad]
-                saved = [tuple(x) for x in shard["layers"]]
-                for i in range(max(len(saved), len(here))):
-                    was, now = (_native.describe_layer(x[i]) if i < len(x) else "(none)"
-                                for x in (saved, here))
-                    if was != now:
-                        raise _invalid(f"{name}.load_state_dict on rank {self.rank}: the shard "
-                                       f"is of another model (layer {i}: saved {was}, here {now})")
+            # With named_parameters the layers are known now: the shard's are checked too.
+            here = None if self._names is None else [
+                (n, p.numel(), _dtype_name(p.dtype))
+                for p, n in self._names.items() if p.requires_grad]
+            step = _native.read_shard(state["shard"], self.rank, self.world_size,
+                                      self._make_compressor().name,
+                                      f"{name}.load_state_dict on rank {self.rank}", here)["step"]
         self._pending_state = dict(state)
         self.iteration, self.epoch = step, int(state["epoch"])
 
@@ -369,7 +366,7 @@ class CompressedHookState:
     # ---- one bucket -----------------------------------------------------------------------
     def _check_bucket(self, buffer: torch.Tensor, params: list) -> None:
         if buffer.dtype not in _GRADIENT_DTYPES:
-            names = ", ".join(str(d).replace("torch.", "") for d in _GRADIENT_DTYPES)
+            names = ", ".join(_dtype_name(d) for d in _GRADIENT_DTYPES)
             raise _invalid(f"{self._name}: gradcomm hooks take {names} gradients, the bucket "
                            f"holds {buffer.dtype} ({buffer.numel()} elements)")
         total = sum(p.numel() for p in params)
