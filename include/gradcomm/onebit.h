@@ -122,6 +122,11 @@ struct OneBitAdamOptions {
   std::size_t bucket_bytes = 4u << 20;
 };
 
+// Throws kInvalidArgument, naming the option and its value, unless OneBitAdam can train
+// with `options` (the constructor checks the same): lets a caller that builds the optimizer
+// later (gradcomm.torch.OneBitAdam, at its first step) refuse bad options at once.
+void check_options(const OneBitAdamOptions& options);
+
 // One parameter tensor the optimizer updates in place (host memory). float32, or float16 or
 // bfloat16: then the optimizer keeps a float32 master copy, applies every update to it and
 // writes the parameter from it rounded to nearest even, and takes gradients (and writes

@@ -84,9 +84,7 @@ std::vector<LayerSpec> layers_of(const std::vector<OneBitParam>& params, bool on
 
 }  // namespace
 
-OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneBitAdamOptions options)
-    : comm_(comm), options_(options), impl_(std::make_unique<Impl>()) {
-  const OneBitAdamOptions& o = options_;
+void check_options(const OneBitAdamOptions& o) {
   GRADCOMM_CHECK_ARG(finite_nonneg(o.lr), "OneBitAdam: lr ", o.lr, " must be finite and >= 0");
   GRADCOMM_CHECK_ARG(o.beta1 >= 0.0f && o.beta1 < 1.0f, "OneBitAdam: beta1 ", o.beta1,
                      " must be in [0, 1)");
@@ -100,6 +98,12 @@ OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneB
                      " must be >= 1 (the variance must see at least one averaged gradient before "
                      "it is frozen; a zero variance makes every compressed update explode)");
   GRADCOMM_CHECK_ARG(o.bucket_bytes > 0, "OneBitAdam: bucket_bytes must be positive");
+}
+
+OneBitAdam::OneBitAdam(Communicator& comm, std::vector<OneBitParam> params, OneBitAdamOptions options)
+    : comm_(comm), options_(options), impl_(std::make_unique<Impl>()) {
+  const OneBitAdamOptions& o = options_;
+  check_options(o);
   GRADCOMM_CHECK_ARG(comm.device() == Device::kCpu, "OneBitAdam: ", comm.describe(),
                      " takes device buffers; OneBitAdam updates host parameters");
 

@@ -684,6 +684,11 @@ TEST(OneBitAdam, RefusesBadSettingsAtConstructionOnEveryRank) {
   expect_invalid({}, "only 0 and 1", half);
   expect_invalid({}, "is uncompressed", std::vector<float>(10, 1.0f), false);
   EXPECT_NO_THROW(make({}));
+  // The same option checks without a communicator, for callers that build the optimizer later.
+  o = {};
+  o.freeze_step = 0;
+  EXPECT_THROW(check_options(o), Error);
+  EXPECT_NO_THROW(check_options({}));
   EXPECT_TRUE(all_ranks(true));
 }
 

@@ -52,8 +52,10 @@ def test_numpy_and_torch_buffers_are_read_in_place():
     (lambda: gct.DGCState(momentum=1.5), "momentum"),
     (lambda: gct.DGCState(nonfinite="ignore"), "nonfinite must be one of"),
     (lambda: gct.LGreCoState(family="lowrank"), "family must be"),
-    (lambda: gct.LGreCoState(family="quant", default=7), "not among the candidates"),
-    (lambda: gct.OneBitAdam([torch.zeros(2, requires_grad=True)], betas=(0.9, 1.0)), "betas"),
+    (lambda: gct.LGreCoState(family="quant", default=7),
+     "the default 7 is not among the bit widths"),
+    (lambda: gct.OneBitAdam([torch.zeros(2, requires_grad=True)], betas=(0.9, 1.0)),
+     r"beta2 1 must be in \[0, 1\)"),
 ])
 def test_bad_settings_are_refused_at_construction(make, message):
     with pytest.raises(ValueError, match=message):

@@ -58,6 +58,18 @@ void bind_onebit(py::module_& m) {
       .def("save", [](const OneBitErrorState& s) { return blob_to_bytes(s.save()); })
       .def("load", [](OneBitErrorState& s, const py::bytes& blob) { s.load(bytes_as_blob(blob)); });
 
+  m.def(
+      "check_onebit_adam_options",
+      [](float lr, float beta1, float beta2, float eps, float weight_decay,
+         std::int64_t freeze_step) {
+        check_options(OneBitAdamOptions{.lr = lr, .beta1 = beta1, .beta2 = beta2, .eps = eps,
+                                        .weight_decay = weight_decay, .freeze_step = freeze_step});
+      },
+      py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+      py::arg("freeze_step"),
+      "Raises InvalidArgumentError, naming the option and its value, where NativeOneBitAdam "
+      "would refuse these options.");
+
   const OneBitAdamOptions defaults;
   py::class_<NativeOneBitAdam>(
       m, "NativeOneBitAdam",

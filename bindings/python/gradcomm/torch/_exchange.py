@@ -21,7 +21,6 @@ reducer re-raises hook errors that way). Every step's layout is agreed by all ra
 its first collective, so a schedule moved on one rank fails everywhere instead of hanging.
 """
 
-import math
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -52,15 +51,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _number(owner: str, name: str, value, kind=float):
-    """`value` as a finite float (or int), or an InvalidArgumentError naming the argument."""
+    """`value` as a float (or int), or an InvalidArgumentError naming the argument. Only
+    the type: the C++ options check the value (its range, finiteness) when they are made,
+    which the states do in their constructors."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _invalid(f"{owner}: {name} must be a number, got {value!r}")
     if kind is int:
         if int(value) != value:
             raise _invalid(f"{owner}: {name} must be an integer, got {value!r}")
         return int(value)
-    if not math.isfinite(value):
-        raise _invalid(f"{owner}: {name} must be finite, got {value!r}")
     return float(value)
 
 

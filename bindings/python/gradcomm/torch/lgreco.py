@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 import gradcomm
 import gradcomm._gradcomm as _native
-from gradcomm.torch._exchange import CompressedHookState, _choice, _invalid, _number
+from gradcomm.torch._exchange import CompressedHookState, _choice, _number
 from gradcomm.torch.dgc import _require_plain_sgd
 
 DGC_DENSITIES: Tuple[float, ...] = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
@@ -79,10 +79,6 @@ class LGreCoState(CompressedHookState):
         else:
             self.candidates = tuple(int(c) for c in (candidates or QUANT_BITS))
             self.default = int(4 if default is None else default)
-        if self.default not in self.candidates:
-            raise _invalid(f"LGreCoState: the default {self.default} is not among the "
-                           f"candidates {self.candidates}")
-        self.default_index = self.candidates.index(self.default)
         name = "LGreCoState"
         self.replan_every = _number(name, "replan_every", replan_every, int)
         self.first_step = _number(name, "first_step", first_step, int)
@@ -98,6 +94,7 @@ class LGreCoState(CompressedHookState):
         self._planner = None
         self._replans_before = 0  # re-plans of the run this state was resumed from
         self._make_compressor()  # validates every setting now, not at the first backward
+        self.default_index = self.candidates.index(self.default)
 
     # ---- settings and compressors -----------------------------------------------------
     def _settings(self) -> dict:

@@ -18,7 +18,6 @@ averaged (compressed) momentum, not a gradient: call ``zero_grad()`` before the 
 backward, as usual, and read gradients before ``step()``.
 """
 
-import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -27,7 +26,7 @@ import torch.distributed as dist
 import gradcomm
 import gradcomm._gradcomm as _native
 from gradcomm.torch._comm import communicator as torch_communicator
-from gradcomm.torch._exchange import STATE_VERSION, _check_bucket_object, _invalid
+from gradcomm.torch._exchange import STATE_VERSION, _check_bucket_object, _invalid, _number
 from gradcomm.torch.dense import AllreduceState
 
 
@@ -68,18 +67,13 @@ class OneBitAdam(torch.optim.Optimizer):
                  process_group: Optional[dist.ProcessGroup] = None,
                  communicator: Optional[_native.Communicator] = None,
                  bucket_bytes: int = 4 << 20):
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0.0):
-            raise _invalid(f"OneBitAdam: lr must be finite and >= 0, got {lr}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise _invalid(f"OneBitAdam: betas must be in [0, 1), got {betas}")
-        if not (math.isfinite(eps) and eps > 0.0):
-            raise _invalid(f"OneBitAdam: eps must be finite and > 0, got {eps}")
-        if not (math.isfinite(weight_decay) and weight_decay >= 0.0):
-            raise _invalid(f"OneBitAdam: weight_decay must be finite and >= 0, got {weight_decay}")
-        if int(freeze_step) != freeze_step or freeze_step < 1:
-            raise _invalid(f"OneBitAdam: freeze_step must be an integer >= 1, got {freeze_step} "
-                           "(the variance must see at least one averaged gradient before it is "
-                           "frozen)")
+        # The C++ optimizer is built at the first step; its option checks run now.
+        n = "OneBitAdam"
+        _native.check_onebit_adam_options(
+            lr=_number(n, "lr", lr), beta1=_number(n, "betas", betas[0]),
+            beta2=_number(n, "betas", betas[1]), eps=_number(n, "eps", eps),
+            weight_decay=_number(n, "weight_decay", weight_decay),
+            freeze_step=_number(n, "freeze_step", freeze_step, int))
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay))
         self._settings = self._shared_settings()
