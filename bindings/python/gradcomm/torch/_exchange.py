@@ -81,12 +81,6 @@ def _exchange_choice(owner: str, exchange: str, hierarchy: str) -> str:
     return _choice(owner, "exchange", exchange, EXCHANGES)
 
 
-def _nonfinite_policy(policy: str) -> str:
-    if policy not in _NONFINITE_POLICIES:
-        raise _invalid(f"nonfinite must be one of {_NONFINITE_POLICIES}, got {policy!r}")
-    return policy
-
-
 def _check_bucket_object(bucket, owner: str) -> None:
     """torch.compile(DDP(model)) with optimize_ddp="python_reducer" (compiled autograd)
     bypasses DDP's bucketed reducer and calls the hook once per parameter with a
@@ -100,10 +94,20 @@ def _check_bucket_object(bucket, owner: str) -> None:
             "torch.compile(DDP(model)) with the default optimize_ddp setting")
 
 
-def _completed(value: torch.Tensor) -> torch.futures.Future:
-    future = torch.futures.Future()
-    future.set_result(value)
-    return future
+def _gradients(bucket, owner: str) -> Tuple[torch.Tensor, list, tuple]:
+    """The bucket's buffer, its parameters and their gradients (views of the buffer), or
+    an error for a bucket the hooks cannot take."""
+    _check_bucket_object(bucket, owner)
+    buffer, params = bucket.buffer(), list(bucket.parameters())
+    if buffer.dtype not in _GRADIENT_DTYPES:
+        names = ", ".join(_dtype_name(d) for d in _GRADIENT_DTYPES)
+        raise _invalid(f"{owner}: gradcomm hooks take {names} gradients, the bucket "
+                       f"holds {buffer.dtype} ({buffer.numel()} elements)")
+    sizes = [p.numel() for p in params]
+    if sum(sizes) != buffer.numel():
+        raise RuntimeError(f"{owner}: bucket of {buffer.numel()} elements "
+                           f"but its parameters have {sum(sizes)}")
+    return buffer, params, buffer.split(sizes)
 
 
 class CompressedHookState:
@@ -124,14 +128,15 @@ class CompressedHookState:
                  bucket_bytes: int = 4 << 20, exchange: str = "compressor",
                  hierarchy: str = "flat"):
         self.process_group = process_group
-        self.exchange = _exchange_choice(type(self).__name__, exchange, hierarchy)
+        self._name = type(self).__name__  # in messages; OneBitAdam names itself here
+        self.exchange = _exchange_choice(self._name, exchange, hierarchy)
         # A gradcomm Communicator (gradcomm.MpiCommunicator under mpirun) that carries the
         # hook's collectives instead of the process group.
         self.communicator = communicator
-        self.nonfinite = _nonfinite_policy(nonfinite)
-        if int(bucket_bytes) != bucket_bytes or bucket_bytes < 1:
+        self.nonfinite = _choice(self._name, "nonfinite", nonfinite, _NONFINITE_POLICIES)
+        self.bucket_bytes = _number(self._name, "bucket_bytes", bucket_bytes, int)
+        if self.bucket_bytes < 1:
             raise _invalid(f"bucket_bytes must be a positive integer, got {bucket_bytes!r}")
-        self.bucket_bytes = int(bucket_bytes)
         # Keys: parameter names when given (checkpoints then survive any change of bucket
         # layout); otherwise the order in which DDP's first iteration hands parameters to
         # the hook, which is deterministic for a given model and bucket_cap_mb.
@@ -140,12 +145,12 @@ class CompressedHookState:
             self._names = {p: name for name, p in named_parameters}
         self._exchanger = None
         self._layer_of: Dict[torch.Tensor, int] = {}
-        self._held: List[Tuple[torch.Tensor, list, torch.futures.Future]] = []  # first step
+        # Buckets not yet submitted: the first backward's, until its last bucket.
+        self._held: List[Tuple[torch.Tensor, list, tuple, torch.futures.Future]] = []
         self._waiting: List[Tuple[torch.futures.Future, torch.Tensor]] = []  # this step
         self._pending_state: Optional[dict] = None  # loaded before the Exchanger exists
         self._expected_world_size: Optional[int] = None
         self._checked = False
-        self._name = type(self).__name__  # in messages; OneBitAdam names itself here
         self._in_step = False
         self.iteration = 0
         self.epoch = 0
@@ -225,30 +230,22 @@ class CompressedHookState:
         backward)."""
         return [] if self._exchanger is None else [l.name for l in self._exchanger.layers]
 
-    def _key(self, param: torch.Tensor, index: int) -> str:
-        if self._names is None:
-            return f"param{index}"
-        if param not in self._names:
-            raise _invalid(f"{self._name}: DDP holds a parameter of shape {tuple(param.shape)} "
-                           "that is not among named_parameters")
-        return self._names[param]
-
     def _build(self, params_in_hook_order: list) -> None:
         """Registers every parameter the first backward handed over, in forward order:
         named_parameters' order when given, else the order DDP's first backward hands them
         over in: one bucket in the model's forward order on the torch versions tested (1.13,
         2.x). Forward order matters for speed: a step's collectives start in backward order,
         each as soon as its layers are encoded."""
-        seen = list(params_in_hook_order)
+        params = list(params_in_hook_order)
+        keys = [f"param{i}" for i in range(len(params))]
         if self._names is not None:
+            for p in params:
+                if p not in self._names:
+                    raise _invalid(f"{self._name}: DDP holds a parameter of shape "
+                                   f"{tuple(p.shape)} that is not among named_parameters")
             rank_of = {p: i for i, p in enumerate(self._names)}
-            for p in seen:
-                self._key(p, 0)  # raises for a parameter not among named_parameters
-            params = sorted(seen, key=lambda p: rank_of[p])
+            params.sort(key=rank_of.__getitem__)
             keys = [self._names[p] for p in params]
-        else:
-            params = seen
-            keys = [self._key(p, i) for i, p in enumerate(params)]
         layers = [gradcomm.LayerSpec(key, p.numel(), max(p.dim(), 1),
                                      dtype=_dtype_name(p.dtype),
                                      device=p.device.type, device_index=p.device.index or 0)
@@ -363,25 +360,12 @@ class CompressedHookState:
             self._exchanger.compressor.set_epoch(self.epoch)
 
     # ---- one bucket -----------------------------------------------------------------------
-    def _check_bucket(self, buffer: torch.Tensor, params: list) -> None:
-        if buffer.dtype not in _GRADIENT_DTYPES:
-            names = ", ".join(_dtype_name(d) for d in _GRADIENT_DTYPES)
-            raise _invalid(f"{self._name}: gradcomm hooks take {names} gradients, the bucket "
-                           f"holds {buffer.dtype} ({buffer.numel()} elements)")
-        total = sum(p.numel() for p in params)
-        if total != buffer.numel():
-            raise RuntimeError(f"{self._name}: bucket of {buffer.numel()} elements "
-                               f"but its parameters have {total}")
-
-    def _submit(self, buffer: torch.Tensor, params: list) -> None:
-        offset = 0
-        for p in params:
+    def _submit(self, params: list, grads: tuple) -> None:
+        for p, grad in zip(params, grads):
             layer = self._layer_of.get(p)
             if layer is None:
                 raise _invalid(f"{self._name}: a parameter of shape {tuple(p.shape)} was not "
                                "in DDP's first backward, so it is not registered")
-            grad = buffer[offset:offset + p.numel()]
-            offset += p.numel()
             self._exchanger.submit(layer, grad, grad)
 
     def _begin_step(self) -> None:
@@ -410,32 +394,22 @@ class CompressedHookState:
             future.set_result(buffer)
 
     def _exchange(self, bucket) -> torch.futures.Future:
-        _check_bucket_object(bucket, self._name)
+        buffer, params, grads = _gradients(bucket, self._name)
         self._check_group()
-        buffer = bucket.buffer()
-        params = list(bucket.parameters())
-        self._check_bucket(buffer, params)
-        if self._exchanger is None:
-            future = torch.futures.Future()
-            self._held.append((buffer, params, future))
-            if not bucket.is_last():
-                return future
-            held, self._held = self._held, []
-            self._build([p for _, ps, _ in held for p in ps])
-            self._begin_step()
-            for buf, ps, fut in held:
-                self._submit(buf, ps)
-                self._waiting.append((fut, buf))
-            self._finish_step()
+        future = torch.futures.Future()
+        self._held.append((buffer, params, grads, future))
+        if self._exchanger is None and not bucket.is_last():
             return future
+        held, self._held = self._held, []
+        if self._exchanger is None:
+            self._build([p for _, ps, _, _ in held for p in ps])
         if not self._in_step:
             self._begin_step()
-        self._submit(buffer, params)
+        for buf, ps, gs, fut in held:
+            self._submit(ps, gs)
+            self._waiting.append((fut, buf))
         if bucket.is_last():
             self._finish_step()
-            return _completed(buffer)
-        future = torch.futures.Future()
-        self._waiting.append((future, buffer))
         return future
 
 

@@ -18,7 +18,7 @@ averaged (compressed) momentum, not a gradient: call ``zero_grad()`` before the 
 backward, as usual, and read gradients before ``step()``.
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -26,12 +26,9 @@ import torch.distributed as dist
 import gradcomm
 import gradcomm._gradcomm as _native
 from gradcomm.torch._comm import communicator as torch_communicator
-from gradcomm.torch._exchange import STATE_VERSION, _check_bucket_object, _invalid, _number
+from gradcomm.torch._exchange import (_GRADIENT_DTYPES, STATE_VERSION, _check_bucket_object,
+                                      _gradients, _invalid, _number)
 from gradcomm.torch.dense import AllreduceState
-
-
-# What the C++ optimizer updates: 16-bit parameters through a float32 master copy.
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class OneBitAdam(torch.optim.Optimizer):
@@ -94,7 +91,8 @@ class OneBitAdam(torch.optim.Optimizer):
         self._comm = communicator  # None: a communicator over the process group, made lazily
         self._native = None
         self._pending: Optional[bytes] = None  # a shard loaded before the optimizer exists
-        self._held: List[Tuple[torch.Tensor, list, torch.futures.Future]] = []
+        # This backward's buckets, each gradient by its parameter, until the last bucket.
+        self._held: List[Tuple[torch.Tensor, dict, torch.futures.Future]] = []
         self._exchanged_at: Optional[int] = None
         self._compressed_bytes = 0
         self._steps = 0
@@ -112,7 +110,7 @@ class OneBitAdam(torch.optim.Optimizer):
 
     def _check_parameters(self) -> None:
         for p in self._params:
-            if (not p.is_contiguous() or p.dtype not in _DTYPES
+            if (not p.is_contiguous() or p.dtype not in _GRADIENT_DTYPES
                     or p.device.type != "cpu"):
                 raise _invalid(f"OneBitAdam: a parameter of shape {tuple(p.shape)} is "
                                f"{p.dtype} on {p.device} (contiguous: {p.is_contiguous()}); "
@@ -202,18 +200,13 @@ class OneBitAdam(torch.optim.Optimizer):
         native = self._native_optimizer()
         if not native.frozen:
             return self._dense._exchange(bucket)
-        buffer = bucket.buffer()
+        buffer, params, bucket_grads = _gradients(bucket, "OneBitAdam")
         future = torch.futures.Future()
-        self._held.append((buffer, list(bucket.parameters()), future))
+        self._held.append((buffer, dict(zip(params, bucket_grads)), future))
         if not bucket.is_last():
             return future
         held, self._held = self._held, []
-        grads: Dict[torch.Tensor, torch.Tensor] = {}
-        for buf, params, _ in held:
-            offset = 0
-            for p in params:
-                grads[p] = buf[offset:offset + p.numel()]
-                offset += p.numel()
+        grads = {p: g for _, by_param, _ in held for p, g in by_param.items()}
         missing = [tuple(p.shape) for p in self._params if p not in grads]
         if missing or len(grads) != len(self._params):
             raise _invalid(f"onebit_adam_hook: DDP's buckets and this OneBitAdam's parameters "
