@@ -116,10 +116,15 @@ class CompressedHookState:
     shard.
 
     Subclasses define ``_make_compressor()`` (one compressor for every layer) and
-    ``_settings()``; they may override ``_after_step()``.
+    ``_kinds`` (their settings), and call ``_keep_settings(locals())`` in their constructor;
+    they may override ``_after_step()``.
     """
 
     _kind = "base"
+    #: The subclass's settings - its constructor's own arguments, in the order state_dict()
+    #: lists them - and their kinds: float, int, bool, a tuple of the allowed words, or None
+    #: for one the constructor has already converted.
+    _kinds: Dict[str, object] = {}
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
@@ -163,8 +168,26 @@ class CompressedHookState:
     def _make_compressor(self) -> gradcomm.Compressor:
         raise NotImplementedError
 
+    def _keep_settings(self, arguments: dict) -> None:
+        """Keeps the constructor's `arguments` named in ``_kinds`` as attributes, each checked
+        for its kind (an error naming it, where pybind11 would print its signature), then makes
+        the compressor once, whose C++ options check the values now, not at the first
+        backward."""
+        for name, kind in self._kinds.items():
+            value = arguments[name]
+            if isinstance(kind, tuple):
+                value = _choice(self._name, name, value, kind)
+            elif kind is bool:
+                value = bool(value)
+            elif kind is not None:
+                value = _number(self._name, name, value, kind)
+            setattr(self, name, value)
+        self._make_compressor()
+
     def _settings(self) -> dict:
-        raise NotImplementedError
+        """The settings as state_dict() saves them and the ranks compare them."""
+        values = {name: getattr(self, name) for name in self._kinds}
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
 
     def _epoch_driven(self) -> bool:
         """Whether set_epoch() is forwarded to the compressor (False when it follows the

@@ -24,16 +24,14 @@ class AllreduceState(CompressedHookState):
     """
 
     _kind = "allreduce"
+    _kinds = {"fp16": bool}
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None, fp16: bool = False,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
                  nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None,
                  bucket_bytes: int = 4 << 20):
         super().__init__(process_group, named_parameters, nonfinite, communicator, bucket_bytes)
-        self.fp16 = bool(fp16)
-
-    def _settings(self) -> dict:
-        return {"fp16": self.fp16}
+        self._keep_settings(locals())
 
     def _make_compressor(self) -> gradcomm.Compressor:
         return gradcomm.DenseCompressor("float16" if self.fp16 else "float32")

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 import gradcomm
 from gradcomm._gradcomm import DGC_PAPER_WARMUP, DgcCompressor
-from gradcomm.torch._exchange import CompressedHookState, _choice, _number
+from gradcomm.torch._exchange import CompressedHookState, _number
 
 class WarmupWarning(UserWarning):
     """DGC's warm-up has not advanced: set_epoch() was not called."""
@@ -88,6 +88,10 @@ class DGCState(CompressedHookState):
     """
 
     _kind = "dgc"
+    _kinds = {"density": float, "momentum": float, "nesterov": bool,
+              "selection": ("sampled", "exact"), "warmup": None, "steps_per_epoch": int,
+              "clip": None, "fp16": bool, "momentum_masking": bool, "dense_fallback": bool,
+              "sample_fraction": float, "seed": int}
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None,
                  density: float = 0.001, momentum: float = 0.9, nesterov: bool = False,
@@ -104,29 +108,9 @@ class DGCState(CompressedHookState):
                          exchange=exchange, hierarchy=hierarchy)
         self.warmup_check_steps = int(warmup_check_steps)
         self._warned_warmup = False
-        name = type(self).__name__
-        self.density = _number(name, "density", density)
-        self.momentum = _number(name, "momentum", momentum)
-        self.nesterov = bool(nesterov)
-        self.selection = _choice(name, "selection", selection, ("sampled", "exact"))
-        self.warmup = tuple(_number(name, "warmup", d) for d in (warmup or ()))
-        self.steps_per_epoch = _number(name, "steps_per_epoch", steps_per_epoch, int)
-        self.clip = None if clip is None else _number(name, "clip", clip)
-        self.fp16 = bool(fp16)
-        self.momentum_masking = bool(momentum_masking)
-        self.dense_fallback = bool(dense_fallback)
-        self.sample_fraction = _number(name, "sample_fraction", sample_fraction)
-        self.seed = _number(name, "seed", seed, int)
-        # Validate every setting once, here, rather than at the first backward.
-        self._make_compressor()
-
-    def _settings(self) -> dict:
-        return {"density": self.density, "momentum": self.momentum, "nesterov": self.nesterov,
-                "selection": self.selection, "warmup": list(self.warmup),
-                "steps_per_epoch": self.steps_per_epoch, "clip": self.clip, "fp16": self.fp16,
-                "momentum_masking": self.momentum_masking,
-                "dense_fallback": self.dense_fallback,
-                "sample_fraction": self.sample_fraction, "seed": self.seed}
+        warmup = tuple(_number(self._name, "warmup", d) for d in (warmup or ()))
+        clip = None if clip is None else _number(self._name, "clip", clip)
+        self._keep_settings(locals())
 
     def _make_compressor(self) -> gradcomm.Compressor:
         wire = "float16" if self.fp16 else "float32"

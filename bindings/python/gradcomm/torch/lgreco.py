@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 import gradcomm
 import gradcomm._gradcomm as _native
-from gradcomm.torch._exchange import CompressedHookState, _choice, _number
+from gradcomm.torch._exchange import CompressedHookState, _choice
 from gradcomm.torch.dgc import _require_plain_sgd
 
 DGC_DENSITIES: Tuple[float, ...] = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
@@ -61,6 +61,11 @@ class LGreCoState(CompressedHookState):
     """
 
     _kind = "lgreco"
+    _kinds = {"family": ("dgc", "quant"), "default": None, "candidates": None,
+              "replan_every": int, "first_step": int, "bins": int, "adaptive": bool,
+              "momentum": float, "nesterov": bool, "selection": ("sampled", "exact"),
+              "bucket_size": int, "rounding": ("nearest", "stochastic"), "fp16": bool,
+              "seed": int}
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None, family: str = "dgc",
                  default: Optional[float] = None, candidates: Optional[Sequence[float]] = None,
@@ -72,39 +77,18 @@ class LGreCoState(CompressedHookState):
                  nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None,
                  bucket_bytes: int = 4 << 20):
         super().__init__(process_group, named_parameters, nonfinite, communicator, bucket_bytes)
-        self.family = _choice("LGreCoState", "family", family, ("dgc", "quant"))
-        if family == "dgc":
-            self.candidates = tuple(float(c) for c in (candidates or DGC_DENSITIES))
-            self.default = float(0.001 if default is None else default)
+        if _choice(self._name, "family", family, ("dgc", "quant")) == "dgc":
+            candidates = tuple(float(c) for c in (candidates or DGC_DENSITIES))
+            default = float(0.001 if default is None else default)
         else:
-            self.candidates = tuple(int(c) for c in (candidates or QUANT_BITS))
-            self.default = int(4 if default is None else default)
-        name = "LGreCoState"
-        self.replan_every = _number(name, "replan_every", replan_every, int)
-        self.first_step = _number(name, "first_step", first_step, int)
-        self.bins = _number(name, "bins", bins, int)
-        self.adaptive = bool(adaptive)
-        self.momentum = _number(name, "momentum", momentum)
-        self.nesterov = bool(nesterov)
-        self.selection = _choice(name, "selection", selection, ("sampled", "exact"))
-        self.bucket_size = _number(name, "bucket_size", bucket_size, int)
-        self.rounding = _choice(name, "rounding", rounding, ("nearest", "stochastic"))
-        self.fp16 = bool(fp16)
-        self.seed = _number(name, "seed", seed, int)
+            candidates = tuple(int(c) for c in (candidates or QUANT_BITS))
+            default = int(4 if default is None else default)
         self._planner = None
         self._replans_before = 0  # re-plans of the run this state was resumed from
-        self._make_compressor()  # validates every setting now, not at the first backward
+        self._keep_settings(locals())
         self.default_index = self.candidates.index(self.default)
 
     # ---- settings and compressors -----------------------------------------------------
-    def _settings(self) -> dict:
-        return {"family": self.family, "default": self.default,
-                "candidates": list(self.candidates), "replan_every": self.replan_every,
-                "first_step": self.first_step, "bins": self.bins, "adaptive": self.adaptive,
-                "momentum": self.momentum, "nesterov": self.nesterov,
-                "selection": self.selection, "bucket_size": self.bucket_size,
-                "rounding": self.rounding, "fp16": self.fp16, "seed": self.seed}
-
     def _make_compressor(self) -> gradcomm.Compressor:
         quant = self.family == "quant"
         return _native.LgrecoCompressor(

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 import gradcomm
 from gradcomm._gradcomm import QuantizeCompressor
-from gradcomm.torch._exchange import CompressedHookState, _choice, _number
+from gradcomm.torch._exchange import CompressedHookState
 
 
 class QuantState(CompressedHookState):
@@ -41,6 +41,8 @@ class QuantState(CompressedHookState):
     """
 
     _kind = "quant"
+    _kinds = {"bits": int, "bucket_size": int, "rounding": ("nearest", "stochastic"),
+              "error_feedback": bool, "quantize_1d": bool, "seed": int}
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None, bits: int = 4,
                  bucket_size: int = 512, rounding: str = "nearest",
@@ -49,23 +51,10 @@ class QuantState(CompressedHookState):
                  nonfinite: str = "error", communicator: Optional[gradcomm.Communicator] = None,
                  bucket_bytes: int = 4 << 20):
         super().__init__(process_group, named_parameters, nonfinite, communicator, bucket_bytes)
-        self.bits = _number("QuantState", "bits", bits, int)
-        self.bucket_size = _number("QuantState", "bucket_size", bucket_size, int)
-        self.rounding = _choice("QuantState", "rounding", rounding, ("nearest", "stochastic"))
-        self.error_feedback = bool(error_feedback)
-        self.quantize_1d = bool(quantize_1d)
-        self.seed = _number("QuantState", "seed", seed, int)
-        self._make_compressor()  # validates every setting now, not at the first backward
-
-    def _settings(self) -> dict:
-        return {"bits": self.bits, "bucket_size": self.bucket_size, "rounding": self.rounding,
-                "error_feedback": self.error_feedback, "quantize_1d": self.quantize_1d,
-                "seed": self.seed}
+        self._keep_settings(locals())
 
     def _make_compressor(self) -> gradcomm.Compressor:
-        return QuantizeCompressor(bits=self.bits, bucket_size=self.bucket_size,
-                                  rounding=self.rounding, error_feedback=self.error_feedback,
-                                  seed=self.seed, quantize_1d=self.quantize_1d)
+        return QuantizeCompressor(**self._settings())  # its keywords are the settings' names
 
 
 def quant_hook(state: QuantState, bucket) -> torch.futures.Future[torch.Tensor]:
