@@ -54,6 +54,9 @@ def test_numpy_and_torch_buffers_are_read_in_place():
     (lambda: gct.LGreCoState(family="lowrank"), "family must be"),
     (lambda: gct.LGreCoState(family="quant", default=7),
      "the default 7 is not among the bit widths"),
+    # The quant family does not use momentum; a NaN is refused all the same.
+    (lambda: gct.LGreCoState(family="quant", momentum=float("nan")),
+     "LGreCoState: momentum must be a finite number, got nan"),
     (lambda: gct.OneBitAdam([torch.zeros(2, requires_grad=True)], betas=(0.9, 1.0)),
      r"beta2 1 must be in \[0, 1\)"),
 ])

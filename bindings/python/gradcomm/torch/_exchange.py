@@ -21,6 +21,7 @@ reducer re-raises hook errors that way). Every step's layout is agreed by all ra
 its first collective, so a schedule moved on one rank fails everywhere instead of hanging.
 """
 
+import math
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -51,11 +52,13 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _number(owner: str, name: str, value, kind=float):
-    """`value` as a float (or int), or an InvalidArgumentError naming the argument. Only
-    the type: the C++ options check the value (its range, finiteness) when they are made,
-    which the states do in their constructors."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _invalid(f"{owner}: {name} must be a number, got {value!r}")
+    """`value` as a finite float (or int), or an InvalidArgumentError naming the argument.
+    Ranges are the C++ options' to check, when the states make them in their constructors;
+    finiteness is checked here too, for the settings a compressor does not use (a NaN would
+    make every later comparison of settings fail)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or isinstance(value, float) and not math.isfinite(value)):
+        raise _invalid(f"{owner}: {name} must be a finite number, got {value!r}")
     if kind is int:
         if int(value) != value:
             raise _invalid(f"{owner}: {name} must be an integer, got {value!r}")
