@@ -8,8 +8,8 @@ Runs bench/ddp_compare.py (this tree's) under each interpreter in turn, old then
 `--rounds` times (ABAB...), so drift of the machine's load hits both alike; every mpirun
 goes through bench/netem/run's emulated links when run under it. Each interpreter imports
 its own gradcomm (e.g. a venv built from an older commit with bindings/python/install.sh).
-Prints, per method, the time per step of each round and the ratio of the means
-(new / old), and writes OUT/versions.json. Arguments after `--` go to ddp_compare.py
+Prints, per method, the time per step of each round and the ratios (new / old) of the
+means and of the medians, and writes OUT/versions.json. Arguments after `--` go to ddp_compare.py
 (default: --methods gradcomm-dgc,gradcomm-onebit,gradcomm-lgreco --epochs 4).
 """
 import argparse
@@ -48,7 +48,8 @@ def main(argv):
             with open(path) as f:
                 runs[which].append(json.load(f))
     report = {"rounds": args.rounds, "ranks": args.np, "args": compare_args, "methods": {}}
-    print(f"\n{'method':16s} {'old ms/step (rounds)':>26s} {'new ms/step (rounds)':>26s} {'new/old':>8s}")
+    print(f"\n{'method':16s} {'old ms/step (rounds)':>26s} {'new ms/step (rounds)':>26s} {'new/old':>8s}"
+          f" {'medians':>8s}")
     methods = [r["method"] for r in runs["old"][0]["results"]]
     for m in methods:
         times = {}
@@ -59,9 +60,12 @@ def main(argv):
             print(f"{m:16s} skipped or failed in a run (see the JSON files)")
             continue
         ratio = statistics.mean(times["new"]) / statistics.mean(times["old"])
+        # Medians too: on a loaded machine one slow round moves a mean by several percent.
+        median_ratio = statistics.median(times["new"]) / statistics.median(times["old"])
         fmt = lambda ts: " ".join(f"{t:.1f}" for t in ts)  # noqa: E731
-        print(f"{m:16s} {fmt(times['old']):>26s} {fmt(times['new']):>26s} {ratio:8.3f}")
-        report["methods"][m] = {"old_ms": times["old"], "new_ms": times["new"], "new_over_old": ratio}
+        print(f"{m:16s} {fmt(times['old']):>26s} {fmt(times['new']):>26s} {ratio:8.3f} {median_ratio:8.3f}")
+        report["methods"][m] = {"old_ms": times["old"], "new_ms": times["new"], "new_over_old": ratio,
+                                "new_over_old_medians": median_ratio}
     with open(os.path.join(args.out, "versions.json"), "w") as f:
         json.dump(report, f, indent=1)
     return 0
