@@ -16,7 +16,7 @@
 namespace gradcomm {
 namespace {
 
-constexpr char kMagic[8] = {'G', 'R', 'A', 'D', 'C', 'K', 'P', 'T'};
+constexpr char kCheckpointMagic[8] = {'G', 'R', 'A', 'D', 'C', 'K', 'P', 'T'};
 constexpr std::size_t kFixedHeader = 60;  // up to and without the compressor name
 constexpr std::size_t kMaxName = 4096;     // compressor and section names
 constexpr const char* kCompressorSection = "gradcomm.compressor";
@@ -188,7 +188,7 @@ void emit_shard(Sink& sink, const ShardContents& c, const std::string& where) {
   emit_section(kCompressorSection, c.compressor_state);
   for (const CheckpointBlob& blob : c.blobs) emit_section(blob.name, blob.data);
 
-  std::memcpy(header.data(), kMagic, sizeof kMagic);
+  std::memcpy(header.data(), kCheckpointMagic, sizeof kCheckpointMagic);
   put_u32(&header[kOffVersion], kCheckpointFormatVersion);
   put_u32(&header[kOffHeaderLength], static_cast<std::uint32_t>(header_length));
   put_u32(&header[kOffRank], static_cast<std::uint32_t>(c.rank));
@@ -226,7 +226,7 @@ CheckpointShard CheckpointShard::parse(std::vector<std::byte> bytes, const Shard
   const std::byte* p = bytes.data();
   GRADCOMM_CORRUPT(size >= kFixedHeader + 4, source, "truncated: ", size,
                    " bytes, shorter than the smallest shard header (", kFixedHeader + 4, " bytes)");
-  GRADCOMM_CORRUPT(std::memcmp(p, kMagic, sizeof kMagic) == 0, source,
+  GRADCOMM_CORRUPT(std::memcmp(p, kCheckpointMagic, sizeof kCheckpointMagic) == 0, source,
                    "not a gradcomm checkpoint shard (bad magic)");
   const std::uint32_t version = get_u32(p + kOffVersion);
   GRADCOMM_CORRUPT(version == kCheckpointFormatVersion, source, "format version ", version,

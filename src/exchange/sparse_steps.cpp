@@ -8,7 +8,7 @@
 namespace gradcomm::detail {
 
 namespace {
-constexpr char kMagic[8] = {'g', 'c', 'S', 'p', 'R', 'g', 'n', '1'};
+constexpr char kRegionsMagic[8] = {'g', 'c', 'S', 'p', 'R', 'g', 'n', '1'};
 }
 
 void SparseSteps::reset(std::size_t layers, int world_size, int rank, std::int64_t refresh_steps) {
@@ -55,7 +55,7 @@ bool SparseSteps::complete(std::size_t g) {
 std::vector<std::byte> SparseSteps::save() const {
   std::vector<std::byte> blob;
   StateBlobWriter w(blob);
-  w.bytes(kMagic, sizeof kMagic);
+  w.bytes(kRegionsMagic, sizeof kRegionsMagic);
   w.value<std::uint64_t>(static_cast<std::uint64_t>(world_size_));
   w.value<std::uint64_t>(regions_.size());
   for (const SparseRegions& r : regions_) {
@@ -70,9 +70,9 @@ std::vector<std::byte> SparseSteps::save() const {
 
 void SparseSteps::load(std::span<const std::byte> blob) {
   StateBlobReader r(blob, concat("sparse allreduce regions on rank ", rank_));
-  char magic[sizeof kMagic];
+  char magic[sizeof kRegionsMagic];
   r.bytes(magic, sizeof magic, "the magic");
-  GRADCOMM_CHECK(std::memcmp(magic, kMagic, sizeof kMagic) == 0, ErrorCode::kCorruptPayload,
+  GRADCOMM_CHECK(std::memcmp(magic, kRegionsMagic, sizeof kRegionsMagic) == 0, ErrorCode::kCorruptPayload,
                  "sparse allreduce regions on rank ", rank_, ": not a regions blob");
   const auto p = r.value<std::uint64_t>("the world size");
   const auto n = r.value<std::uint64_t>("the layer count");

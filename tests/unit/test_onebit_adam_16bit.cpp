@@ -17,7 +17,7 @@
 namespace gradcomm {
 namespace {
 
-constexpr std::size_t kSizes[] = {37, 300};
+constexpr std::size_t kParamSizes[] = {37, 300};
 constexpr std::int64_t kFreeze = 3;
 constexpr int kSteps = 7;
 
@@ -67,37 +67,37 @@ void run_rank(ThreadCommunicator& comm, DType dtype, bool precondition, Rank16& 
   std::vector<std::vector<std::uint16_t>>& p16 = out.params16;
   std::vector<std::vector<float>>& p32 = out.params32;
   std::vector<OneBitParam> v16, v32;
-  for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-    p16.emplace_back(kSizes[i]);
-    p32.emplace_back(kSizes[i]);
-    for (std::size_t k = 0; k < kSizes[i]; ++k) {
+  for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+    p16.emplace_back(kParamSizes[i]);
+    p32.emplace_back(kParamSizes[i]);
+    for (std::size_t k = 0; k < kParamSizes[i]; ++k) {
       p16[i][k] = gradient(99, 0, i, k, dtype);  // the same initial values on every rank
       p32[i][k] = widen(p16[i][k], dtype);
     }
-    v16.push_back({"p" + std::to_string(i), TensorView(p16[i].data(), kSizes[i], dtype), true, {}});
+    v16.push_back({"p" + std::to_string(i), TensorView(p16[i].data(), kParamSizes[i], dtype), true, {}});
     v32.push_back({"p" + std::to_string(i), TensorView::of(std::span<float>(p32[i])), true, {}});
   }
   OneBitAdamOptions o = options();
   o.precondition = precondition;
   OneBitAdam opt16(comm, v16, o);
   OneBitAdam opt32(comm, v32, o);
-  std::vector<std::vector<std::uint16_t>> g16(std::size(kSizes)), m16(std::size(kSizes));
-  std::vector<std::vector<float>> g32(std::size(kSizes)), m32(std::size(kSizes));
+  std::vector<std::vector<std::uint16_t>> g16(std::size(kParamSizes)), m16(std::size(kParamSizes));
+  std::vector<std::vector<float>> g32(std::size(kParamSizes)), m32(std::size(kParamSizes));
   for (int step = 0; step < kSteps; ++step) {
     const bool warm = step < kFreeze;
     std::vector<TensorView> in16, in32, out16, out32;
-    for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-      g16[i].resize(kSizes[i]);
-      g32[i].resize(kSizes[i]);
-      m16[i].resize(kSizes[i]);
-      m32[i].resize(kSizes[i]);
-      for (std::size_t k = 0; k < kSizes[i]; ++k) {
+    for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+      g16[i].resize(kParamSizes[i]);
+      g32[i].resize(kParamSizes[i]);
+      m16[i].resize(kParamSizes[i]);
+      m32[i].resize(kParamSizes[i]);
+      for (std::size_t k = 0; k < kParamSizes[i]; ++k) {
         g16[i][k] = gradient(warm ? 77 : comm.rank(), step, i, k, dtype);
         g32[i][k] = widen(g16[i][k], dtype);
       }
-      in16.emplace_back(g16[i].data(), kSizes[i], dtype);
+      in16.emplace_back(g16[i].data(), kParamSizes[i], dtype);
       in32.push_back(TensorView::of(std::span<float>(g32[i])));
-      out16.emplace_back(m16[i].data(), kSizes[i], dtype);
+      out16.emplace_back(m16[i].data(), kParamSizes[i], dtype);
       out32.push_back(TensorView::of(std::span<float>(m32[i])));
     }
     if (warm) {
@@ -107,8 +107,8 @@ void run_rank(ThreadCommunicator& comm, DType dtype, bool precondition, Rank16& 
     }
     opt16.exchange_momentum(in16, out16);
     opt32.exchange_momentum(in32, out32);
-    for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-      for (std::size_t k = 0; k < kSizes[i]; ++k) {
+    for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+      for (std::size_t k = 0; k < kParamSizes[i]; ++k) {
         ASSERT_EQ(m16[i][k], narrow(m32[i][k], dtype)) << "the averaged momentum, step " << step;
       }
     }
@@ -122,10 +122,10 @@ void run_rank(ThreadCommunicator& comm, DType dtype, bool precondition, Rank16& 
 void step_on_own_gradients(OneBitAdam& opt, int rank, int step, DType dtype,
                            std::vector<std::vector<std::uint16_t>>& g) {
   std::vector<TensorView> in;
-  for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-    g[i].resize(kSizes[i]);
-    for (std::size_t k = 0; k < kSizes[i]; ++k) g[i][k] = gradient(rank, step, i, k, dtype);
-    in.emplace_back(g[i].data(), kSizes[i], dtype);
+  for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+    g[i].resize(kParamSizes[i]);
+    for (std::size_t k = 0; k < kParamSizes[i]; ++k) g[i][k] = gradient(rank, step, i, k, dtype);
+    in.emplace_back(g[i].data(), kParamSizes[i], dtype);
   }
   opt.step(in);
 }
@@ -134,14 +134,14 @@ void step_on_own_gradients(OneBitAdam& opt, int rank, int step, DType dtype,
 // after kSaveAt steps.
 void run_rank_steps(ThreadCommunicator& comm, DType dtype, Rank16& out) {
   std::vector<OneBitParam> views;
-  for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-    out.params16.emplace_back(kSizes[i]);
-    for (std::size_t k = 0; k < kSizes[i]; ++k) out.params16[i][k] = gradient(99, 0, i, k, dtype);
+  for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+    out.params16.emplace_back(kParamSizes[i]);
+    for (std::size_t k = 0; k < kParamSizes[i]; ++k) out.params16[i][k] = gradient(99, 0, i, k, dtype);
     views.push_back(
-        {"p" + std::to_string(i), TensorView(out.params16[i].data(), kSizes[i], dtype), true, {}});
+        {"p" + std::to_string(i), TensorView(out.params16[i].data(), kParamSizes[i], dtype), true, {}});
   }
   OneBitAdam opt(comm, views, options());
-  std::vector<std::vector<std::uint16_t>> g(std::size(kSizes));
+  std::vector<std::vector<std::uint16_t>> g(std::size(kParamSizes));
   for (int step = 0; step < kSteps; ++step) {
     step_on_own_gradients(opt, comm.rank(), step, dtype, g);
     if (step + 1 == kSaveAt) out.saved = opt.save_state();
@@ -158,8 +158,8 @@ TEST_P(OneBitAdam16, ParametersAreTheFloat32RunRoundedOnEveryRank) {
       run_rank(comm, dtype, precondition, ranks[comm.rank()]);
     });
     for (int r = 0; r < p; ++r) {
-      for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-        for (std::size_t k = 0; k < kSizes[i]; ++k) {
+      for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+        for (std::size_t k = 0; k < kParamSizes[i]; ++k) {
           // The 16-bit optimizer's master copy is the float32 run: its parameter is that
           // value rounded once (not a 16-bit value updated by 16-bit steps).
           ASSERT_EQ(ranks[r].params16[i][k], narrow(ranks[r].params32[i][k], dtype))
@@ -170,9 +170,9 @@ TEST_P(OneBitAdam16, ParametersAreTheFloat32RunRoundedOnEveryRank) {
     }
     // It trained: the parameters moved from where they started.
     std::size_t moved = 0;
-    for (std::size_t k = 0; k < kSizes[1]; ++k)
+    for (std::size_t k = 0; k < kParamSizes[1]; ++k)
       moved += ranks[0].params16[1][k] != gradient(99, 0, 1, k, dtype);
-    EXPECT_GT(moved, kSizes[1] / 2);
+    EXPECT_GT(moved, kParamSizes[1] / 2);
   }
 }
 
@@ -194,23 +194,23 @@ TEST(OneBitAdam16Resume, SavedStateResumesBitwiseAndFloat32StatesAreRefused) {
   ThreadCommunicator::run(p, [&](ThreadCommunicator& comm) {
     std::vector<std::vector<std::uint16_t>>& params = resumed[comm.rank()];
     std::vector<OneBitParam> views;
-    for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-      params.emplace_back(kSizes[i],
+    for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+      params.emplace_back(kParamSizes[i],
                           std::uint16_t{0});  // whatever they hold: the state restores them
       views.push_back(
-          {"p" + std::to_string(i), TensorView(params[i].data(), kSizes[i], dtype), true, {}});
+          {"p" + std::to_string(i), TensorView(params[i].data(), kParamSizes[i], dtype), true, {}});
     }
     OneBitAdam opt(comm, views, options());
     opt.load_state(full[comm.rank()].saved);
     EXPECT_EQ(opt.steps_done(), kSaveAt);
-    std::vector<std::vector<std::uint16_t>> g(std::size(kSizes));
+    std::vector<std::vector<std::uint16_t>> g(std::size(kParamSizes));
     for (int step = kSaveAt; step < kSteps; ++step)
       step_on_own_gradients(opt, comm.rank(), step, dtype, g);
     // A state saved from float32 parameters of the same shapes does not fit.
     std::vector<std::vector<float>> p32;
     std::vector<OneBitParam> v32;
-    for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-      p32.emplace_back(kSizes[i], 0.0f);
+    for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+      p32.emplace_back(kParamSizes[i], 0.0f);
       v32.push_back({"p" + std::to_string(i), TensorView::of(std::span<float>(p32[i])), true, {}});
     }
     OneBitAdam opt32(comm, v32, options());
@@ -235,19 +235,19 @@ TEST(OneBitAdamState, Version1BlobsFromFloat32ParametersStillLoad) {
   ThreadCommunicator::run(2, [&](ThreadCommunicator& comm) {
     std::vector<std::vector<float>> a, b;
     std::vector<OneBitParam> va, vb;
-    for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-      a.emplace_back(kSizes[i], 0.5f);
-      b.emplace_back(kSizes[i], 0.5f);
+    for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+      a.emplace_back(kParamSizes[i], 0.5f);
+      b.emplace_back(kParamSizes[i], 0.5f);
       va.push_back({"p" + std::to_string(i), TensorView::of(std::span<float>(a[i])), true, {}});
       vb.push_back({"p" + std::to_string(i), TensorView::of(std::span<float>(b[i])), true, {}});
     }
     OneBitAdam saved(comm, va, options());
-    std::vector<std::vector<float>> g(std::size(kSizes));
+    std::vector<std::vector<float>> g(std::size(kParamSizes));
     auto step = [&](OneBitAdam& opt, int t) {
       std::vector<TensorView> in;
-      for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-        g[i].resize(kSizes[i]);
-        for (std::size_t k = 0; k < kSizes[i]; ++k)
+      for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+        g[i].resize(kParamSizes[i]);
+        for (std::size_t k = 0; k < kParamSizes[i]; ++k)
           g[i][k] = widen(gradient(comm.rank(), t, i, k, DType::kBFloat16), DType::kBFloat16);
         in.push_back(TensorView::of(std::span<float>(g[i])));
       }
@@ -259,15 +259,15 @@ TEST(OneBitAdamState, Version1BlobsFromFloat32ParametersStillLoad) {
     std::uint32_t version = 1;
     std::memcpy(blob.data() + 4, &version, sizeof version);
     std::size_t at = 4 + 4 + 4 + 4 + 8 + 8;
-    for (std::size_t i = 0; i < std::size(kSizes); ++i) {
-      at += 8 + 1 + 2 * kSizes[i] * sizeof(float);
+    for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
+      at += 8 + 1 + 2 * kParamSizes[i] * sizeof(float);
       ASSERT_EQ(blob[at], std::byte{0}) << "a float32 parameter has no master copy";
       blob.erase(blob.begin() + static_cast<std::ptrdiff_t>(at));
     }
     OneBitAdam loaded(comm, vb, options());
     loaded.load_state(blob);
     EXPECT_EQ(loaded.steps_done(), kSaveAt);
-    for (std::size_t i = 0; i < std::size(kSizes); ++i) {
+    for (std::size_t i = 0; i < std::size(kParamSizes); ++i) {
       ASSERT_TRUE(std::equal(loaded.momentum(i).begin(), loaded.momentum(i).end(),
                              saved.momentum(i).begin()));
     }

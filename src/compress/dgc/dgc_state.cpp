@@ -13,7 +13,7 @@ namespace gradcomm {
 namespace {
 
 // Checkpoint blob: a fixed magic, then little fixed-size fields, then the arrays.
-constexpr char kMagic[8] = {'g', 'c', 'D', 'G', 'C', 's', 't', '1'};
+constexpr char kDgcStateMagic[8] = {'g', 'c', 'D', 'G', 'C', 's', 't', '1'};
 
 }  // namespace
 
@@ -46,7 +46,7 @@ const DgcLayerStats& DgcCompressor::last_stats(std::size_t layer) const {
 std::vector<std::byte> DgcCompressor::save_state() const {
   std::vector<std::byte> blob;
   detail::StateBlobWriter w(blob);
-  w.bytes(kMagic, sizeof kMagic);
+  w.bytes(kDgcStateMagic, sizeof kDgcStateMagic);
   w.value<std::uint64_t>(static_cast<std::uint64_t>(epoch_));
   w.value<std::uint64_t>(static_cast<std::uint64_t>(step_));
   w.value<std::uint64_t>(layers_.size());
@@ -66,9 +66,9 @@ std::vector<std::byte> DgcCompressor::save_state() const {
 
 void DgcCompressor::load_state(std::span<const std::byte> blob) {
   detail::StateBlobReader r(blob, detail::concat("DgcCompressor::load_state on rank ", rank_));
-  char magic[sizeof kMagic];
+  char magic[sizeof kDgcStateMagic];
   r.bytes(magic, sizeof magic, "the magic");
-  GRADCOMM_CHECK(std::memcmp(magic, kMagic, sizeof kMagic) == 0, ErrorCode::kCorruptPayload,
+  GRADCOMM_CHECK(std::memcmp(magic, kDgcStateMagic, sizeof kDgcStateMagic) == 0, ErrorCode::kCorruptPayload,
                  "DgcCompressor::load_state on rank ", rank_, ": not a DGC state blob");
   const auto epoch = static_cast<std::int64_t>(r.value<std::uint64_t>("the epoch"));
   const auto step = static_cast<std::int64_t>(r.value<std::uint64_t>("the step"));

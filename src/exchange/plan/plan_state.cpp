@@ -11,7 +11,7 @@ namespace gradcomm {
 
 namespace {
 
-constexpr char kMagic[8] = {'g', 'c', 'P', 'l', 'a', 'n', '0', '1'};
+constexpr char kPlanMagic[8] = {'g', 'c', 'P', 'l', 'a', 'n', '0', '1'};
 
 std::string format(const char* fmt, auto... args) {
   char line[256];
@@ -63,7 +63,7 @@ std::string ExchangePlan::describe() const {
 std::vector<std::byte> ExchangePlan::save() const {
   std::vector<std::byte> blob;
   detail::StateBlobWriter w(blob);
-  w.bytes(kMagic, sizeof kMagic);
+  w.bytes(kPlanMagic, sizeof kPlanMagic);
   w.value<std::uint8_t>(hierarchical ? 1 : 0);
   w.value<std::uint8_t>(static_cast<std::uint8_t>(choice));
   write_link(w, links.world);
@@ -90,9 +90,9 @@ std::vector<std::byte> ExchangePlan::save() const {
 
 ExchangePlan ExchangePlan::load(std::span<const std::byte> blob) {
   detail::StateBlobReader r(blob, "ExchangePlan::load");
-  char magic[sizeof kMagic];
+  char magic[sizeof kPlanMagic];
   r.bytes(magic, sizeof magic, "the magic");
-  GRADCOMM_CHECK(std::memcmp(magic, kMagic, sizeof kMagic) == 0, ErrorCode::kCorruptPayload,
+  GRADCOMM_CHECK(std::memcmp(magic, kPlanMagic, sizeof kPlanMagic) == 0, ErrorCode::kCorruptPayload,
                  "ExchangePlan::load: not an exchange plan");
   ExchangePlan plan;
   plan.hierarchical = r.value<std::uint8_t>("the topology") != 0;
