@@ -41,6 +41,13 @@ struct NativeOneBitAdam {
   std::vector<char> compressed;
 };
 
+// The options both bindings take from Python; NativeOneBitAdam adds its other fields.
+OneBitAdamOptions adam_options(float lr, float beta1, float beta2, float eps, float weight_decay,
+                               std::int64_t freeze_step) {
+  return OneBitAdamOptions{.lr = lr, .beta1 = beta1, .beta2 = beta2, .eps = eps,
+                           .weight_decay = weight_decay, .freeze_step = freeze_step};
+}
+
 }  // namespace
 
 void bind_onebit(py::module_& m) {
@@ -62,8 +69,7 @@ void bind_onebit(py::module_& m) {
       "check_onebit_adam_options",
       [](float lr, float beta1, float beta2, float eps, float weight_decay,
          std::int64_t freeze_step) {
-        check_options(OneBitAdamOptions{.lr = lr, .beta1 = beta1, .beta2 = beta2, .eps = eps,
-                                        .weight_decay = weight_decay, .freeze_step = freeze_step});
+        check_options(adam_options(lr, beta1, beta2, eps, weight_decay, freeze_step));
       },
       py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
       py::arg("freeze_step"),
@@ -87,13 +93,7 @@ void bind_onebit(py::module_& m) {
                views.push_back(OneBitParam{name, self->params.back().view, true, {}});
                self->compressed.push_back(1);
              }
-             OneBitAdamOptions o;
-             o.lr = lr;
-             o.beta1 = beta1;
-             o.beta2 = beta2;
-             o.eps = eps;
-             o.weight_decay = weight_decay;
-             o.freeze_step = freeze_step;
+             OneBitAdamOptions o = adam_options(lr, beta1, beta2, eps, weight_decay, freeze_step);
              o.bias_correction = bias_correction;
              o.precondition = precondition;
              o.bucket_bytes = bucket_bytes;
