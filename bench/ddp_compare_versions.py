@@ -8,18 +8,42 @@ Runs bench/ddp_compare.py (this tree's) under each interpreter in turn, old then
 `--rounds` times (ABAB...), so drift of the machine's load hits both alike; every mpirun
 goes through bench/netem/run's emulated links when run under it. Each interpreter imports
 its own gradcomm (e.g. a venv built from an older commit with bindings/python/install.sh).
-Prints, per method, the time per step of each round and the ratios (new / old) of the
-means and of the medians, and writes OUT/versions.json. Arguments after `--` go to ddp_compare.py
+Prints, per method, the time per step of each round, the ratios (new / old) of the means
+and of the medians, and the paired ratio: the geometric mean of each round's new / old
+(the two runs of a round are neighbours in time) with its 95% confidence interval, which
+says whether a difference stands out of the spread between rounds. Writes
+OUT/versions.json. Arguments after `--` go to ddp_compare.py
 (default: --methods gradcomm-dgc,gradcomm-onebit,gradcomm-lgreco --epochs 4).
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# Student's t, two-sided 95%, for 1 to 30 degrees of freedom.
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042]
+
+
+def paired_ratio(old, new):
+    """Geometric mean of the rounds' new / old and its 95% confidence interval (a t
+    interval on the logarithms; None for the interval with a single round)."""
+    logs = [math.log(n / o) for o, n in zip(old, new)]
+    centre = statistics.mean(logs)
+    if len(logs) < 2:
+        return math.exp(centre), None
+    df = len(logs) - 1
+    z = 1.959964
+    t = _T95[df - 1] if df <= len(_T95) else z + (z ** 3 + z) / (4 * df)
+    half = t * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(centre), (math.exp(centre - half), math.exp(centre + half))
 
 
 def main(argv):
@@ -49,7 +73,7 @@ def main(argv):
                 runs[which].append(json.load(f))
     report = {"rounds": args.rounds, "ranks": args.np, "args": compare_args, "methods": {}}
     print(f"\n{'method':16s} {'old ms/step (rounds)':>26s} {'new ms/step (rounds)':>26s} {'new/old':>8s}"
-          f" {'medians':>8s}")
+          f" {'medians':>8s} {'paired (95% interval)':>24s}")
     methods = [r["method"] for r in runs["old"][0]["results"]]
     for m in methods:
         times = {}
@@ -62,10 +86,14 @@ def main(argv):
         ratio = statistics.mean(times["new"]) / statistics.mean(times["old"])
         # Medians too: on a loaded machine one slow round moves a mean by several percent.
         median_ratio = statistics.median(times["new"]) / statistics.median(times["old"])
+        paired, interval = paired_ratio(times["old"], times["new"])
         fmt = lambda ts: " ".join(f"{t:.1f}" for t in ts)  # noqa: E731
-        print(f"{m:16s} {fmt(times['old']):>26s} {fmt(times['new']):>26s} {ratio:8.3f} {median_ratio:8.3f}")
+        shown = f"{paired:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+        print(f"{m:16s} {fmt(times['old']):>26s} {fmt(times['new']):>26s} {ratio:8.3f} {median_ratio:8.3f}"
+              f" {shown:>24s}")
         report["methods"][m] = {"old_ms": times["old"], "new_ms": times["new"], "new_over_old": ratio,
-                                "new_over_old_medians": median_ratio}
+                                "new_over_old_medians": median_ratio, "new_over_old_paired": paired,
+                                "new_over_old_paired_95": list(interval) if interval else None}
     with open(os.path.join(args.out, "versions.json"), "w") as f:
         json.dump(report, f, indent=1)
     return 0
