@@ -251,15 +251,18 @@ void OneBitAdam::adam_update(std::size_t i, const float* g, bool update_v, float
   float* v = s.v[i].data();
   float* w = s.weights(i);
   const std::size_t n = s.m[i].size();
+  // The options copied to locals: read through `o` inside the loop, a float that a store to
+  // m, v or w might alias is reloaded every element and the loop is not vectorised.
+  const float beta1 = o.beta1, beta2 = o.beta2, eps = o.eps, weight_decay = o.weight_decay, lr = o.lr;
   for (std::size_t k = 0; k < n; ++k) {
     if (g) {
       const float gk = g[k];
-      m[k] = m[k] * o.beta1 + (1.0f - o.beta1) * gk;
-      if (update_v) v[k] = v[k] * o.beta2 + (1.0f - o.beta2) * gk * gk;
+      m[k] = m[k] * beta1 + (1.0f - beta1) * gk;
+      if (update_v) v[k] = v[k] * beta2 + (1.0f - beta2) * gk * gk;
     }
-    float update = (m[k] / bc1) / (std::sqrt(v[k]) / sqrt_bc2 + o.eps);
-    if (o.weight_decay > 0.0f) update += o.weight_decay * w[k];
-    w[k] += -o.lr * update;
+    float update = (m[k] / bc1) / (std::sqrt(v[k]) / sqrt_bc2 + eps);
+    if (weight_decay > 0.0f) update += weight_decay * w[k];
+    w[k] += -lr * update;
   }
   s.publish(i);
 }
@@ -292,17 +295,18 @@ OneBitResult OneBitAdam::exchange_momentum(std::span<const TensorView> local_gra
                  "OneBitAdam::exchange_momentum: ", momenta_out.size(), " outputs for ",
                  s.compressed.size(), " compressed parameters");
   const float sqrt_bc2 = corrections().sqrt_v_frozen;
+  const float beta1 = o.beta1, eps = o.eps;  // locals, so the loops vectorise (adam_update)
   // Local momentum, then one fused 1-bit allreduce of all of them.
   for (std::size_t c = 0; c < s.compressed.size(); ++c) {
     const std::size_t i = s.compressed[c];
     float* m = s.m[i].data();
     const float* g = s.widened(local_grads[c]);
     const std::size_t n = s.m[i].size();
-    for (std::size_t k = 0; k < n; ++k) m[k] = m[k] * o.beta1 + (1.0f - o.beta1) * g[k];
+    for (std::size_t k = 0; k < n; ++k) m[k] = m[k] * beta1 + (1.0f - beta1) * g[k];
     if (o.precondition) {
       const float* v = s.v[i].data();
       float* u = s.preconditioned[c].data();
-      for (std::size_t k = 0; k < n; ++k) u[k] = m[k] / (std::sqrt(v[k]) / sqrt_bc2 + o.eps);
+      for (std::size_t k = 0; k < n; ++k) u[k] = m[k] / (std::sqrt(v[k]) / sqrt_bc2 + eps);
     }
   }
   OneBitResult result;
@@ -321,10 +325,10 @@ OneBitResult OneBitAdam::exchange_momentum(std::span<const TensorView> local_gra
     if (o.precondition) {
       float* u = s.preconditioned[c].data();
       const float* v = s.v[i].data();
-      for (std::size_t k = 0; k < n; ++k) {
-        if (!mask.empty()) u[k] *= mask[k];
-        m[k] = u[k] * (std::sqrt(v[k]) / sqrt_bc2 + o.eps);
+      if (!mask.empty()) {
+        for (std::size_t k = 0; k < n; ++k) u[k] *= mask[k];
       }
+      for (std::size_t k = 0; k < n; ++k) m[k] = u[k] * (std::sqrt(v[k]) / sqrt_bc2 + eps);
     } else if (!mask.empty()) {
       for (std::size_t k = 0; k < n; ++k) m[k] *= mask[k];
     }
@@ -377,10 +381,11 @@ void OneBitAdam::frozen_update(std::span<const TensorView> uncompressed_averaged
     const float* u = s.preconditioned[s.state_of[i]].data();
     float* w = s.weights(i);
     const std::size_t n = s.m[i].size();
+    const float bc1 = bc.m, weight_decay = o.weight_decay, lr = o.lr;  // locals: adam_update says why
     for (std::size_t k = 0; k < n; ++k) {
-      float update = u[k] / bc.m;
-      if (o.weight_decay > 0.0f) update += o.weight_decay * w[k];
-      w[k] += -o.lr * update;
+      float update = u[k] / bc1;
+      if (weight_decay > 0.0f) update += weight_decay * w[k];
+      w[k] += -lr * update;
     }
     s.publish(i);
   }
