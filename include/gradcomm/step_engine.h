@@ -46,10 +46,11 @@ struct StepEngineOptions {
   std::size_t bucket_bytes = 4u << 20;  // fuse summable payloads up to this size
   NonFinitePolicy nonfinite = NonFinitePolicy::kError;
   // The Exchanger agrees every step, before the step's first collective, that every rank
-  // is at the same step and laid it out alike (one 4-word allreduce, started at
-  // begin_step, so it overlaps the encode of the first layers). A schedule that moved on
-  // some ranks only (set_epoch, a state restored on one rank) then fails on every rank
-  // instead of framing collectives of other sizes. The PyTorch hooks turn it on.
+  // is at the same step and laid it out alike (an allgather of 4 words per rank, started
+  // at begin_step, so it overlaps the encode of the first layers). A schedule that moved
+  // on some ranks only (set_epoch, a state restored on one rank) then fails on every rank,
+  // naming every rank's step and the ranks laid out unlike rank 0, instead of framing
+  // collectives of other sizes. The PyTorch hooks turn it on.
   bool agree_every_step = false;
   // Layers through the sparse allreduce (Collective::kSparseAllreduce): their regions are
   // rebalanced on the step's entries every this many steps (and whenever they do not fit

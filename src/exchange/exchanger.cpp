@@ -34,15 +34,25 @@ bool planned(const ExchangerOptions& o) {
 
 }  // namespace
 
-// The words [lo, hi, ~lo, ~hi] of this rank's layout fingerprint, maxed over the ranks:
-// the first two give the largest fingerprint, the last two the complement of the smallest,
-// so every rank learns from one collective whether all of them agree.
+// Each rank's words [fingerprint lo, hi, step lo, hi], gathered from every rank: all ranks
+// then hold the same table, so they reach the same verdict, and a mismatch can name every
+// rank's step on any device. A gather moves bytes only, so it needs no reduction of
+// unsigned words, which not every transport has (torch.distributed has no uint32).
 struct Exchanger::LayoutAgreement {
-  detail::HostStaging host;
-  detail::StepBuffer device;  // device layers: the collective's buffer
+  static constexpr std::size_t kWords = 4;
+  detail::HostStaging host;   // this rank's words, then the gathered table
+  detail::StepBuffer device;  // device layers: the collective's buffers, laid out alike
   WorkHandle work;
-  std::uint64_t mine = 0;
+  std::size_t ranks = 0;
   std::uint32_t* words() const { return reinterpret_cast<std::uint32_t*>(host.at(0)); }
+  const std::uint32_t* table() const { return words() + kWords; }
+  std::size_t bytes() const { return (1 + ranks) * kWords * sizeof(std::uint32_t); }
+  std::uint64_t fingerprint_of(std::size_t rank) const {
+    return (std::uint64_t{table()[rank * kWords + 1]} << 32) | table()[rank * kWords];
+  }
+  std::int64_t step_of(std::size_t rank) const {
+    return static_cast<std::int64_t>((std::uint64_t{table()[rank * kWords + 3]} << 32) | table()[rank * kWords + 2]);
+  }
 };
 
 Exchanger::Exchanger(Communicator& comm, std::shared_ptr<Compressor> compressor, std::vector<LayerSpec> layers,
@@ -98,9 +108,10 @@ Exchanger::Exchanger(Communicator& comm, HostCommunicators hosts, std::shared_pt
                   "Exchanger setup (" + engine_->compressor().name() + ")");
   if (options.agree_every_step) {
     agreement_ = std::make_unique<LayoutAgreement>();
-    agreement_->host = detail::HostStaging(engine_->device(), 4 * sizeof(std::uint32_t));
+    agreement_->ranks = static_cast<std::size_t>(driver_->comm().size());
+    agreement_->host = detail::HostStaging(engine_->device(), agreement_->bytes());
     if (engine_->device() != Device::kCpu) {
-      agreement_->device = detail::StepBuffer(engine_->device(), engine_->device_index(), 4 * sizeof(std::uint32_t));
+      agreement_->device = detail::StepBuffer(engine_->device(), engine_->device_index(), agreement_->bytes());
     }
     driver_->set_before_first_collective([this] { check_layout_agreement(); });
   }
@@ -137,20 +148,25 @@ void Exchanger::begin_step() {
 // not inside one (each local rank exchanges other shards).
 void Exchanger::start_layout_agreement() {
   LayoutAgreement& a = *agreement_;
-  a.mine = engine_->layout_fingerprint();
+  const std::uint64_t mine = engine_->layout_fingerprint();
+  const auto step = static_cast<std::uint64_t>(step_);
   std::uint32_t* w = a.words();
-  w[0] = static_cast<std::uint32_t>(a.mine);
-  w[1] = static_cast<std::uint32_t>(a.mine >> 32);
-  w[2] = ~w[0];
-  w[3] = ~w[1];
-  TensorView words(w, 4, DType::kUInt32);
+  w[0] = static_cast<std::uint32_t>(mine);
+  w[1] = static_cast<std::uint32_t>(mine >> 32);
+  w[2] = static_cast<std::uint32_t>(step);
+  w[3] = static_cast<std::uint32_t>(step >> 32);
+  std::uint32_t* send = w;
   if (engine_->device() != Device::kCpu) {
     const detail::StepMover mover{engine_->device(), engine_->stream()};
-    mover.copy(a.device.at(0), w, 4 * sizeof(std::uint32_t));
+    mover.copy(a.device.at(0), w, LayoutAgreement::kWords * sizeof(std::uint32_t));
     driver_->comm().follow_stream(engine_->stream());
-    words = TensorView(a.device.at(0), 4, DType::kUInt32, engine_->device(), engine_->device_index());
+    send = reinterpret_cast<std::uint32_t*>(a.device.at(0));
   }
-  a.work = driver_->comm().allreduce(words, words, ReduceOp::kMax);
+  const Device device = engine_->device();
+  const int index = engine_->device_index();
+  a.work = driver_->comm().allgather(TensorView(send, LayoutAgreement::kWords, DType::kUInt32, device, index),
+                                     TensorView(send + LayoutAgreement::kWords, a.ranks * LayoutAgreement::kWords,
+                                                DType::kUInt32, device, index));
 }
 
 void Exchanger::check_layout_agreement() {
@@ -160,30 +176,23 @@ void Exchanger::check_layout_agreement() {
   a.work.reset();
   if (engine_->device() != Device::kCpu) {
     const detail::StepMover mover{engine_->device(), engine_->stream()};
-    mover.copy(a.words(), a.device.at(0), 4 * sizeof(std::uint32_t));
+    mover.copy(a.words(), a.device.at(0), a.bytes());
     mover.synchronize();
   }
-  const std::uint32_t* w = a.words();
-  const std::uint64_t most = (std::uint64_t{w[1]} << 32) | w[0];
-  const std::uint64_t least = (std::uint64_t{~w[3]} << 32) | ~w[2];
-  if (most == least) return;
+  std::string differing;
+  for (std::size_t r = 1; r < a.ranks; ++r) {
+    if (a.fingerprint_of(r) != a.fingerprint_of(0)) differing += (differing.empty() ? "" : ", ") + std::to_string(r);
+  }
+  if (differing.empty()) return;
   if (hier_) hier_->abandon();
   engine_->abandon_step();
-  // Rare and fatal: name the ranks' steps where the transport takes host buffers.
   std::string steps;
-  if (engine_->device() == Device::kCpu) {
-    Communicator& comm = driver_->comm();
-    const auto p = static_cast<std::size_t>(comm.size());
-    std::vector<std::int64_t> all(p);
-    std::int64_t mine = step_;
-    comm.allgather(TensorView(&mine, 2, DType::kUInt32), TensorView(all.data(), 2 * p, DType::kUInt32))->wait();
-    for (std::size_t r = 0; r < p; ++r) steps += (r ? ", " : "") + std::to_string(all[r]);
-    steps = "; the ranks are at steps [" + steps + "]";
-  }
+  for (std::size_t r = 0; r < a.ranks; ++r) steps += (r ? ", " : "") + std::to_string(a.step_of(r));
   GRADCOMM_THROW(ErrorCode::kSizeMismatch, "Exchanger on rank ", comm_.rank(), ": the ranks laid step ", step_,
                  " out differently: their schedules disagree (set_epoch, load_state_dict or "
-                 "the step counter moved on some ranks only; every rank must advance them alike)",
-                 steps);
+                 "the step counter moved on some ranks only; every rank must advance them alike); "
+                 "the ranks are at steps [",
+                 steps, "], and ranks [", differing, "] laid their step out unlike rank 0");
 }
 
 void Exchanger::set_stream(void* cuda_stream) { engine_->set_stream(cuda_stream); }

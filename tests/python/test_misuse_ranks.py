@@ -190,7 +190,8 @@ def test_set_epoch_on_one_rank_fails_on_every_rank(at_step):
                          pg_timeout=5)
     _expect_on_every_rank(outcomes, "InvalidArgumentError", r"set_epoch",
                           rf"the ranks laid step {at_step} out differently",
-                          rf"the ranks are at steps \[{at_step}, {at_step}\]", step=at_step)
+                          rf"the ranks are at steps \[{at_step}, {at_step}\]",
+                          r"ranks \[1\] laid their step out unlike rank 0", step=at_step)
 
 
 def _load_on_one_rank(rank, world):
@@ -211,7 +212,8 @@ def test_load_state_dict_on_one_rank_fails_on_every_rank():
     step names both steps."""
     outcomes = run_ranks(_load_on_one_rank, WORLD, timeout=HANG_JOB_S, pg_timeout=5)
     _expect_on_every_rank(outcomes, "InvalidArgumentError", r"load_state_dict",
-                          r"the ranks are at steps \[1, 3\]", step=3)
+                          r"the ranks are at steps \[1, 3\]",
+                          r"ranks \[1\] laid their step out unlike rank 0", step=3)
 
 
 # ---- checked state ---------------------------------------------------------------------------

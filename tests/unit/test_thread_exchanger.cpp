@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/float16.h"
@@ -217,6 +218,54 @@ TEST(ThreadExchanger, DisagreeingSettingsFailOnEveryRank) {
     }
   });
   EXPECT_EQ(threw, std::vector<int>(3, 1));
+}
+
+// agree_every_step: a schedule moved on some ranks only (set_epoch moves DGC's warm-up
+// density, restore_step the step) fails that step on every rank, before any collective of
+// mismatched sizes, naming every rank's step and the ranks whose layout differs.
+TEST(ThreadExchanger, ScheduleMovedOnSomeRanksFailsTheStepOnEveryRank) {
+  const auto layers = dgc_layers();
+  struct Case {
+    const char* name;
+    int p;
+    void (*move)(Exchanger&, DgcCompressor&);
+    const char* steps;
+  };
+  const Case cases[] = {
+      {"set_epoch", 5, [](Exchanger&, DgcCompressor& dgc) { dgc.set_epoch(1); }, "[2, 2, 2, 2, 2]"},
+      {"restore_step", 3, [](Exchanger& ex, DgcCompressor&) { ex.restore_step(7); }, "[2, 2, 7]"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> messages(static_cast<std::size_t>(c.p));
+    std::vector<int> steps_done(static_cast<std::size_t>(c.p), 0);
+    ThreadCommunicator::run(c.p, [&](ThreadCommunicator& comm) {
+      const auto me = static_cast<std::size_t>(comm.rank());
+      DgcOptions o = exact_dgc(0.01);
+      o.warmup_densities = {0.25, 0.0625};
+      auto dgc = std::make_shared<DgcCompressor>(o);
+      Exchanger ex(comm, dgc, layers, {.agree_every_step = true});
+      try {
+        for (int step = 0; step < 4; ++step) {
+          if (step == 2 && comm.rank() == c.p - 1) c.move(ex, *dgc);
+          Model m(layers, comm.rank(), step);
+          ex.exchange(m.grad_views, m.out_views);
+          steps_done[me] += 1;
+        }
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::kSizeMismatch) << e.what();
+        messages[me] = e.message();
+      }
+    });
+    const std::string differing = "ranks [" + std::to_string(c.p - 1) + "] laid their step out unlike rank 0";
+    for (int r = 0; r < c.p; ++r) {
+      const std::string& m = messages[static_cast<std::size_t>(r)];
+      EXPECT_EQ(steps_done[static_cast<std::size_t>(r)], 2) << c.name << " rank " << r;
+      EXPECT_NE(m.find("out differently"), std::string::npos) << c.name << " rank " << r << ": " << m;
+      EXPECT_NE(m.find(std::string("the ranks are at steps ") + c.steps), std::string::npos)
+          << c.name << " rank " << r << ": " << m;
+      EXPECT_NE(m.find(differing), std::string::npos) << c.name << " rank " << r << ": " << m;
+    }
+  }
 }
 
 }  // namespace
