@@ -24,6 +24,15 @@ def _collectives(rank, world):
     gathered = torch.empty(3 * world, dtype=torch.int32)
     comm.allgather(torch.full((3,), rank, dtype=torch.int32), gathered)
     out["allgather"] = gathered.tolist()
+    # Blocks at the most the backend sends as one alltoall round, and one element over it
+    # (gloo's ring allgather): the same result either way.
+    from gradcomm.torch._comm import TorchGroupBackend
+    at_limit = TorchGroupBackend.SMALL_ALLGATHER_BYTES // (4 * world)
+    out["large_allgathers"] = []
+    for n in (at_limit, at_limit + 1):
+        whole = torch.empty(n * world, dtype=torch.int32)
+        comm.allgather(torch.arange(n, dtype=torch.int32) + n * rank, whole)
+        out["large_allgathers"].append(torch.equal(whole, torch.arange(n * world, dtype=torch.int32)))
     counts = [r + 1 for r in range(world)]
     vrecv = torch.empty(sum(counts), dtype=torch.float16)
     comm.allgatherv(torch.full((rank + 1,), float(rank), dtype=torch.float16), vrecv, counts)
@@ -55,6 +64,7 @@ def test_python_communicator_collectives():
         assert out["sum"] == [3 * i + 30 for i in range(5)]
         assert out["max_u32"] == [2**31 + 2, 7]
         assert out["allgather"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        assert out["large_allgathers"] == [True, True]
         assert out["allgatherv"] == [0.0, 1.0, 1.0, 2.0, 2.0, 2.0]
         # Rank r receives chunk r of every rank's send, in rank order.
         assert out["alltoall"] == [(100 * src + 2 * rank + j) % 256

@@ -36,32 +36,33 @@ class _StagedWork:
 class TorchGroupBackend:
     """The collectives PythonCommunicator calls, on one process group. Each returns the
     torch.distributed Work of the collective it started. On a gloo group, collectives gloo
-    cannot run on CUDA tensors (allgather, alltoall) go through pinned host copies; the
-    staging buffers are kept and only grow, so steady steps allocate nothing."""
+    cannot run on CUDA tensors (allgather, alltoall) go through pinned host copies, and a
+    small allgather travels as one alltoall round (see `allgather`). Several collectives
+    of a step are in flight at once, so each gets its own staging tensors (the Work keeps
+    them alive); torch's caching allocators hand the same memory back step after step."""
+
+    #: On gloo, an allgather that delivers at most this many bytes to each rank is sent as
+    #: an alltoall of the block repeated for every rank: gloo's allgather passes blocks
+    #: around a ring, p - 1 hops one after another, where an alltoall sends them all in
+    #: one round; same bytes on the wire. bench/gloo_small_collectives.py on 4 emulated
+    #: hosts at 1 Gbit/s sharing 2 cores: about half the time for blocks of 16 bytes to 64
+    #: KiB (256 KiB received); from 256 KiB blocks the ring is as fast or faster
+    #: (docs/benchmarks.md).
+    SMALL_ALLGATHER_BYTES = 256 << 10
 
     def __init__(self, group):
         self.group = group
         self.size = dist.get_world_size(group)
         self._stage_on_host = dist.get_backend(group) == "gloo"
-        self._pinned = {}  # role -> pinned uint8 staging buffer
-
-    def _host(self, role: str, like: torch.Tensor) -> torch.Tensor:
-        """A pinned host tensor shaped like `like`, from a grow-only buffer per role."""
-        nbytes = like.numel() * like.element_size()
-        buffer = self._pinned.get(role)
-        if buffer is None or buffer.numel() < nbytes:
-            buffer = self._pinned[role] = torch.empty(max(nbytes, 1), dtype=torch.uint8,
-                                                      pin_memory=True)
-        return buffer[:nbytes].view(like.dtype).view(like.shape)
 
     def _staged(self, send: torch.Tensor, recv: torch.Tensor, run):
         """Runs `run(host_send, host_recv)` on pinned copies when gloo cannot take the
         device tensors; returns its Work, which copies the result back when waited."""
         if not (self._stage_on_host and recv.is_cuda):
             return run(send, recv)
-        host_send = self._host("send", send)
+        host_send = torch.empty(send.shape, dtype=send.dtype, pin_memory=True)
         host_send.copy_(send)  # a synchronous copy: the data is on the host before gloo reads it
-        host_recv = self._host("recv", recv)
+        host_recv = torch.empty(recv.shape, dtype=recv.dtype, pin_memory=True)
         return _StagedWork(run(host_send, host_recv), lambda: recv.copy_(host_recv))
 
     def __repr__(self):
@@ -77,6 +78,10 @@ class TorchGroupBackend:
 
     def allgather(self, send, recv):
         def run(send, recv):
+            if self._stage_on_host and recv.numel() * recv.element_size() <= self.SMALL_ALLGATHER_BYTES:
+                # The repeated block is a new tensor of at most SMALL_ALLGATHER_BYTES.
+                return dist.all_to_all_single(recv, send.repeat(self.size), group=self.group,
+                                              async_op=True)
             outs = list(recv.view(self.size, -1).unbind(0))
             return dist.all_gather(outs, send, group=self.group, async_op=True)
         return self._staged(from_dlpack(send), from_dlpack(recv), run)
