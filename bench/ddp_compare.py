@@ -31,12 +31,10 @@ classes), split 80/20 with a fixed seed and sharded by rank; the model is an MLP
 """
 
 import argparse
-import datetime
 import faulthandler
 import json
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -44,6 +42,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gloo_job import init_gloo_job
 
 METHODS = ["allreduce", "fp16", "powersgd-r1", "powersgd-r4", "gradcomm-dgc", "adam", "gradcomm-onebit",
            "gradcomm-lgreco"]
@@ -251,15 +251,8 @@ def run_method(name, args, data, rank, world):
 
 def main(argv):
     args = parse_args(argv)
-    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "0")))
-    world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    # Under bench/netem each rank's namespace has one interface, eth0; elsewhere loopback.
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "eth0" if os.path.exists("/sys/class/net/eth0") else "lo")
-    job = os.environ.get("PMIX_NAMESPACE", os.environ.get("OMPI_MCA_ess_base_jobid", "local")).replace("/", "_")
-    store = args.store or os.path.join(tempfile.gettempdir() if world == 1 else "/tmp", f"gcddp-{job}")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=300))
+    rank, world, store = init_gloo_job("gcddp", args.store, timeout_s=300)
     try:
         data = load_digits_split(args.seed)
         link = os.environ.get("GRADCOMM_NETEM_LINK", "unshaped")

@@ -18,11 +18,12 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 import torch.distributed as dist
+
+from gloo_job import init_gloo_job
 
 
 def main(argv):
@@ -33,16 +34,8 @@ def main(argv):
     p.add_argument("--bytes-per-batch", type=int, default=2_000_000,
                    help="calls per batch: this many bytes per rank, 10 to 200 calls")
     args = p.parse_args(argv)
-    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "0")))
-    world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    # Under bench/netem each rank's namespace has one interface, eth0; elsewhere loopback.
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "eth0" if os.path.exists("/sys/class/net/eth0") else "lo")
-    job = os.environ.get("PMIX_NAMESPACE", os.environ.get("OMPI_MCA_ess_base_jobid", "local")).replace("/", "_")
     torch.set_num_threads(1)
-    # /tmp itself: under bench/netem each emulated host has its own TMPDIR, and the ranks
-    # must share the store's file.
-    store = os.path.join(tempfile.gettempdir() if world == 1 else "/tmp", f"gcsmall-{job}")
-    dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world)
+    rank, world, _ = init_gloo_job("gcsmall")
     sizes = [int(s) for s in args.sizes.split(",")]
     if rank == 0:
         print(f"gloo_small_collectives: {world} ranks, link {os.environ.get('GRADCOMM_NETEM_LINK', 'unshaped')}",
